@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up everything robustd needs on a fresh Debian machine, idempotently (a second run takes seconds):
+#   - Debian packages: python3-venv (for the venv) and dataset-fashion-mnist (the embedded default dataset);
+#   - a project-local .venv with the pinned wheels (scripts/requirements.txt): torch==2.11.0 carries libtorch,
+#     onnxruntime==1.31.1 carries libonnxruntime.so;
+#   - .venv/libtorch -> the wheel's torch/ directory, a python-version-independent path that
+#     .cargo/config.toml points LIBTORCH at, so a plain `cargo build` works.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# 1. Debian packages. dpkg-query is cheap, so the second run never touches apt.
+need_pkgs=()
+for pkg in python3-venv dataset-fashion-mnist; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null; then
+    log "apt-get not found: install ${need_pkgs[*]} by other means" >&2; exit 1
+  fi
+  log "installing Debian packages: ${need_pkgs[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# 2. The venv with pinned wheels; a stamp holding the requirements' hash makes re-runs instant.
+PY=${PYTHON:-python3}
+stamp=.venv/.robustd-requirements.sha256
+want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing pinned wheels (torch is large: a few GB on first install)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+# 3. Stable paths into the wheels for the build (LIBTORCH) and the run time (ORT library).
+torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+ln -sfn "$torch_dir" .venv/libtorch
+ort_lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n 1)
+[ -n "$ort_lib" ] || { log "libonnxruntime.so not found in the onnxruntime wheel" >&2; exit 1; }
+ln -sfn "$PWD/$ort_lib" .venv/libonnxruntime.so
+log "ready: libtorch $(.venv/bin/python -c 'import torch; print(torch.__version__)') at .venv/libtorch, onnxruntime at .venv/libonnxruntime.so"

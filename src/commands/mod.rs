@@ -1,0 +1,99 @@
+//! The command-line interface: argument definitions (clap) and one module per subcommand.
+//! `main.rs` only parses and calls [`run`]; `anyhow` lives here, at the binary's edge.
+
+mod check_config;
+mod info;
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for any error (the cause is printed on one line).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of `robustd eval` when robust accuracy is below `--min-robust-acc`.
+pub const EXIT_BELOW_THRESHOLD: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "robustd",
+    version,
+    about = "Measure and improve the adversarial robustness of ONNX image classifiers"
+)]
+#[command(
+    long_about = "robustd evaluates ONNX image classifiers under white-box and score-based attacks, scores \
+how much they memorize atypical training samples, fine-tunes them with Benign Adversarial Training (BAT), and writes \
+back a fine-tuned ONNX model plus a YAML robustness report. Run it once per model, or as a daemon on a watched folder."
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Versions of robustd, libtorch and onnxruntime; devices; where the libraries and config were found.
+    Info(info::Args),
+    /// Load a model through onnxruntime and describe it: opset, inputs/outputs, parameters, external data.
+    Inspect(inspect::Args),
+    /// Validate a config file and print it fully resolved (defaults filled in).
+    CheckConfig(check_config::Args),
+}
+
+/// Runs one subcommand; the returned code is the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Info(args) => info::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
+    }
+}
+
+/// Logs go to stderr: human-readable on a terminal; without ANSI colors or timestamps otherwise, which is what
+/// journald wants (it stamps lines itself).
+pub fn init_logging(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let tty = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(tty);
+    let _ = if tty {
+        builder.try_init()
+    } else {
+        builder.without_time().with_target(false).try_init()
+    };
+}
+
+/// `--config FILE` shared by the subcommands that read one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Config file (YAML); defaults are documented in configs/default.yaml.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> anyhow::Result<robustd_config::Config> {
+        Ok(robustd_config::Config::load_or_default(
+            self.config.as_deref(),
+        )?)
+    }
+}
+
+use crate::config as robustd_config;

@@ -1,0 +1,18 @@
+//! The `robustd` binary: parses the command line and dispatches to `robustd::commands`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use robustd::commands::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    commands::init_logging(cli.verbose, cli.quiet);
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("robustd: error: {err:#}");
+            ExitCode::from(commands::EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The two native runtimes robustd stands on: locating and initializing onnxruntime (loaded dynamically from the
+//! PyPI wheel's shared library) and choosing the libtorch device and thread count.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use thiserror::Error;
+
+/// Environment variable that names the onnxruntime shared library, checked after the config key.
+pub const ORT_LIB_ENV: &str = "ROBUSTD_ORT_LIB";
+
+/// The libtorch version tch 0.24.0 is built against; checked at run time too (`robustd info`).
+pub const LIBTORCH_VERSION: &str = "2.11.0";
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error(
+        "onnxruntime shared library not found (looked at: {}).\n\
+         Fix: run `make setup` (installs onnxruntime==1.31.1 into .venv), or set {ORT_LIB_ENV}=/path/to/libonnxruntime.so.1.31.1, \
+         or set `runtime.ort_library` in the config",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    OrtLibraryMissing { tried: Vec<PathBuf> },
+    #[error("cannot load onnxruntime from {path}: {cause}")]
+    OrtLoad { path: PathBuf, cause: String },
+    #[error("invalid device `{0}`: expected auto, cpu, cuda or cuda:N")]
+    BadDevice(String),
+    #[error("device {0} requested but libtorch sees no CUDA device")]
+    CudaUnavailable(String),
+}
+
+/// Where the onnxruntime library was found, in the order the lookup tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrtSource {
+    Config,
+    Env,
+    ProjectVenv,
+}
+
+/// Finds the onnxruntime shared library: the config key, then `$ROBUSTD_ORT_LIB`, then the project venv (the
+/// `.venv` next to the sources this binary was built from, then `$VIRTUAL_ENV`).
+pub fn locate_ort_library(configured: Option<&Path>) -> Result<(PathBuf, OrtSource), RuntimeError> {
+    let mut tried = Vec::new();
+    if let Some(p) = configured {
+        if p.is_file() {
+            return Ok((p.to_path_buf(), OrtSource::Config));
+        }
+        tried.push(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(ORT_LIB_ENV).map(PathBuf::from) {
+        if p.is_file() {
+            return Ok((p, OrtSource::Env));
+        }
+        tried.push(p);
+    }
+    let mut venvs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")];
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+        venvs.push(PathBuf::from(v));
+    }
+    for venv in venvs {
+        match find_ort_in_venv(&venv) {
+            Some(p) => return Ok((p, OrtSource::ProjectVenv)),
+            None => tried
+                .push(venv.join("lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*")),
+        }
+    }
+    Err(RuntimeError::OrtLibraryMissing { tried })
+}
+
+fn find_ort_in_venv(venv: &Path) -> Option<PathBuf> {
+    let link = venv.join("libonnxruntime.so");
+    if link.is_file() {
+        return Some(link);
+    }
+    let lib = venv.join("lib");
+    for py in std::fs::read_dir(lib).ok()?.flatten() {
+        let capi = py.path().join("site-packages/onnxruntime/capi");
+        let Ok(entries) = std::fs::read_dir(&capi) else {
+            continue;
+        };
+        let mut libs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so."))
+            })
+            .collect();
+        libs.sort();
+        if let Some(p) = libs.pop() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// The loaded library and its environment; the environment must stay alive for sessions to share it.
+static ORT_INIT: OnceLock<(PathBuf, ort::environment::Environment)> = OnceLock::new();
+
+/// Loads and initializes onnxruntime once per process; later calls are free and return the first library's path.
+pub fn init_ort(configured: Option<&Path>) -> Result<&'static Path, RuntimeError> {
+    ort_environment(configured).map(|(path, _)| path)
+}
+
+/// The process-wide onnxruntime environment that sessions are built from (initialized on first use).
+pub fn ort_environment(
+    configured: Option<&Path>,
+) -> Result<(&'static Path, &'static ort::environment::Environment), RuntimeError> {
+    if let Some((first, env)) = ORT_INIT.get() {
+        return Ok((first.as_path(), env));
+    }
+    let (path, source) = locate_ort_library(configured)?;
+    let load_err = |cause: String| RuntimeError::OrtLoad {
+        path: path.clone(),
+        cause,
+    };
+    let env = ort::init_from(&path)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_name("robustd")
+        .build()
+        .map_err(|e| load_err(e.to_string()))?;
+    tracing::debug!(path = %path.display(), ?source, "onnxruntime loaded");
+    let (stored, env) = ORT_INIT.get_or_init(|| (path.clone(), env));
+    Ok((stored.as_path(), env))
+}
+
+/// The onnxruntime version (e.g. `1.31.1`): the loaded library's versioned file name
+/// (`libonnxruntime.so.1.31.1`), else its build-info string.
+pub fn ort_version() -> String {
+    ORT_INIT
+        .get()
+        .and_then(|(path, _)| std::fs::canonicalize(path).ok())
+        .and_then(|p| {
+            p.file_name()?
+                .to_str()?
+                .strip_prefix("libonnxruntime.so.")
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| ort::info().to_owned())
+}
+
+/// Whether the loaded onnxruntime was built with the CUDA execution provider.
+pub fn ort_has_cuda() -> bool {
+    use ort::ep::ExecutionProvider;
+    ort::ep::CUDA::is_available().unwrap_or(false)
+}
+
+/// The libtorch directory this binary was linked against (embedded by build.rs).
+pub fn libtorch_dir() -> Option<&'static str> {
+    option_env!("ROBUSTD_LIBTORCH_LIB")
+}
+
+/// Reads the libtorch version from the wheel's `version.py` beside the linked library directory, if present.
+pub fn libtorch_version() -> String {
+    libtorch_dir()
+        .map(|lib| Path::new(lib).join("../version.py"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ").map(|v| {
+                    v.trim_matches(|c| c == '\'' || c == '"')
+                        .split('+')
+                        .next()
+                        .unwrap_or(v)
+                        .to_owned()
+                })
+            })
+        })
+        .unwrap_or_else(|| LIBTORCH_VERSION.to_owned())
+}
+
+/// Parses `auto | cpu | cuda | cuda:N` into a tch device; `auto` picks CUDA when libtorch sees one.
+pub fn parse_device(spec: &str) -> Result<tch::Device, RuntimeError> {
+    match spec.trim() {
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        "cpu" => Ok(tch::Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let idx = match s.strip_prefix("cuda:") {
+                None => 0,
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| RuntimeError::BadDevice(s.to_owned()))?,
+            };
+            if idx >= tch::Cuda::device_count() as usize {
+                return Err(RuntimeError::CudaUnavailable(s.to_owned()));
+            }
+            Ok(tch::Device::Cuda(idx))
+        }
+        other => Err(RuntimeError::BadDevice(other.to_owned())),
+    }
+}
+
+/// Sets libtorch's intra-op thread count; 0 keeps libtorch's default (one per core).
+pub fn set_torch_threads(threads: usize) {
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
+}
+
+/// Human-readable device name for reports, e.g. `cpu` or `cuda:0`.
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Vulkan => "vulkan".into(),
+    }
+}
