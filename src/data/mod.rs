@@ -31,7 +31,7 @@ use crate::config::DatasetSpec;
 pub use augment::{crop_flip, Augmentation, CROP_PADDING};
 pub use batch::{Batch, BatchOptions, Batches};
 pub use error::DataError;
-pub use npz::{MAX_CLASSES as NPZ_MAX_CLASSES, TEST_FRACTION as NPZ_TEST_FRACTION};
+pub use npz::{MAX_CLASSES as NPZ_MAX_CLASSES, TEST_SPLIT_DIVISOR as NPZ_TEST_SPLIT_DIVISOR};
 pub use profile::{known_names, Format, Profile};
 pub use source::{combined_sha256, sha256_file, SourceFile};
 
