@@ -452,6 +452,24 @@ fn idx_errors_name_the_file_and_the_cause() {
         other => panic!("expected LabelOutOfRange, got {other}"),
     }
 
+    // An empty split.
+    let err = case(&|d| {
+        write_file(
+            &d.join("t10k-images-idx3-ubyte"),
+            &idx_bytes(8, &[0, 28, 28], &[]),
+            false,
+        );
+        write_file(
+            &d.join("t10k-labels-idx1-ubyte"),
+            &idx_bytes(8, &[0], &[]),
+            false,
+        );
+    });
+    assert!(
+        err.to_string().contains("test split holds no samples"),
+        "{err}"
+    );
+
     // Fewer labels than images.
     let err = case(&|d| write_file(&train_labels(d), &idx_bytes(8, &[3], &[1, 2, 3]), false));
     match err {
@@ -1153,6 +1171,46 @@ fn eval_batches_cover_the_split_in_order() {
         split.batches(&BatchOptions::eval(0)),
         Err(DataError::Invalid { .. })
     ));
+}
+
+#[test]
+fn batches_are_copies_that_callers_may_modify_in_place() {
+    let split = synthetic_split(10);
+    let before = split.x.copy();
+    for options in [
+        BatchOptions::eval(4),
+        BatchOptions::train(4, Augmentation::None, 0, 0),
+    ] {
+        for batch in split.batches(&options).unwrap() {
+            let mut x = batch.unwrap().x;
+            let _ = x.fill_(7.0);
+        }
+    }
+    assert_eq!(max_abs_diff(&split.x, &before), 0.0);
+}
+
+#[test]
+fn batches_and_augmentation_run_on_the_best_available_device() {
+    let device = tch::Device::cuda_if_available();
+    let split = synthetic_split(12).to_device(device).unwrap();
+    assert_eq!(split.x.device(), device);
+    let options = BatchOptions::train(5, Augmentation::CropFlip, 3, 0);
+    let on_device: Vec<Tensor> = split
+        .batches(&options)
+        .unwrap()
+        .map(|b| b.unwrap().x)
+        .collect();
+    let cpu = synthetic_split(12);
+    let on_cpu: Vec<Tensor> = cpu
+        .batches(&options)
+        .unwrap()
+        .map(|b| b.unwrap().x)
+        .collect();
+    for (d, c) in on_device.iter().zip(&on_cpu) {
+        assert_eq!(d.device(), device);
+        // The same seed gives the same crops and flips on every device.
+        assert_eq!(max_abs_diff(&d.to_device(tch::Device::Cpu), c), 0.0);
+    }
 }
 
 #[test]
