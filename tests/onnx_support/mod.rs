@@ -10,7 +10,8 @@ use tch::Tensor;
 use robustd::config::Limits;
 use robustd::onnx::OnnxModel;
 
-/// The six exported fixtures: three architectures, two exporters each.
+/// Every exported fixture (scripts/export_fixtures.py `VARIANTS`): each architecture through both exporters, the
+/// VGG with BatchNorm kept, and older-opset legacy exports.
 pub const FIXTURES: &[&str] = &[
     "mlp_legacy",
     "mlp_dynamo",
@@ -18,6 +19,19 @@ pub const FIXTURES: &[&str] = &[
     "cnn_bn_dynamo",
     "resdw_legacy",
     "resdw_dynamo",
+    "lenet_legacy",
+    "lenet_dynamo",
+    "lenet_legacy_opset9",
+    "resnet18_legacy",
+    "resnet18_dynamo",
+    "resnet18_legacy_opset13",
+    "mobilenetv2_legacy",
+    "mobilenetv2_dynamo",
+    "mobilenetv2_legacy_opset11",
+    "vgg_bn_legacy",
+    "vgg_bn_dynamo",
+    "vgg_bn_bnkept_legacy",
+    "vgg_bn_bnkept_dynamo",
 ];
 
 pub fn generated_dir() -> PathBuf {
