@@ -19,4 +19,5 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod model;
+pub mod onnx;
 pub mod runtime;
