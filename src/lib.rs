@@ -15,6 +15,7 @@
 //! - [`daemon`]: the watched inbox, job spool and service loop.
 //! - [`commands`]: one function per CLI subcommand; `main.rs` only wires them.
 
+pub mod attack;
 pub mod commands;
 pub mod config;
 pub mod data;
