@@ -19,5 +19,6 @@ pub mod attack;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod model;
 pub mod runtime;
