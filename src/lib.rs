@@ -17,6 +17,8 @@
 
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod data;
 pub mod model;
+pub mod report;
 pub mod runtime;
