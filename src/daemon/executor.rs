@@ -333,6 +333,10 @@ impl Executor {
         let record = &job.record;
         tracing::warn!(job = %record.id, stage = %failure.stage, "job failed: {}", failure.chain.join(": "));
         self.outputs.discard_staging(record);
+        let checkpoints = self.spool.checkpoint_dir(&record.key);
+        if !record.key.is_empty() && checkpoints.exists() {
+            let _ = std::fs::remove_dir_all(&checkpoints);
+        }
         let error = ErrorReport::from_chain(
             &record.dropped_as,
             Some(&record.id),

@@ -1,9 +1,10 @@
 //! The runner available today: `inspect` loads the model through onnxruntime, checks that it is an image
 //! classifier (one float input of rank 2 or 4 with fixed non-batch dims, one `[batch, classes]` output), runs a
-//! real forward pass on a zero batch and a seeded uniform batch, checks the logits are finite, and reports the
-//! model with verdict `evaluation-only`. The full pipeline (evaluation → memorization → fine-tuning → evaluation)
-//! replaces it behind the same [`JobRunner`] trait; its helpers (`open_session`, `classifier_io`, `tensor_specs`,
-//! `forward_check`, `model_info`) are public for that pipeline to reuse.
+//! real forward pass on a zero batch and a seeded uniform batch, checks the logits are finite, measures forward
+//! throughput over `dataset.eval_samples` seeded inputs (checkpointed: SIGTERM and restarts resume it), and
+//! reports the model with verdict `evaluation-only`. The full pipeline (evaluation → memorization → fine-tuning → evaluation)
+//! replaces it behind the same [`JobRunner`] trait; its helpers (`open_session`, `classifier_io`, `sanity_check`,
+//! `throughput_probe`, `tensor_specs`, `model_info`) are public for that pipeline to reuse.
 
 use std::path::Path;
 use std::time::Instant;
@@ -64,12 +65,30 @@ impl JobRunner for InspectRunner {
             JobError::failed("validate", e)
                 .with_hint("robustd takes image classifiers: one float32 input [N,C,H,W] or [N,C*H*W], one [N,classes] output")
         })?;
+        let sanity =
+            sanity_check(&mut session, &io, cfg).map_err(|e| JobError::failed("validate", e))?;
         ctx.cancel.check()?;
         ctx.progress.stage("forward");
-        let check =
-            forward_check(&mut session, &io, cfg).map_err(|e| JobError::failed("forward", e))?;
-        ctx.progress.fraction(1.0);
-        let model = model_info(job, &bytes, scan.as_ref(), &session, Some(check));
+        let probe = throughput_probe(&mut session, &io, ctx)?;
+        let forward = ForwardCheck {
+            inputs: vec![
+                "zeros".into(),
+                "uniform[0,1) seeded by runtime.seed".into(),
+                format!(
+                    "{} seeded uniform[0,1) samples (dataset.eval_samples) for throughput",
+                    probe.total
+                ),
+            ],
+            batch: sanity.batch as u64,
+            output_shape: sanity.output_shape,
+            all_finite: true,
+            max_abs_logit: sanity.max_abs_logit.max(probe.max_abs_logit),
+            samples: 2 * sanity.batch as u64 + probe.total,
+            samples_per_second: probe.samples_per_second,
+            resumed_from_sample: probe.resumed_from,
+            seconds: sanity.seconds + probe.seconds,
+        };
+        let model = model_info(job, &bytes, scan.as_ref(), &session, Some(forward));
         Ok(JobOutcome {
             summary: Summary {
                 model: model.file.clone(),
@@ -217,69 +236,192 @@ pub fn classifier_io(session: &Session) -> Result<ClassifierIo, InspectError> {
     })
 }
 
+/// What the two sanity batches showed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sanity {
+    pub batch: i64,
+    pub output_shape: Vec<i64>,
+    pub max_abs_logit: f64,
+    pub seconds: f64,
+}
+
 /// Runs a zero batch and a seeded uniform-[0,1) batch through the model and checks `[batch, classes]` finite logits.
-pub fn forward_check(
+pub fn sanity_check(
     session: &mut Session,
     io: &ClassifierIo,
     cfg: &Config,
-) -> Result<ForwardCheck, InspectError> {
+) -> Result<Sanity, InspectError> {
     let started = Instant::now();
-    let mut shape = io.input_shape.clone();
-    if shape[0] <= 0 {
-        shape[0] = 2;
-    }
-    let batch = shape[0];
-    let elements = shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-    let elements = match elements {
-        Some(n) if n <= cfg.limits.max_tensor_elements => n as usize,
-        _ => {
-            return Err(InspectError::NotClassifier(format!(
-                "input {shape:?} exceeds limits.max_tensor_elements ({})",
-                cfg.limits.max_tensor_elements
-            )))
-        }
-    };
+    let shape = batch_shape(io, 2);
+    let elements = checked_elements(&shape, cfg)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.runtime.seed);
     let uniform: Vec<f32> = (0..elements).map(|_| rng.random::<f32>()).collect();
     let mut out_shape = Vec::new();
     let mut max_abs = 0f64;
     for (label, data) in [("zeros", vec![0f32; elements]), ("uniform[0,1)", uniform)] {
-        let tensor = TensorRef::from_array_view((shape.clone(), data.as_slice()))
-            .map_err(|e| InspectError::Forward(e.to_string()))?;
-        let outputs = session
-            .run(ort::inputs![io.input.as_str() => tensor])
-            .map_err(|e| InspectError::Forward(e.to_string()))?;
-        let (oshape, logits) = outputs[io.output.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| InspectError::Forward(e.to_string()))?;
-        out_shape = oshape.to_vec();
-        if out_shape.len() != 2 || out_shape[0] != batch || out_shape[1] < 2 {
-            return Err(InspectError::NotClassifier(format!(
-                "for input {shape:?} the output has shape {out_shape:?}, expected [{batch}, classes >= 2]"
-            )));
-        }
-        let bad = logits.iter().filter(|v| !v.is_finite()).count();
-        if bad > 0 {
-            return Err(InspectError::NonFinite {
-                bad,
-                total: logits.len(),
-                input: label,
-            });
-        }
-        max_abs = logits
-            .iter()
-            .fold(max_abs, |m, v| m.max(f64::from(v.abs())));
+        let (oshape, m) = forward(session, io, &shape, &data, label)?;
+        out_shape = oshape;
+        max_abs = max_abs.max(m);
     }
-    Ok(ForwardCheck {
-        inputs: vec!["zeros".into(), "uniform[0,1) seeded by runtime.seed".into()],
-        batch: batch as u64,
+    Ok(Sanity {
+        batch: shape[0],
         output_shape: out_shape,
-        all_finite: true,
         max_abs_logit: max_abs,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The throughput probe's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub total: u64,
+    pub samples_per_second: f64,
+    pub max_abs_logit: f64,
+    pub resumed_from: Option<u64>,
+    pub seconds: f64,
+}
+
+/// The probe's checkpoint (`inspect.yaml` in the job's checkpoint directory).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct ProbeCheckpoint {
+    samples_done: u64,
+    max_abs_logit: f64,
+}
+
+const PROBE_CHECKPOINT: &str = "inspect.yaml";
+
+/// Forwards `dataset.eval_samples` seeded uniform samples (batch `eval.batch_size`, 64 if automatic) to measure
+/// throughput, reporting progress, checkpointing every half second and on cancellation, and resuming from the
+/// checkpoint after a restart. Batch `b` is seeded by `(runtime.seed, b)`, so a resumed probe feeds exactly the
+/// inputs an uninterrupted one would.
+pub fn throughput_probe(
+    session: &mut Session,
+    io: &ClassifierIo,
+    ctx: &JobContext,
+) -> Result<Probe, JobError> {
+    let cfg = &ctx.config;
+    let fail = |e: InspectError| JobError::failed("forward", e);
+    let total = if cfg.dataset.eval_samples == 0 {
+        1000
+    } else {
+        cfg.dataset.eval_samples as u64
+    };
+    let batch = if io.input_shape[0] > 0 {
+        io.input_shape[0]
+    } else if cfg.eval.batch_size > 0 {
+        cfg.eval.batch_size as i64
+    } else {
+        64
+    };
+    let shape = batch_shape(io, batch);
+    let per_batch = checked_elements(&shape, cfg).map_err(fail)?;
+    let checkpoint_path = ctx.checkpoint_dir.join(PROBE_CHECKPOINT);
+    let resumed: Option<ProbeCheckpoint> = std::fs::read_to_string(&checkpoint_path)
+        .ok()
+        .and_then(|t| serde_norway::from_str(&t).ok());
+    let mut state = resumed.clone().unwrap_or(ProbeCheckpoint {
+        samples_done: 0,
+        max_abs_logit: 0.0,
+    });
+    if let Some(r) = &resumed {
+        tracing::info!(
+            "resuming the throughput probe at sample {} of {total}",
+            r.samples_done
+        );
+    }
+    let save = |state: &ProbeCheckpoint| {
+        crate::report::write_yaml_atomic(&checkpoint_path, state)
+            .map_err(|e| JobError::failed("checkpoint", e))
+    };
+    let started = Instant::now();
+    let first = state.samples_done;
+    let mut last_save = Instant::now();
+    let mut data = vec![0f32; per_batch];
+    while state.samples_done < total {
+        if let Some(reason) = ctx.cancel.reason() {
+            save(&state)?;
+            return Err(JobError::Cancelled(reason));
+        }
+        let index = state.samples_done / batch as u64;
+        let mut rng =
+            rand_chacha::ChaCha8Rng::seed_from_u64(cfg.runtime.seed ^ index.rotate_left(32));
+        data.iter_mut().for_each(|v| *v = rng.random::<f32>());
+        let (_, max_abs) = forward(session, io, &shape, &data, "uniform[0,1)").map_err(fail)?;
+        state.max_abs_logit = state.max_abs_logit.max(max_abs);
+        state.samples_done = (state.samples_done + batch as u64).min(total);
+        ctx.progress
+            .fraction(state.samples_done as f64 / total as f64);
+        if last_save.elapsed().as_millis() >= 500 {
+            save(&state)?;
+            last_save = Instant::now();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Probe {
+        total,
+        samples_per_second: (state.samples_done - first) as f64 / seconds.max(1e-9),
+        max_abs_logit: state.max_abs_logit,
+        resumed_from: resumed.map(|r| r.samples_done),
+        seconds,
+    })
+}
+
+fn batch_shape(io: &ClassifierIo, dynamic_batch: i64) -> Vec<i64> {
+    let mut shape = io.input_shape.clone();
+    if shape[0] <= 0 {
+        shape[0] = dynamic_batch;
+    }
+    shape
+}
+
+fn checked_elements(shape: &[i64], cfg: &Config) -> Result<usize, InspectError> {
+    match shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+    {
+        Some(n) if n <= cfg.limits.max_tensor_elements => Ok(n as usize),
+        _ => Err(InspectError::NotClassifier(format!(
+            "input {shape:?} exceeds limits.max_tensor_elements ({})",
+            cfg.limits.max_tensor_elements
+        ))),
+    }
+}
+
+/// One forward pass; checks the logits' shape and finiteness; returns the shape and the largest |logit|.
+fn forward(
+    session: &mut Session,
+    io: &ClassifierIo,
+    shape: &[i64],
+    data: &[f32],
+    label: &'static str,
+) -> Result<(Vec<i64>, f64), InspectError> {
+    let tensor = TensorRef::from_array_view((shape.to_vec(), data))
+        .map_err(|e| InspectError::Forward(e.to_string()))?;
+    let outputs = session
+        .run(ort::inputs![io.input.as_str() => tensor])
+        .map_err(|e| InspectError::Forward(e.to_string()))?;
+    let (oshape, logits) = outputs[io.output.as_str()]
+        .try_extract_tensor::<f32>()
+        .map_err(|e| InspectError::Forward(e.to_string()))?;
+    let out_shape = oshape.to_vec();
+    if out_shape.len() != 2 || out_shape[0] != shape[0] || out_shape[1] < 2 {
+        return Err(InspectError::NotClassifier(format!(
+            "for input {shape:?} the output has shape {out_shape:?}, expected [{}, classes >= 2]",
+            shape[0]
+        )));
+    }
+    let bad = logits.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(InspectError::NonFinite {
+            bad,
+            total: logits.len(),
+            input: label,
+        });
+    }
+    Ok((
+        out_shape,
+        logits.iter().fold(0f64, |m, v| m.max(f64::from(v.abs()))),
+    ))
 }
 
 /// The report's model section from the file, its scan, the session and the forward check.

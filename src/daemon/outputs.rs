@@ -59,6 +59,8 @@ impl Outputs {
                 tracing::warn!("cannot remove {}: {e}", dir.display());
             }
         }
+        // Leaves no empty models/<name>/ behind for a model that never produced a result (fails if not empty).
+        let _ = std::fs::remove_dir(self.root.join(&record.name));
     }
 
     /// Renames the staging directory to the result directory and points `latest` at it.

@@ -140,6 +140,13 @@ pub struct ForwardCheck {
     pub output_shape: Vec<i64>,
     pub all_finite: bool,
     pub max_abs_logit: f64,
+    /// Samples passed through onnxruntime in total (the sanity batches and the throughput probe).
+    pub samples: u64,
+    /// Forward throughput of the probe on this machine (onnxruntime, `runtime.threads`).
+    pub samples_per_second: f64,
+    /// Set when the probe resumed from a checkpoint after a restart: samples already done then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_sample: Option<u64>,
     pub seconds: f64,
 }
 
