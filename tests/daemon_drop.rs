@@ -14,22 +14,37 @@ use robustd::report::{validate_report_file, Verdict};
 fn dropped_models_get_valid_reports_latest_links_and_status_notifications() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let mut d = Daemon::start(root, &base_config(root, "daemon: {stable_ms: 100, rescan_ms: 2000}"));
+    let mut d = Daemon::start(
+        root,
+        &base_config(root, "daemon: {stable_ms: 100, rescan_ms: 2000}"),
+    );
 
     // External data (dynamo exporter) and inline weights (legacy exporter).
     let dropped_at = [
-        drop_fixture(&d.watch(), "mlp_dynamo.onnx", "mlp_dynamo.onnx"),
-        drop_fixture(&d.watch(), "cnn_bn_legacy.onnx", "cnn_bn_legacy.onnx"),
+        (
+            "mlp_dynamo.onnx",
+            drop_fixture(&d.watch(), "mlp_dynamo.onnx", "mlp_dynamo.onnx"),
+        ),
+        (
+            "cnn_bn_legacy.onnx",
+            drop_fixture(&d.watch(), "cnn_bn_legacy.onnx", "cnn_bn_legacy.onnx"),
+        ),
     ];
     d.wait_finished(2, Duration::from_secs(60));
     let done = d.jobs(JobState::Done);
     assert_eq!(done.len(), 2, "failed: {:?}", d.jobs(JobState::Failed));
 
-    for (job, at) in done.iter().zip(dropped_at) {
+    for job in &done {
         let r = &job.record;
+        let at = dropped_at
+            .iter()
+            .find(|(n, _)| *n == r.dropped_as)
+            .unwrap()
+            .1;
         let result = r.result_dir.clone().expect("result_dir");
         assert_eq!(result, d.models().join(&r.name).join(&r.key[..12]));
-        let report = validate_report_file(&result.join("report.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let report =
+            validate_report_file(&result.join("report.yaml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(report.summary.verdict, Verdict::EvaluationOnly);
         assert_eq!(report.summary.model, r.dropped_as);
         assert_eq!(report.model.sha256, r.model_sha256);
@@ -38,7 +53,10 @@ fn dropped_models_get_valid_reports_latest_links_and_status_notifications() {
         assert!(fc.samples_per_second > 0.0);
         assert_eq!(report.model.classes, Some(10));
         assert_eq!(report.job.as_ref().unwrap().id, r.id);
-        assert_eq!(std::fs::read_link(d.models().join(&r.name).join("latest")).unwrap(), std::path::Path::new(&r.key[..12]));
+        assert_eq!(
+            std::fs::read_link(d.models().join(&r.name).join("latest")).unwrap(),
+            std::path::Path::new(&r.key[..12])
+        );
         // The original model (and its external data) sits next to the report; the spool keeps no second copy.
         assert!(result.join(&r.model_file).is_file());
         for c in &r.companions {
@@ -52,13 +70,25 @@ fn dropped_models_get_valid_reports_latest_links_and_status_notifications() {
         }
         let mode = std::fs::metadata(&result).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o755);
-        let latency = parse_time(r.started_at.as_deref().unwrap()).duration_since(at).unwrap();
-        eprintln!("drop-to-job-start latency {}: {latency:?} (stable_ms 100)", r.dropped_as);
+        let latency = parse_time(r.started_at.as_deref().unwrap())
+            .duration_since(at)
+            .unwrap();
+        eprintln!(
+            "drop-to-job-start latency {}: {latency:?} (stable_ms 100)",
+            r.dropped_as
+        );
         assert!(latency < Duration::from_secs(5), "{latency:?}");
     }
     let mlp = done.iter().find(|j| j.record.name == "mlp_dynamo").unwrap();
-    assert_eq!(mlp.record.companions, vec!["mlp_dynamo.onnx.data".to_string()]);
-    assert!(entries(&d.watch()).is_empty(), "inbox not emptied: {:?}", entries(&d.watch()));
+    assert_eq!(
+        mlp.record.companions,
+        vec!["mlp_dynamo.onnx.data".to_string()]
+    );
+    assert!(
+        entries(&d.watch()).is_empty(),
+        "inbox not emptied: {:?}",
+        entries(&d.watch())
+    );
     // Nothing half-built is visible in models/.
     for name in entries(&d.models()) {
         for entry in entries(&d.models().join(&name)) {
@@ -94,14 +124,28 @@ fn identical_drops_link_to_the_existing_result_and_a_new_config_runs_again() {
     let done = d.jobs(JobState::Done);
     assert_eq!(done.len(), 3);
     for dup in &done[1..] {
-        assert_eq!(dup.record.dedup_of.as_deref(), Some(first.record.id.as_str()), "{:?}", dup.record);
+        assert_eq!(
+            dup.record.dedup_of.as_deref(),
+            Some(first.record.id.as_str()),
+            "{:?}",
+            dup.record
+        );
         assert_eq!(dup.record.key, first.record.key);
     }
     // The result was not rewritten; the other name links to it.
-    assert_eq!(std::fs::read_to_string(result.join("report.yaml")).unwrap(), report_before);
+    assert_eq!(
+        std::fs::read_to_string(result.join("report.yaml")).unwrap(),
+        report_before
+    );
     let link = d.models().join("copy").join(&first.record.key[..12]);
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
-    assert_eq!(std::fs::canonicalize(&link).unwrap(), std::fs::canonicalize(&result).unwrap());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::canonicalize(&link).unwrap(),
+        std::fs::canonicalize(&result).unwrap()
+    );
     assert!(d.models().join("copy/latest/report.yaml").is_file());
 
     // A sidecar that changes the config changes the key: a second, separate result.
@@ -113,9 +157,15 @@ fn identical_drops_link_to_the_existing_result_and_a_new_config_runs_again() {
     assert!(fresh.record.dedup_of.is_none());
     assert_ne!(fresh.record.key, first.record.key);
     assert!(fresh.record.sidecar);
-    let report = validate_report_file(&fresh.record.result_dir.clone().unwrap().join("report.yaml")).unwrap();
+    let report =
+        validate_report_file(&fresh.record.result_dir.clone().unwrap().join("report.yaml"))
+            .unwrap();
     assert_eq!(report.summary.threat_model.eps, 0.2);
-    assert_eq!(entries(&d.models().join("net")).len(), 3, "two results + latest");
+    assert_eq!(
+        entries(&d.models().join("net")).len(),
+        3,
+        "two results + latest"
+    );
     let (ok, _) = d.terminate();
     assert!(ok);
 }

@@ -243,11 +243,12 @@ impl Executor {
                 },
             )?;
         }
-        let done = self.spool.finish(job, record, JobState::Done)?;
-        // The model is kept once, in the result directory.
-        for path in std::iter::once(done.model_path()).chain(done.companion_paths()) {
+        // The model is kept once, in the result directory (published before this point, so a crash here still
+        // finds the result at the next start and needs no model).
+        for path in std::iter::once(job.model_path()).chain(job.companion_paths()) {
             let _ = std::fs::remove_file(path);
         }
+        self.spool.finish(job, record, JobState::Done)?;
         Ok(())
     }
 

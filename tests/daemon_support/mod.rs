@@ -14,7 +14,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_robustd");
 
 /// A generated fixture model (`make fixtures` writes them).
 pub fn fixture(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generated").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/generated")
+        .join(name);
     assert!(p.is_file(), "{} missing: run `make fixtures`", p.display());
     p
 }
@@ -52,7 +54,9 @@ impl Daemon {
         let log = root.join(format!("daemon-{}.log", now_millis()));
         let socket_path = root.join(format!("notify-{}.sock", now_millis()));
         let notify = UnixDatagram::bind(&socket_path).unwrap();
-        notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--config"])
             .arg(&config)
@@ -108,7 +112,22 @@ impl Daemon {
             }
             self.assert_alive();
         }
-        panic!("no `{needle}` from the daemon within {timeout:?}; got {seen:?}\nlog:\n{}", self.log_text());
+        panic!(
+            "no `{needle}` from the daemon within {timeout:?}; got {seen:?}\nlog:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Reads whatever notifications are waiting (systemd would), returning them.
+    pub fn drain_notify(&mut self) -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        self.notify.set_nonblocking(true).unwrap();
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.notify.set_nonblocking(false).unwrap();
+        seen
     }
 
     pub fn signal(&self, sig: i32) {
@@ -139,7 +158,10 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("daemon did not exit within {timeout:?}\nlog:\n{}", self.log_text());
+                panic!(
+                    "daemon did not exit within {timeout:?}\nlog:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -171,6 +193,7 @@ impl Daemon {
                 return;
             }
             self.assert_alive();
+            self.drain_notify();
             assert!(
                 Instant::now() < deadline,
                 "only {finished} of {n} jobs finished ({busy} busy) within {timeout:?}\nlog:\n{}",
@@ -195,7 +218,10 @@ pub fn jobs(state_dir: &Path, state: JobState) -> Vec<Job> {
     let mut out: Vec<Job> = std::fs::read_dir(&dir)
         .map(|rd| {
             rd.flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && !e.file_name().to_string_lossy().starts_with('.'))
+                .filter(|e| {
+                    e.file_type().is_ok_and(|t| t.is_dir())
+                        && !e.file_name().to_string_lossy().starts_with('.')
+                })
                 .filter_map(|e| Job::read(&e.path()).ok())
                 .collect()
         })
@@ -216,7 +242,9 @@ pub fn drop_bytes(watch: &Path, name: &str, bytes: &[u8]) -> SystemTime {
 /// Drops a fixture model (with its `.onnx.data` companion first, if it has one) as `name`.
 pub fn drop_fixture(watch: &Path, fixture_name: &str, name: &str) -> SystemTime {
     let data = fixture_name.to_string() + ".data";
-    let data_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generated").join(&data);
+    let data_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/generated")
+        .join(&data);
     if data_path.is_file() {
         drop_bytes(watch, &data, &std::fs::read(&data_path).unwrap());
     }
@@ -236,7 +264,10 @@ pub fn model_variant(fixture_name: &str, tag: &str) -> Vec<u8> {
 }
 
 pub fn now_millis() -> u128 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 pub fn parse_time(text: &str) -> SystemTime {
@@ -246,7 +277,11 @@ pub fn parse_time(text: &str) -> SystemTime {
 /// Files in `dir` (not recursing), sorted.
 pub fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
