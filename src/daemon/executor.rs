@@ -180,11 +180,11 @@ impl Executor {
             .outputs
             .publish(record)
             .map_err(|e| Failure::new("publish", &e, None))?;
-        self.finish_done(job, &result_dir, None)
-            .map_err(|e| Failure::new("spool", &*e, None))?;
         if let Err(e) = std::fs::remove_dir_all(&ctx.checkpoint_dir) {
             tracing::warn!("cannot remove {}: {e}", ctx.checkpoint_dir.display());
         }
+        self.finish_done(job, &result_dir, None)
+            .map_err(|e| Failure::new("spool", &*e, None))?;
         Ok(Finished::Done {
             id: record.id.clone(),
             result_dir,

@@ -44,11 +44,22 @@ pub fn watchdog() {
     send(Message::Watchdog, false);
 }
 
-/// Half the watchdog interval systemd asked for (`WatchdogSec`), if it asked.
+/// Half the watchdog interval systemd asked for (`WatchdogSec` → `$WATCHDOG_USEC`), if it asked. Like
+/// libsystemd's `sd_watchdog_enabled`, a `$WATCHDOG_PID` naming another process means the request is not ours,
+/// and a missing one means it is (the `sd-notify` crate requires it).
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    sd_notify::watchdog_enabled(false, &mut usec)
-        .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(100)))
+    let usec: u64 = std::env::var("WATCHDOG_USEC")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&u| u > 0)?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2).max(Duration::from_millis(100)))
 }
 
 /// The STATUS line: `idle; 3 queued` or `mlp: forward 50%; 2 queued`.
