@@ -58,6 +58,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("{} is already waiting in the inbox", target.display());
     }
 
+    // Everything is checked before the first byte lands in the inbox.
+    if let Some(sidecar) = &args.config {
+        let text = std::fs::read_to_string(sidecar)
+            .with_context(|| format!("cannot read {}", sidecar.display()))?;
+        daemon_cfg.with_overrides(&text, sidecar)?;
+    }
     let source_dir = args.model.parent().unwrap_or(Path::new("."));
     let locations = scan_model(&bytes)
         .map(|s| s.external_locations)
@@ -66,15 +72,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if !is_safe_companion(location) {
             bail!("the model references external data `{location}` outside its directory; the daemon refuses it");
         }
+        if !source_dir.join(location).is_file() {
+            bail!(
+                "the model's external data {} is missing",
+                source_dir.join(location).display()
+            );
+        }
+    }
+
+    // Companions first, then the sidecar, the model last: the daemon starts on the model's arrival.
+    for location in &locations {
         let src = source_dir.join(location);
         copy_atomic(&src, &watch.join(location))
             .with_context(|| format!("copying external data {}", src.display()))?;
         println!("copied   {}", src.display());
     }
     if let Some(sidecar) = &args.config {
-        let text = std::fs::read_to_string(sidecar)
-            .with_context(|| format!("cannot read {}", sidecar.display()))?;
-        daemon_cfg.with_overrides(&text, sidecar)?;
         let stem = name.to_string_lossy();
         let stem = stem.strip_suffix(".onnx").unwrap_or(&stem);
         copy_atomic(sidecar, &watch.join(format!("{stem}.yaml")))?;
