@@ -7,6 +7,9 @@
 //! directories), [`outputs`] (the results tree), [`runner`] (the pipeline boundary), [`inspect`] (the runner that
 //! exists today), [`executor`] (one job from claim to done/failed), [`service`] (sd_notify), [`server`] (the loop).
 
+// Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod executor;
 pub mod inbox;
 pub mod inspect;

@@ -72,6 +72,7 @@ pub fn display_name(name: &OsStr) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;

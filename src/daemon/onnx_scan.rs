@@ -225,6 +225,7 @@ fn varint(buf: &[u8], offset: usize) -> Result<(u64, usize), ScanError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -65,15 +65,20 @@ pub fn watch(
 
 /// Creations, writes, close-after-write and renames into the inbox; not reads, opens or removals.
 fn relevant(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Create(_) | EventKind::Any | EventKind::Other => true,
-        EventKind::Modify(
-            ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any | ModifyKind::Metadata(_),
-        ) => true,
-        EventKind::Modify(ModifyKind::Other) => true,
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        _ => false,
-    }
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Any
+            | EventKind::Other
+            | EventKind::Modify(
+                ModifyKind::Data(_)
+                    | ModifyKind::Name(_)
+                    | ModifyKind::Any
+                    | ModifyKind::Metadata(_)
+                    | ModifyKind::Other
+            )
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// Turns inotify's resource errors into a message that says what to raise.

@@ -100,6 +100,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

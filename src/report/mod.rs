@@ -1,6 +1,9 @@
 //! Everything robustd writes for people and tools: the versioned YAML report (`robustd.report/v1`), `error.yaml`
 //! for failed jobs, the report validator, the PNG plots, and the atomic file writes every output goes through.
 
+// Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod atomic;
 pub mod error_report;
 pub mod plots;

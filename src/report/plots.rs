@@ -87,7 +87,7 @@ pub fn robust_acc_vs_eps(out: &Path, series: &[Series]) -> Result<(), PlotError>
             .label_style(("sans-serif", 16))
             .draw()?;
         for (i, s) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = color(i);
             chart
                 .draw_series(LineSeries::new(
                     s.points.iter().copied(),
@@ -233,16 +233,17 @@ pub fn memorization_histogram(
             .configure_mesh()
             .x_desc("mem(i) = P[correct | seen] - P[correct | unseen]")
             .y_desc("training samples")
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 16))
             .draw()?;
         chart.draw_series(bins.windows(2).zip(counts).map(|(edge, &c)| {
             let atypical = threshold.is_some_and(|t| edge[0] >= t);
-            let color = if atypical {
-                RED.mix(0.7)
+            let fill = if atypical {
+                color(1).mix(0.75)
             } else {
-                BLUE.mix(0.6)
+                color(0).mix(0.7)
             };
-            Rectangle::new([(edge[0], 0.0), (edge[1], c as f64)], color.filled())
+            Rectangle::new([(edge[0], 0.0), (edge[1], c as f64)], fill.filled())
         }))?;
         if let Some(t) = threshold {
             chart
@@ -269,23 +270,29 @@ pub fn tradeoff_scatter(out: &Path, points: &[TradeoffPoint]) -> Result<(), Plot
             why: "no points".into(),
         });
     }
-    let lo = |v: f64, e: f64| (v - e).max(0.0);
-    let x_lo = points
-        .iter()
-        .map(|p| lo(p.clean, p.clean_err))
-        .fold(1.0, f64::min);
-    let y_lo = points
-        .iter()
-        .map(|p| lo(p.robust, p.robust_err))
-        .fold(1.0, f64::min);
-    let (x_lo, y_lo) = ((x_lo - 0.05).max(0.0), (y_lo - 0.05).max(0.0));
+    // Zoom to the points (with their error bars) plus a margin, inside [0, 1]: the differences between methods
+    // are a few points of accuracy and would vanish on a full [0, 1] square.
+    let span = |vals: Vec<(f64, f64)>| {
+        let lo = vals
+            .iter()
+            .map(|(v, e)| v - e)
+            .fold(f64::INFINITY, f64::min);
+        let hi = vals
+            .iter()
+            .map(|(v, e)| v + e)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let pad = ((hi - lo) * 0.25).max(0.02);
+        ((lo - pad).max(0.0), (hi + pad).min(1.0))
+    };
+    let (x_lo, x_hi) = span(points.iter().map(|p| (p.clean, p.clean_err)).collect());
+    let (y_lo, y_hi) = span(points.iter().map(|p| (p.robust, p.robust_err)).collect());
     render(out, PLOT, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption("Clean vs robust accuracy", ("sans-serif", 26))
             .margin(16)
             .x_label_area_size(50)
             .y_label_area_size(64)
-            .build_cartesian_2d(x_lo..1.0, y_lo..1.0)?;
+            .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
         chart
             .configure_mesh()
             .x_desc("clean accuracy")
@@ -293,7 +300,7 @@ pub fn tradeoff_scatter(out: &Path, points: &[TradeoffPoint]) -> Result<(), Plot
             .label_style(("sans-serif", 16))
             .draw()?;
         for (i, p) in points.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = color(i);
             let style = color.stroke_width(2);
             chart.draw_series(std::iter::once(ErrorBar::new_vertical(
                 p.clean,
@@ -324,6 +331,22 @@ pub fn tradeoff_scatter(out: &Path, points: &[TradeoffPoint]) -> Result<(), Plot
     })
 }
 
+/// Tableau-10 colors: distinct on white and for most colour-blind readers.
+fn color(i: usize) -> RGBAColor {
+    const PALETTE: [(u8, u8, u8); 8] = [
+        (31, 119, 180),
+        (214, 39, 40),
+        (44, 160, 44),
+        (255, 127, 14),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (23, 190, 207),
+    ];
+    let (r, g, b) = PALETTE[i % PALETTE.len()];
+    RGBColor(r, g, b).to_rgba()
+}
+
 type Chart<'a, 'b> = ChartContext<
     'a,
     BitMapBackend<'b>,
@@ -333,7 +356,7 @@ type DrawResult = Result<(), Box<dyn std::error::Error + 'static>>;
 
 fn draw_lines<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, series: &[Series]) -> DrawResult {
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = color(i);
         chart
             .draw_series(LineSeries::new(
                 s.points.iter().copied(),

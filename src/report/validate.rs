@@ -211,7 +211,7 @@ impl Checker {
                     ),
                 );
             }
-            if h.bins.windows(2).any(|w| !(w[0] < w[1])) {
+            if !h.bins.windows(2).all(|w| w[0] < w[1]) {
                 self.fail("memorization.histogram.bins", "bin edges must increase");
             }
         }
