@@ -15,10 +15,13 @@
 //! - [`daemon`]: the watched inbox, job spool and service loop.
 //! - [`commands`]: one function per CLI subcommand; `main.rs` only wires them.
 
+pub mod attack;
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod data;
+pub mod eval;
 pub mod model;
+pub mod onnx;
 pub mod report;
 pub mod runtime;

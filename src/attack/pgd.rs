@@ -1,0 +1,390 @@
+//! The one projected-gradient core every white-box attack and every adversarial trainer runs on.
+//!
+//! [`pgd`] is projected gradient ascent on any per-sample objective ([`super::losses`]) inside the L∞ or L2 ball
+//! of radius `eps` around `x`, intersected with the [0,1] pixel box: optional uniform random start, `steps`
+//! steepest-ascent steps of size `step_size` (sign of the gradient for L∞, the normalized gradient for L2), and
+//! `restarts` independent runs, keeping per sample the iterate chosen by [`Keep`]. FGSM is one step of size eps
+//! from `x` ([`PgdParams::fgsm`]); CW-PGD is PGD on [`super::losses::cw_margin`]. APGD ([`super::apgd`]) reuses the
+//! building blocks below: [`loss_and_input_grad`], [`ascent_direction`], [`project`], [`random_start`].
+//!
+//! Gradients are taken with respect to the input only (`autograd.grad` semantics through
+//! `Tensor::f_run_backward`): the model's parameters never accumulate gradients during an attack, so a trainer can
+//! craft examples between `zero_grad` and its own `backward`. The model's train/eval mode is left as the caller set
+//! it. Inputs may live on any device; the result is on the model's device.
+
+use tch::{Kind, Tensor};
+
+use super::losses::LossFn;
+use super::noise::{self, per_row_tensor, stream};
+use super::AttackError;
+use crate::config::{Norm, PgdSpec};
+use crate::model::Classifier;
+
+/// Keeps per-row norms away from zero when normalizing.
+const NORM_FLOOR: f64 = 1e-12;
+/// Marks the stream an L2 random start draws its radius from (distinct from its direction's stream).
+const RADIUS_STREAM: u64 = 1 << 32;
+
+/// Which iterate [`pgd`] returns per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The last iterate (Madry et al.); across restarts the one with the higher final loss. The trainers' choice:
+    /// with one restart it costs no extra forward pass.
+    Final,
+    /// The iterate with the highest loss over all steps and restarts.
+    MaxLoss,
+    /// A misclassified iterate if any step of any restart found one (the one with the highest loss among them),
+    /// else the highest-loss iterate. The evaluation's choice: success is never lost by later steps.
+    Adversarial,
+}
+
+/// One projected-gradient attack configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgdParams {
+    pub norm: Norm,
+    /// Radius of the threat ball in [0,1] pixel space.
+    pub eps: f64,
+    /// Length of each step (L∞: per coordinate; L2: Euclidean).
+    pub step_size: f64,
+    pub steps: usize,
+    /// Start each restart at a uniformly random point of the ball (else at `x`).
+    pub random_start: bool,
+    /// Independent runs; at least 1 is always made.
+    pub restarts: usize,
+    /// Seed of the random starts (with the row keys, see [`pgd_rows`]).
+    pub seed: u64,
+    pub keep: Keep,
+}
+
+impl PgdParams {
+    /// PGD from a config block (`eval.pgd` or `train.pgd`): step size = `step_size_factor · eps`.
+    pub fn from_spec(spec: &PgdSpec, norm: Norm, eps: f64, seed: u64, keep: Keep) -> Self {
+        Self {
+            norm,
+            eps,
+            step_size: spec.step_size_factor * eps,
+            steps: spec.steps,
+            random_start: spec.random_start,
+            restarts: spec.restarts.max(1),
+            seed,
+            keep,
+        }
+    }
+
+    /// FGSM (Goodfellow et al. 2015): one step of size eps from the clean point.
+    pub fn fgsm(norm: Norm, eps: f64) -> Self {
+        Self {
+            norm,
+            eps,
+            step_size: eps,
+            steps: 1,
+            random_start: false,
+            restarts: 1,
+            seed: 0,
+            keep: Keep::Final,
+        }
+    }
+
+    fn validate(&self) -> Result<(), AttackError> {
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            return Err(AttackError::Invalid {
+                what: "eps",
+                message: format!("{} is not a finite non-negative radius", self.eps),
+            });
+        }
+        if !(self.step_size.is_finite() && self.step_size >= 0.0) {
+            return Err(AttackError::Invalid {
+                what: "step_size",
+                message: format!("{} is not a finite non-negative step", self.step_size),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// PGD with rows keyed `0..N` (random starts depend on the batch composition; fine for training).
+pub fn pgd(
+    model: &dyn Classifier,
+    x: &Tensor,
+    y: &Tensor,
+    params: &PgdParams,
+    loss: &LossFn,
+) -> Result<Tensor, AttackError> {
+    pgd_rows(model, x, y, None, params, loss)
+}
+
+/// PGD where row `i`'s random start is drawn from key `rows[i]` (e.g. its position in the evaluation set), so a
+/// sample's result does not depend on which batch it landed in.
+pub fn pgd_rows(
+    model: &dyn Classifier,
+    x: &Tensor,
+    y: &Tensor,
+    rows: Option<&[u64]>,
+    params: &PgdParams,
+    loss: &LossFn,
+) -> Result<Tensor, AttackError> {
+    params.validate()?;
+    let (x, y) = on_model_device(model, x, y)?;
+    let keys = noise::row_keys(rows, x.size()[0] as usize)?;
+    let restarts = params.restarts.max(1);
+    let mut best = BestIterate::new(params.keep);
+    for restart in 0..restarts {
+        let mut x_adv = if params.random_start {
+            random_start(
+                &x,
+                params.norm,
+                params.eps,
+                Start::UniformBall,
+                params.seed,
+                stream::START + restart as u64,
+                &keys,
+            )?
+        } else {
+            x.f_detach_copy()?
+        };
+        for _ in 0..params.steps {
+            let at = loss_and_input_grad(model, &x_adv, &y, loss)?;
+            if params.keep != Keep::Final {
+                best.offer(&x_adv, &at.loss, &at.logits, &y)?;
+            }
+            let step = ascent_direction(&at.grad, params.norm)?.f_mul_scalar(params.step_size)?;
+            x_adv = project(&x_adv.f_add(&step)?, &x, params.norm, params.eps)?;
+        }
+        if params.keep == Keep::Final && restarts == 1 {
+            return Ok(x_adv);
+        }
+        let (logits, value) = loss_no_grad(model, &x_adv, &y, loss)?;
+        best.offer(&x_adv, &value, &logits, &y)?;
+    }
+    best.into_best()
+}
+
+/// What one forward/backward pass at an iterate gives: detached logits and per-sample loss, and the gradient of
+/// the summed loss with respect to the input.
+pub struct Evaluated {
+    pub logits: Tensor,
+    pub loss: Tensor,
+    pub grad: Tensor,
+}
+
+/// Loss and input gradient at `x_adv` (gradient mode forced on, parameters untouched).
+pub fn loss_and_input_grad(
+    model: &dyn Classifier,
+    x_adv: &Tensor,
+    y: &Tensor,
+    loss: &LossFn,
+) -> Result<Evaluated, AttackError> {
+    tch::with_grad(|| {
+        let input = x_adv.f_detach()?.set_requires_grad(true);
+        let logits = model.forward(&input)?;
+        let value = per_sample_loss(loss, &logits, y)?;
+        let total = value.f_sum(Kind::Float)?;
+        let mut grads = Tensor::f_run_backward(&[&total], &[&input], false, false)?;
+        let grad = grads.pop().ok_or(AttackError::Invalid {
+            what: "gradient",
+            message: "autograd returned no gradient for the input".into(),
+        })?;
+        Ok(Evaluated {
+            logits: logits.f_detach()?,
+            loss: value.f_detach()?,
+            grad,
+        })
+    })
+}
+
+/// Logits and per-sample loss at `x_adv` without building a graph.
+pub fn loss_no_grad(
+    model: &dyn Classifier,
+    x_adv: &Tensor,
+    y: &Tensor,
+    loss: &LossFn,
+) -> Result<(Tensor, Tensor), AttackError> {
+    tch::no_grad(|| {
+        let logits = model.forward(x_adv)?;
+        let value = per_sample_loss(loss, &logits, y)?;
+        Ok((logits, value))
+    })
+}
+
+fn per_sample_loss(loss: &LossFn, logits: &Tensor, y: &Tensor) -> Result<Tensor, AttackError> {
+    let value = loss(logits, y)?;
+    let n = logits.size().first().copied().unwrap_or(0);
+    if value.size() != [n] {
+        return Err(AttackError::LossShape {
+            expected: n,
+            got: value.size(),
+        });
+    }
+    Ok(value)
+}
+
+/// The steepest-ascent direction of unit norm: `sign(g)` for L∞, `g / ‖g‖₂` per sample for L2. Non-finite
+/// gradient entries count as zero (no move), so one NaN cannot poison the iterate.
+pub fn ascent_direction(grad: &Tensor, norm: Norm) -> Result<Tensor, AttackError> {
+    let grad = grad.f_nan_to_num(0.0, 0.0, 0.0)?;
+    Ok(match norm {
+        Norm::Linf => grad.f_sign()?,
+        Norm::L2 => {
+            let norms = row_norms(&grad, Norm::L2)?.f_add_scalar(NORM_FLOOR)?;
+            grad.f_div(&per_row(&norms, &grad)?)?
+        }
+    })
+}
+
+/// Projects `x_adv` onto the `norm`-ball of radius `eps` around `x`, then onto [0,1]. Clipping to the box only
+/// shrinks each coordinate of the perturbation (x itself lies in the box), so the result is in both sets.
+pub fn project(x_adv: &Tensor, x: &Tensor, norm: Norm, eps: f64) -> Result<Tensor, AttackError> {
+    let delta = x_adv.f_sub(x)?;
+    let delta = match norm {
+        Norm::Linf => delta.f_clamp(-eps, eps)?,
+        Norm::L2 => {
+            let norms = row_norms(&delta, Norm::L2)?;
+            let factor = norms
+                .f_add_scalar(NORM_FLOOR)?
+                .f_reciprocal()?
+                .f_mul_scalar(eps)?
+                .f_clamp_max(1.0)?;
+            delta.f_mul(&per_row(&factor, &delta)?)?
+        }
+    };
+    Ok(x.f_add(&delta)?.f_clamp(0.0, 1.0)?)
+}
+
+/// How a random start is distributed in the ball.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// L∞: uniform in the cube; L2: uniform in the ball (radius `eps · u^{1/d}`). Madry et al.'s PGD.
+    UniformBall,
+    /// L∞: uniform direction scaled so the largest coordinate is eps; L2: a uniform point on the sphere. APGD's
+    /// start (Croce & Hein 2020).
+    Boundary,
+}
+
+/// A random point of the ball around `x` (then clipped to [0,1]); row `i` is drawn from key `keys[i]`.
+pub fn random_start(
+    x: &Tensor,
+    norm: Norm,
+    eps: f64,
+    start: Start,
+    seed: u64,
+    stream: u64,
+    keys: &[u64],
+) -> Result<Tensor, AttackError> {
+    let delta = match norm {
+        Norm::Linf => {
+            let u = per_row_tensor(x, keys, seed, stream, noise::uniform_pm1)?;
+            match start {
+                Start::UniformBall => u.f_mul_scalar(eps)?,
+                Start::Boundary => {
+                    let max = row_norms(&u, Norm::Linf)?.f_add_scalar(NORM_FLOOR)?;
+                    u.f_div(&per_row(&max, &u)?)?.f_mul_scalar(eps)?
+                }
+            }
+        }
+        Norm::L2 => {
+            let g = per_row_tensor(x, keys, seed, stream, noise::standard_normal)?;
+            let unit = g.f_div(&per_row(
+                &row_norms(&g, Norm::L2)?.f_add_scalar(NORM_FLOOR)?,
+                &g,
+            )?)?;
+            match start {
+                Start::Boundary => unit.f_mul_scalar(eps)?,
+                Start::UniformBall => {
+                    let dims = x.size().iter().skip(1).product::<i64>().max(1) as f64;
+                    let column = Tensor::f_zeros([keys.len() as i64], (Kind::Float, x.device()))?;
+                    let u = per_row_tensor(&column, keys, seed, stream | RADIUS_STREAM, |r| {
+                        (noise::uniform_pm1(r) + 1.0) / 2.0
+                    })?;
+                    let radius = u.f_pow_tensor_scalar(1.0 / dims)?.f_mul_scalar(eps)?;
+                    unit.f_mul(&per_row(&radius, &unit)?)?
+                }
+            }
+        }
+    };
+    Ok(x.f_add(&delta)?.f_clamp(0.0, 1.0)?)
+}
+
+/// Per-sample `norm` of a batch `[N, …]` (L∞: max |v|; L2: Euclidean), shape `[N]`.
+pub fn row_norms(t: &Tensor, norm: Norm) -> Result<Tensor, AttackError> {
+    let flat = t.f_flatten(1, -1)?;
+    Ok(match norm {
+        Norm::Linf => flat.f_abs()?.f_amax([1i64].as_slice(), false)?,
+        Norm::L2 => flat.f_norm_scalaropt_dim(2.0, [1i64].as_slice(), false)?,
+    })
+}
+
+/// Reshapes a per-sample `[N]` tensor to broadcast against `like` (`[N, 1, 1, …]`).
+pub fn per_row(v: &Tensor, like: &Tensor) -> Result<Tensor, AttackError> {
+    let mut shape = vec![-1i64];
+    shape.extend(std::iter::repeat_n(1, like.dim().saturating_sub(1)));
+    Ok(v.f_view(shape.as_slice())?)
+}
+
+/// `x` (float32) and `y` (int64) moved to the model's device.
+pub(crate) fn on_model_device(
+    model: &dyn Classifier,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<(Tensor, Tensor), AttackError> {
+    let device = model.device();
+    let x = x.f_detach()?.f_to_device(device)?.f_to_kind(Kind::Float)?;
+    let y = y.f_to_device(device)?.f_to_kind(Kind::Int64)?;
+    if x.size().first() != y.size().first() || y.dim() != 1 {
+        return Err(AttackError::Invalid {
+            what: "labels",
+            message: format!("inputs {:?} but labels {:?}", x.size(), y.size()),
+        });
+    }
+    Ok((x, y))
+}
+
+/// Per-sample best iterate under a [`Keep`] rule.
+pub(crate) struct BestIterate {
+    keep: Keep,
+    state: Option<(Tensor, Tensor, Tensor)>,
+}
+
+impl BestIterate {
+    pub(crate) fn new(keep: Keep) -> Self {
+        Self { keep, state: None }
+    }
+
+    /// Offers a candidate iterate with its per-sample loss and logits; rows that beat the current best replace it.
+    pub(crate) fn offer(
+        &mut self,
+        x_adv: &Tensor,
+        loss: &Tensor,
+        logits: &Tensor,
+        y: &Tensor,
+    ) -> Result<(), AttackError> {
+        let fooled = logits.f_argmax(1, false)?.f_ne_tensor(y)?;
+        let Some((best_x, best_loss, best_fooled)) = self.state.take() else {
+            self.state = Some((x_adv.f_detach()?, loss.f_detach()?, fooled));
+            return Ok(());
+        };
+        let higher = loss.f_gt_tensor(&best_loss)?;
+        let better = match self.keep {
+            Keep::Final | Keep::MaxLoss => higher,
+            Keep::Adversarial => {
+                let newly_fooled = fooled.f_logical_and(&best_fooled.f_logical_not()?)?;
+                let same_status = fooled.f_eq_tensor(&best_fooled)?;
+                newly_fooled.f_logical_or(&same_status.f_logical_and(&higher)?)?
+            }
+        };
+        self.state = Some((
+            x_adv
+                .f_detach()?
+                .f_where_self(&per_row(&better, x_adv)?, &best_x)?,
+            loss.f_where_self(&better, &best_loss)?,
+            fooled.f_where_self(&better, &best_fooled)?,
+        ));
+        Ok(())
+    }
+
+    pub(crate) fn into_best(self) -> Result<Tensor, AttackError> {
+        self.state.map(|(x, _, _)| x).ok_or(AttackError::Invalid {
+            what: "iterates",
+            message: "no iterate was evaluated".into(),
+        })
+    }
+}
