@@ -201,13 +201,31 @@ impl Spool {
         }
         record.state = state;
         write_yaml_atomic(&building.join(JOB_FILE), &record)?;
-        for (src, name) in &files {
-            move_file(src, &building.join(name))?;
+        let mut moved: Vec<(&Path, PathBuf)> = Vec::new();
+        let result = (|| {
+            for (src, name) in &files {
+                let dst = building.join(name);
+                move_file(src, &dst)?;
+                moved.push((src, dst));
+            }
+            atomic::sync_dir(&building).map_err(io_err(&building))?;
+            let dir = self.state_dir(state).join(&record.id);
+            rename_durable(&building, &dir)?;
+            Ok(dir)
+        })();
+        match result {
+            Ok(dir) => Ok(Job { record, dir }),
+            Err(e) => {
+                // Put the drop back as it was (disk full, permissions): the inbox retries it later.
+                for (src, dst) in moved.iter().rev() {
+                    if let Err(back) = move_file(dst, src) {
+                        tracing::error!("cannot return {} to the inbox: {back}", dst.display());
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&building);
+                Err(e)
+            }
         }
-        atomic::sync_dir(&building).map_err(io_err(&building))?;
-        let dir = self.state_dir(state).join(&record.id);
-        rename_durable(&building, &dir)?;
-        Ok(Job { record, dir })
     }
 
     /// Claims a queued job: `queued/<id>` → `running/<id>`, counting the attempt.
