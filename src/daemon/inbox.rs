@@ -491,3 +491,46 @@ fn new_job_id(name: &str) -> String {
         .collect();
     format!("{compact}-{:04}-{}", seq % 10_000, name)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_ready_only_after_it_stopped_changing_and_a_sidecar_change_restarts_the_clock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let stable = Duration::from_millis(150);
+        let mut inbox = Inbox::new(dir);
+        std::fs::write(dir.join("m.onnx"), b"part").unwrap();
+        std::fs::write(dir.join(".x.onnx.part"), b"ignored").unwrap();
+        inbox.rescan().unwrap();
+        assert!(
+            inbox.ready(stable).is_empty(),
+            "first sight only records the fingerprint"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        std::fs::write(dir.join("m.onnx"), b"part and more").unwrap();
+        assert!(
+            inbox.ready(stable).is_empty(),
+            "changed: the clock restarts"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        std::fs::write(dir.join("m.yaml"), b"threat: {eps: 0.2}").unwrap();
+        inbox.note(OsStr::new("m.yaml"));
+        assert!(
+            inbox.ready(stable).is_empty(),
+            "the sidecar changed the fingerprint"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let ready = inbox.ready(stable);
+        assert_eq!(
+            ready.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            vec![OsString::from("m.onnx")]
+        );
+        assert!(inbox.ready(stable).is_empty(), "handed to intake once");
+        inbox.settled(OsStr::new("m.onnx"), &Intake::Gone);
+        assert_eq!(inbox.pending(), 0);
+    }
+}
