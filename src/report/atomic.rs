@@ -60,6 +60,8 @@ pub fn write_atomic_with(
     })
 }
 
+/// Missing parent directories are created (mode 0755).
+///
 /// Atomically writes through the temporary [`File`] itself, for writers that need `Write + Seek` (npz/zip):
 /// `fill` writes, then this fsyncs, renames over `path` and fsyncs the directory.
 pub fn write_atomic_file(
@@ -67,6 +69,9 @@ pub fn write_atomic_file(
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), WriteError> {
     let dir = parent_dir(path);
+    if !dir.is_dir() {
+        create_dir_all(dir)?;
+    }
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = OpenOptions::new()
