@@ -47,6 +47,27 @@ fn bad_drops_fail_cleanly_and_the_next_good_model_is_processed() {
         "badrange.onnx",
         &model_variant("cnn_bn_legacy.onnx", "r"),
     );
+    // Daemon-wide keys: a dropped sidecar must not load a library into the daemon or lift its limits.
+    std::fs::write(
+        w.join("evillib.yaml"),
+        "runtime: {ort_library: /tmp/evil.so}\n",
+    )
+    .unwrap();
+    drop_bytes(
+        &w,
+        "evillib.onnx",
+        &model_variant("cnn_bn_legacy.onnx", "l"),
+    );
+    std::fs::write(
+        w.join("nolimits.yaml"),
+        "limits: {job_timeout_s: 0}\npaths: {models: /}\n",
+    )
+    .unwrap();
+    drop_bytes(
+        &w,
+        "nolimits.onnx",
+        &model_variant("cnn_bn_legacy.onnx", "n"),
+    );
     // A symlink pointing out of the inbox and a FIFO: refused without being followed or opened.
     std::os::unix::fs::symlink(&outside, w.join("link.onnx")).unwrap();
     let fifo = CString::new(w.join("pipe.onnx").as_os_str().as_bytes()).unwrap();
@@ -54,9 +75,9 @@ fn bad_drops_fail_cleanly_and_the_next_good_model_is_processed() {
     // A hostile name.
     drop_bytes(&w, "x..\u{1b}[31mevil\n.onnx", b"junk");
 
-    d.wait_finished(9, Duration::from_secs(60));
+    d.wait_finished(11, Duration::from_secs(60));
     let failed = d.jobs(JobState::Failed);
-    assert_eq!(failed.len(), 9, "done: {:?}", d.jobs(JobState::Done));
+    assert_eq!(failed.len(), 11, "done: {:?}", d.jobs(JobState::Done));
     let stage_of = |dropped: &str| -> ErrorReport {
         let job = failed
             .iter()
@@ -74,6 +95,8 @@ fn bad_drops_fail_cleanly_and_the_next_good_model_is_processed() {
         ("badyaml.onnx", "sidecar", "badyaml.yaml:"),
         ("unknownkey.onnx", "sidecar", "unknown field `epoch`"),
         ("badrange.onnx", "sidecar", "threat.eps"),
+        ("evillib.onnx", "sidecar", "may not set runtime.ort_library"),
+        ("nolimits.onnx", "sidecar", "may not set paths, limits"),
         ("link.onnx", "intake", "symbolic link"),
         ("pipe.onnx", "intake", "FIFO"),
         ("x..?[31mevil?.onnx", "load", "onnxruntime cannot load"),
@@ -119,7 +142,7 @@ fn bad_drops_fail_cleanly_and_the_next_good_model_is_processed() {
 
     // Still serving.
     drop_bytes(&w, "good.onnx", &good);
-    d.wait_finished(10, Duration::from_secs(60));
+    d.wait_finished(12, Duration::from_secs(60));
     let done = d.jobs(JobState::Done);
     assert_eq!(done.len(), 1);
     validate_report_file(

@@ -201,3 +201,31 @@ fn watchdog_pings_arrive_when_systemd_asks_for_them() {
     let (ok, _) = d.terminate();
     assert!(ok);
 }
+
+#[test]
+fn a_job_past_limits_job_timeout_s_fails_with_a_clear_error_and_the_daemon_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut d = Daemon::start(
+        root,
+        &base_config(root, "daemon: {stable_ms: 100}\nlimits: {job_timeout_s: 1}"),
+    );
+    start_long_job(&mut d);
+    d.wait_finished(1, Duration::from_secs(60));
+    let failed = d.jobs(JobState::Failed);
+    assert_eq!(failed.len(), 1, "{}", d.log_text());
+    let err = robustd::report::ErrorReport::read(&failed[0].dir.join("error.yaml")).unwrap();
+    assert!(err.cause.contains("timed out"), "{err:?}");
+    assert_eq!(err.stage, "forward");
+    assert!(err.hint.unwrap().contains("job_timeout_s"));
+    assert!(!d
+        .state()
+        .join("checkpoints")
+        .join(&failed[0].record.key)
+        .exists());
+    drop_fixture(&d.watch(), "resdw_legacy.onnx", "next.onnx");
+    d.wait_finished(2, Duration::from_secs(60));
+    assert_eq!(d.jobs(JobState::Done).len(), 1);
+    let (ok, _) = d.terminate();
+    assert!(ok);
+}

@@ -398,3 +398,20 @@ fn the_four_plots_render_as_pngs_with_axes_and_text() {
     assert!(plots::robust_acc_vs_eps(&out("x.png"), &[]).is_err());
     assert!(!out("x.png").exists());
 }
+
+#[test]
+fn verdicts_compare_worst_case_robust_accuracy_with_a_tolerance() {
+    assert_eq!(Verdict::compare(0.04, 0.60, 0.01), Verdict::Improved);
+    assert_eq!(Verdict::compare(0.60, 0.40, 0.01), Verdict::Degraded);
+    assert_eq!(Verdict::compare(0.50, 0.505, 0.01), Verdict::Unchanged);
+    let yaml = serde_norway::to_string(&Verdict::EvaluationOnly).unwrap();
+    assert_eq!(yaml.trim(), "evaluation-only");
+}
+
+#[test]
+fn atomic_writes_create_missing_parent_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plots/sub/x.txt");
+    write_atomic(&path, b"x").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"x");
+}

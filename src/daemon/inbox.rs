@@ -34,6 +34,8 @@ pub struct Inbox {
 
 #[derive(Debug)]
 struct Candidate {
+    /// When the inbox first saw the file (event or rescan): the start of the drop-to-job latency.
+    seen_at: SystemTime,
     fingerprint: Option<Fingerprint>,
     since: Instant,
     /// Handed to intake; not offered again until it reports back.
@@ -72,6 +74,7 @@ impl Inbox {
             return;
         }
         self.candidates.entry(model).or_insert_with(|| Candidate {
+            seen_at: SystemTime::now(),
             fingerprint: None,
             since: Instant::now(),
             in_intake: false,
@@ -87,8 +90,9 @@ impl Inbox {
         Ok(())
     }
 
-    /// Candidates ready for intake now: stable for `stable`, or not regular files at all (rejected at once).
-    pub fn ready(&mut self, stable: Duration) -> Vec<OsString> {
+    /// Candidates ready for intake now, with the time each was first seen: stable for `stable`, or not regular
+    /// files at all (rejected at once).
+    pub fn ready(&mut self, stable: Duration) -> Vec<(OsString, SystemTime)> {
         let now = Instant::now();
         let dir = self.dir.clone();
         let mut ready = Vec::new();
@@ -104,7 +108,7 @@ impl Inbox {
             }
             if !meta.file_type().is_file() {
                 c.in_intake = true;
-                ready.push(name.clone());
+                ready.push((name.clone(), c.seen_at));
                 return true;
             }
             let fp = fingerprint(&dir, name, &meta);
@@ -113,7 +117,7 @@ impl Inbox {
                 c.since = now;
             } else if now.duration_since(c.since) >= stable {
                 c.in_intake = true;
-                ready.push(name.clone());
+                ready.push((name.clone(), c.seen_at));
             }
             true
         });
@@ -189,6 +193,7 @@ pub fn warn_if_world_writable(dir: &Path) {
 pub fn intake(
     inbox: &Path,
     name: &OsStr,
+    seen_at: SystemTime,
     spool: &Spool,
     base: &Config,
     stable: Duration,
@@ -199,6 +204,7 @@ pub fn intake(
         return Ok(Intake::Gone);
     };
     let mut drop = Drop::new(name, &shown);
+    drop.record.detected_at = Some(humantime::format_rfc3339_millis(seen_at).to_string());
     let file_type = meta.file_type();
     let kind = if file_type.is_symlink() {
         Some("a symbolic link")
@@ -274,7 +280,11 @@ pub fn intake(
                 );
             }
         };
-        match base.with_overrides(&text, Path::new(&sidecar_name)) {
+        match base
+            .with_overrides(&text, Path::new(&sidecar_name))
+            .map_err(|e| e.to_string())
+            .and_then(|c| daemon_wide_keys(&text).map(|()| c))
+        {
             Ok(c) => config = c,
             Err(e) => {
                 drop.files.push((path, drop.record.model_file.clone()));
@@ -393,6 +403,7 @@ impl Drop {
                 kind: JobKind::Eval,
                 state: JobState::Queued,
                 attempts: 0,
+                detected_at: None,
                 queued_at: now_rfc3339(),
                 started_at: None,
                 finished_at: None,
@@ -429,6 +440,33 @@ fn reject(
     )?))
 }
 
+/// Keys a sidecar may not set: they belong to the daemon, not to one job (where results and the spool live,
+/// how the inbox is watched, the resource limits, and which shared library is loaded into the process).
+pub const DAEMON_WIDE_KEYS: &[&str] = &["paths", "daemon", "limits", "runtime.ort_library"];
+
+fn daemon_wide_keys(text: &str) -> Result<(), String> {
+    let doc: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    let found: Vec<&str> = DAEMON_WIDE_KEYS
+        .iter()
+        .copied()
+        .filter(|key| {
+            let mut node = Some(&doc);
+            for part in key.split('.') {
+                node = node.and_then(|n| n.get(part));
+            }
+            node.is_some()
+        })
+        .collect();
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "a sidecar may not set {} (daemon-wide settings; only the daemon's config sets them)",
+            found.join(", ")
+        ))
+    }
+}
+
 fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
@@ -452,4 +490,47 @@ fn new_job_id(name: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
         .collect();
     format!("{compact}-{:04}-{}", seq % 10_000, name)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_ready_only_after_it_stopped_changing_and_a_sidecar_change_restarts_the_clock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let stable = Duration::from_millis(150);
+        let mut inbox = Inbox::new(dir);
+        std::fs::write(dir.join("m.onnx"), b"part").unwrap();
+        std::fs::write(dir.join(".x.onnx.part"), b"ignored").unwrap();
+        inbox.rescan().unwrap();
+        assert!(
+            inbox.ready(stable).is_empty(),
+            "first sight only records the fingerprint"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        std::fs::write(dir.join("m.onnx"), b"part and more").unwrap();
+        assert!(
+            inbox.ready(stable).is_empty(),
+            "changed: the clock restarts"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        std::fs::write(dir.join("m.yaml"), b"threat: {eps: 0.2}").unwrap();
+        inbox.note(OsStr::new("m.yaml"));
+        assert!(
+            inbox.ready(stable).is_empty(),
+            "the sidecar changed the fingerprint"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let ready = inbox.ready(stable);
+        assert_eq!(
+            ready.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            vec![OsString::from("m.onnx")]
+        );
+        assert!(inbox.ready(stable).is_empty(), "handed to intake once");
+        inbox.settled(OsStr::new("m.onnx"), &Intake::Gone);
+        assert_eq!(inbox.pending(), 0);
+    }
 }

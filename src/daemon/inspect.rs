@@ -89,30 +89,20 @@ impl JobRunner for InspectRunner {
             seconds: sanity.seconds + probe.seconds,
         };
         let model = model_info(job, &bytes, scan.as_ref(), &session, Some(forward));
-        Ok(JobOutcome {
-            summary: Summary {
-                model: model.file.clone(),
-                verdict: Verdict::EvaluationOnly,
-                threat_model: threat_model(cfg),
-                before: None,
-                after: None,
-                atypical_share: None,
-                warnings: vec![
-                    "inspection only: the model was loaded and checked, no dataset evaluation ran (runner `inspect`)"
-                        .into(),
-                ],
-                artifacts: SummaryArtifacts::default(),
-            },
-            model,
-            dataset: None,
-            evaluation: None,
-            memorization: None,
-            training: None,
-            fine_tuned_model: None,
-            plots: Vec::new(),
-            per_sample: None,
-            training_log: None,
-        })
+        let summary = Summary {
+            model: model.file.clone(),
+            verdict: Verdict::EvaluationOnly,
+            threat_model: threat_model(cfg),
+            before: None,
+            after: None,
+            atypical_share: None,
+            warnings: vec![
+                "inspection only: the model was loaded and checked, no dataset evaluation ran (runner `inspect`)"
+                    .into(),
+            ],
+            artifacts: SummaryArtifacts::default(),
+        };
+        Ok(JobOutcome::new(summary, model))
     }
 }
 

@@ -87,6 +87,9 @@ pub struct JobRecord {
     /// Times the job was started (a resume after a restart counts again).
     #[serde(default)]
     pub attempts: u32,
+    /// When the daemon first saw the dropped file (the drop-to-start latency is `started_at - detected_at`).
+    #[serde(default)]
+    pub detected_at: Option<String>,
     pub queued_at: String,
     #[serde(default)]
     pub started_at: Option<String>,

@@ -59,6 +59,24 @@ pub struct JobOutcome {
     pub training_log: Option<String>,
 }
 
+impl JobOutcome {
+    /// An outcome with the two sections every runner fills; the optional ones start empty.
+    pub fn new(summary: Summary, model: ModelInfo) -> Self {
+        Self {
+            summary,
+            model,
+            dataset: None,
+            evaluation: None,
+            memorization: None,
+            training: None,
+            fine_tuned_model: None,
+            plots: Vec::new(),
+            per_sample: None,
+            training_log: None,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum JobError {
     /// The cancel token fired; on shutdown the job stays in `running/` and resumes at the next start.

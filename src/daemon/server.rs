@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -81,7 +81,7 @@ pub async fn run(
             path: paths.watch.clone(),
             message,
         })?;
-    let (intake_tx, intake_rx) = std::sync::mpsc::channel::<(OsString, Arc<Config>)>();
+    let (intake_tx, intake_rx) = std::sync::mpsc::channel::<(OsString, SystemTime, Arc<Config>)>();
     let (intake_done_tx, mut intake_done_rx) = mpsc::unbounded_channel::<(OsString, Intake)>();
     let intake_thread = {
         let spool = spool.clone();
@@ -89,12 +89,13 @@ pub async fn run(
         std::thread::Builder::new()
             .name("intake".into())
             .spawn(move || {
-                for (name, cfg) in intake_rx {
+                for (name, seen_at, cfg) in intake_rx {
                     let stable = Duration::from_millis(cfg.daemon.stable_ms);
-                    let outcome = intake(&inbox, &name, &spool, &cfg, stable).unwrap_or_else(|e| {
-                        tracing::error!("intake of {}: {e}", name.to_string_lossy());
-                        Intake::Waiting(format!("spool error: {e}"))
-                    });
+                    let outcome = intake(&inbox, &name, seen_at, &spool, &cfg, stable)
+                        .unwrap_or_else(|e| {
+                            tracing::error!("intake of {}: {e}", name.to_string_lossy());
+                            Intake::Waiting(format!("spool error: {e}"))
+                        });
                     if intake_done_tx.send((name, outcome)).is_err() {
                         break;
                     }
@@ -139,8 +140,8 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(name) = event_rx.recv() => state.inbox.note(&name),
             _ = tick.tick() => {
-                for name in state.inbox.ready(Duration::from_millis(config.daemon.stable_ms)) {
-                    let _ = intake_tx.send((name, config_arc.clone()));
+                for (name, seen_at) in state.inbox.ready(Duration::from_millis(config.daemon.stable_ms)) {
+                    let _ = intake_tx.send((name, seen_at, config_arc.clone()));
                 }
                 state.enforce_timeouts();
                 state.dispatch(&config);
@@ -277,7 +278,16 @@ impl Loop {
                     fraction: 0.0,
                 },
             );
-        tracing::info!(job = %id, attempt = job.record.attempts, "started {}", job.record.dropped_as);
+        let since_drop = job
+            .record
+            .detected_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .filter(|_| job.record.attempts == 1)
+            .map(|d| format!(", {} ms after it appeared in the inbox", d.as_millis()))
+            .unwrap_or_default();
+        tracing::info!(job = %id, attempt = job.record.attempts, "started {}{since_drop}", job.record.dropped_as);
         let progress = progress_sink(&job, &self.exec.spool, &self.active);
         let exec = self.exec.clone();
         let done = self.done_tx.clone();

@@ -201,13 +201,31 @@ impl Spool {
         }
         record.state = state;
         write_yaml_atomic(&building.join(JOB_FILE), &record)?;
-        for (src, name) in &files {
-            move_file(src, &building.join(name))?;
+        let mut moved: Vec<(&Path, PathBuf)> = Vec::new();
+        let result = (|| {
+            for (src, name) in &files {
+                let dst = building.join(name);
+                move_file(src, &dst)?;
+                moved.push((src, dst));
+            }
+            atomic::sync_dir(&building).map_err(io_err(&building))?;
+            let dir = self.state_dir(state).join(&record.id);
+            rename_durable(&building, &dir)?;
+            Ok(dir)
+        })();
+        match result {
+            Ok(dir) => Ok(Job { record, dir }),
+            Err(e) => {
+                // Put the drop back as it was (disk full, permissions): the inbox retries it later.
+                for (src, dst) in moved.iter().rev() {
+                    if let Err(back) = move_file(dst, src) {
+                        tracing::error!("cannot return {} to the inbox: {back}", dst.display());
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&building);
+                Err(e)
+            }
         }
-        atomic::sync_dir(&building).map_err(io_err(&building))?;
-        let dir = self.state_dir(state).join(&record.id);
-        rename_durable(&building, &dir)?;
-        Ok(Job { record, dir })
     }
 
     /// Claims a queued job: `queued/<id>` → `running/<id>`, counting the attempt.
@@ -295,4 +313,102 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::daemon::job::{JobKind, JOB_SCHEMA};
+
+    fn record(id: &str) -> JobRecord {
+        JobRecord {
+            schema: JOB_SCHEMA.into(),
+            id: id.into(),
+            name: "m".into(),
+            dropped_as: "m.onnx".into(),
+            model_file: "m.onnx".into(),
+            companions: vec![],
+            sidecar: false,
+            model_sha256: "a".repeat(64),
+            config_sha256: "b".repeat(64),
+            key: "c".repeat(64),
+            kind: JobKind::Eval,
+            state: JobState::Queued,
+            attempts: 0,
+            detected_at: None,
+            queued_at: now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            stage: None,
+            progress: None,
+            result_dir: None,
+            dedup_of: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn jobs_move_through_the_states_by_rename_and_running_ones_are_requeued_at_startup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (inbox, state) = (tmp.path().join("watch"), tmp.path().join("state"));
+        std::fs::create_dir_all(&inbox).unwrap();
+        let spool = Spool::open(&state).unwrap();
+        std::fs::write(inbox.join("m.onnx"), b"model").unwrap();
+        let job = spool
+            .enqueue(
+                record("j1"),
+                "{}",
+                vec![(inbox.join("m.onnx"), "m.onnx".into())],
+            )
+            .unwrap();
+        assert!(!inbox.join("m.onnx").exists());
+        assert_eq!(std::fs::read(job.model_path()).unwrap(), b"model");
+        let running = spool.claim(&job).unwrap();
+        assert_eq!(running.record.attempts, 1);
+        assert!(running.dir.starts_with(spool.state_dir(JobState::Running)));
+        // A restart finds it in running/ and puts it back in the queue, attempts kept.
+        let rec = spool.recover(&inbox).unwrap();
+        assert_eq!(rec.resumed, vec!["j1".to_string()]);
+        let queued = spool.list(JobState::Queued);
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].record.attempts, 1);
+        let again = spool.claim(&queued[0]).unwrap();
+        assert_eq!(again.record.attempts, 2);
+        let done = spool
+            .finish(&again, again.record.clone(), JobState::Done)
+            .unwrap();
+        assert_eq!(spool.list(JobState::Done), vec![done]);
+        assert!(spool.list(JobState::Running).is_empty());
+    }
+
+    #[test]
+    fn half_built_jobs_are_completed_or_returned_to_the_inbox() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (inbox, state) = (tmp.path().join("watch"), tmp.path().join("state"));
+        std::fs::create_dir_all(&inbox).unwrap();
+        let spool = Spool::open(&state).unwrap();
+        // Complete: record and model present (the crash came before the final rename).
+        let complete = state.join("incoming/j1");
+        std::fs::create_dir_all(&complete).unwrap();
+        write_yaml_atomic(&complete.join(JOB_FILE), &record("j1")).unwrap();
+        std::fs::write(complete.join("m.onnx"), b"model").unwrap();
+        // Incomplete: the record, and a companion moved in before the model.
+        let partial = state.join("incoming/j2");
+        std::fs::create_dir_all(&partial).unwrap();
+        write_yaml_atomic(&partial.join(JOB_FILE), &record("j2")).unwrap();
+        std::fs::write(partial.join("m2.onnx.data"), b"weights").unwrap();
+        let rec = spool.recover(&inbox).unwrap();
+        assert_eq!(rec.completed_incoming, vec!["j1".to_string()]);
+        assert_eq!(rec.returned_to_inbox, vec![inbox.join("m2.onnx.data")]);
+        assert_eq!(
+            std::fs::read(inbox.join("m2.onnx.data")).unwrap(),
+            b"weights"
+        );
+        assert_eq!(spool.list(JobState::Queued).len(), 1);
+        assert_eq!(
+            std::fs::read_dir(state.join("incoming")).unwrap().count(),
+            0
+        );
+    }
 }

@@ -47,27 +47,42 @@ pub fn write_yaml_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     write_atomic(path, text.as_bytes())
 }
 
-/// Atomically writes whatever `fill` produces; on any error the temporary file is removed and the target is
-/// untouched (the disk-full case included).
+/// Atomically writes whatever `fill` produces (buffered); on any error the temporary file is removed and the
+/// target is untouched (the disk-full case included).
 pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), WriteError> {
+    write_atomic_file(path, |file| {
+        let mut buffered = io::BufWriter::new(file);
+        fill(&mut buffered)?;
+        buffered.flush()
+    })
+}
+
+/// Missing parent directories are created (mode 0755).
+///
+/// Atomically writes through the temporary [`File`] itself, for writers that need `Write + Seek` (npz/zip):
+/// `fill` writes, then this fsyncs, renames over `path` and fsyncs the directory.
+pub fn write_atomic_file(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), WriteError> {
     let dir = parent_dir(path);
+    if !dir.is_dir() {
+        create_dir_all(dir)?;
+    }
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
+            .read(true)
             .create_new(true)
             .mode(FILE_MODE)
             .open(&tmp)?;
         // The umask may have narrowed the mode given to open(2); set it explicitly.
         file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-        {
-            let mut buffered = io::BufWriter::new(&mut file);
-            fill(&mut buffered)?;
-            buffered.flush()?;
-        }
+        fill(&mut file)?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, path)

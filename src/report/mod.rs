@@ -11,7 +11,8 @@ pub mod schema;
 pub mod validate;
 
 pub use atomic::{
-    copy_atomic, create_dir_all, write_atomic, write_atomic_with, write_yaml_atomic, WriteError,
+    copy_atomic, create_dir_all, write_atomic, write_atomic_file, write_atomic_with,
+    write_yaml_atomic, WriteError,
 };
 pub use error_report::{error_chain, ErrorReport, ERROR_SCHEMA};
 pub use schema::*;

@@ -61,6 +61,20 @@ pub enum Verdict {
     Failed,
 }
 
+impl Verdict {
+    /// The verdict of a fine-tuning run from worst-case robust accuracy before and after: `improved` when it rose
+    /// by more than `tolerance`, `degraded` when it fell by more, `unchanged` otherwise.
+    pub fn compare(robust_before: f64, robust_after: f64, tolerance: f64) -> Self {
+        if robust_after > robust_before + tolerance {
+            Self::Improved
+        } else if robust_after < robust_before - tolerance {
+            Self::Degraded
+        } else {
+            Self::Unchanged
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThreatModelInfo {
