@@ -1,1 +1,309 @@
 //! Datasets as tch tensors in [0,1] pixel space: IDX (Fashion-MNIST, MNIST), CIFAR-10/100 binary, and npz.
+//!
+//! Images are always float32 `[N, C, H, W]` in [0,1] and labels int64 `[N]`, on the CPU until a caller moves a
+//! split with [`Split::to_device`]; the model's own layout and normalization are applied later, inside its forward
+//! path, by `model::InputAdapter`. [`Dataset::load`] reads a `dataset:` config block: the named dataset from its
+//! standard location (the built-in profiles in `configs/datasets/`), then the first N samples of each split or a
+//! seeded random subset. [`Split::batches`] is the one batching loop that evaluation and training share.
+//!
+//! Module map: `profile` (what each named dataset is and where it lives), `source` (reading one file: gzip,
+//! truncation, SHA-256), `idx`, `cifar` and `npz` (the formats), `batch` (the batch iterator), `augment`
+//! (crop-flip), `error`.
+
+mod augment;
+mod batch;
+mod cifar;
+mod error;
+mod idx;
+mod npz;
+mod profile;
+mod source;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::DatasetSpec;
+
+pub use augment::{crop_flip, Augmentation, CROP_PADDING};
+pub use batch::{Batch, BatchOptions, Batches};
+pub use error::DataError;
+pub use npz::{MAX_CLASSES as NPZ_MAX_CLASSES, TEST_FRACTION as NPZ_TEST_FRACTION};
+pub use profile::{known_names, Format, Profile};
+pub use source::{combined_sha256, sha256_file, SourceFile};
+
+/// A loaded dataset: both splits (after subset selection), what the classes are, and where the data came from.
+#[derive(Debug)]
+pub struct Dataset {
+    /// `dataset.name` from the config (`fashion-mnist`, `mnist`, `cifar10`, `cifar100`, `npz`).
+    pub name: String,
+    pub train: Split,
+    pub test: Split,
+    pub num_classes: i64,
+    /// `[C, H, W]` of one image.
+    pub chw: [i64; 3],
+    pub class_names: Vec<String>,
+    /// Digest of all source files: see [`combined_sha256`].
+    pub sha256: String,
+    /// Each source file with its own SHA-256, in load order.
+    pub sources: Vec<SourceFile>,
+    /// The directory (IDX, CIFAR) or file (npz) the data was read from.
+    pub root: PathBuf,
+    /// The profile's per-channel normalization (what `model.mean`/`model.std` null resolve to); empty for npz.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// What `train.augmentation: auto` means for this dataset (npz: crop-flip for 3 channels, else none).
+    pub augmentation: Augmentation,
+}
+
+/// One split: images float32 `[N, C, H, W]` in [0,1], labels int64 `[N]`.
+#[derive(Debug)]
+pub struct Split {
+    pub x: Tensor,
+    pub y: Tensor,
+    /// For each sample, its index in the split as stored in the source files (kept for reports).
+    pub indices: Vec<i64>,
+    /// Samples in the source split before subset selection.
+    pub source_len: usize,
+}
+
+/// A split as decoded from disk, before subset selection: pixels `uint8` (or float32 in [0,1]) NCHW.
+pub(crate) struct RawSplit {
+    pub x: Tensor,
+    pub y: Tensor,
+    /// The source index of the first sample (non-zero only for a test split cut from an npz `x`).
+    pub first_index: i64,
+}
+
+/// What a format loader returns.
+pub(crate) struct Loaded {
+    pub train: RawSplit,
+    pub test: RawSplit,
+    pub sources: Vec<SourceFile>,
+    pub num_classes: i64,
+    pub chw: [i64; 3],
+}
+
+impl Dataset {
+    /// Loads `spec.name` from `spec.path` (or the standard locations) and selects `train_samples`/`eval_samples`
+    /// (first N, or a random subset seeded by `seed` when `random_subset`; 0 = all; more than the split holds =
+    /// all, with a warning).
+    pub fn load(spec: &DatasetSpec, seed: u64) -> Result<Dataset, DataError> {
+        let started = Instant::now();
+        let (loaded, root, profile) = read_source(spec)?;
+        let train = Split::from_raw(
+            loaded.train,
+            spec.train_samples,
+            spec.random_subset
+                .then(|| stream(seed, Stream::TrainSubset, 0)),
+        )?;
+        let test = Split::from_raw(
+            loaded.test,
+            spec.eval_samples,
+            spec.random_subset
+                .then(|| stream(seed, Stream::TestSubset, 0)),
+        )?;
+        let dataset = match profile {
+            Some(profile) => Dataset {
+                name: spec.name.clone(),
+                train,
+                test,
+                num_classes: loaded.num_classes,
+                chw: loaded.chw,
+                class_names: profile.class_names,
+                sha256: combined_sha256(&loaded.sources),
+                sources: loaded.sources,
+                root,
+                mean: profile.mean,
+                std: profile.std,
+                augmentation: profile.augmentation,
+            },
+            None => Dataset {
+                name: spec.name.clone(),
+                train,
+                test,
+                num_classes: loaded.num_classes,
+                chw: loaded.chw,
+                class_names: (0..loaded.num_classes).map(|c| c.to_string()).collect(),
+                sha256: combined_sha256(&loaded.sources),
+                sources: loaded.sources,
+                root,
+                mean: Vec::new(),
+                std: Vec::new(),
+                augmentation: if loaded.chw[0] == 3 {
+                    Augmentation::CropFlip
+                } else {
+                    Augmentation::None
+                },
+            },
+        };
+        tracing::info!(
+            dataset = %dataset.name,
+            root = %dataset.root.display(),
+            train = dataset.train.len(),
+            train_source = dataset.train.source_len,
+            test = dataset.test.len(),
+            test_source = dataset.test.source_len,
+            sha256 = %&dataset.sha256[..12],
+            seconds = started.elapsed().as_secs_f64(),
+            "dataset loaded"
+        );
+        Ok(dataset)
+    }
+}
+
+/// Finds and decodes the files for `spec`; returns the profile for built-in names.
+fn read_source(spec: &DatasetSpec) -> Result<(Loaded, PathBuf, Option<Profile>), DataError> {
+    if spec.name == "npz" {
+        let path = spec.path.as_deref().ok_or(DataError::NpzPathMissing)?;
+        if !path.is_file() {
+            return Err(DataError::NotFound {
+                name: spec.name.clone(),
+                missing: path.display().to_string(),
+                looked: path
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                how_to_get:
+                    "set dataset.path to an existing .npz file (numpy.savez with arrays x and y)"
+                        .into(),
+            });
+        }
+        return Ok((npz::load(path)?, path.to_path_buf(), None));
+    }
+    let profile = Profile::built_in(&spec.name)?;
+    let explicit = spec.path.as_deref();
+    let (dir, loaded) = match profile.format {
+        Format::Idx => {
+            let dir = profile.resolve_dir(explicit, idx::holds_files, &idx::wanted_files())?;
+            let loaded = idx::load(&dir, &profile)?;
+            (dir, loaded)
+        }
+        Format::Cifar10 | Format::Cifar100 => {
+            let dir = profile.resolve_dir(
+                explicit,
+                |d| cifar::holds_files(d, profile.format),
+                &cifar::wanted_files(profile.format),
+            )?;
+            let loaded = cifar::load(&dir, &profile)?;
+            (dir, loaded)
+        }
+    };
+    Ok((loaded, dir, Some(profile)))
+}
+
+impl Split {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// The same split with its tensors on `device` (indices stay on the host).
+    pub fn to_device(&self, device: Device) -> Result<Split, DataError> {
+        Ok(Split {
+            x: self.x.f_to_device(device)?,
+            y: self.y.f_to_device(device)?,
+            indices: self.indices.clone(),
+            source_len: self.source_len,
+        })
+    }
+
+    /// The samples at `positions` (positions in this split, not source indices), in that order.
+    pub fn select(&self, positions: &[i64]) -> Result<Split, DataError> {
+        let len = self.len() as i64;
+        if let Some(bad) = positions.iter().find(|&&p| p < 0 || p >= len) {
+            return Err(DataError::Invalid {
+                what: "split positions",
+                detail: format!("position {bad} outside a split of {len} samples"),
+            });
+        }
+        let index = Tensor::f_from_slice(positions)?.f_to_device(self.x.device())?;
+        Ok(Split {
+            x: self.x.f_index_select(0, &index)?,
+            y: self.y.f_index_select(0, &index)?,
+            indices: positions
+                .iter()
+                .map(|&p| self.indices[p as usize])
+                .collect(),
+            source_len: self.source_len,
+        })
+    }
+
+    /// Picks `wanted` samples (0 = all): the first ones, or a sorted random subset when `rng` is given; then
+    /// converts the pixels to float32 in [0,1]. Selection happens before conversion to keep memory low.
+    fn from_raw(raw: RawSplit, wanted: usize, rng: Option<ChaCha8Rng>) -> Result<Split, DataError> {
+        let total = raw.y.size()[0] as usize;
+        let take = if wanted == 0 || wanted >= total {
+            if wanted > total {
+                tracing::warn!(
+                    wanted,
+                    available = total,
+                    "asked for more samples than the split holds; using all"
+                );
+            }
+            total
+        } else {
+            wanted
+        };
+        let positions: Vec<i64> = match rng {
+            Some(mut rng) if take < total => {
+                let mut chosen = rand::seq::index::sample(&mut rng, total, take).into_vec();
+                chosen.sort_unstable();
+                chosen.into_iter().map(|p| p as i64).collect()
+            }
+            _ => (0..take as i64).collect(),
+        };
+        let (x, y) = if take == total {
+            (raw.x, raw.y)
+        } else if positions.last() == Some(&(take as i64 - 1)) {
+            (
+                raw.x.f_narrow(0, 0, take as i64)?,
+                raw.y.f_narrow(0, 0, take as i64)?,
+            )
+        } else {
+            let index = Tensor::f_from_slice(&positions)?;
+            (
+                raw.x.f_index_select(0, &index)?,
+                raw.y.f_index_select(0, &index)?,
+            )
+        };
+        Ok(Split {
+            x: unit_float(&x)?,
+            y: y.f_to_kind(Kind::Int64)?,
+            indices: positions.iter().map(|p| p + raw.first_index).collect(),
+            source_len: total,
+        })
+    }
+}
+
+/// Converts raw pixels (`uint8`, or float already in [0,1]) to a contiguous float32 tensor in [0,1].
+fn unit_float(x: &Tensor) -> Result<Tensor, DataError> {
+    Ok(match x.kind() {
+        Kind::Uint8 => x.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?,
+        _ => x.f_to_kind(Kind::Float)?.f_contiguous()?,
+    })
+}
+
+/// The independent random streams derived from one master seed, so that e.g. changing the batch size does not
+/// change which samples the subset holds.
+#[derive(Clone, Copy)]
+pub(crate) enum Stream {
+    TrainSubset = 1,
+    TestSubset = 2,
+    Shuffle = 3,
+    Augment = 4,
+}
+
+/// A ChaCha8 generator for `(seed, stream, epoch)`: portable and reproducible across platforms and devices.
+pub(crate) fn stream(seed: u64, which: Stream, epoch: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(((which as u64) << 48) ^ epoch);
+    rng
+}
