@@ -21,3 +21,4 @@ pub mod config;
 pub mod data;
 pub mod model;
 pub mod runtime;
+pub mod train;
