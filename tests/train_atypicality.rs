@@ -11,7 +11,9 @@ use ndarray_npy::WriteNpyExt;
 use robustd::config::{Config, Method};
 use robustd::data::{Augmentation, Split};
 use robustd::model::Classifier;
-use robustd::train::{holdout_atypicality, AtypicalitySetting, HoldoutOptions, ScoreTable, TrainError};
+use robustd::train::{
+    holdout_atypicality, AtypicalitySetting, HoldoutOptions, ScoreTable, TrainError,
+};
 use tch::Tensor;
 use train_support::{fashion_mnist, SmallCnn};
 
@@ -42,15 +44,25 @@ fn imported_scores_flag_samples_above_the_threshold_by_source_index() {
     let data = fashion_mnist(30, 1);
     let split = data.train.select(&(10..30).collect::<Vec<i64>>()).unwrap();
     assert_eq!(split.indices[0], 10);
-    let scores: Vec<f64> = (0..25).map(|i| if i % 4 == 0 { 0.5 } else { 0.05 }).collect();
+    let scores: Vec<f64> = (0..25)
+        .map(|i| if i % 4 == 0 { 0.5 } else { 0.05 })
+        .collect();
     let dir = tempfile::tempdir().unwrap();
 
     let npy = dir.path().join("mem.npy");
     std::fs::write(&npy, npy_bytes(&scores)).unwrap();
     let npz = dir.path().join("mem.npz");
-    write_npz(&npz, &[("mem", npy_bytes(&scores)), ("other", npy_bytes(&[1.0]))], true);
+    write_npz(
+        &npz,
+        &[("mem", npy_bytes(&scores)), ("other", npy_bytes(&[1.0]))],
+        true,
+    );
     let csv = dir.path().join("mem.csv");
-    let rows: String = scores.iter().enumerate().map(|(i, s)| format!("{i},{s}\n")).collect();
+    let rows: String = scores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{i},{s}\n"))
+        .collect();
     std::fs::write(&csv, format!("index,score\n{rows}")).unwrap();
 
     let expected: Vec<bool> = (10..30).map(|i| i < 25 && i % 4 == 0).collect();
@@ -59,29 +71,59 @@ fn imported_scores_flag_samples_above_the_threshold_by_source_index() {
         assert_eq!(table.len(), 25);
         let a = table.flags(&split, 0.15);
         assert_eq!(a.flags, expected, "{}", path.display());
-        assert_eq!(a.scored, 15, "indices 25..30 have no score and count as typical");
+        assert_eq!(
+            a.scored, 15,
+            "indices 25..30 have no score and count as typical"
+        );
         assert_eq!(a.threshold, Some(0.15));
         assert_eq!(a.atypical(), 4);
     }
 
     // The setting string as `train.bat.atypicality` holds it.
     let setting = AtypicalitySetting::parse(&format!("{}#mem", npz.display()));
-    assert_eq!(setting, AtypicalitySetting::File { path: npz.clone(), key: Some("mem".into()) });
-    assert_eq!(AtypicalitySetting::parse("holdout"), AtypicalitySetting::Holdout);
-    assert_eq!(AtypicalitySetting::parse("memorization"), AtypicalitySetting::Memorization);
+    assert_eq!(
+        setting,
+        AtypicalitySetting::File {
+            path: npz.clone(),
+            key: Some("mem".into())
+        }
+    );
+    assert_eq!(
+        AtypicalitySetting::parse("holdout"),
+        AtypicalitySetting::Holdout
+    );
+    assert_eq!(
+        AtypicalitySetting::parse("memorization"),
+        AtypicalitySetting::Memorization
+    );
 
     // Ambiguous or broken inputs are refused with the file named.
     let err = ScoreTable::load(&npz, None).unwrap_err();
-    assert!(matches!(&err, TrainError::Scores { message, .. } if message.contains("mem, other")), "{err}");
+    assert!(
+        matches!(&err, TrainError::Scores { message, .. } if message.contains("mem, other")),
+        "{err}"
+    );
     let nan = dir.path().join("nan.npy");
     std::fs::write(&nan, npy_bytes(&[0.1, f64::NAN])).unwrap();
-    assert!(ScoreTable::load(&nan, None).unwrap_err().to_string().contains("nan.npy"));
+    assert!(ScoreTable::load(&nan, None)
+        .unwrap_err()
+        .to_string()
+        .contains("nan.npy"));
     let bad_csv = dir.path().join("bad.csv");
     std::fs::write(&bad_csv, "index,score\n0,0.1\n1;0.2\n").unwrap();
-    assert!(ScoreTable::load(&bad_csv, None).unwrap_err().to_string().contains("line 3"));
+    assert!(ScoreTable::load(&bad_csv, None)
+        .unwrap_err()
+        .to_string()
+        .contains("line 3"));
     let plain = dir.path().join("plain.npz");
     write_npz(&plain, &[("scores", npy_bytes(&scores))], false);
-    assert_eq!(ScoreTable::load(&plain, None).unwrap().flags(&split, 0.15).flags, expected);
+    assert_eq!(
+        ScoreTable::load(&plain, None)
+            .unwrap()
+            .flags(&split, 0.15)
+            .flags,
+        expected
+    );
 }
 
 #[test]
@@ -113,15 +155,27 @@ fn holdout_flags_flipped_labels_more_often_than_clean_ones() {
     };
     let a = holdout_atypicality(&noisy, &mut factory, &options).unwrap();
     assert_eq!(seeds.len(), 2);
-    assert_ne!(seeds[0], seeds[1], "each half model starts from its own fresh weights");
+    assert_ne!(
+        seeds[0], seeds[1],
+        "each half model starts from its own fresh weights"
+    );
     assert_eq!(a.flags.len(), 1000);
     assert_eq!(a.scored, 1000);
     let rate = |keep: fn(usize) -> bool| {
-        let picked: Vec<bool> = a.flags.iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, &f)| f).collect();
+        let picked: Vec<bool> = a
+            .flags
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .map(|(_, &f)| f)
+            .collect();
         picked.iter().filter(|&&f| f).count() as f64 / picked.len() as f64
     };
     let flipped = rate(|i| i % 10 == 0);
     let clean = rate(|i| i % 10 != 0);
     eprintln!("holdout: flipped labels flagged {flipped:.3}, clean labels flagged {clean:.3}");
-    assert!(flipped > 0.7 && clean < 0.4 && flipped > 2.0 * clean, "flipped {flipped:.3}, clean {clean:.3}");
+    assert!(
+        flipped > 0.7 && clean < 0.4 && flipped > 2.0 * clean,
+        "flipped {flipped:.3}, clean {clean:.3}"
+    );
 }

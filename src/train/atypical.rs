@@ -371,7 +371,10 @@ pub fn holdout_atypicality(
         let trained = train(model.as_mut(), &data.select(train_on)?, &run)?;
         let judged = data.select(judge)?;
         let predicted = predictions(model.as_mut(), &judged, options.spec.batch_size)?;
-        let labels = judged.y.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Int64)?;
+        let labels = judged
+            .y
+            .f_to_device(tch::Device::Cpu)?
+            .f_to_kind(Kind::Int64)?;
         let wrong = Vec::<bool>::try_from(&predicted.f_ne_tensor(&labels)?)?;
         let misclassified = wrong.iter().filter(|&&w| w).count();
         for (&p, w) in judge.iter().zip(wrong) {

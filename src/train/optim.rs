@@ -92,7 +92,7 @@ impl Optimizer {
 
     pub fn new(rule: Rule, params: &[Tensor]) -> Result<Self, TrainError> {
         let buffers = match rule {
-            Rule::Sgd { momentum, .. } if momentum == 0.0 => 0,
+            Rule::Sgd { momentum: 0.0, .. } => 0,
             Rule::Sgd { .. } => 1,
             Rule::Adam { .. } => 2,
         };
