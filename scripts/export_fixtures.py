@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Exports the small PyTorch classifiers the tests use, with both ONNX exporters, plus reference data.
 
-For every architecture in ARCHS and each exporter this writes into OUT:
-  <arch>_<exporter>.onnx      (dynamo: weights as external data in <arch>_dynamo.onnx.data)
-  <arch>_<exporter>.npz       x: float32 inputs in [0,1], logits: PyTorch's eval-mode outputs,
+For every entry of VARIANTS (each architecture in ARCHS with both exporters, plus BatchNorm-kept and older-opset
+exports) this writes into OUT:
+  <arch>_<variant>.onnx       (dynamo: weights as external data in <arch>_<variant>.onnx.data)
+  <arch>_<variant>.npz        x: float32 inputs in [0,1], logits: PyTorch's eval-mode outputs,
                               grad: d(sum of logits * w)/dx for w = fixed random weights (input-gradient parity)
   <arch>.pt                   the PyTorch state dict (for reference scripts)
+and OUT/ops/<case>/ single-op models with inputs (scripts/onnx_op_cases.py) for the per-op onnxruntime tests.
 Weights are seeded, so the files are reproducible; a stamp of this script's hash skips work on re-runs.
 Only setup and tests use this script; robustd never runs Python.
 """
 import argparse
+import contextlib
 import hashlib
+import io
 import os
 import sys
 import warnings
@@ -63,7 +67,135 @@ class ResDW(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
-ARCHS = {"mlp": MLP, "cnn_bn": SmallCNN, "resdw": ResDW}
+class LeNet(nn.Module):
+    """LeNet-5 on 28x28 (average pooling, as in the original)."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                                  nn.Linear(84, classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return F.relu(h + (x if self.down is None else self.down(x)))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 topology (BasicBlocks 2-2-2-2) at reduced width for 32x32 inputs."""
+
+    def __init__(self, classes=10, widths=(16, 32, 64, 128)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        blocks, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            for j in range(2):
+                blocks.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        h = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        hidden = cin * expand
+        layers = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU6(), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 structure (inverted residuals, depthwise convs, ReLU6 clips) at reduced width."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 1, 2)]
+        layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()]
+        cin = 16
+        for t, c, n, s in cfg:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += [nn.Conv2d(cin, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(128, classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean([2, 3]))
+
+
+class VGGBN(nn.Module):
+    """VGG-style conv-BN-ReLU stacks with max pooling and a dropout head."""
+
+    def __init__(self, classes=10, cfg=(16, "M", 32, "M", 64, 64, "M")):
+        super().__init__()
+        layers, cin = [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.5),
+                                        nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+# name -> (module class, one input image's shape)
+ARCHS = {
+    "mlp": (MLP, (1, 28, 28)),
+    "cnn_bn": (SmallCNN, (1, 28, 28)),
+    "resdw": (ResDW, (1, 28, 28)),
+    "lenet": (LeNet, (1, 28, 28)),
+    "resnet18": (ResNet18, (3, 32, 32)),
+    "mobilenetv2": (MobileNetV2, (3, 32, 32)),
+    "vgg_bn": (VGGBN, (3, 32, 32)),
+}
+
+# (arch, file suffix, exporter, options). Eval-mode exports fold BatchNorm into the convolutions; the `bnkept`
+# variants keep BatchNormalization nodes (legacy: no constant folding; dynamo: no optimizer), which is what
+# training with `train_batchnorm` needs. The extra legacy opsets exercise the opset-dependent op forms.
+VARIANTS = [(a, e, e, {}) for a in ARCHS for e in ("legacy", "dynamo")] + [
+    ("vgg_bn", "bnkept_legacy", "legacy", {"do_constant_folding": False}),
+    ("vgg_bn", "bnkept_dynamo", "dynamo", {"optimize": False}),
+    ("mobilenetv2", "legacy_opset11", "legacy", {"opset_version": 11}),
+    ("resnet18", "legacy_opset13", "legacy", {"opset_version": 13}),
+    ("lenet", "legacy_opset9", "legacy", {"opset_version": 9}),
+]
 
 
 def init_weights(model, seed):
@@ -77,17 +209,18 @@ def init_weights(model, seed):
             m.bias.data.uniform_(-0.2, 0.2)
 
 
-def export(model, x, path, exporter):
+def export(model, x, path, exporter, options):
     names = dict(input_names=["input"], output_names=["logits"])
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if exporter == "legacy":
-            torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **names)
+            kw = {"opset_version": 17, **options}
+            torch.onnx.export(model, (x,), path, dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **names, **kw)
         else:
             batch = torch.export.Dim("batch", min=1, max=4096)
             torch.onnx.export(model, (x,), path, dynamo=True, external_data=True,
-                              dynamic_shapes={"x": {0: batch}}, verbose=False, **names)
+                              dynamic_shapes={"x": {0: batch}}, verbose=False, **names, **options)
 
 
 def main():
@@ -97,29 +230,36 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     stamp_path = os.path.join(args.out, ".stamp")
-    digest = hashlib.sha256(open(__file__, "rb").read() + torch.__version__.encode()).hexdigest()
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    sources = b"".join(open(os.path.join(here, f), "rb").read() for f in ("export_fixtures.py", "onnx_op_cases.py"))
+    digest = hashlib.sha256(sources + torch.__version__.encode()).hexdigest()
     if not args.force and os.path.exists(stamp_path) and open(stamp_path).read() == digest:
         return
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    for i, (name, cls) in enumerate(sorted(ARCHS.items())):
+    models = {}
+    for i, (name, (cls, shape)) in enumerate(sorted(ARCHS.items())):
         model = cls()
         init_weights(model, seed=i)
         model.eval()
         torch.save(model.state_dict(), os.path.join(args.out, f"{name}.pt"))
         gen = torch.Generator().manual_seed(100 + i)
-        x = torch.rand(8, 1, 28, 28, generator=gen)
+        x = torch.rand(8, *shape, generator=gen)
         xg = x.clone().requires_grad_(True)
         logits = model(xg)
         w = torch.randn(logits.shape, generator=gen)
         (grad,) = torch.autograd.grad((logits * w).sum(), xg)
-        for exporter in ("legacy", "dynamo"):
-            path = os.path.join(args.out, f"{name}_{exporter}.onnx")
-            export(model, x[:2], path, exporter)
-            np.savez(os.path.join(args.out, f"{name}_{exporter}.npz"), x=x.numpy(), logits=logits.detach().numpy(),
-                     grad_weights=w.numpy(), grad=grad.numpy())
+        models[name] = (model, x, dict(x=x.numpy(), logits=logits.detach().numpy(), grad_weights=w.numpy(),
+                                       grad=grad.numpy()))
+    for arch, suffix, exporter, options in VARIANTS:
+        model, x, ref = models[arch]
+        export(model, x[:2], os.path.join(args.out, f"{arch}_{suffix}.onnx"), exporter, options)
+        np.savez(os.path.join(args.out, f"{arch}_{suffix}.npz"), **ref)
+    import onnx_op_cases  # noqa: E402 (beside this script)
+    cases = onnx_op_cases.write_all(os.path.join(args.out, "ops"))
     with open(stamp_path, "w") as f:
         f.write(digest)
-    print(f"[fixtures] wrote {len(ARCHS) * 2} models to {args.out}", file=sys.stderr)
+    print(f"[fixtures] wrote {len(VARIANTS)} models and {cases} op cases to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub paths: Paths,
@@ -260,23 +260,6 @@ pub struct Limits {
     pub job_memory_mb: u64,
     /// Wall-clock limit per job; 0 = none.
     pub job_timeout_s: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            paths: Paths::default(),
-            runtime: Runtime::default(),
-            model: ModelSpec::default(),
-            dataset: DatasetSpec::default(),
-            threat: ThreatModel::default(),
-            eval: EvalSpec::default(),
-            train: TrainSpec::default(),
-            memorization: MemorizationSpec::default(),
-            daemon: DaemonSpec::default(),
-            limits: Limits::default(),
-        }
-    }
 }
 
 impl Default for Paths {

@@ -19,6 +19,8 @@ pub mod attack;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod model;
+pub mod onnx;
 pub mod runtime;
 pub mod train;

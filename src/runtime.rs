@@ -140,6 +140,11 @@ pub fn ort_version() -> String {
         .unwrap_or_else(|| ort::info().to_owned())
 }
 
+/// The onnxruntime version if this process has loaded it (never loads it).
+pub fn loaded_ort_version() -> Option<String> {
+    ORT_INIT.get().map(|_| ort_version())
+}
+
 /// Whether the loaded onnxruntime was built with the CUDA execution provider.
 pub fn ort_has_cuda() -> bool {
     use ort::ep::ExecutionProvider;

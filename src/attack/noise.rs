@@ -15,6 +15,8 @@ use super::AttackError;
 pub(crate) mod stream {
     /// Random starts of PGD/APGD restart `r` use `START + r`.
     pub const START: u64 = 0x1000;
+    /// Square attack: initial stripes/patterns, square positions and signs.
+    pub const SQUARE: u64 = 0x2000;
 }
 
 /// The generator for one row: deterministic in `(seed, key, stream)`.
@@ -97,4 +99,12 @@ fn splitmix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// A seed for one named consumer (an attack), derived from the master seed so consumers do not share streams.
+pub fn derive_seed(master: u64, name: &str) -> u64 {
+    let name_hash = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+    });
+    splitmix64(master ^ name_hash)
 }

@@ -1,4 +1,6 @@
-//! `robustd inspect MODEL.onnx`: loads the model through onnxruntime and describes it.
+//! `robustd inspect MODEL.onnx`: loads the model through onnxruntime (proof that it runs) and through robustd's
+//! own parser, and describes it: producer, IR version and opset, inputs/outputs with shapes and element types,
+//! parameter count, external-data files, the structure hash, and whether the training engine supports every op.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::ConfigArg;
+use crate::onnx::OnnxModel;
 use crate::runtime;
 
 #[derive(Debug, clap::Args)]
@@ -27,12 +30,51 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.model.display()
             )
         })?;
-    println!("model    {}", args.model.display());
-    for input in session.inputs() {
-        println!("input    {} {:?}", input.name(), input.dtype());
+    let (model, unsupported) = OnnxModel::load_lenient(&args.model, &cfg.limits)?;
+    let ort_inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    println!("model      {}", args.model.display());
+    if !model.producer().is_empty() {
+        println!("producer   {}", model.producer());
     }
-    for output in session.outputs() {
-        println!("output   {} {:?}", output.name(), output.dtype());
+    println!("ir         {}", model.ir_version());
+    println!("opset      {}", model.opset());
+    for input in model.inputs() {
+        let note = if ort_inputs.contains(&input.name.as_str()) {
+            ""
+        } else {
+            "  (not seen by onnxruntime)"
+        };
+        println!(
+            "input      {} {} {}{note}",
+            input.name,
+            input.dtype_name(),
+            input.shape_string()
+        );
+    }
+    for output in model.outputs() {
+        println!(
+            "output     {} {} {}",
+            output.name,
+            output.dtype_name(),
+            output.shape_string()
+        );
+    }
+    println!("params     {}", model.parameter_count());
+    println!("nodes      {}", model.nodes().len());
+    if model.external_data_files().is_empty() {
+        println!("external   none");
+    }
+    for file in model.external_data_files() {
+        let dir = args.model.parent().unwrap_or(std::path::Path::new("."));
+        let size = std::fs::metadata(dir.join(file))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        println!("external   {file} ({size} bytes)");
+    }
+    println!("structure  {}", model.structure_hash());
+    match unsupported {
+        None => println!("engine     supported (trainable with robustd)"),
+        Some(e) => println!("engine     not trainable: {e}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -48,7 +48,8 @@ impl BatchOptions {
 }
 
 /// One batch: images `[B, C, H, W]` float32 in [0,1], labels int64 `[B]`, and each sample's position in the split
-/// (int64 `[B]`, on the split's device; `split.indices[position]` is its source index).
+/// (int64 `[B]`, on the split's device; `split.indices[position]` is its source index). The tensors are copies,
+/// not views of the split.
 #[derive(Debug)]
 pub struct Batch {
     pub x: Tensor,
@@ -101,25 +102,19 @@ impl Split {
 }
 
 impl Batches<'_> {
+    /// The batch at `[start, start + len)` of the visiting order; always fresh tensors, never views of the split,
+    /// so callers may modify a batch in place.
     fn batch(&mut self, start: usize, len: usize) -> Result<Batch, DataError> {
         let device = self.split.x.device();
-        let (positions, x, y) = match &self.order {
+        let positions = match &self.order {
             None => {
-                let (start, len) = (start as i64, len as i64);
-                (
-                    Tensor::f_arange_start(start, start + len, (Kind::Int64, device))?,
-                    self.split.x.f_narrow(0, start, len)?,
-                    self.split.y.f_narrow(0, start, len)?,
-                )
+                let (start, end) = (start as i64, (start + len) as i64);
+                Tensor::f_arange_start(start, end, (Kind::Int64, device))?
             }
-            Some(order) => {
-                let positions =
-                    Tensor::f_from_slice(&order[start..start + len])?.f_to_device(device)?;
-                let x = self.split.x.f_index_select(0, &positions)?;
-                let y = self.split.y.f_index_select(0, &positions)?;
-                (positions, x, y)
-            }
+            Some(order) => Tensor::f_from_slice(&order[start..start + len])?.f_to_device(device)?,
         };
+        let x = self.split.x.f_index_select(0, &positions)?;
+        let y = self.split.y.f_index_select(0, &positions)?;
         let x = self.augmentation.apply(&x, &mut self.rng)?;
         Ok(Batch { x, y, positions })
     }

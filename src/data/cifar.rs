@@ -107,7 +107,7 @@ fn load_split(
         if bytes.is_empty() || bytes.len() % record != 0 {
             return Err(DataError::Truncated {
                 path,
-                what: format!("record {} ({record} bytes each)", whole),
+                what: format!("whole records of {record} bytes"),
                 expected: ((whole + 1) * record) as u64,
                 actual: bytes.len() as u64,
             });

@@ -29,7 +29,7 @@ pub enum DataError {
         source: std::io::Error,
     },
 
-    #[error("{path}: corrupt gzip stream after {decoded} decoded bytes: {source}")]
+    #[error("{path}: corrupt or truncated gzip stream after {decoded} decoded bytes: {source}")]
     Gzip {
         path: PathBuf,
         decoded: u64,
@@ -37,9 +37,7 @@ pub enum DataError {
         source: std::io::Error,
     },
 
-    #[error(
-        "{path}: truncated: the {what} needs {expected} bytes but the file ends after {actual}"
-    )]
+    #[error("{path}: truncated: expected {expected} bytes ({what}), found {actual}")]
     Truncated {
         path: PathBuf,
         what: String,

@@ -31,7 +31,7 @@ use crate::config::DatasetSpec;
 pub use augment::{crop_flip, Augmentation, CROP_PADDING};
 pub use batch::{Batch, BatchOptions, Batches};
 pub use error::DataError;
-pub use npz::{MAX_CLASSES as NPZ_MAX_CLASSES, TEST_FRACTION as NPZ_TEST_FRACTION};
+pub use npz::{MAX_CLASSES as NPZ_MAX_CLASSES, TEST_SPLIT_DIVISOR as NPZ_TEST_SPLIT_DIVISOR};
 pub use profile::{known_names, Format, Profile};
 pub use source::{combined_sha256, sha256_file, SourceFile};
 
@@ -94,6 +94,14 @@ impl Dataset {
     pub fn load(spec: &DatasetSpec, seed: u64) -> Result<Dataset, DataError> {
         let started = Instant::now();
         let (loaded, root, profile) = read_source(spec)?;
+        for (name, split) in [("training", &loaded.train), ("test", &loaded.test)] {
+            if split.y.size()[0] == 0 {
+                return Err(DataError::Shape {
+                    path: root,
+                    detail: format!("the {name} split holds no samples"),
+                });
+            }
+        }
         let train = Split::from_raw(
             loaded.train,
             spec.train_samples,
@@ -106,39 +114,34 @@ impl Dataset {
             spec.random_subset
                 .then(|| stream(seed, Stream::TestSubset, 0)),
         )?;
-        let dataset = match profile {
-            Some(profile) => Dataset {
-                name: spec.name.clone(),
-                train,
-                test,
-                num_classes: loaded.num_classes,
-                chw: loaded.chw,
-                class_names: profile.class_names,
-                sha256: combined_sha256(&loaded.sources),
-                sources: loaded.sources,
-                root,
-                mean: profile.mean,
-                std: profile.std,
-                augmentation: profile.augmentation,
-            },
-            None => Dataset {
-                name: spec.name.clone(),
-                train,
-                test,
-                num_classes: loaded.num_classes,
-                chw: loaded.chw,
-                class_names: (0..loaded.num_classes).map(|c| c.to_string()).collect(),
-                sha256: combined_sha256(&loaded.sources),
-                sources: loaded.sources,
-                root,
-                mean: Vec::new(),
-                std: Vec::new(),
-                augmentation: if loaded.chw[0] == 3 {
+        // Built-in datasets take classes, normalization and default augmentation from their profile; an npz has
+        // numbered classes, no normalization, and crop-flip only for colour images.
+        let (class_names, mean, std, augmentation) = match profile {
+            Some(p) => (p.class_names, p.mean, p.std, p.augmentation),
+            None => (
+                (0..loaded.num_classes).map(|c| c.to_string()).collect(),
+                Vec::new(),
+                Vec::new(),
+                if loaded.chw[0] == 3 {
                     Augmentation::CropFlip
                 } else {
                     Augmentation::None
                 },
-            },
+            ),
+        };
+        let dataset = Dataset {
+            name: spec.name.clone(),
+            train,
+            test,
+            num_classes: loaded.num_classes,
+            chw: loaded.chw,
+            class_names,
+            sha256: combined_sha256(&loaded.sources),
+            sources: loaded.sources,
+            root,
+            mean,
+            std,
+            augmentation,
         };
         tracing::info!(
             dataset = %dataset.name,

@@ -23,8 +23,8 @@ use zip::ZipArchive;
 use super::source::{io_error, sha256_file};
 use super::{DataError, Loaded, RawSplit};
 
-/// Share of the samples held out as the test split when the archive has no `x_test`/`y_test`.
-pub const TEST_FRACTION: f64 = 0.2;
+/// Without `x_test`/`y_test`, the last `ceil(N / TEST_SPLIT_DIVISOR)` samples (20 %) form the test split.
+pub const TEST_SPLIT_DIVISOR: usize = 5;
 
 /// Labels at or above this are refused (a guard against storing pixel values or ids as labels).
 pub const MAX_CLASSES: i64 = 1 << 16;
@@ -79,7 +79,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, DataError> {
                 ),
             });
         }
-        let n_test = ((n as f64 * TEST_FRACTION).ceil() as usize).clamp(1, n - 1);
+        let n_test = n.div_ceil(TEST_SPLIT_DIVISOR).clamp(1, n - 1);
         let n_train = n - n_test;
         let x_train = x.f_narrow(0, 0, n_train as i64)?;
         let x_test = x.f_narrow(0, n_train as i64, n_test as i64)?;
@@ -129,7 +129,9 @@ fn check_count(
 fn class_count(path: &Path, y_key: &str, train: &[i64], test: &[i64]) -> Result<i64, DataError> {
     let all = || train.iter().chain(test);
     let num_classes = all().copied().max().map_or(0, |m| m + 1).min(MAX_CLASSES);
-    let bad = all().enumerate().find(|(_, &l)| l < 0 || l >= MAX_CLASSES);
+    let bad = all()
+        .enumerate()
+        .find(|(_, &l)| !(0..MAX_CLASSES).contains(&l));
     if let Some((index, &label)) = bad {
         let (key, index) = if index < train.len() {
             (y_key, index)

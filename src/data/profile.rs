@@ -111,7 +111,7 @@ impl Profile {
 
     /// The directory to load from: the first of `explicit` (if given, else the profile's locations), each also
     /// with the archive folder appended, for which `holds_files` is true. `wanted` names the files in the error.
-    pub fn resolve_dir(
+    pub(crate) fn resolve_dir(
         &self,
         explicit: Option<&Path>,
         holds_files: impl Fn(&Path) -> bool,

@@ -90,6 +90,8 @@ pub(crate) struct SourceReader {
     decoded: Decoded,
     /// Decoded bytes consumed so far.
     position: u64,
+    /// The gzip stream ended early (read as end of data; `finish` reports it if nothing else did).
+    gzip_cut: Option<std::io::Error>,
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -113,6 +115,7 @@ impl SourceReader {
             path: path.to_path_buf(),
             decoded,
             position: 0,
+            gzip_cut: None,
         })
     }
 
@@ -190,6 +193,13 @@ impl SourceReader {
                 extra,
             });
         }
+        if let Some(source) = self.gzip_cut {
+            return Err(DataError::Gzip {
+                path: self.path,
+                decoded: self.position,
+                source,
+            });
+        }
         let raw = match self.decoded {
             Decoded::Plain(raw) => raw,
             // The gzip stream is exhausted; whatever raw bytes follow it still belong to the file's digest.
@@ -218,8 +228,12 @@ impl SourceReader {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // A gzip stream cut short reads as end of data; the caller reports what was missing.
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+                // A gzip stream cut short reads as end of data, so the caller can say what was missing; if all
+                // the data was there and only the trailer (checksum) is cut, `finish` reports it.
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    self.gzip_cut = Some(e);
+                    return Ok(0);
+                }
                 Err(source) => {
                     return Err(match self.decoded {
                         Decoded::Plain(_) => io_error(&self.path, source),

@@ -153,6 +153,13 @@ impl TinyCnn {
         Self { vs, net }
     }
 
+    /// A second CNN with the same weights (e.g. behind a scorer while the first is attacked).
+    pub fn duplicate(&self) -> Self {
+        let mut copy = seeded(0, Self::build);
+        copy.vs.copy(&self.vs).unwrap();
+        copy
+    }
+
     /// Trains with Adam on `x, y` for `epochs` epochs (deterministic for a seed on CPU).
     pub fn train(&mut self, x: &Tensor, y: &Tensor, epochs: usize) {
         let mut opt = nn::Adam::default().build(&self.vs, 3e-3).unwrap();

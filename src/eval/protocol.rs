@@ -1,0 +1,394 @@
+//! [`evaluate`]: the evaluation protocol, stage by stage (clean → trust checks → attacks → eps curve), batched,
+//! with every adversarial example judged by the scorer.
+
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use super::per_sample::{PerSample, BROKEN, HELD, NOT_ATTACKED};
+use super::result::{
+    AttackSummary, EvalResult, IndexRanges, OrderedMap, OrtRecheck, Reproducibility, Threat,
+};
+use super::{batch, trust, EvalError, EvalPlan, EvalSet, Evaluation, Mode, Progress, Stage};
+use crate::attack::noise::derive_seed;
+use crate::attack::pgd::{Keep, PgdParams};
+use crate::attack::Attack;
+use crate::model::{Classifier, Scorer};
+use crate::runtime;
+
+/// Evaluates `model` (tch, for gradient attacks) and `scorer` (the shipped file, for clean accuracy, Square and
+/// every verdict) on `data` as `plan` says. Puts the model in eval mode. `progress` is called after every batch.
+pub fn evaluate(
+    model: &mut dyn Classifier,
+    scorer: &mut dyn Scorer,
+    data: &EvalSet,
+    plan: &EvalPlan,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Evaluation, EvalError> {
+    let started = Instant::now();
+    model.set_train(false);
+    let model: &dyn Classifier = model;
+    check_inputs(model, data)?;
+    let n = data.len();
+    let batch = if n == 0 {
+        1
+    } else {
+        batch::resolve(plan.batch, model, &data.x)?
+    };
+    let labels = Vec::<i64>::try_from(&data.y)?;
+    let mut stages = StageReporter::new(2 + plan.attacks.len() + plan.eps_curve.len(), progress);
+    let mut recheck = OrtRecheck::default();
+    let all: Vec<usize> = (0..n).collect();
+
+    // Clean accuracy through the scorer, compared with tch.
+    stages.begin(Stage::Clean, n);
+    let mut clean_parts = Vec::new();
+    for chunk in all.chunks(batch) {
+        let xb = rows(&data.x, chunk)?;
+        let ort = scored(scorer, &xb)?;
+        let tch = tch_logits(model, &xb)?;
+        let (disagree, diff) = compare(&tch, &ort)?;
+        recheck.clean_disagreements += disagree;
+        recheck.clean_max_logit_diff = recheck.clean_max_logit_diff.max(diff);
+        clean_parts.push(ort);
+        stages.advance(chunk.len());
+    }
+    let clean_logits = if clean_parts.is_empty() {
+        Tensor::f_zeros([0, model.num_classes()], (Kind::Float, Device::Cpu))?
+    } else {
+        Tensor::f_cat(&clean_parts, 0)?
+    };
+    let clean_pred = Vec::<i64>::try_from(&clean_logits.f_argmax(1, false)?)?;
+    let clean_correct: Vec<bool> = clean_pred
+        .iter()
+        .zip(&labels)
+        .map(|(p, y)| p == y)
+        .collect();
+
+    // Trust checks that need no attack.
+    stages.begin(Stage::Checks, n);
+    let th = &plan.thresholds;
+    let mut warnings = Vec::new();
+    warnings.extend(trust::probabilities(
+        &clean_logits,
+        th.probability_tolerance,
+    )?);
+    if n > 0 {
+        let probe = rows(&data.x, &all[..batch.min(n)])?;
+        warnings.extend(trust::nondeterminism(
+            model,
+            scorer,
+            &probe,
+            th.forward_tolerance,
+        )?);
+    }
+    let (mut zero, mut not_finite) = (0, 0);
+    for chunk in all.chunks(batch) {
+        let (z, nf) =
+            trust::masked_gradient_count(model, &rows(&data.x, chunk)?, &rows(&data.y, chunk)?)?;
+        zero += z;
+        not_finite += nf;
+        stages.advance(chunk.len());
+    }
+    warnings.extend(trust::masked_gradients(
+        zero,
+        not_finite,
+        n,
+        th.masked_gradient_share,
+    ));
+
+    // Attacks, in order.
+    let mut robust = clean_correct.clone();
+    let mut outcomes: Vec<(String, Vec<i8>)> = Vec::new();
+    let mut summaries = Vec::new();
+    for attack in &plan.attacks {
+        let t0 = Instant::now();
+        let targets: Vec<usize> = match plan.mode {
+            Mode::Ensemble => all.iter().copied().filter(|&i| robust[i]).collect(),
+            Mode::Standalone => all.iter().copied().filter(|&i| clean_correct[i]).collect(),
+        };
+        stages.begin(Stage::Attack(attack.name()), targets.len());
+        let mut outcome = vec![NOT_ATTACKED; n];
+        let mut queries = 0usize;
+        for chunk in targets.chunks(batch) {
+            let (broken, spent) = attack_chunk(attack, model, scorer, data, chunk, &mut recheck)?;
+            for (&i, b) in chunk.iter().zip(broken) {
+                outcome[i] = if b { BROKEN } else { HELD };
+            }
+            queries += spent;
+            stages.advance(chunk.len());
+        }
+        for (r, o) in robust.iter_mut().zip(&outcome) {
+            *r &= *o != BROKEN;
+        }
+        let held = match plan.mode {
+            Mode::Ensemble => count(&robust),
+            Mode::Standalone => (0..n)
+                .filter(|&i| clean_correct[i] && outcome[i] != BROKEN)
+                .count(),
+        };
+        let budget = attack.budget();
+        summaries.push((
+            attack.name().to_owned(),
+            AttackSummary {
+                robust_acc: share(held, n),
+                steps: budget.steps,
+                restarts: budget.restarts,
+                queries: budget.queries,
+                mean_queries: budget
+                    .queries
+                    .map(|_| queries as f64 / targets.len().max(1) as f64),
+                attacked: targets.len(),
+                broken: outcome.iter().filter(|o| **o == BROKEN).count(),
+                seconds: t0.elapsed().as_secs_f64(),
+            },
+        ));
+        outcomes.push((attack.name().to_owned(), outcome));
+    }
+
+    // Robust accuracy vs eps (PGD on the clean-correct samples at each radius).
+    let mut curve = Vec::new();
+    let correct_rows: Vec<usize> = all.iter().copied().filter(|&i| clean_correct[i]).collect();
+    for &eps in &plan.eps_curve {
+        stages.begin(Stage::Curve(eps), correct_rows.len());
+        let mut held = clean_correct.clone();
+        if eps > 0.0 {
+            let pgd = Attack::Pgd(PgdParams::from_spec(
+                &plan.curve_pgd,
+                plan.norm,
+                eps,
+                derive_seed(plan.seed, "pgd"),
+                Keep::Adversarial,
+            ));
+            for chunk in correct_rows.chunks(batch) {
+                let (broken, _) = attack_chunk(&pgd, model, scorer, data, chunk, &mut recheck)?;
+                for (&i, b) in chunk.iter().zip(broken) {
+                    held[i] &= !b;
+                }
+                stages.advance(chunk.len());
+            }
+        } else {
+            stages.advance(correct_rows.len());
+        }
+        curve.push((eps, held));
+    }
+
+    // Trust checks on the attacks' outcomes.
+    let square_only = (0..n)
+        .filter(|&i| {
+            let mut by_square = false;
+            let (mut gradient_tried, mut gradient_broke) = (false, false);
+            for (attack, (_, outcome)) in plan.attacks.iter().zip(&outcomes) {
+                match (attack.uses_gradients(), outcome[i]) {
+                    (false, BROKEN) => by_square = true,
+                    (true, BROKEN) => gradient_broke = true,
+                    (true, HELD) => gradient_tried = true,
+                    _ => {}
+                }
+            }
+            by_square && gradient_tried && !gradient_broke
+        })
+        .count();
+    warnings.extend(trust::square_only(square_only, n, th.square_only_share));
+    let curve_acc: Vec<(f64, f64)> = curve
+        .iter()
+        .map(|(e, held)| (*e, share(count(held), n)))
+        .collect();
+    warnings.extend(trust::non_monotone(&curve_acc, th.monotone_tolerance));
+    for w in &warnings {
+        tracing::warn!(kind = ?w.kind, "{}", w.message);
+    }
+
+    let robust_indices: Vec<u64> = (0..n)
+        .filter(|&i| robust[i])
+        .map(|i| data.indices[i])
+        .collect();
+    let result = EvalResult {
+        samples: n,
+        threat: Threat {
+            norm: plan.norm,
+            eps: plan.eps,
+        },
+        mode: plan.mode,
+        clean_acc: share(count(&clean_correct), n),
+        attacks: OrderedMap(summaries),
+        worst_case_acc: share(count(&robust), n),
+        ort_recheck: recheck,
+        robust_acc_vs_eps: OrderedMap(curve_acc),
+        warnings,
+        reproducibility: Reproducibility {
+            seed: plan.seed,
+            sample_indices: IndexRanges::from_indices(&data.indices),
+            worst_case_robust: IndexRanges::from_indices(&robust_indices),
+            batch_size: batch,
+            device: runtime::device_name(model.device()),
+            robustd: env!("CARGO_PKG_VERSION").to_owned(),
+            libtorch: runtime::libtorch_version(),
+            onnxruntime: runtime::loaded_ort_version(),
+            per_sample_file: None,
+        },
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let per_sample = PerSample {
+        index: data.indices.clone(),
+        label: labels,
+        clean_pred,
+        attacks: outcomes,
+        worst_case_robust: robust,
+        curve,
+    };
+    Ok(Evaluation { result, per_sample })
+}
+
+/// Runs `attack` on the samples `chunk`, re-scores its examples on the scorer (and compares with tch for gradient
+/// attacks); returns which samples broke and the queries spent.
+fn attack_chunk(
+    attack: &Attack,
+    model: &dyn Classifier,
+    scorer: &mut dyn Scorer,
+    data: &EvalSet,
+    chunk: &[usize],
+    recheck: &mut OrtRecheck,
+) -> Result<(Vec<bool>, usize), EvalError> {
+    let xb = rows(&data.x, chunk)?;
+    let yb = rows(&data.y, chunk)?;
+    let keys: Vec<u64> = chunk.iter().map(|&i| data.indices[i]).collect();
+    let run = attack.run(model, scorer, &xb, &yb, &keys)?;
+    let ort = scored(scorer, &run.x_adv)?;
+    if attack.uses_gradients() {
+        let tch = tch_logits(model, &run.x_adv)?;
+        let (disagree, diff) = compare(&tch, &ort)?;
+        recheck.examples += chunk.len();
+        recheck.disagreements += disagree;
+        recheck.max_logit_diff = recheck.max_logit_diff.max(diff);
+    }
+    let broken = Vec::<bool>::try_from(&ort.f_argmax(1, false)?.f_ne_tensor(&yb)?)?;
+    let spent = run.queries.map(|q| q.iter().sum()).unwrap_or(0);
+    Ok((broken, spent))
+}
+
+fn check_inputs(model: &dyn Classifier, data: &EvalSet) -> Result<(), EvalError> {
+    let shape = data.x.size();
+    let chw = model.input_chw();
+    if shape.len() == 4 && shape[1..] != chw {
+        return Err(EvalError::Invalid {
+            what: "evaluation set",
+            message: format!("images are {:?} but the model takes {chw:?}", &shape[1..]),
+        });
+    }
+    if !data.is_empty() {
+        let (lo, hi) = (
+            data.y.f_min()?.f_int64_value(&[])?,
+            data.y.f_max()?.f_int64_value(&[])?,
+        );
+        if lo < 0 || hi >= model.num_classes() {
+            return Err(EvalError::Invalid {
+                what: "labels",
+                message: format!(
+                    "labels span [{lo}, {hi}] but the model has {} classes",
+                    model.num_classes()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Rows `idx` of a CPU tensor.
+fn rows(t: &Tensor, idx: &[usize]) -> Result<Tensor, EvalError> {
+    let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+    Ok(t.f_index_select(0, &Tensor::f_from_slice(&idx)?)?)
+}
+
+/// The scorer's logits as CPU float32, checked to be `[N, classes]`.
+fn scored(scorer: &mut dyn Scorer, x: &Tensor) -> Result<Tensor, EvalError> {
+    let logits = scorer
+        .logits(x)?
+        .f_to_device(Device::Cpu)?
+        .f_to_kind(Kind::Float)?;
+    let n = x.size()[0];
+    if logits.dim() != 2 || logits.size()[0] != n {
+        return Err(EvalError::Invalid {
+            what: "scorer output",
+            message: format!("expected logits [{n}, classes], got {:?}", logits.size()),
+        });
+    }
+    Ok(logits)
+}
+
+fn tch_logits(model: &dyn Classifier, x: &Tensor) -> Result<Tensor, EvalError> {
+    let x = x.f_to_device(model.device())?;
+    let logits = tch::no_grad(|| model.forward(&x))?;
+    Ok(logits.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?)
+}
+
+/// Rows whose argmax differs, and the largest |difference|.
+fn compare(a: &Tensor, b: &Tensor) -> Result<(usize, f64), EvalError> {
+    if a.size() != b.size() {
+        return Err(EvalError::Invalid {
+            what: "scorer output",
+            message: format!("tch logits {:?} but scorer logits {:?}", a.size(), b.size()),
+        });
+    }
+    if a.numel() == 0 {
+        return Ok((0, 0.0));
+    }
+    let disagree = a
+        .f_argmax(1, false)?
+        .f_ne_tensor(&b.f_argmax(1, false)?)?
+        .f_sum(Kind::Int64)?
+        .f_int64_value(&[])? as usize;
+    let diff = a.f_sub(b)?.f_abs()?.f_max()?.f_double_value(&[])?;
+    Ok((disagree, diff))
+}
+
+fn count(v: &[bool]) -> usize {
+    v.iter().filter(|b| **b).count()
+}
+
+fn share(k: usize, n: usize) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        k as f64 / n as f64
+    }
+}
+
+/// Numbers the stages and forwards per-batch progress to the caller.
+struct StageReporter<'a> {
+    stages: usize,
+    current: Progress,
+    sink: &'a mut dyn FnMut(&Progress),
+}
+
+impl<'a> StageReporter<'a> {
+    fn new(stages: usize, sink: &'a mut dyn FnMut(&Progress)) -> Self {
+        Self {
+            stages,
+            current: Progress {
+                stage: Stage::Clean,
+                stage_index: 0,
+                stages,
+                done: 0,
+                total: 0,
+            },
+            sink,
+        }
+    }
+
+    fn begin(&mut self, stage: Stage, total: usize) {
+        self.current = Progress {
+            stage,
+            stage_index: self.current.stage_index + 1,
+            stages: self.stages,
+            done: 0,
+            total,
+        };
+        (self.sink)(&self.current);
+    }
+
+    fn advance(&mut self, rows: usize) {
+        self.current.done += rows;
+        (self.sink)(&self.current);
+    }
+}

@@ -1,0 +1,39 @@
+//! The ONNX engine: parsing ONNX files into a validated graph ([`OnnxModel`]), interpreting that graph with tch so
+//! attacks and training get gradients ([`TchModel`]), running the original file on onnxruntime ([`OrtScorer`]),
+//! and writing trained weights back into the original graph ([`write_back`]).
+//!
+//! Submodules, each owning one thing:
+//! - `proto`: the ONNX protobuf messages (prost derives, no protoc);
+//! - `tensor_data`: initializer payloads ↔ bytes ↔ tch tensors; `external`: external-data files, confined;
+//! - `node`: nodes and typed attributes; `constants`: values carried in nodes;
+//! - `model`: loading, validation, topological order, structure hash;
+//! - `ops`: the operator registry; `params`: what each initializer is (weight, bias, BN statistic…);
+//! - `interpreter`: the plan and its evaluation; `tch_model`: the classifier on top; `layout`: input layout and
+//!   image size;
+//! - `ort_scorer`: onnxruntime sessions; `write_back`: trained weights into a new file.
+
+pub(crate) mod constants;
+mod error;
+pub mod external;
+mod interpreter;
+mod layout;
+mod model;
+pub mod node;
+pub mod ops;
+mod ort_scorer;
+mod params;
+pub mod proto;
+mod tch_model;
+pub mod tensor_data;
+mod write_back;
+
+pub use error::OnnxError;
+pub use interpreter::{Interpreter, TchOptions};
+pub use layout::{infer_input_chw, resolve_layout};
+pub use model::{Dim, Initializer, OnnxModel, ValueInfo, MAX_OPSET, MIN_OPSET};
+pub use ort_scorer::OrtScorer;
+pub use params::Role;
+pub use tch_model::TchModel;
+pub use write_back::{
+    write_atomically, write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY,
+};

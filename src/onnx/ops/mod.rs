@@ -1,0 +1,174 @@
+//! The operator registry: a table from ONNX op type to the function that evaluates it on tch tensors. Each
+//! submodule owns a family of ops and exports its own `OPS` table; [`lookup`] searches them all. Where an opset
+//! changed an op's meaning (Clip 6→11, Split/Squeeze/Unsqueeze/ReduceSum 13, Reduce* 18, Pad 11/18), the op
+//! function branches on [`OpCtx::opset`].
+
+mod elementwise;
+mod nn;
+mod reduce;
+mod shape;
+
+use tch::{Kind, Tensor};
+
+use super::node::{AttrValue, Node};
+
+/// An error inside one op; the interpreter adds the file, node name and op type.
+#[derive(Debug)]
+pub enum OpError {
+    Torch(tch::TchError),
+    Invalid(String),
+}
+
+impl From<tch::TchError> for OpError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(e)
+    }
+}
+
+impl From<String> for OpError {
+    fn from(s: String) -> Self {
+        Self::Invalid(s)
+    }
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpError::Torch(e) => write!(f, "libtorch: {e}"),
+            OpError::Invalid(s) => f.write_str(s),
+        }
+    }
+}
+
+pub type OpResult = Result<Vec<Tensor>, OpError>;
+
+/// Evaluates one node: the inputs in node order (`None` for omitted optional inputs), one tensor per output.
+pub type OpFn = fn(&OpCtx, &[Option<&Tensor>]) -> OpResult;
+
+/// What an op may need besides its inputs.
+pub struct OpCtx<'a> {
+    pub node: &'a Node,
+    /// The model's default-domain opset.
+    pub opset: i64,
+    /// Training mode: Dropout active, BatchNorm per `train_batchnorm`.
+    pub train: bool,
+    /// In training mode, BatchNorm uses batch statistics and updates its running statistics.
+    pub train_batchnorm: bool,
+}
+
+impl OpCtx<'_> {
+    pub fn attr<T: AttrValue>(&self, name: &str) -> Result<Option<T>, OpError> {
+        Ok(self.node.attr(name)?)
+    }
+
+    pub fn attr_or<T: AttrValue>(&self, name: &str, default: T) -> Result<T, OpError> {
+        Ok(self.node.attr_or(name, default)?)
+    }
+
+    /// Input `i`, which the op requires.
+    pub fn input<'t>(
+        &self,
+        inputs: &[Option<&'t Tensor>],
+        i: usize,
+    ) -> Result<&'t Tensor, OpError> {
+        inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| OpError::Invalid(format!("required input {i} is missing")))
+    }
+
+    /// Optional input `i`.
+    pub fn opt<'t>(&self, inputs: &[Option<&'t Tensor>], i: usize) -> Option<&'t Tensor> {
+        inputs.get(i).copied().flatten()
+    }
+
+    /// Optional integer-list input `i` (shapes, axes, pads), read to the host.
+    pub fn ints_input(
+        &self,
+        inputs: &[Option<&Tensor>],
+        i: usize,
+    ) -> Result<Option<Vec<i64>>, OpError> {
+        self.opt(inputs, i).map(to_i64_vec).transpose()
+    }
+
+    /// Integer list from an attribute (opsets before `input_since`) or from input `i` (from then on).
+    pub fn ints_attr_or_input(
+        &self,
+        inputs: &[Option<&Tensor>],
+        attr: &str,
+        i: usize,
+        input_since: i64,
+    ) -> Result<Option<Vec<i64>>, OpError> {
+        if self.opset < input_since {
+            self.attr::<Vec<i64>>(attr)
+        } else {
+            self.ints_input(inputs, i)
+        }
+    }
+}
+
+/// The values of an integer (or integral float) tensor as `i64`s.
+pub fn to_i64_vec(t: &Tensor) -> Result<Vec<i64>, OpError> {
+    let t = t
+        .f_to_device(tch::Device::Cpu)?
+        .f_to_kind(Kind::Int64)?
+        .f_flatten(0, -1)?;
+    Ok(Vec::<i64>::try_from(&t)?)
+}
+
+/// A single scalar value as `f64`.
+pub fn to_f64(t: &Tensor) -> Result<f64, OpError> {
+    Ok(t.f_to_device(tch::Device::Cpu)?
+        .f_double_value(&[])
+        .or_else(|_| t.f_flatten(0, -1).and_then(|f| f.f_double_value(&[0])))?)
+}
+
+/// Normalizes a possibly negative axis against `rank`.
+pub fn axis(a: i64, rank: i64) -> Result<i64, OpError> {
+    let r = if a < 0 { a + rank } else { a };
+    if r < 0 || r >= rank.max(1) {
+        return Err(OpError::Invalid(format!(
+            "axis {a} is out of range for rank {rank}"
+        )));
+    }
+    Ok(r)
+}
+
+/// The function evaluating a default-domain op type, if robustd supports it.
+pub fn lookup(op_type: &str) -> Option<OpFn> {
+    [elementwise::OPS, nn::OPS, reduce::OPS, shape::OPS]
+        .iter()
+        .flat_map(|table| table.iter())
+        .find(|(name, _)| *name == op_type)
+        .map(|&(_, f)| f)
+}
+
+/// Every supported op type, sorted (for `robustd info` and the backend-test list).
+pub fn supported_ops() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = [elementwise::OPS, nn::OPS, reduce::OPS, shape::OPS]
+        .iter()
+        .flat_map(|table| table.iter().map(|&(n, _)| n))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Ops whose output is random or depends on the mode; never folded into constants.
+pub fn is_foldable(op_type: &str) -> bool {
+    !matches!(
+        op_type,
+        "Dropout"
+            | "BatchNormalization"
+            | "RandomNormal"
+            | "RandomUniform"
+            | "RandomNormalLike"
+            | "RandomUniformLike"
+            | "Bernoulli"
+    )
+}
+
+/// Wraps a single output.
+pub(crate) fn one(t: Tensor) -> OpResult {
+    Ok(vec![t])
+}

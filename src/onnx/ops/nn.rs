@@ -1,0 +1,461 @@
+//! Neural-network ops: convolutions, Gemm/MatMul, pooling, normalization (BatchNorm, InstanceNorm, LayerNorm,
+//! LRN) and Dropout. Padding follows ONNX (`pads` as begin…end, `auto_pad`); asymmetric pads are applied
+//! explicitly before the libtorch kernel, which only knows symmetric padding.
+
+use tch::{Kind, Tensor};
+
+use super::{axis, one, OpCtx, OpError, OpFn, OpResult};
+
+pub const OPS: &[(&str, OpFn)] = &[
+    ("Conv", conv),
+    ("ConvTranspose", conv_transpose),
+    ("Gemm", gemm),
+    ("MatMul", |c, i| {
+        one(c.input(i, 0)?.f_matmul(c.input(i, 1)?)?)
+    }),
+    ("MaxPool", max_pool),
+    ("AveragePool", average_pool),
+    ("GlobalAveragePool", |c, i| global_pool(c, i, false)),
+    ("GlobalMaxPool", |c, i| global_pool(c, i, true)),
+    ("BatchNormalization", batch_norm),
+    ("InstanceNormalization", instance_norm),
+    ("LayerNormalization", layer_norm),
+    ("LRN", lrn),
+    ("Dropout", dropout),
+];
+
+/// Spatial geometry shared by convolutions and pools.
+struct Window {
+    kernel: Vec<i64>,
+    strides: Vec<i64>,
+    dilations: Vec<i64>,
+    pads_begin: Vec<i64>,
+    pads_end: Vec<i64>,
+}
+
+impl Window {
+    /// Reads `kernel_shape` (or `default_kernel`), `strides`, `dilations`, `pads`/`auto_pad` for input `x`.
+    fn read(c: &OpCtx, x: &Tensor, default_kernel: Option<Vec<i64>>) -> Result<Self, OpError> {
+        let n = x.dim().checked_sub(2).filter(|&n| n > 0).ok_or_else(|| {
+            OpError::Invalid(format!(
+                "input of rank {} has no spatial dimensions",
+                x.dim()
+            ))
+        })?;
+        let kernel = c
+            .attr::<Vec<i64>>("kernel_shape")?
+            .or(default_kernel)
+            .ok_or_else(|| OpError::Invalid("attribute `kernel_shape` is required".into()))?;
+        let strides = c.attr_or("strides", vec![1; n])?;
+        let dilations = c.attr_or("dilations", vec![1; n])?;
+        if kernel.len() != n || strides.len() != n || dilations.len() != n {
+            return Err(OpError::Invalid(format!(
+                "kernel_shape {kernel:?}, strides {strides:?}, dilations {dilations:?} do not match {n} spatial dims"
+            )));
+        }
+        let auto_pad = c.attr_or("auto_pad", "NOTSET".to_owned())?;
+        let spatial = &x.size()[2..];
+        let (pads_begin, pads_end) = match auto_pad.as_str() {
+            "NOTSET" => {
+                let pads = c.attr_or("pads", vec![0; 2 * n])?;
+                if pads.len() != 2 * n {
+                    return Err(OpError::Invalid(format!(
+                        "pads {pads:?} should have {} values",
+                        2 * n
+                    )));
+                }
+                (pads[..n].to_vec(), pads[n..].to_vec())
+            }
+            "VALID" => (vec![0; n], vec![0; n]),
+            "SAME_UPPER" | "SAME_LOWER" => {
+                let mut b = Vec::with_capacity(n);
+                let mut e = Vec::with_capacity(n);
+                for d in 0..n {
+                    let out = (spatial[d] + strides[d] - 1) / strides[d];
+                    let total = ((out - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1
+                        - spatial[d])
+                        .max(0);
+                    let small = total / 2;
+                    if auto_pad == "SAME_UPPER" {
+                        b.push(small);
+                        e.push(total - small);
+                    } else {
+                        b.push(total - small);
+                        e.push(small);
+                    }
+                }
+                (b, e)
+            }
+            other => return Err(OpError::Invalid(format!("auto_pad `{other}` is not valid"))),
+        };
+        Ok(Self {
+            kernel,
+            strides,
+            dilations,
+            pads_begin,
+            pads_end,
+        })
+    }
+
+    fn symmetric(&self) -> bool {
+        self.pads_begin == self.pads_end
+    }
+
+    /// Pads `x` explicitly with `value` (`[begin, end]` per spatial dim), returning the padded tensor.
+    fn pad_explicitly(&self, x: &Tensor, value: f64) -> Result<Tensor, tch::TchError> {
+        x.f_pad(
+            torch_pad_list(&self.pads_begin, &self.pads_end),
+            "constant",
+            value,
+        )
+    }
+}
+
+/// ONNX `[b1, b2, …, e1, e2, …]` → torch `[b_last, e_last, …, b_first, e_first]`.
+pub fn torch_pad_list(begin: &[i64], end: &[i64]) -> Vec<i64> {
+    begin
+        .iter()
+        .zip(end)
+        .rev()
+        .flat_map(|(&b, &e)| [b, e])
+        .collect()
+}
+
+fn conv(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    let (x, w, b) = (c.input(i, 0)?, c.input(i, 1)?, c.opt(i, 2));
+    let win = Window::read(c, x, Some(w.size()[2..].to_vec()))?;
+    let group = c.attr_or("group", 1i64)?;
+    let n = win.kernel.len();
+    let (x, pad) = if win.symmetric() {
+        (x.shallow_clone(), win.pads_begin.clone())
+    } else {
+        (win.pad_explicitly(x, 0.0)?, vec![0; n])
+    };
+    one(x.f_convolution(
+        w,
+        b,
+        &win.strides,
+        &pad,
+        &win.dilations,
+        false,
+        vec![0; n],
+        group,
+    )?)
+}
+
+fn conv_transpose(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    let (x, w, b) = (c.input(i, 0)?, c.input(i, 1)?, c.opt(i, 2));
+    let n = x.dim() - 2;
+    let kernel = c.attr_or("kernel_shape", w.size()[2..].to_vec())?;
+    let strides = c.attr_or("strides", vec![1; n])?;
+    let dilations = c.attr_or("dilations", vec![1; n])?;
+    let group = c.attr_or("group", 1i64)?;
+    let output_padding = c.attr_or("output_padding", vec![0; n])?;
+    let spatial = x.size()[2..].to_vec();
+    // Full (unpadded) output length per dim; pads are then cropped from it.
+    let full: Vec<i64> = (0..n)
+        .map(|d| {
+            strides[d] * (spatial[d] - 1) + output_padding[d] + (kernel[d] - 1) * dilations[d] + 1
+        })
+        .collect();
+    let auto_pad = c.attr_or("auto_pad", "NOTSET".to_owned())?;
+    let (begin, end): (Vec<i64>, Vec<i64>) =
+        if let Some(out) = c.attr::<Vec<i64>>("output_shape")? {
+            let out = &out[out.len() - n..];
+            (0..n)
+                .map(|d| {
+                    let total = full[d] - out[d];
+                    if auto_pad == "SAME_UPPER" {
+                        (total / 2, total - total / 2)
+                    } else {
+                        (total - total / 2, total / 2)
+                    }
+                })
+                .unzip()
+        } else if auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER" {
+            (0..n)
+                .map(|d| {
+                    let total = (full[d] - spatial[d] * strides[d]).max(0);
+                    if auto_pad == "SAME_UPPER" {
+                        (total / 2, total - total / 2)
+                    } else {
+                        (total - total / 2, total / 2)
+                    }
+                })
+                .unzip()
+        } else if auto_pad == "VALID" {
+            (vec![0; n], vec![0; n])
+        } else {
+            let pads = c.attr_or("pads", vec![0; 2 * n])?;
+            (pads[..n].to_vec(), pads[n..].to_vec())
+        };
+    let mut y = x.f_convolution(
+        w,
+        b,
+        &strides,
+        vec![0; n],
+        &dilations,
+        true,
+        &output_padding,
+        group,
+    )?;
+    for d in 0..n {
+        let len = full[d] - begin[d] - end[d];
+        y = y.f_narrow(2 + d as i64, begin[d], len)?;
+    }
+    one(y)
+}
+
+/// Y = alpha * A' B' + beta * C. The common Linear case (alpha = beta = 1, B transposed) goes through
+/// `linear`, the kernel PyTorch's nn.Linear uses.
+fn gemm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    let (a, b, bias) = (c.input(i, 0)?, c.input(i, 1)?, c.opt(i, 2));
+    let alpha = c.attr_or("alpha", 1.0f32)? as f64;
+    let beta = c.attr_or("beta", 1.0f32)? as f64;
+    let trans_a = c.attr_or("transA", 0i64)? != 0;
+    let trans_b = c.attr_or("transB", 0i64)? != 0;
+    if alpha == 1.0 && beta == 1.0 && !trans_a && trans_b {
+        return one(a.f_linear(b, bias)?);
+    }
+    let a = if trans_a {
+        a.f_transpose(0, 1)?
+    } else {
+        a.shallow_clone()
+    };
+    let b = if trans_b {
+        b.f_transpose(0, 1)?
+    } else {
+        b.shallow_clone()
+    };
+    let mut y = a.f_mm(&b)?;
+    if alpha != 1.0 {
+        y = y.f_mul_scalar(alpha)?;
+    }
+    if let Some(bias) = bias {
+        y = if beta == 1.0 {
+            y.f_add(bias)?
+        } else {
+            y.f_add(&bias.f_mul_scalar(beta)?)?
+        };
+    }
+    one(y)
+}
+
+fn no_index_output(c: &OpCtx) -> Result<(), OpError> {
+    if c.node.outputs.get(1).is_some_and(|o| !o.is_empty()) {
+        return Err(OpError::Invalid(
+            "the Indices output of MaxPool is not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn max_pool(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    no_index_output(c)?;
+    let x = c.input(i, 0)?;
+    let win = Window::read(c, x, None)?;
+    let ceil = c.attr_or("ceil_mode", 0i64)? != 0;
+    let n = win.kernel.len();
+    let torch_ok = win.symmetric()
+        && win
+            .pads_begin
+            .iter()
+            .zip(&win.kernel)
+            .all(|(&p, &k)| 2 * p <= k);
+    let (x, pad) = if torch_ok {
+        (x.shallow_clone(), win.pads_begin.clone())
+    } else {
+        (win.pad_explicitly(x, f64::NEG_INFINITY)?, vec![0; n])
+    };
+    let (k, s, d) = (&win.kernel, &win.strides, &win.dilations);
+    let y = match n {
+        1 => x.f_max_pool1d(k, s, &pad, d, ceil)?,
+        2 => x.f_max_pool2d(k, s, &pad, d, ceil)?,
+        3 => x.f_max_pool3d(k, s, &pad, d, ceil)?,
+        _ => return Err(OpError::Invalid(format!("{n}-D pooling is not supported"))),
+    };
+    one(y)
+}
+
+fn avg_pool_nd(
+    x: &Tensor,
+    win: &Window,
+    pad: &[i64],
+    ceil: bool,
+    include_pad: bool,
+) -> Result<Tensor, OpError> {
+    let (k, s) = (&win.kernel, &win.strides);
+    Ok(match k.len() {
+        1 => x.f_avg_pool1d(k, s, pad, ceil, include_pad)?,
+        2 => x.f_avg_pool2d(k, s, pad, ceil, include_pad, None::<i64>)?,
+        3 => x.f_avg_pool3d(k, s, pad, ceil, include_pad, None::<i64>)?,
+        n => return Err(OpError::Invalid(format!("{n}-D pooling is not supported"))),
+    })
+}
+
+fn average_pool(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    let x = c.input(i, 0)?;
+    let win = Window::read(c, x, None)?;
+    if win.dilations.iter().any(|&d| d != 1) {
+        return Err(OpError::Invalid(
+            "AveragePool with dilations is not supported".into(),
+        ));
+    }
+    let ceil = c.attr_or("ceil_mode", 0i64)? != 0;
+    let include_pad = c.attr_or("count_include_pad", 0i64)? != 0;
+    let torch_ok = win.symmetric()
+        && win
+            .pads_begin
+            .iter()
+            .zip(&win.kernel)
+            .all(|(&p, &k)| 2 * p <= k);
+    if torch_ok {
+        return one(avg_pool_nd(x, &win, &win.pads_begin, ceil, include_pad)?);
+    }
+    let zeros = vec![0; win.kernel.len()];
+    let padded = win.pad_explicitly(x, 0.0)?;
+    let sum_avg = avg_pool_nd(&padded, &win, &zeros, ceil, true)?;
+    if include_pad {
+        return one(sum_avg);
+    }
+    // Divide by the number of real (unpadded) elements in each window.
+    let mask = win.pad_explicitly(&x.f_ones_like()?, 0.0)?;
+    let count_avg = avg_pool_nd(&mask, &win, &zeros, ceil, true)?;
+    one(sum_avg.f_div(&count_avg)?)
+}
+
+fn global_pool(c: &OpCtx, i: &[Option<&Tensor>], max: bool) -> OpResult {
+    let x = c.input(i, 0)?;
+    let dims: Vec<i64> = (2..x.dim() as i64).collect();
+    if max {
+        one(x.f_amax(&dims, true)?)
+    } else {
+        one(x.f_mean_dim(&dims[..], true, None::<Kind>)?)
+    }
+}
+
+/// Running statistics are used (and left alone) unless the model is in training mode with
+/// `train_batchnorm`, or the graph itself says `training_mode = 1`.
+fn batch_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    let x = c.input(i, 0)?;
+    let (scale, bias, mean, var) = (
+        c.input(i, 1)?,
+        c.input(i, 2)?,
+        c.input(i, 3)?,
+        c.input(i, 4)?,
+    );
+    let eps = c.attr_or("epsilon", 1e-5f32)? as f64;
+    let momentum = c.attr_or("momentum", 0.9f32)? as f64;
+    let graph_training = c.attr_or("training_mode", 0i64)? != 0;
+    let update = c.train && c.train_batchnorm;
+    let batch_stats = update || graph_training;
+    let (rm, rv) = if batch_stats && !update {
+        (None, None)
+    } else {
+        (Some(mean), Some(var))
+    };
+    // ONNX: running = running * momentum + batch * (1 - momentum); torch's momentum is the batch's weight.
+    let y = x.f_batch_norm(
+        Some(scale),
+        Some(bias),
+        rm,
+        rv,
+        batch_stats,
+        1.0 - momentum,
+        eps,
+        true,
+    )?;
+    let mut out = vec![y];
+    for k in 1..c.node.outputs.len() {
+        out.push(if k % 2 == 1 {
+            mean.shallow_clone()
+        } else {
+            var.shallow_clone()
+        });
+    }
+    Ok(out)
+}
+
+fn instance_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    let (x, scale, bias) = (c.input(i, 0)?, c.input(i, 1)?, c.input(i, 2)?);
+    let eps = c.attr_or("epsilon", 1e-5f32)? as f64;
+    one(x.f_instance_norm(
+        Some(scale),
+        Some(bias),
+        None::<&Tensor>,
+        None,
+        true,
+        0.1,
+        eps,
+        true,
+    )?)
+}
+
+fn layer_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    let (x, scale, bias) = (c.input(i, 0)?, c.input(i, 1)?, c.opt(i, 2));
+    if c.node.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+        return Err(OpError::Invalid(
+            "the Mean/InvStdDev outputs of LayerNormalization are not supported".into(),
+        ));
+    }
+    let rank = x.dim() as i64;
+    let a = axis(c.attr_or("axis", -1i64)?, rank)?;
+    let eps = c.attr_or("epsilon", 1e-5f32)? as f64;
+    let normalized = x.size()[a as usize..].to_vec();
+    let mut y = x
+        .f_layer_norm(&normalized, None::<&Tensor>, None, eps, true)?
+        .f_mul(scale)?;
+    if let Some(b) = bias {
+        y = y.f_add(b)?;
+    }
+    one(y)
+}
+
+/// y = x / (bias + alpha / size * Σ_window x²)^beta, the window running over channels.
+fn lrn(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    let x = c.input(i, 0)?;
+    let size = c
+        .attr::<i64>("size")?
+        .ok_or_else(|| OpError::Invalid("attribute `size` is required".into()))?;
+    let alpha = c.attr_or("alpha", 1e-4f32)? as f64;
+    let beta = c.attr_or("beta", 0.75f32)? as f64;
+    let bias = c.attr_or("bias", 1.0f32)? as f64;
+    let shape = x.size();
+    let (n, ch) = (shape[0], shape[1]);
+    // [N, 1, C, rest]: pad the channel axis and sum a (size x 1) window over it.
+    let sq = x.f_square()?.f_reshape([n, 1, ch, -1])?;
+    let before = (size - 1) / 2;
+    let after = size - 1 - before;
+    let sq = sq.f_pad([0, 0, before, after], "constant", 0.0)?;
+    let sum = sq
+        .f_avg_pool2d([size, 1], [1, 1], [0, 0], false, true, None::<i64>)?
+        .f_mul_scalar(size as f64)?
+        .f_reshape(&shape)?;
+    let denom = sum
+        .f_mul_scalar(alpha / size as f64)?
+        .f_add_scalar(bias)?
+        .f_pow_tensor_scalar(beta)?;
+    one(x.f_div(&denom)?)
+}
+
+/// Identity in eval mode; inverted dropout in training mode. The ratio is an attribute before opset 12 and an
+/// optional input from then on.
+fn dropout(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+    let x = c.input(i, 0)?;
+    let ratio = if c.opset < 12 {
+        c.attr_or("ratio", 0.5f32)? as f64
+    } else {
+        c.opt(i, 1).map(super::to_f64).transpose()?.unwrap_or(0.5)
+    };
+    let wants_mask = c.node.outputs.get(1).is_some_and(|o| !o.is_empty());
+    if !c.train || ratio == 0.0 {
+        let mut out = vec![x.shallow_clone()];
+        if wants_mask {
+            out.push(x.f_ones_like()?.f_to_kind(Kind::Bool)?);
+        }
+        return Ok(out);
+    }
+    let keep = x.f_rand_like()?.f_ge(ratio)?;
+    let y = x.f_mul(&keep)?.f_div_scalar(1.0 - ratio)?;
+    Ok(if wants_mask { vec![y, keep] } else { vec![y] })
+}

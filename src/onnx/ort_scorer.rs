@@ -1,0 +1,173 @@
+//! [`OrtScorer`]: onnxruntime on the original file — what Square queries, what re-checks use, and the reference
+//! the interpreter is tested against. Inputs are tch CPU tensors passed to onnxruntime as borrowed views
+//! (no copy); outputs are copied once into tch tensors.
+
+use std::path::{Path, PathBuf};
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use tch::{Device, Kind, Tensor};
+
+use super::error::OnnxError;
+use crate::model::{InputAdapter, ModelError, Scorer};
+use crate::runtime;
+
+/// A forward-only classifier on onnxruntime. See the module docs.
+pub struct OrtScorer {
+    session: Session,
+    adapter: InputAdapter,
+    file: PathBuf,
+    input_names: Vec<String>,
+}
+
+impl OrtScorer {
+    /// Opens a session on `path` (external data resolved by onnxruntime next to the file). `intra_threads` 0
+    /// keeps onnxruntime's default.
+    pub fn new(
+        path: &Path,
+        adapter: InputAdapter,
+        intra_threads: usize,
+    ) -> Result<Self, OnnxError> {
+        let file = path.to_path_buf();
+        let ort_err = |e: &dyn std::fmt::Display| OnnxError::Ort {
+            file: file.clone(),
+            message: e.to_string(),
+        };
+        let (_, env) = runtime::ort_environment(None).map_err(|e| ort_err(&e))?;
+        let mut builder = Session::builder(env).map_err(|e| ort_err(&e))?;
+        if intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(intra_threads)
+                .map_err(|e| ort_err(&e))?;
+        }
+        let session = builder.commit_from_file(path).map_err(|e| ort_err(&e))?;
+        let input_names = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_owned())
+            .collect();
+        Ok(Self {
+            session,
+            adapter,
+            file,
+            input_names,
+        })
+    }
+
+    /// Runs the raw graph: one tensor per input in declaration order (any device; moved to CPU), every output.
+    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, OnnxError> {
+        let file = self.file.clone();
+        let ort_err = |message: String| OnnxError::Ort {
+            file: file.clone(),
+            message,
+        };
+        if inputs.len() != self.input_names.len() {
+            return Err(ort_err(format!(
+                "the graph takes {} inputs, {} given",
+                self.input_names.len(),
+                inputs.len()
+            )));
+        }
+        // Contiguous CPU tensors that stay alive while onnxruntime reads them.
+        let owned: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ort_err(format!("preparing inputs: {e}")))?;
+        let mut feeds: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(owned.len());
+        for (name, t) in self.input_names.iter().zip(&owned) {
+            feeds.push((
+                name.clone(),
+                tensor_view(t).map_err(|m| ort_err(format!("input `{name}`: {m}")))?,
+            ));
+        }
+        let outputs = self
+            .session
+            .run(feeds)
+            .map_err(|e| ort_err(e.to_string()))?;
+        let mut result = Vec::with_capacity(outputs.len());
+        for (name, value) in outputs.iter() {
+            result.push(to_tch(&value).map_err(|m| ort_err(format!("output `{name}`: {m}")))?);
+        }
+        Ok(result)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+}
+
+impl Scorer for OrtScorer {
+    fn logits(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let adapted = self
+            .adapter
+            .apply(&x.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?);
+        let mut out = self
+            .run(&[adapted])
+            .map_err(|e| ModelError::Forward(e.to_string()))?;
+        if out.is_empty() {
+            return Err(ModelError::Forward(format!(
+                "{}: the model has no outputs",
+                self.file.display()
+            )));
+        }
+        Ok(out.swap_remove(0))
+    }
+}
+
+/// A borrowed onnxruntime view of a contiguous CPU tensor.
+fn tensor_view(t: &Tensor) -> Result<SessionInputValue<'_>, String> {
+    fn view<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+        t: &Tensor,
+    ) -> Result<SessionInputValue<'_>, String> {
+        let shape: Vec<i64> = t.size();
+        let numel = t.numel();
+        // SAFETY: `t` is a contiguous CPU tensor of element type `T` (checked by the caller's match on its kind)
+        // holding `numel` elements; the slice borrows `t`, which outlives the returned view.
+        let data: &[T] = if numel == 0 {
+            &[]
+        } else {
+            unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, numel) }
+        };
+        TensorRef::from_array_view((shape, data))
+            .map(SessionInputValue::from)
+            .map_err(|e| e.to_string())
+    }
+    match t.kind() {
+        Kind::Float => view::<f32>(t),
+        Kind::Double => view::<f64>(t),
+        Kind::Int64 => view::<i64>(t),
+        Kind::Int => view::<i32>(t),
+        Kind::Int16 => view::<i16>(t),
+        Kind::Int8 => view::<i8>(t),
+        Kind::Uint8 => view::<u8>(t),
+        Kind::Bool => view::<bool>(t),
+        other => Err(format!("element type {other:?} is not supported")),
+    }
+}
+
+fn to_tch(value: &ort::value::DynValue) -> Result<Tensor, String> {
+    fn copy<T: ort::value::PrimitiveTensorElementType + tch::kind::Element>(
+        value: &ort::value::DynValue,
+    ) -> Result<Tensor, String> {
+        let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+        let dims: Vec<i64> = shape.iter().copied().collect();
+        Tensor::f_from_slice(data)
+            .and_then(|t| t.f_reshape(&dims))
+            .map_err(|e| e.to_string())
+    }
+    match value.dtype() {
+        ValueType::Tensor { ty, .. } => match ty {
+            TensorElementType::Float32 => copy::<f32>(value),
+            TensorElementType::Float64 => copy::<f64>(value),
+            TensorElementType::Int64 => copy::<i64>(value),
+            TensorElementType::Int32 => copy::<i32>(value),
+            TensorElementType::Int16 => copy::<i16>(value),
+            TensorElementType::Int8 => copy::<i8>(value),
+            TensorElementType::Uint8 => copy::<u8>(value),
+            TensorElementType::Bool => copy::<bool>(value),
+            other => Err(format!("element type {other:?} is not supported")),
+        },
+        other => Err(format!("{other:?} outputs are not supported")),
+    }
+}

@@ -1,0 +1,198 @@
+//! [`TchModel`]: an ONNX image classifier as a [`Classifier`] — the [`Interpreter`] plus the input adapter
+//! (normalization and layout inside the forward path, so attacks work in [0,1] NCHW pixel space), the image size
+//! and the class count (learned from one probe forward pass).
+
+use tch::{Device, Kind, Tensor};
+
+use super::error::OnnxError;
+use super::interpreter::{Interpreter, TchOptions};
+use super::layout::{infer_input_chw, resolve_layout};
+use super::model::OnnxModel;
+use super::tensor_data::DType;
+use crate::config::InputLayout;
+use crate::model::{Classifier, InputAdapter, ModelError};
+
+/// An ONNX classifier on tch. See the module docs.
+pub struct TchModel {
+    graph: Interpreter,
+    adapter: InputAdapter,
+    input_chw: [i64; 3],
+    num_classes: i64,
+}
+
+impl TchModel {
+    /// Builds the interpreter on `device` and probes one forward pass to learn the class count. The image size
+    /// comes from `options.input_chw`, else from the ONNX input shape and the adapter's layout.
+    pub fn new(
+        model: &OnnxModel,
+        adapter: InputAdapter,
+        device: Device,
+        options: TchOptions,
+    ) -> Result<Self, OnnxError> {
+        let file = model.path();
+        let info = model
+            .inputs()
+            .first()
+            .ok_or_else(|| OnnxError::model(file, "the graph has no inputs"))?;
+        if model.inputs().len() != 1 {
+            return Err(OnnxError::model(
+                file,
+                format!(
+                    "a classifier takes one image input; this graph has {}",
+                    model.inputs().len()
+                ),
+            ));
+        }
+        let input_chw = match options.input_chw {
+            Some(chw) => chw,
+            None => infer_input_chw(info, adapter.layout).ok_or_else(|| {
+                OnnxError::model(
+                    file,
+                    format!(
+                        "cannot tell the image size from input `{}` {}; set it explicitly (input_chw)",
+                        info.name,
+                        info.shape_string()
+                    ),
+                )
+            })?,
+        };
+        let graph = Interpreter::new(model, device, options)?;
+        let mut m = Self {
+            graph,
+            adapter,
+            input_chw,
+            num_classes: 0,
+        };
+        m.num_classes = m.probe_classes()?;
+        Ok(m)
+    }
+
+    /// Builds with the input layout resolved from the config (`auto` inspects the ONNX input shape).
+    pub fn with_layout(
+        model: &OnnxModel,
+        mut adapter: InputAdapter,
+        layout: InputLayout,
+        device: Device,
+        options: TchOptions,
+    ) -> Result<Self, OnnxError> {
+        let info = model
+            .inputs()
+            .first()
+            .ok_or_else(|| OnnxError::model(model.path(), "the graph has no inputs"))?;
+        adapter.layout =
+            resolve_layout(info, layout).map_err(|m| OnnxError::model(model.path(), m))?;
+        Self::new(model, adapter, device, options)
+    }
+
+    fn probe_classes(&self) -> Result<i64, OnnxError> {
+        let _guard = tch::no_grad_guard();
+        let [c, h, w] = self.input_chw;
+        let x = Tensor::f_zeros([1, c, h, w], (Kind::Float, self.graph.device())).map_err(
+            |source| OnnxError::Torch {
+                file: self.graph.file().to_path_buf(),
+                message: "probe input".into(),
+                source,
+            },
+        )?;
+        let y = self.logits(&x)?;
+        match y.size().as_slice() {
+            [1, n] => Ok(*n),
+            other => Err(OnnxError::model(
+                self.graph.file(),
+                format!(
+                    "the first output has shape {other:?} for one image; a classifier gives [N, classes]"
+                ),
+            )),
+        }
+    }
+
+    /// Logits for pixel-space `[N, C, H, W]` input: adapter (normalization, layout), then the graph.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor, OnnxError> {
+        let adapted = self.adapter.apply(x);
+        let adapted = match self.graph.input_kinds().first() {
+            Some(&k) if k != adapted.kind() => {
+                adapted.f_to_kind(k).map_err(|source| OnnxError::Torch {
+                    file: self.graph.file().to_path_buf(),
+                    message: "casting the input".into(),
+                    source,
+                })?
+            }
+            _ => adapted,
+        };
+        let mut out = self.graph.run(&[adapted])?;
+        Ok(out.swap_remove(0))
+    }
+
+    /// The interpreter underneath (raw multi-output runs, step count).
+    pub fn graph(&self) -> &Interpreter {
+        &self.graph
+    }
+
+    /// Fresh seeded weights; see [`Interpreter::reinitialize`].
+    pub fn reinitialize(&mut self, seed: u64) -> Result<(), OnnxError> {
+        self.graph.reinitialize(seed)
+    }
+
+    /// The trainable initializers by name (shared with the model: in-place updates change it).
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.graph.named_parameters()
+    }
+
+    /// Every floating-point initializer by name (parameters and BatchNorm statistics): a checkpoint.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.graph.state_dict()
+    }
+
+    /// Copies values into the named initializers in place.
+    pub fn load_named(&mut self, named: &[(String, Tensor)]) -> Result<(), OnnxError> {
+        self.graph.load_named(named)
+    }
+
+    pub(crate) fn state_dtype(&self, name: &str) -> Option<DType> {
+        self.graph.state_dtype(name)
+    }
+
+    pub fn adapter(&self) -> &InputAdapter {
+        &self.adapter
+    }
+
+    pub fn options(&self) -> &TchOptions {
+        self.graph.options()
+    }
+
+    pub fn is_train(&self) -> bool {
+        self.graph.is_train()
+    }
+}
+
+impl Classifier for TchModel {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.logits(x)
+            .map_err(|e| ModelError::Forward(e.to_string()))
+    }
+
+    fn trainable_parameters(&self) -> Vec<Tensor> {
+        self.graph
+            .named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// Training mode also switches gradients on for the trainable initializers (off in eval mode).
+    fn set_train(&mut self, train: bool) {
+        self.graph.set_train(train);
+    }
+
+    fn input_chw(&self) -> [i64; 3] {
+        self.input_chw
+    }
+
+    fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+
+    fn device(&self) -> Device {
+        self.graph.device()
+    }
+}

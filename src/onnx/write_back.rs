@@ -1,0 +1,168 @@
+//! Write-back: the original graph (same opset, IR version, functions, metadata) with the trained initializers,
+//! plus `metadata_props` saying which robustd version and method produced it. Weights go to an external-data file
+//! beside the model when the original used external data or the model would exceed 1 GiB. Both files are written
+//! atomically: a temp file in the target directory, fsync, rename, then the directory is synced.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::error::OnnxError;
+use super::model::OnnxModel;
+use super::proto::{StringStringEntryProto, DATA_LOCATION_EXTERNAL};
+use super::tch_model::TchModel;
+use super::tensor_data::TensorData;
+
+/// Models larger than this are always written with external data (protobuf's 2 GiB ceiling, with margin).
+pub const EXTERNAL_DATA_THRESHOLD: u64 = 1 << 30;
+/// Tensors at least this large go to the external-data file (small ones stay inline, as the exporters do).
+const EXTERNAL_MIN_BYTES: usize = 1024;
+/// Offsets in the external-data file are aligned to this (what onnx's own writer uses for mmap-friendliness).
+const EXTERNAL_ALIGN: u64 = 4096;
+/// Metadata key for the robustd version; callers add their own (`robustd.method`, …).
+pub const VERSION_KEY: &str = "robustd.version";
+
+/// What [`write_back`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenModel {
+    pub model: PathBuf,
+    /// The external-data file, if one was written.
+    pub data: Option<PathBuf>,
+    pub bytes: u64,
+}
+
+/// Writes `model`'s graph with `trained`'s initializer values to `out`. See the module docs.
+pub fn write_back(
+    model: &OnnxModel,
+    trained: &TchModel,
+    out: &Path,
+    metadata: &[(&str, &str)],
+) -> Result<WrittenModel, OnnxError> {
+    let io = |action: &'static str| {
+        move |source| OnnxError::Io {
+            file: out.to_path_buf(),
+            action,
+            source,
+        }
+    };
+    let mut proto = model.skeleton().clone();
+    let state = trained.state_dict();
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| OnnxError::model(model.path(), "the model has no graph"))?;
+    let mut payloads: Vec<Bytes> = Vec::with_capacity(graph.initializer.len());
+    for t in &graph.initializer {
+        let original = model
+            .initializer(&t.name)
+            .ok_or_else(|| OnnxError::Tensor {
+                file: model.path().to_path_buf(),
+                tensor: t.name.clone(),
+                message: "initializer missing from the loaded model".into(),
+            })?;
+        let bytes = match state.iter().find(|(n, _)| n == &t.name) {
+            Some((name, tensor)) => {
+                let dtype = trained.state_dtype(name).unwrap_or(original.data.dtype);
+                TensorData::from_tch(tensor, dtype)
+                    .map_err(|source| OnnxError::Torch {
+                        file: out.to_path_buf(),
+                        message: format!("reading trained `{name}`"),
+                        source,
+                    })?
+                    .bytes
+            }
+            None => original.data.bytes.clone(),
+        };
+        payloads.push(bytes);
+    }
+    let total: u64 = payloads.iter().map(|b| b.len() as u64).sum();
+    let external = model.uses_external_data() || total > EXTERNAL_DATA_THRESHOLD;
+
+    let file_name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| OnnxError::model(out, "the output path has no valid file name"))?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let data_name = format!("{file_name}.data");
+    let mut data_file: Vec<u8> = Vec::new();
+    for (t, bytes) in graph.initializer.iter_mut().zip(payloads) {
+        if external && bytes.len() >= EXTERNAL_MIN_BYTES {
+            let offset = (data_file.len() as u64).div_ceil(EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
+            data_file.resize(offset as usize, 0);
+            data_file.extend_from_slice(&bytes);
+            t.data_location = DATA_LOCATION_EXTERNAL;
+            t.external_data = vec![
+                entry("location", &data_name),
+                entry("offset", &offset.to_string()),
+                entry("length", &bytes.len().to_string()),
+            ];
+        } else {
+            t.raw_data = bytes;
+        }
+    }
+
+    set_metadata(
+        &mut proto.metadata_props,
+        VERSION_KEY,
+        env!("CARGO_PKG_VERSION"),
+    );
+    for (k, v) in metadata {
+        set_metadata(&mut proto.metadata_props, k, v);
+    }
+
+    let data_path = dir.join(&data_name);
+    let wrote_data = external && !data_file.is_empty();
+    if wrote_data {
+        write_atomically(&data_path, &data_file)
+            .map_err(io("cannot write the external-data file"))?;
+    }
+    let encoded = proto.encode_to_vec();
+    write_atomically(out, &encoded).map_err(io("cannot write the model"))?;
+    sync_dir(dir).map_err(io("cannot sync the output directory"))?;
+    Ok(WrittenModel {
+        model: out.to_path_buf(),
+        data: wrote_data.then_some(data_path),
+        bytes: encoded.len() as u64
+            + if wrote_data {
+                data_file.len() as u64
+            } else {
+                0
+            },
+    })
+}
+
+fn entry(key: &str, value: &str) -> StringStringEntryProto {
+    StringStringEntryProto {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+fn set_metadata(props: &mut Vec<StringStringEntryProto>, key: &str, value: &str) {
+    match props.iter_mut().find(|kv| kv.key == key) {
+        Some(kv) => kv.value = value.to_owned(),
+        None => props.push(entry(key, value)),
+    }
+}
+
+/// Temp file in the same directory, fsync, rename over `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
