@@ -81,8 +81,11 @@ fn a_cancelled_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let whole_result = train(&mut whole, &data.train, &run).unwrap();
 
     // Forward passes: TRADES takes 1 + 3 (PGD) + 2 per batch, 5 batches of 64 from 320 training samples (30);
-    // validation takes 1 + 4 (PGD keeping the adversarial iterate) + 1 per batch, 2 batches from 80 (12). Pass 13
-    // is in batch 3 of epoch 1, pass 42 the last of epoch 1, pass 56 in batch 3 of epoch 2.
+    // validation takes 1 + 4 (PGD keeping the adversarial iterate) + 1 per batch, 2 batches from 80 (12); the flag is
+    // read before every training and validation batch. Pass 13 falls in batch 3 of epoch 1 (stop after 3
+    // batches); pass 33 in the first validation batch (stop after all 5 batches, before validation ends); after the
+    // resume re-validates (37..48), pass 48 ends epoch 1 (stop at epoch 2, batch 0); pass 62 falls in batch 3 of
+    // epoch 2.
     let flag = Arc::new(AtomicBool::new(false));
     let resumed_dir = dir.path().join("resumed");
     let mut attempts = 0;
@@ -90,7 +93,7 @@ fn a_cancelled_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let mut interrupted = CancelAfter {
         inner: SmallCnn::new(2, true),
         calls: Cell::new(0),
-        limits: vec![13, 42, 56],
+        limits: vec![13, 33, 48, 62],
         flag: flag.clone(),
     };
     let result = loop {
@@ -113,11 +116,11 @@ fn a_cancelled_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
             }
             Err(e) => panic!("{e}"),
         }
-        assert!(attempts < 5);
+        assert!(attempts < 6);
     };
     assert_eq!(
         stops,
-        [(1, 3), (2, 0), (2, 3)],
+        [(1, 3), (1, 5), (2, 0), (2, 3)],
         "cancelled at (epoch, batches done)"
     );
     assert!(result.resumed_from.is_some());

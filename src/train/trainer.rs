@@ -8,8 +8,9 @@
 //! best epoch's weights (the last epoch's without validation) and is in eval mode.
 //!
 //! A run whose checkpoint directory already holds a checkpoint of the same run resumes from it. The cancellation
-//! flag is checked before every batch: the run then saves a checkpoint of its exact position and returns
-//! [`TrainError::Cancelled`]. Any error restores the model's weights as they were given.
+//! flag is checked before every training and validation batch: the run then saves a checkpoint of its exact
+//! position (a cancelled validation is redone on resume) and returns [`TrainError::Cancelled`]. Any error restores
+//! the model's weights as they were given.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +29,7 @@ use super::objective::{BatchLoss, Objective};
 use super::optim::Optimizer;
 use super::record::{self, AtypicalitySummary, EpochRecord, OptimizerReport, TrainResult};
 use super::schedule::LrSchedule;
-use super::validate::clean_and_robust;
+use super::validate::measure;
 use super::TrainError;
 use crate::attack::pgd::{Keep, PgdParams};
 use crate::config::{Norm, ThreatModel, TrainSpec};
@@ -291,20 +292,29 @@ impl<'r> Loop<'r> {
         let started = Instant::now();
         let mut early_stopped = self.stopped_early();
         while self.epoch < self.run.spec.epochs && !early_stopped {
-            let epoch_started = Instant::now();
             self.train_epoch(model, started)?;
+            let val_started = Instant::now();
             let val = match &self.val {
-                Some(v) => Some(clean_and_robust(
-                    model,
-                    v,
-                    &self.run.val_attack(),
-                    self.run.spec.batch_size,
-                )?),
+                Some(v) => {
+                    let measured = measure(
+                        model,
+                        v,
+                        &self.run.val_attack(),
+                        self.run.spec.batch_size,
+                        self.run.cancel,
+                    )?;
+                    match measured {
+                        Some(a) => Some(a),
+                        // Cancelled during validation: the checkpoint sits after the epoch's last batch, so a
+                        // resume goes straight to validation.
+                        None => return Err(self.cancel(model, started)?),
+                    }
+                }
                 None => None,
             };
             let record = self.finish_epoch(
                 val.map(|a| (a.clean, a.robust)),
-                epoch_started.elapsed().as_secs_f64(),
+                val_started.elapsed().as_secs_f64(),
             );
             tracing::info!(
                 method = ?self.run.objective.method(),
@@ -374,20 +384,17 @@ impl<'r> Loop<'r> {
         );
         let batches = self.train.batches(&options)?;
         let count = batches.len();
+        // Each step's time runs from the end of the previous one, so fetching and augmenting the batch counts.
+        let mut step_started = Instant::now();
         for (index, batch) in batches.enumerate() {
             let batch = batch?;
             if index < self.batch {
+                step_started = Instant::now();
                 continue;
             }
             if run.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                self.save_checkpoint(model, started)?;
-                return Err(TrainError::Cancelled {
-                    epoch: self.epoch + 1,
-                    batch: self.batch,
-                    checkpoint: run.checkpoint_dir.clone(),
-                });
+                return Err(self.cancel(model, started)?);
             }
-            let step_started = Instant::now();
             tch::manual_seed(
                 mix(run.seed ^ SALT_BATCH, self.epoch as u64, index as u64 + 1) as i64,
             );
@@ -420,12 +427,29 @@ impl<'r> Loop<'r> {
             }
             self.sums
                 .add(&stats, lr, step_started.elapsed().as_secs_f64());
+            step_started = Instant::now();
             self.batch = index + 1;
         }
         Ok(())
     }
 
-    fn finish_epoch(&self, val: Option<(f64, f64)>, seconds: f64) -> EpochRecord {
+    /// Saves a checkpoint of the exact position and returns the error that reports the cancellation.
+    fn cancel(&self, model: &dyn Classifier, started: Instant) -> Result<TrainError, TrainError> {
+        self.save_checkpoint(model, started)?;
+        tracing::info!(
+            epoch = self.epoch + 1,
+            batch = self.batch,
+            "training cancelled"
+        );
+        Ok(TrainError::Cancelled {
+            epoch: self.epoch + 1,
+            batch: self.batch,
+            checkpoint: self.run.checkpoint_dir.clone(),
+        })
+    }
+
+    /// The epoch's record; its time is the training steps' (saved across a resume) plus `val_seconds`.
+    fn finish_epoch(&self, val: Option<(f64, f64)>, val_seconds: f64) -> EpochRecord {
         let s = &self.sums;
         let frac = |k: f64, n: u64| (n > 0).then(|| k / n as f64);
         EpochRecord {
@@ -445,7 +469,7 @@ impl<'r> Loop<'r> {
             weight_atypical_mean: (s.weight_atypical_count > 0.0)
                 .then(|| s.weight_atypical_sum / s.weight_atypical_count),
             lr: s.last_lr,
-            seconds,
+            seconds: s.train_seconds + val_seconds,
             samples_per_s: if s.train_seconds > 0.0 {
                 s.samples as f64 / s.train_seconds
             } else {

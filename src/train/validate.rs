@@ -3,6 +3,8 @@
 //! [`Keep::Adversarial`] and each sample's random start keyed by its position in the split, so the number does not
 //! depend on the batch size and is comparable from epoch to epoch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tch::{Kind, Tensor};
 
 use super::TrainError;
@@ -25,6 +27,20 @@ pub fn clean_and_robust(
     attack: &PgdParams,
     batch_size: usize,
 ) -> Result<Accuracy, TrainError> {
+    measure(model, split, attack, batch_size, None)?.ok_or(TrainError::Invalid {
+        key: "validation",
+        message: "interrupted without a cancellation flag".into(),
+    })
+}
+
+/// [`clean_and_robust`] that checks `cancel` before every batch; `Ok(None)` when it was set.
+pub(crate) fn measure(
+    model: &mut dyn Classifier,
+    split: &Split,
+    attack: &PgdParams,
+    batch_size: usize,
+    cancel: Option<&AtomicBool>,
+) -> Result<Option<Accuracy>, TrainError> {
     model.set_train(false);
     let attack = PgdParams {
         keep: Keep::Adversarial,
@@ -33,10 +49,13 @@ pub fn clean_and_robust(
     let device = model.device();
     let (mut clean, mut robust, mut seen) = (0i64, 0i64, 0i64);
     for batch in split.batches(&BatchOptions::eval(batch_size))? {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Ok(None);
+        }
         let batch = batch?;
         let x = batch.x.f_to_device(device)?;
         let y = batch.y.f_to_device(device)?;
-        let rows: Vec<u64> = Vec::<i64>::try_from(&batch.positions)?
+        let rows: Vec<u64> = Vec::<i64>::try_from(&batch.positions.f_to_device(tch::Device::Cpu)?)?
             .into_iter()
             .map(|p| p as u64)
             .collect();
@@ -54,10 +73,10 @@ pub fn clean_and_robust(
             k as f64 / seen as f64
         }
     };
-    Ok(Accuracy {
+    Ok(Some(Accuracy {
         clean: frac(clean),
         robust: frac(robust),
-    })
+    }))
 }
 
 /// Clean predicted labels (int64 `[N]`, CPU) for every sample of `split`, in split order.
