@@ -195,4 +195,15 @@ impl Classifier for TchModel {
     fn device(&self) -> Device {
         self.graph.device()
     }
+
+    /// Every floating-point initializer (parameters and BatchNorm statistics), so training checkpoints hold them.
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.graph.state_dict()
+    }
+
+    fn load_state_dict(&mut self, named: &[(String, Tensor)]) -> Result<(), ModelError> {
+        self.graph
+            .load_named(named)
+            .map_err(|e| ModelError::Forward(e.to_string()))
+    }
 }
