@@ -13,57 +13,59 @@ fn full_report(dir: &Path) -> Report {
     std::fs::write(dir.join("m.bat.onnx"), tuned_bytes).unwrap();
     std::fs::create_dir_all(dir.join("plots")).unwrap();
     std::fs::write(dir.join("train_log.csv"), "epoch,loss\n1,0.5\n").unwrap();
-    let eval = |clean: f64, worst: f64| EvalBlock {
-        clean_acc: clean,
-        attacks: vec![
-            AttackResult {
-                name: "pgd".into(),
-                robust_acc: worst + 0.02,
-                steps: Some(20),
-                restarts: Some(1),
-                queries: None,
-                seconds: 3.0,
-            },
-            AttackResult {
-                name: "square".into(),
-                robust_acc: worst + 0.05,
-                steps: None,
-                restarts: None,
-                queries: Some(1000),
-                seconds: 9.0,
-            },
-        ],
-        worst_case_acc: worst,
-        ort_recheck: Some(OrtRecheck {
-            disagreements: 0,
-            max_logit_diff: 3e-6,
-        }),
-        robust_acc_vs_eps: vec![
-            EpsPoint {
-                eps: 0.0,
-                robust_acc: clean,
-            },
-            EpsPoint {
-                eps: 0.1,
-                robust_acc: worst,
-            },
-        ],
-        groups: Some(Groups {
-            train: None,
-            test: Some(GroupPair {
-                typical: GroupAccuracy {
-                    samples: 900,
-                    clean: 0.95,
-                    robust: 0.5,
-                },
-                atypical: GroupAccuracy {
-                    samples: 100,
-                    clean: 0.6,
-                    robust: 0.1,
-                },
-            }),
-        }),
+    // The evaluation and training blocks as their modules serialize them.
+    let eval = |clean: f64, worst: f64| -> EvalBlock {
+        serde_norway::from_str(&format!(
+            "samples: 1000
+threat: {{norm: linf, eps: 0.1}}
+mode: ensemble
+clean_acc: {clean}
+attacks:
+  pgd: {{robust_acc: {pgd}, steps: 20, restarts: 1, attacked: 900, broken: 100, seconds: 3.0}}
+  square: {{robust_acc: {worst}, queries: 1000, attacked: 100, broken: 2, seconds: 9.0}}
+worst_case_acc: {worst}
+ort_recheck: {{examples: 100, disagreements: 0, max_logit_diff: 3.0e-6, clean_disagreements: 0,
+              clean_max_logit_diff: 1.0e-6}}
+robust_acc_vs_eps: {{0.0: {clean}, 0.1: {worst}}}
+warnings: []
+reproducibility: {{seed: 0, sample_indices: [\"0-999\"], worst_case_robust: [], batch_size: 250,
+                  device: cpu, robustd: 0.1.0, libtorch: 2.11.0}}
+seconds: 12.0
+groups:
+  test:
+    typical: {{samples: 900, clean: 0.95, robust: 0.5}}
+    atypical: {{samples: 100, clean: 0.6, robust: 0.1}}
+",
+            pgd = worst + 0.02
+        ))
+        .unwrap()
     };
+    let training: Training = serde_norway::from_str(
+        "method: bat
+formula: see DESIGN.md
+constants: {beta: 1.0, lambda: 1.0}
+optimizer: {name: sgd, lr: 0.01, momentum: 0.9, nesterov: false, weight_decay: 0.0005, schedule: cosine,
+            warmup_epochs: 0}
+epochs: 3
+epochs_planned: 3
+best_epoch: 3
+best_val_robust_acc: 0.5
+early_stopped: false
+resumed_from: null
+train_samples: 900
+val_samples: 100
+batch_size: 128
+augmentation: none
+atypicality: null
+device: cpu
+amp: false
+channels_last: false
+log: train_log.csv
+seconds: 40.0
+curves: []
+",
+    )
+    .unwrap();
     Report {
         schema: REPORT_SCHEMA.into(),
         summary: Summary {
@@ -154,32 +156,7 @@ fn full_report(dir: &Path) -> Report {
                 adv_confidence: 0.03,
             }],
         }),
-        training: Some(Training {
-            method: "bat".into(),
-            formula: "see DESIGN.md".into(),
-            constants: vec![
-                NamedValue {
-                    name: "beta".into(),
-                    value: 1.0,
-                },
-                NamedValue {
-                    name: "lambda".into(),
-                    value: 1.0,
-                },
-            ],
-            optimizer: OptimizerInfo {
-                name: "sgd".into(),
-                lr: 0.01,
-                momentum: 0.9,
-                weight_decay: 5e-4,
-                schedule: "cosine".into(),
-            },
-            epochs: 3,
-            best_epoch: Some(3),
-            resumed_from_epoch: None,
-            log: Some("train_log.csv".into()),
-            seconds: 40.0,
-        }),
+        training: Some(training),
         artifacts: Artifacts {
             original_model: FileRef {
                 path: "m.onnx".into(),

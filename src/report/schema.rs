@@ -219,50 +219,8 @@ pub struct Evaluation {
     pub after: Option<EvalBlock>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalBlock {
-    pub clean_acc: f64,
-    /// In the order the attacks ran.
-    pub attacks: Vec<AttackResult>,
-    /// Per-sample worst case over all attacks.
-    pub worst_case_acc: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ort_recheck: Option<OrtRecheck>,
-    #[serde(default)]
-    pub robust_acc_vs_eps: Vec<EpsPoint>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub groups: Option<Groups>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttackResult {
-    pub name: String,
-    pub robust_acc: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub steps: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restarts: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queries: Option<u64>,
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrtRecheck {
-    /// Adversarial examples whose predicted class differs between tch and onnxruntime.
-    pub disagreements: u64,
-    pub max_logit_diff: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EpsPoint {
-    pub eps: f64,
-    pub robust_acc: f64,
-}
+/// One evaluation (before or after fine-tuning): the evaluation module's result, serialized as is.
+pub type EvalBlock = crate::eval::EvalResult;
 
 /// Typical vs atypical samples (by memorization or consistency score).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,44 +280,8 @@ pub struct HarmfulSample {
     pub adv_confidence: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Training {
-    /// `bat`, `pgd-at`, `trades`, ...
-    pub method: String,
-    /// The loss as implemented, in words and symbols.
-    pub formula: String,
-    /// Every constant the formula uses, by name.
-    pub constants: Vec<NamedValue>,
-    pub optimizer: OptimizerInfo,
-    pub epochs: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub best_epoch: Option<u64>,
-    /// Epoch the job resumed from after a restart, if it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resumed_from_epoch: Option<u64>,
-    /// Per-epoch CSV next to the report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NamedValue {
-    pub name: String,
-    pub value: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizerInfo {
-    pub name: String,
-    pub lr: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    pub schedule: String,
-}
+/// The fine-tuning run: the training module's result, serialized as is.
+pub type Training = crate::train::TrainResult;
 
 /// Files the job produced, relative to the report's directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

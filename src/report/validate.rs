@@ -217,16 +217,14 @@ impl Checker {
         }
         if let Some(t) = &r.training {
             self.non_negative("training.seconds", t.seconds);
-            if let Some(best) = t.best_epoch {
-                if best > t.epochs {
-                    self.fail(
-                        "training.best_epoch",
-                        format!("{best} > epochs {}", t.epochs),
-                    );
-                }
+            if t.best_epoch > t.epochs {
+                self.fail(
+                    "training.best_epoch",
+                    format!("{} > epochs {}", t.best_epoch, t.epochs),
+                );
             }
             if let Some(log) = &t.log {
-                self.relative_file("training.log", log, dir, None);
+                self.relative_file("training.log", &log.to_string_lossy(), dir, None);
             }
         }
 
@@ -300,18 +298,15 @@ impl Checker {
     fn eval_block(&mut self, path: &str, b: &EvalBlock) {
         self.fraction(&format!("{path}.clean_acc"), b.clean_acc);
         self.fraction(&format!("{path}.worst_case_acc"), b.worst_case_acc);
-        for a in &b.attacks {
-            self.fraction(
-                &format!("{path}.attacks.{}.robust_acc", a.name),
-                a.robust_acc,
-            );
-            self.non_negative(&format!("{path}.attacks.{}.seconds", a.name), a.seconds);
+        for (name, a) in &b.attacks.0 {
+            self.fraction(&format!("{path}.attacks.{name}.robust_acc"), a.robust_acc);
+            self.non_negative(&format!("{path}.attacks.{name}.seconds"), a.seconds);
             if a.robust_acc + 1e-9 < b.worst_case_acc {
                 self.fail(
                     format!("{path}.worst_case_acc"),
                     format!(
-                        "{} is above attack {}'s {}",
-                        b.worst_case_acc, a.name, a.robust_acc
+                        "{} is above attack {name}'s {}",
+                        b.worst_case_acc, a.robust_acc
                     ),
                 );
             }
@@ -322,12 +317,9 @@ impl Checker {
                 "robust accuracy above clean accuracy",
             );
         }
-        for (i, p) in b.robust_acc_vs_eps.iter().enumerate() {
-            self.non_negative(&format!("{path}.robust_acc_vs_eps[{i}].eps"), p.eps);
-            self.fraction(
-                &format!("{path}.robust_acc_vs_eps[{i}].robust_acc"),
-                p.robust_acc,
-            );
+        for (eps, acc) in &b.robust_acc_vs_eps.0 {
+            self.non_negative(&format!("{path}.robust_acc_vs_eps.{eps}"), *eps);
+            self.fraction(&format!("{path}.robust_acc_vs_eps.{eps}"), *acc);
         }
         if let Some(g) = &b.groups {
             for (split, pair) in [("train", &g.train), ("test", &g.test)] {
@@ -339,12 +331,15 @@ impl Checker {
                 }
             }
         }
-        if let Some(o) = &b.ort_recheck {
-            self.non_negative(
-                &format!("{path}.ort_recheck.max_logit_diff"),
-                o.max_logit_diff,
-            );
-        }
+        let o = &b.ort_recheck;
+        self.non_negative(
+            &format!("{path}.ort_recheck.max_logit_diff"),
+            o.max_logit_diff,
+        );
+        self.non_negative(
+            &format!("{path}.ort_recheck.clean_max_logit_diff"),
+            o.clean_max_logit_diff,
+        );
     }
 
     fn timing(&mut self, r: &Report) {
