@@ -249,6 +249,16 @@ pub struct DaemonSpec {
     pub eval_concurrency: usize,
     /// Use a polling watcher instead of inotify.
     pub poll: bool,
+    /// What a job does: `pipeline` (evaluate, fine-tune, evaluate again) or `inspect` (a quick triage: load through
+    /// onnxruntime, check it is a classifier, measure forward throughput).
+    pub runner: JobRunnerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobRunnerKind {
+    Pipeline,
+    Inspect,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -421,6 +431,7 @@ impl Default for DaemonSpec {
             rescan_ms: 5000,
             eval_concurrency: 1,
             poll: false,
+            runner: JobRunnerKind::Pipeline,
         }
     }
 }

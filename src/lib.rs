@@ -23,6 +23,7 @@ pub mod data;
 pub mod eval;
 pub mod model;
 pub mod onnx;
+pub mod pipeline;
 pub mod report;
 pub mod runtime;
 pub mod train;

@@ -310,20 +310,22 @@ fn the_four_plots_render_as_pngs_with_axes_and_text() {
     };
     plots::robust_acc_vs_eps(&out("robust_vs_eps.png"), &[before, after]).unwrap();
 
-    let csv = out("train_log.csv");
-    let mut text = String::from("epoch,train_loss,val_loss,val_clean_acc,val_robust_acc\n");
-    for e in 1..=5 {
-        let f = e as f64;
-        text += &format!(
-            "{e},{},{},{},{}\n",
-            2.0 / f,
-            2.2 / f,
-            0.7 + 0.02 * f,
-            0.3 + 0.05 * f
-        );
-    }
-    std::fs::write(&csv, text).unwrap();
-    plots::training_curves_from_csv(&csv, &out("training.png")).unwrap();
+    let per_epoch = |label: &str, f: &dyn Fn(f64) -> f64| Series {
+        label: label.into(),
+        points: (1..=5).map(|e| (e as f64, f(e as f64))).collect(),
+    };
+    plots::training_curves(
+        &out("training.png"),
+        &[
+            per_epoch("train loss", &|e| 2.0 / e),
+            per_epoch("val loss", &|e| 2.2 / e),
+        ],
+        &[
+            per_epoch("val clean", &|e| 0.7 + 0.02 * e),
+            per_epoch("val robust", &|e| 0.3 + 0.05 * e),
+        ],
+    )
+    .unwrap();
 
     let bins: Vec<f64> = (0..=12).map(|i| -0.1 + 0.1 * i as f64).collect();
     let counts: Vec<u64> = (0..12).map(|i| 4000 / (1 + i * i) as u64).collect();

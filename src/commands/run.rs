@@ -9,7 +9,9 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::ConfigArg;
+use crate::config::JobRunnerKind;
 use crate::daemon::{self, DaemonOptions, InspectRunner};
+use crate::pipeline::PipelineRunner;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,6 +27,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let runner: Arc<dyn daemon::JobRunner> = match config.daemon.runner {
+        JobRunnerKind::Pipeline => Arc::new(PipelineRunner),
+        JobRunnerKind::Inspect => Arc::new(InspectRunner),
+    };
     let options = DaemonOptions {
         config,
         config_path: args.config.config.clone(),
@@ -39,7 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
-        daemon::run(options, Arc::new(InspectRunner), shutdown)
+        daemon::run(options, runner, shutdown)
             .await
             .map_err(anyhow::Error::from)
     });

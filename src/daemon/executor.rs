@@ -15,11 +15,7 @@ use super::runner::{
 };
 use super::spool::{IndexEntry, Spool};
 use crate::config::Config;
-use crate::report::{
-    self, error_chain, sha256_hex, Artifacts, EnvironmentInfo, ErrorReport, FileRef, JobInfo,
-    Report, Timing, REPORT_SCHEMA,
-};
-use crate::runtime;
+use crate::report::{self, error_chain, ErrorReport, FileRef, JobInfo, Report};
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,54 +275,27 @@ impl Executor {
         progress: &Progress,
         started: Instant,
     ) -> Result<Report, String> {
-        let mut summary = outcome.summary;
-        let fine_tuned_model = match &outcome.fine_tuned_model {
-            Some(rel) => Some(file_ref(staging, rel)?),
-            None => None,
-        };
-        let mut plots = Vec::new();
-        for plot in outcome.plots {
-            if staging.join(&plot).is_file() {
-                plots.push(plot);
-            } else {
-                summary
-                    .warnings
-                    .push(format!("plot {plot} was not written"));
-            }
-        }
-        summary.artifacts.fine_tuned_model = fine_tuned_model.as_ref().map(|f| f.path.clone());
-        summary.artifacts.plots = plots.clone();
         let record = &job.record;
-        Ok(Report {
-            schema: REPORT_SCHEMA.to_owned(),
-            summary,
-            model: outcome.model,
-            dataset: outcome.dataset,
-            environment: environment(config),
-            evaluation: outcome.evaluation,
-            memorization: outcome.memorization,
-            training: outcome.training,
-            artifacts: Artifacts {
-                original_model,
-                fine_tuned_model,
-                plots,
-                per_sample: outcome.per_sample,
-                training_log: outcome.training_log,
-            },
-            job: Some(JobInfo {
-                id: record.id.clone(),
-                config_sha256: record.config_sha256.clone(),
-                attempts: record.attempts,
-                runner: self.runner.name().to_owned(),
-            }),
-            timing: Timing {
-                queued_at: record.queued_at.clone(),
-                started_at: record.started_at.clone().unwrap_or_else(now_rfc3339),
-                finished_at: now_rfc3339(),
-                seconds: started.elapsed().as_secs_f64(),
-                stages: progress.stage_times(),
-            },
-        })
+        let job_info = JobInfo {
+            id: record.id.clone(),
+            config_sha256: record.config_sha256.clone(),
+            attempts: record.attempts,
+            runner: self.runner.name().to_owned(),
+        };
+        let timing = crate::pipeline::report::timing(
+            record.queued_at.clone(),
+            record.started_at.clone().unwrap_or_else(now_rfc3339),
+            started.elapsed().as_secs_f64(),
+            progress,
+        );
+        crate::pipeline::report::assemble(
+            outcome,
+            config,
+            staging,
+            original_model,
+            Some(job_info),
+            timing,
+        )
     }
 
     /// Files the job in `failed/` with its error.yaml.
@@ -355,36 +324,6 @@ impl Executor {
             cause: error.cause,
         })
     }
-}
-
-/// The environment block of a report.
-pub fn environment(config: &Config) -> EnvironmentInfo {
-    let device = runtime::parse_device(&config.runtime.device)
-        .map(runtime::device_name)
-        .unwrap_or_else(|_| config.runtime.device.clone());
-    EnvironmentInfo {
-        robustd: env!("CARGO_PKG_VERSION").to_owned(),
-        libtorch: runtime::libtorch_version(),
-        onnxruntime: runtime::ort_version(),
-        device,
-        threads: if config.runtime.threads > 0 {
-            config.runtime.threads
-        } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        },
-        seed: config.runtime.seed,
-    }
-}
-
-fn file_ref(dir: &Path, rel: &str) -> Result<FileRef, String> {
-    let bytes = std::fs::read(dir.join(rel)).map_err(|e| format!("artifact {rel}: {e}"))?;
-    Ok(FileRef {
-        path: rel.to_owned(),
-        sha256: sha256_hex(&bytes),
-        bytes: Some(bytes.len() as u64),
-    })
 }
 
 /// The `job.id` of the report in `dir`, if a complete result is there.

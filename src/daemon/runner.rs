@@ -4,7 +4,7 @@
 //! bookkeeping (copying the model, environment, artifacts digests, timing, publishing, the spool).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -137,9 +137,16 @@ impl std::fmt::Display for CancelReason {
     }
 }
 
-/// A cheap, cloneable cancellation flag checked by runners between batches and epochs.
+/// A cheap, cloneable cancellation flag checked by runners between batches and epochs. [`CancelToken::flag`]
+/// exposes it as the plain `AtomicBool` the training loop polls.
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicU8>);
+pub struct CancelToken(Arc<CancelState>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    reason: AtomicU8,
+}
 
 impl CancelToken {
     pub fn new() -> Self {
@@ -153,15 +160,22 @@ impl CancelToken {
         };
         let _ = self
             .0
+            .reason
             .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        self.0.cancelled.store(true, Ordering::SeqCst);
     }
 
     pub fn reason(&self) -> Option<CancelReason> {
-        match self.0.load(Ordering::SeqCst) {
+        match self.0.reason.load(Ordering::SeqCst) {
             1 => Some(CancelReason::Shutdown),
             2 => Some(CancelReason::Timeout),
             _ => None,
         }
+    }
+
+    /// The flag long-running loops poll (set together with the reason).
+    pub fn flag(&self) -> &AtomicBool {
+        &self.0.cancelled
     }
 
     pub fn is_cancelled(&self) -> bool {

@@ -155,53 +155,6 @@ pub fn training_curves(
     })
 }
 
-/// Training curves from a per-epoch CSV with a header row: the first column is the x axis (epoch), columns whose
-/// name contains `loss` go to the loss panel, the others (accuracies in [0,1]) to the accuracy panel.
-pub fn training_curves_from_csv(csv: &Path, out: &Path) -> Result<(), PlotError> {
-    let read_err = |message: String| PlotError::ReadCsv {
-        path: csv.to_path_buf(),
-        message,
-    };
-    let text = std::fs::read_to_string(csv).map_err(|e| read_err(e.to_string()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or_else(|| read_err("empty file".into()))?
-        .split(',')
-        .map(str::trim)
-        .collect();
-    let mut columns: Vec<Series> = header[1..]
-        .iter()
-        .map(|name| Series {
-            label: (*name).to_owned(),
-            points: Vec::new(),
-        })
-        .collect();
-    for (row, line) in lines.enumerate() {
-        let cells: Vec<f64> = line
-            .split(',')
-            .map(|c| c.trim().parse::<f64>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| read_err(format!("row {}: {e}", row + 2)))?;
-        if cells.len() != header.len() {
-            return Err(read_err(format!(
-                "row {}: {} cells, header has {}",
-                row + 2,
-                cells.len(),
-                header.len()
-            )));
-        }
-        for (col, v) in columns.iter_mut().zip(&cells[1..]) {
-            if v.is_finite() {
-                col.points.push((cells[0], *v));
-            }
-        }
-    }
-    let (losses, accuracies): (Vec<Series>, Vec<Series>) =
-        columns.into_iter().partition(|s| s.label.contains("loss"));
-    training_curves(out, &losses, &accuracies)
-}
-
 /// Histogram of memorization scores: `counts[i]` samples in `[bins[i], bins[i+1])`; the atypicality threshold as
 /// a vertical line.
 pub fn memorization_histogram(

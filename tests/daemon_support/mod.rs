@@ -23,6 +23,13 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// The test config: fast stability checks, one ORT thread, evaluation-only jobs, a small probe.
 pub fn base_config(root: &Path, extra: &str) -> String {
+    // These tests exercise the daemon itself, so jobs use the quick `inspect` runner; tests/pipeline_*.rs drive
+    // the full pipeline.
+    let extra = if extra.contains("daemon: {") {
+        extra.replace("daemon: {", "daemon: {runner: inspect, ")
+    } else {
+        format!("{extra}\ndaemon: {{runner: inspect}}")
+    };
     format!(
         "paths: {{watch: {r}/watch, models: {r}/models, state: {r}/state}}\n\
          runtime: {{threads: 1, device: cpu}}\n\

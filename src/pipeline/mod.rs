@@ -1,0 +1,61 @@
+//! The job robustd runs on one model, shared by the daemon, `robustd finetune` and `robustd eval`:
+//!
+//! ```text
+//! prepare ─▶ eval_before ─▶ atypicality ─▶ finetune ─▶ write_back (+ ORT parity) ─▶ eval_after ─▶ plots
+//! ```
+//!
+//! - [`subject`]: the model, its dataset and its input adapter, loaded and checked against each other.
+//! - [`stages`]: one function per stage; each returns the report section it owns.
+//! - [`runner`]: the stages in order as the daemon's [`crate::daemon::JobRunner`], producing a `JobOutcome`.
+//! - [`report`]: turning an outcome into a complete `report.yaml` outside the daemon (CLI commands).
+
+pub mod report;
+pub mod runner;
+pub mod stages;
+pub mod subject;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+pub use runner::PipelineRunner;
+pub use subject::Subject;
+
+/// Largest |logit| difference accepted between tch and onnxruntime on the written-back model (issue: ≤ 1e-4).
+pub const WRITE_BACK_PARITY_TOLERANCE: f64 = 1e-4;
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error("evaluation: {0}")]
+    Eval(#[from] crate::eval::EvalError),
+    #[error("training: {0}")]
+    Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Write(#[from] crate::report::WriteError),
+    #[error("plot: {0}")]
+    Plot(#[from] crate::report::plots::PlotError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{model}: {message}")]
+    Mismatch { model: PathBuf, message: String },
+    #[error(
+        "{model}: the written-back model disagrees with the trained weights: max |logit diff| {diff:.3e} > {tolerance:.0e} \
+         between tch and onnxruntime"
+    )]
+    Parity {
+        model: PathBuf,
+        diff: f64,
+        tolerance: f64,
+    },
+}

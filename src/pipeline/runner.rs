@@ -1,0 +1,324 @@
+//! The whole job in order — evaluate, find atypical samples, fine-tune, write back, evaluate again — as the
+//! daemon's [`JobRunner`], and as a plain function the CLI calls. Stage results that are expensive to recompute
+//! (the first evaluation, the atypicality flags) are kept in the job's checkpoint directory, so a job resumed after
+//! a restart continues where it stopped; training resumes from its own per-epoch checkpoint.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::stages::{self, method_name, Evaluated};
+use super::{PipelineError, Subject};
+use crate::config::{Config, Method};
+use crate::daemon::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
+use crate::eval::{self, EvalResult, PerSample};
+use crate::report::{self, AccuracySummary, Evaluation, Summary, ThreatModelInfo, Verdict};
+use crate::train::{Atypicality, TrainError};
+
+/// Robust-accuracy change below which a fine-tuning counts as `unchanged`.
+pub const VERDICT_TOLERANCE: f64 = 0.005;
+
+/// The full pipeline as a daemon job runner.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PipelineRunner;
+
+impl JobRunner for PipelineRunner {
+    fn name(&self) -> &'static str {
+        "pipeline"
+    }
+
+    fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutcome, JobError> {
+        run(
+            &job.model_path(),
+            Some(&job.record.dropped_as),
+            &ctx.config,
+            &ctx.output_dir,
+            &ctx.checkpoint_dir,
+            &ctx.cancel,
+            &ctx.progress,
+        )
+    }
+}
+
+/// Runs every stage on `model` and returns the report sections. `display_name` is the name the user gave the
+/// file (the daemon's spool copy may be named differently).
+pub fn run(
+    model: &Path,
+    display_name: Option<&str>,
+    config: &Config,
+    out_dir: &Path,
+    checkpoint_dir: &Path,
+    cancel: &CancelToken,
+    progress: &Progress,
+) -> Result<JobOutcome, JobError> {
+    let failed = |stage: &'static str| move |e: PipelineError| stage_error(stage, e, cancel);
+    progress.stage("prepare");
+    let mut subject = Subject::load(model, config).map_err(failed("prepare"))?;
+    if let Some(name) = display_name {
+        subject.display_name = Some(name.to_owned());
+    }
+    let mut tch_model = subject.tch_model().map_err(failed("prepare"))?;
+    let classes = stages::classes(&tch_model);
+    let mut model_info = subject.model_info(classes).map_err(failed("prepare"))?;
+    model_info.file = subject.file_name();
+    std::fs::create_dir_all(out_dir)
+        .and_then(|_| std::fs::create_dir_all(checkpoint_dir))
+        .map_err(|source| {
+            failed("prepare")(PipelineError::Read {
+                path: out_dir.to_path_buf(),
+                source,
+            })
+        })?;
+    cancel.check()?;
+
+    progress.stage("eval_before");
+    let before = resumable_eval(
+        &subject,
+        &mut tch_model,
+        model,
+        out_dir,
+        checkpoint_dir,
+        "before",
+        progress,
+    )
+    .map_err(failed("eval_before"))?;
+    cancel.check()?;
+
+    let method = config.train.method;
+    let mut warnings = stages::summary_warnings("before", &before.result, classes);
+    let mut outcome = JobOutcome::new(
+        Summary {
+            model: subject.file_name(),
+            verdict: Verdict::EvaluationOnly,
+            threat_model: ThreatModelInfo {
+                norm: norm_name(config),
+                eps: config.threat.eps,
+            },
+            before: Some(accuracy(&before.result, None)),
+            after: None,
+            atypical_share: None,
+            warnings: Vec::new(),
+            artifacts: Default::default(),
+        },
+        model_info,
+    );
+    outcome.dataset = Some(subject.dataset_info());
+    outcome.per_sample = before.result.reproducibility.per_sample_file.clone();
+
+    if method == Method::None {
+        let (plots, plot_warnings) = stages::plots(out_dir, &before.result, None, None);
+        outcome.plots = plots;
+        warnings.extend(plot_warnings);
+        outcome.evaluation = Some(Evaluation {
+            before: Some(before.result),
+            after: None,
+        });
+        outcome.summary.warnings = warnings;
+        return Ok(outcome);
+    }
+
+    progress.stage("atypicality");
+    let atypicality =
+        resumable_atypicality(&subject, checkpoint_dir, cancel).map_err(failed("atypicality"))?;
+    if let Some((flags, warning)) = &atypicality {
+        outcome.summary.atypical_share = Some(flags.share());
+        warnings.extend(warning.clone());
+    }
+    cancel.check()?;
+
+    progress.stage("finetune");
+    let training = stages::finetune(
+        &subject,
+        &mut tch_model,
+        atypicality.as_ref().map(|(a, _)| a),
+        &checkpoint_dir.join("finetune"),
+        out_dir,
+        Some(cancel.flag()),
+    )
+    .map_err(failed("finetune"))?;
+    cancel.check()?;
+
+    progress.stage("write_back");
+    let (tuned, _parity) = stages::write_back(&subject, &mut tch_model, method, out_dir)
+        .map_err(failed("write_back"))?;
+    cancel.check()?;
+
+    progress.stage("eval_after");
+    let after = stages::evaluate(
+        &subject,
+        &mut tch_model,
+        &out_dir.join(&tuned),
+        out_dir,
+        "after",
+        &mut |p| report_eval_progress(progress, p),
+    )
+    .map_err(failed("eval_after"))?;
+    warnings.extend(stages::summary_warnings("after", &after.result, classes));
+
+    progress.stage("plots");
+    let name = method_name(method);
+    let (plots, plot_warnings) = stages::plots(
+        out_dir,
+        &before.result,
+        Some((&after.result, name)),
+        Some(&training),
+    );
+    outcome.plots = plots;
+    warnings.extend(plot_warnings);
+    outcome.summary.verdict = Verdict::compare(
+        before.result.worst_case_acc,
+        after.result.worst_case_acc,
+        VERDICT_TOLERANCE,
+    );
+    outcome.summary.after = Some(accuracy(&after.result, Some(name)));
+    outcome.summary.warnings = warnings;
+    outcome.fine_tuned_model = Some(tuned);
+    outcome.training_log = training
+        .log
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    outcome.training = Some(training);
+    outcome.evaluation = Some(Evaluation {
+        before: Some(before.result),
+        after: Some(after.result),
+    });
+    Ok(outcome)
+}
+
+fn accuracy(result: &EvalResult, method: Option<&str>) -> AccuracySummary {
+    AccuracySummary {
+        clean_acc: result.clean_acc,
+        robust_acc_worst: result.worst_case_acc,
+        method: method.map(str::to_owned),
+    }
+}
+
+fn norm_name(config: &Config) -> String {
+    match config.threat.norm {
+        crate::config::Norm::Linf => "linf".into(),
+        crate::config::Norm::L2 => "l2".into(),
+    }
+}
+
+/// Evaluation progress as a fraction of the whole evaluation (all its stages).
+pub fn report_eval_progress(progress: &Progress, p: &eval::Progress) {
+    let within = if p.total > 0 {
+        p.done as f64 / p.total as f64
+    } else {
+        1.0
+    };
+    let stages = p.stages.max(1) as f64;
+    progress.fraction(((p.stage_index as f64 + within) / stages).clamp(0.0, 1.0));
+}
+
+/// A stage failure as the daemon files it; a cancelled training becomes a cancellation (checkpoint kept).
+fn stage_error(stage: &str, error: PipelineError, cancel: &CancelToken) -> JobError {
+    if let (PipelineError::Train(TrainError::Cancelled { .. }), Some(reason)) =
+        (&error, cancel.reason())
+    {
+        return JobError::Cancelled(reason);
+    }
+    let hint = hint_for(&error);
+    let job_error = JobError::failed(stage, error);
+    match hint {
+        Some(h) => job_error.with_hint(h),
+        None => job_error,
+    }
+}
+
+fn hint_for(error: &PipelineError) -> Option<String> {
+    match error {
+        PipelineError::Onnx(_) => Some(
+            "robustd interprets the ONNX graph itself; `robustd inspect MODEL` shows what it sees. Unsupported \
+             ops are listed all at once"
+                .into(),
+        ),
+        PipelineError::Data(_) => Some("check dataset.name / dataset.path (robustd check-config)".into()),
+        PipelineError::Mismatch { .. } => Some(
+            "set dataset.name, model.input_layout or model.mean/std in a sidecar NAME.yaml next to the model".into(),
+        ),
+        PipelineError::Train(TrainError::NonFiniteLoss { .. }) => {
+            Some("lower train.optimizer.lr in a sidecar NAME.yaml".into())
+        }
+        _ => None,
+    }
+}
+
+/// The first evaluation, reused from the checkpoint directory when a resumed job already ran it.
+fn resumable_eval(
+    subject: &Subject,
+    model: &mut crate::onnx::TchModel,
+    file: &Path,
+    out_dir: &Path,
+    checkpoint_dir: &Path,
+    tag: &str,
+    progress: &Progress,
+) -> Result<Evaluated, PipelineError> {
+    let saved_yaml = checkpoint_dir.join(format!("eval_{tag}.yaml"));
+    let npz = stages::files::per_sample(tag);
+    let saved_npz = checkpoint_dir.join(&npz);
+    if let (Ok(text), Ok(per_sample)) = (
+        std::fs::read_to_string(&saved_yaml),
+        PerSample::load_npz(&saved_npz),
+    ) {
+        if let Ok(result) = serde_norway::from_str::<EvalResult>(&text) {
+            tracing::info!(stage = tag, "evaluation reused from the job's checkpoint");
+            report::copy_atomic(&saved_npz, &out_dir.join(&npz))?;
+            return Ok(Evaluated { result, per_sample });
+        }
+    }
+    let evaluated = stages::evaluate(subject, model, file, out_dir, tag, &mut |p| {
+        report_eval_progress(progress, p)
+    })?;
+    report::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
+    report::write_yaml_atomic(&saved_yaml, &evaluated.result)?;
+    Ok(evaluated)
+}
+
+/// The atypicality flags as kept in the checkpoint directory.
+#[derive(Serialize, Deserialize)]
+struct SavedFlags {
+    source: String,
+    threshold: Option<f64>,
+    scored: usize,
+    warning: Option<String>,
+    /// One character per training sample: `1` atypical, `0` typical.
+    flags: String,
+}
+
+fn resumable_atypicality(
+    subject: &Subject,
+    checkpoint_dir: &Path,
+    cancel: &CancelToken,
+) -> Result<Option<(Atypicality, Option<String>)>, PipelineError> {
+    let path = checkpoint_dir.join("atypicality.yaml");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(saved) = serde_norway::from_str::<SavedFlags>(&text) {
+            if saved.flags.len() == subject.dataset.train.len() {
+                tracing::info!("atypicality flags reused from the job's checkpoint");
+                let flags = saved.flags.bytes().map(|b| b == b'1').collect();
+                return Ok(Some((
+                    Atypicality {
+                        flags,
+                        source: saved.source,
+                        threshold: saved.threshold,
+                        scored: saved.scored,
+                    },
+                    saved.warning,
+                )));
+            }
+        }
+    }
+    let found = stages::atypicality(subject, Some(cancel.flag()))?;
+    if let Some((a, warning)) = &found {
+        let saved = SavedFlags {
+            source: a.source.clone(),
+            threshold: a.threshold,
+            scored: a.scored,
+            warning: warning.clone(),
+            flags: a.flags.iter().map(|&f| if f { '1' } else { '0' }).collect(),
+        };
+        report::write_yaml_atomic(&path, &saved)?;
+    }
+    Ok(found)
+}

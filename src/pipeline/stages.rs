@@ -1,0 +1,303 @@
+//! The pipeline's stages, one function each. Every stage takes the [`Subject`] and returns the report section it
+//! owns; files go into the job's output directory under fixed names ([`files`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use super::{PipelineError, Subject, WRITE_BACK_PARITY_TOLERANCE};
+use crate::config::Method;
+use crate::eval::{self, EvalPlan, EvalResult, PerSample};
+use crate::model::{Classifier, Scorer};
+use crate::onnx::TchModel;
+use crate::report::plots::{self, Series, TradeoffPoint};
+use crate::train::{
+    self, Atypicality, AtypicalitySetting, HoldoutOptions, ScoreTable, TrainResult, TrainRun,
+};
+
+/// Names of the files a job writes, relative to its output directory.
+pub mod files {
+    pub const TRAIN_LOG: &str = "train_log.csv";
+    pub const PLOT_ROBUST_VS_EPS: &str = "plots/robust_vs_eps.png";
+    pub const PLOT_TRAINING: &str = "plots/training.png";
+    pub const PLOT_TRADEOFF: &str = "plots/tradeoff.png";
+
+    /// `per_sample_before.npz` / `per_sample_after.npz`.
+    pub fn per_sample(tag: &str) -> String {
+        format!("per_sample_{tag}.npz")
+    }
+
+    /// `<stem>.<method>.onnx`, e.g. `fmnist_cnn.bat.onnx`.
+    pub fn fine_tuned(stem: &str, method: &str) -> String {
+        format!("{stem}.{method}.onnx")
+    }
+}
+
+/// The outcome of one evaluation: the report block, and the per-sample results (saved as npz).
+pub struct Evaluated {
+    pub result: EvalResult,
+    pub per_sample: PerSample,
+}
+
+/// Evaluates `model` (tch, gradients) against `file` (onnxruntime, verdicts) with the configured protocol, and
+/// saves per-sample results as `per_sample_<tag>.npz` in `out_dir`.
+pub fn evaluate(
+    subject: &Subject,
+    model: &mut TchModel,
+    file: &Path,
+    out_dir: &Path,
+    tag: &str,
+    progress: &mut dyn FnMut(&eval::Progress),
+) -> Result<Evaluated, PipelineError> {
+    let mut scorer = subject.scorer(file)?;
+    let plan = EvalPlan::from_config(&subject.config)?;
+    let set = subject.eval_set()?;
+    let eval::Evaluation {
+        mut result,
+        per_sample,
+    } = eval::evaluate(model, &mut scorer, &set, &plan, progress)?;
+    let rel = files::per_sample(tag);
+    per_sample.save_npz(&out_dir.join(&rel))?;
+    result.reproducibility.per_sample_file = Some(rel);
+    Ok(Evaluated { result, per_sample })
+}
+
+/// Warnings about an evaluation a person should see in the summary: the trust checks, and clean accuracy near
+/// chance (almost always a wrong normalization, layout or dataset).
+pub fn summary_warnings(tag: &str, result: &EvalResult, classes: i64) -> Vec<String> {
+    let mut out: Vec<String> = result
+        .warnings
+        .iter()
+        .map(|w| format!("{tag}: {}", w.message))
+        .collect();
+    let chance = 1.0 / classes.max(1) as f64;
+    if result.samples > 0 && result.clean_acc < 1.5 * chance {
+        out.push(format!(
+            "{tag}: clean accuracy {:.3} is near chance ({chance:.3}): check model.mean/std, model.input_layout \
+             and dataset.name",
+            result.clean_acc
+        ));
+    }
+    out
+}
+
+/// Which training samples are atypical, when the method needs to know (BAT and its reweighting ablation).
+/// Returns the flags and, when a fallback was used, a warning for the summary.
+pub fn atypicality(
+    subject: &Subject,
+    cancel: Option<&AtomicBool>,
+) -> Result<Option<(Atypicality, Option<String>)>, PipelineError> {
+    let cfg = &subject.config;
+    let objective = train::Objective::from_spec(&cfg.train)?;
+    if !objective.needs_atypicality() {
+        return Ok(None);
+    }
+    let split = &subject.dataset.train;
+    match AtypicalitySetting::parse(&cfg.train.bat.atypicality) {
+        AtypicalitySetting::File { path, key } => {
+            let table = ScoreTable::load(&path, key.as_deref())?;
+            Ok(Some((table.flags(split, cfg.memorization.threshold), None)))
+        }
+        AtypicalitySetting::Holdout => Ok(Some((holdout(subject, cancel)?, None))),
+        AtypicalitySetting::Memorization => {
+            let flags = holdout(subject, cancel)?;
+            let warning =
+                "train.bat.atypicality: memorization scores are not available in this build; \
+                           used the K=2 holdout estimate instead"
+                    .to_owned();
+            Ok(Some((flags, Some(warning))))
+        }
+    }
+}
+
+/// The built-in K=2 half-split estimate on freshly initialized copies of the model's own graph.
+fn holdout(subject: &Subject, cancel: Option<&AtomicBool>) -> Result<Atypicality, PipelineError> {
+    let mut options = HoldoutOptions::from_config(&subject.config, subject.dataset.augmentation);
+    options.cancel = cancel;
+    let mut factory = |seed: u64| -> Result<Box<dyn Classifier>, train::TrainError> {
+        let mut model = subject
+            .tch_model()
+            .map_err(|e| model_error(e.to_string()))?;
+        model
+            .reinitialize(seed)
+            .map_err(|e| model_error(e.to_string()))?;
+        Ok(Box::new(model))
+    };
+    Ok(train::holdout_atypicality(
+        &subject.dataset.train,
+        &mut factory,
+        &options,
+    )?)
+}
+
+fn model_error(message: String) -> train::TrainError {
+    train::TrainError::Model(crate::model::ModelError::Forward(message))
+}
+
+/// Fine-tunes `model` in place with the configured method; checkpoints in `checkpoint_dir` (resumed from when
+/// present), the CSV log in `out_dir`. The returned result's `log` is relative to `out_dir`.
+pub fn finetune(
+    subject: &Subject,
+    model: &mut TchModel,
+    atypicality: Option<&Atypicality>,
+    checkpoint_dir: &Path,
+    out_dir: &Path,
+    cancel: Option<&AtomicBool>,
+) -> Result<TrainResult, PipelineError> {
+    let cfg = &subject.config;
+    let mut run = TrainRun::new(
+        &cfg.train,
+        &cfg.threat,
+        cfg.runtime.seed,
+        subject.dataset.augmentation,
+    )?;
+    run.atypicality = atypicality;
+    run.checkpoint_dir = Some(checkpoint_dir.to_path_buf());
+    run.log_csv = Some(out_dir.join(files::TRAIN_LOG));
+    run.cancel = cancel;
+    let mut result = train::train(model, &subject.dataset.train, &run)?;
+    result.log = Some(PathBuf::from(files::TRAIN_LOG));
+    Ok(result)
+}
+
+/// Writes the trained weights back into the original graph (`<stem>.<method>.onnx` in `out_dir`) and checks that
+/// onnxruntime on the new file gives tch's logits within [`WRITE_BACK_PARITY_TOLERANCE`]. Returns the file name
+/// (relative to `out_dir`) and the measured max |logit diff|.
+pub fn write_back(
+    subject: &Subject,
+    model: &mut TchModel,
+    method: Method,
+    out_dir: &Path,
+) -> Result<(String, f64), PipelineError> {
+    let method_name = method_name(method);
+    let rel = files::fine_tuned(&subject.stem(), method_name);
+    let out = out_dir.join(&rel);
+    crate::onnx::write_back(
+        &subject.onnx,
+        model,
+        &out,
+        &[("robustd.method", method_name)],
+    )?;
+    model.set_train(false);
+    let test = &subject.dataset.test;
+    let n = test.len().min(64) as i64;
+    let x = test.x.f_narrow(0, 0, n)?;
+    let tch_logits = {
+        let _guard = tch::no_grad_guard();
+        model
+            .forward(&x.f_to_device(subject.device)?)
+            .map_err(|e| model_error(e.to_string()))?
+            .f_to_device(tch::Device::Cpu)?
+    };
+    let ort_logits = subject
+        .scorer(&out)?
+        .logits(&x)
+        .map_err(|e| model_error(e.to_string()))?;
+    let diff = (tch_logits.f_sub(&ort_logits)?)
+        .f_abs()?
+        .f_max()?
+        .f_double_value(&[])?;
+    if !(diff <= WRITE_BACK_PARITY_TOLERANCE) {
+        return Err(PipelineError::Parity {
+            model: out,
+            diff,
+            tolerance: WRITE_BACK_PARITY_TOLERANCE,
+        });
+    }
+    Ok((rel, diff))
+}
+
+/// The config name of a method (`bat`, `pgd-at`, ...).
+pub fn method_name(method: Method) -> &'static str {
+    match method {
+        Method::Standard => "standard",
+        Method::PgdAt => "pgd-at",
+        Method::Trades => "trades",
+        Method::Bat => "bat",
+        Method::BatReweightOnly => "bat-reweight-only",
+        Method::BatRegOnly => "bat-reg-only",
+        Method::None => "none",
+    }
+}
+
+/// Draws the plots a job's results allow. A plot is an aid, not a result: one that fails becomes a warning (the
+/// numbers are all in the report) and the job goes on. Returns the plots written (relative to `out_dir`) and the
+/// warnings.
+pub fn plots(
+    out_dir: &Path,
+    before: &EvalResult,
+    after: Option<(&EvalResult, &str)>,
+    training: Option<&TrainResult>,
+) -> (Vec<String>, Vec<String>) {
+    let mut written = Vec::new();
+    let mut warnings = Vec::new();
+    let mut attempt = |rel: &str, result: Result<(), plots::PlotError>| match result {
+        Ok(()) => written.push(rel.to_owned()),
+        Err(e) => warnings.push(format!("plot {rel} not drawn: {e}")),
+    };
+    let curve = |label: &str, r: &EvalResult| Series {
+        label: label.to_owned(),
+        points: r.robust_acc_vs_eps.0.clone(),
+    };
+    let mut series = vec![curve("before", before)];
+    if let Some((a, method)) = after {
+        series.push(curve(&format!("after ({method})"), a));
+    }
+    if series.iter().any(|s| !s.points.is_empty()) {
+        let rel = files::PLOT_ROBUST_VS_EPS;
+        attempt(rel, plots::robust_acc_vs_eps(&out_dir.join(rel), &series));
+    }
+    if let Some(t) = training.filter(|t| !t.curves.is_empty()) {
+        let rel = files::PLOT_TRAINING;
+        let (losses, accuracies) = training_series(t);
+        attempt(
+            rel,
+            plots::training_curves(&out_dir.join(rel), &losses, &accuracies),
+        );
+    }
+    if let Some((a, method)) = after {
+        let point = |label: &str, r: &EvalResult| TradeoffPoint {
+            label: label.to_owned(),
+            clean: r.clean_acc,
+            clean_err: 0.0,
+            robust: r.worst_case_acc,
+            robust_err: 0.0,
+        };
+        let rel = files::PLOT_TRADEOFF;
+        attempt(
+            rel,
+            plots::tradeoff_scatter(
+                &out_dir.join(rel),
+                &[point("before", before), point(method, a)],
+            ),
+        );
+    }
+    (written, warnings)
+}
+
+/// Loss and accuracy curves of a run, one series per measured quantity.
+fn training_series(t: &TrainResult) -> (Vec<Series>, Vec<Series>) {
+    let series = |label: &str, pick: &dyn Fn(&train::EpochRecord) -> Option<f64>| Series {
+        label: label.to_owned(),
+        points: t
+            .curves
+            .iter()
+            .filter_map(|r| pick(r).map(|v| (r.epoch as f64, v)))
+            .collect(),
+    };
+    let losses = vec![series("training loss", &|r| Some(r.loss))];
+    let accuracies = [
+        series("val clean", &|r| r.val_clean_acc),
+        series("val robust (PGD)", &|r| r.val_robust_acc),
+        series("train adversarial", &|r| r.train_adv_acc),
+        series("train clean", &|r| r.train_clean_acc),
+    ]
+    .into_iter()
+    .filter(|s| !s.points.is_empty())
+    .collect();
+    (losses, accuracies)
+}
+
+/// Number of classes the model outputs (from the interpreter's probe).
+pub fn classes(model: &TchModel) -> i64 {
+    model.num_classes()
+}
