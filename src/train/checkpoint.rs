@@ -12,7 +12,6 @@
 //! from `(seed, epoch, batch)`, so `seed` with the position is the RNG state.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +19,7 @@ use tch::{Device, Tensor};
 
 use super::record::EpochRecord;
 use super::TrainError;
+use crate::onnx::write_atomically;
 
 /// Bumped whenever the layout changes; an older checkpoint is refused rather than misread.
 pub const FORMAT: u32 = 1;
@@ -176,20 +176,15 @@ pub fn host_copy(t: &Tensor) -> Result<Tensor, TrainError> {
     Ok(out)
 }
 
-/// Replaces `path` with `bytes` atomically: a temp file in the same directory, fsync, rename, directory fsync.
+/// Replaces `path` with `bytes` atomically (the ONNX write-back's temp file + fsync + rename), creating the
+/// directory if needed and syncing it so the rename survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    tmp.write_all(bytes).map_err(|e| TrainError::io(path, e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| TrainError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| TrainError::io(path, e.error))?;
+    write_atomically(path, bytes).map_err(|e| TrainError::io(path, e))?;
     sync_dir(&dir);
     Ok(())
 }
