@@ -18,9 +18,11 @@
 pub mod attack;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod data;
 pub mod eval;
 pub mod model;
 pub mod onnx;
+pub mod report;
 pub mod runtime;
 pub mod train;

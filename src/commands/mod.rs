@@ -4,6 +4,9 @@
 mod check_config;
 mod info;
 mod inspect;
+mod run;
+mod status;
+mod submit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +48,12 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Validate a config file and print it fully resolved (defaults filled in).
     CheckConfig(check_config::Args),
+    /// Run the daemon: watch the inbox, run jobs, write reports (systemd: Type=notify; SIGHUP reloads).
+    Run(run::Args),
+    /// Show the job queue, running jobs and latest results (read from the spool; no server needed).
+    Status(status::Args),
+    /// Copy a model (and its sidecar config) into the daemon's inbox atomically.
+    Submit(submit::Args),
 }
 
 /// Runs one subcommand; the returned code is the process exit code.
@@ -53,6 +62,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Submit(args) => submit::run(args),
     }
 }
 

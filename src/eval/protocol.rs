@@ -228,6 +228,7 @@ pub fn evaluate(
             per_sample_file: None,
         },
         seconds: started.elapsed().as_secs_f64(),
+        groups: None,
     };
     let per_sample = PerSample {
         index: data.indices.clone(),

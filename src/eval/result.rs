@@ -35,6 +35,9 @@ pub struct EvalResult {
     pub reproducibility: Reproducibility,
     /// Wall-clock time of the whole evaluation.
     pub seconds: f64,
+    /// Accuracy of typical vs atypical samples (set by the pipeline once memorization scores exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<crate::report::Groups>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

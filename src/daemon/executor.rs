@@ -1,0 +1,416 @@
+//! Runs one claimed job to its end, on the blocking thread the daemon gives it: links to an existing identical
+//! result (dedupe, or a resume that finds its own result already published), else prepares the staging directory,
+//! calls the [`JobRunner`], assembles and validates `report.yaml`, publishes the result and files the job in
+//! `done/`; a failure files it in `failed/` with `error.yaml`; a shutdown leaves it in `running/` to resume.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::job::{now_rfc3339, Job, JobState, ERROR_FILE};
+use super::outputs::{Outputs, REPORT_FILE};
+use super::runner::{
+    CancelReason, CancelToken, JobContext, JobError, JobOutcome, JobRunner, Progress,
+};
+use super::spool::{IndexEntry, Spool};
+use crate::config::Config;
+use crate::report::{
+    self, error_chain, sha256_hex, Artifacts, EnvironmentInfo, ErrorReport, FileRef, JobInfo,
+    Report, Timing, REPORT_SCHEMA,
+};
+use crate::runtime;
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finished {
+    Done {
+        id: String,
+        result_dir: PathBuf,
+    },
+    /// Identical to an earlier job (same model, companions and config): linked to its result.
+    Deduplicated {
+        id: String,
+        of: String,
+        result_dir: PathBuf,
+    },
+    Failed {
+        id: String,
+        stage: String,
+        cause: String,
+    },
+    /// Stopped for a shutdown; still in `running/`, resumed at the next start.
+    Interrupted {
+        id: String,
+    },
+}
+
+/// The shared pieces every job needs.
+#[derive(Clone)]
+pub struct Executor {
+    pub spool: Spool,
+    pub outputs: Outputs,
+    pub runner: Arc<dyn JobRunner>,
+}
+
+impl Executor {
+    /// Runs a job already claimed into `running/`. Never panics: a panicking runner is a failed job.
+    pub fn execute(&self, job: Job, cancel: CancelToken, progress: Progress) -> Finished {
+        let id = job.id().to_owned();
+        match self.try_execute(&job, cancel, progress) {
+            Ok(finished) => finished,
+            Err(failure) => self.fail(&job, failure).unwrap_or_else(|e| {
+                tracing::error!(job = %id, "cannot file the failed job: {e}");
+                Finished::Failed {
+                    id,
+                    stage: "spool".into(),
+                    cause: e.to_string(),
+                }
+            }),
+        }
+    }
+
+    fn try_execute(
+        &self,
+        job: &Job,
+        cancel: CancelToken,
+        progress: Progress,
+    ) -> Result<Finished, Failure> {
+        if let Some(existing) = self.existing_result(job) {
+            return self
+                .link(job, existing)
+                .map_err(|e| Failure::new("publish", &*e, None));
+        }
+        let config = job.load_config().map_err(|e| {
+            Failure::new(
+                "config",
+                &e,
+                Some("the job's config.yaml in the spool is unreadable".into()),
+            )
+        })?;
+        let record = &job.record;
+        let staging = self
+            .outputs
+            .prepare_staging(record)
+            .map_err(|e| Failure::new("publish", &e, None))?;
+        let original = self.copy_original(job, &staging)?;
+        let ctx = JobContext {
+            config,
+            output_dir: staging.clone(),
+            checkpoint_dir: self.spool.checkpoint_dir(&record.key),
+            cancel: cancel.clone(),
+            progress: progress.clone(),
+            attempt: record.attempts,
+        };
+        report::create_dir_all(&ctx.checkpoint_dir)
+            .map_err(|e| Failure::new("checkpoint", &e, None))?;
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.runner.run(job, &ctx)));
+        let outcome = match outcome {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(JobError::Cancelled(CancelReason::Shutdown))) => {
+                tracing::info!(job = %record.id, "interrupted by shutdown; it resumes at the next start");
+                return Ok(Finished::Interrupted {
+                    id: record.id.clone(),
+                });
+            }
+            Ok(Err(JobError::Cancelled(CancelReason::Timeout))) => {
+                return Err(Failure::from_chain(
+                    progress
+                        .stage_times()
+                        .last()
+                        .map(|s| s.name.as_str())
+                        .unwrap_or("run"),
+                    vec![format!(
+                        "job timed out after {:.0} s",
+                        started.elapsed().as_secs_f64()
+                    )],
+                    Some(
+                        "raise limits.job_timeout_s (0 = no limit) or make the job smaller".into(),
+                    ),
+                ))
+            }
+            Ok(Err(JobError::Failed {
+                stage,
+                source,
+                hint,
+            })) => {
+                return Err(Failure::from_chain(&stage, error_chain(&*source), hint));
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                return Err(Failure::from_chain(
+                    progress
+                        .stage_times()
+                        .last()
+                        .map(|s| s.name.as_str())
+                        .unwrap_or("run"),
+                    vec![format!("internal error (panic): {message}")],
+                    Some("this is a robustd bug: please report it with the model".into()),
+                ));
+            }
+        };
+        progress.stage("report");
+        let report = self
+            .assemble(
+                job,
+                &ctx.config,
+                outcome,
+                original,
+                &staging,
+                &progress,
+                started,
+            )
+            .map_err(|e| Failure::from_chain("report", vec![e], None))?;
+        let report_path = staging.join(REPORT_FILE);
+        report::write_yaml_atomic(&report_path, &report)
+            .map_err(|e| Failure::new("report", &e, None))?;
+        report::validate_report_file(&report_path).map_err(|e| {
+            Failure::new(
+                "report",
+                &e,
+                Some("the runner produced an inconsistent report: a robustd bug".into()),
+            )
+        })?;
+        let result_dir = self
+            .outputs
+            .publish(record)
+            .map_err(|e| Failure::new("publish", &e, None))?;
+        if let Err(e) = std::fs::remove_dir_all(&ctx.checkpoint_dir) {
+            tracing::warn!("cannot remove {}: {e}", ctx.checkpoint_dir.display());
+        }
+        self.finish_done(job, &result_dir, None)
+            .map_err(|e| Failure::new("spool", &*e, None))?;
+        Ok(Finished::Done {
+            id: record.id.clone(),
+            result_dir,
+        })
+    }
+
+    /// A published result with this job's key: its own (the daemon stopped between publishing and filing the
+    /// job) or an identical earlier job's.
+    fn existing_result(&self, job: &Job) -> Option<(PathBuf, String)> {
+        let own = self.outputs.result_dir(&job.record);
+        if let Some(owner) = report_job_id(&own) {
+            return Some((own, owner));
+        }
+        let entry = self.spool.index_lookup(&job.record.key)?;
+        let owner = report_job_id(&entry.result_dir)?;
+        Some((entry.result_dir, owner))
+    }
+
+    fn link(
+        &self,
+        job: &Job,
+        (existing, owner): (PathBuf, String),
+    ) -> Result<Finished, Box<dyn std::error::Error>> {
+        let id = job.id().to_owned();
+        let result_dir = self.outputs.link_existing(&job.record, &existing)?;
+        if owner == id {
+            self.finish_done(job, &result_dir, None)?;
+            return Ok(Finished::Done { id, result_dir });
+        }
+        tracing::info!(job = %id, of = %owner, "identical to an earlier job: linked to its result");
+        self.finish_done(job, &result_dir, Some(owner.clone()))?;
+        Ok(Finished::Deduplicated {
+            id,
+            of: owner,
+            result_dir,
+        })
+    }
+
+    fn finish_done(
+        &self,
+        job: &Job,
+        result_dir: &Path,
+        dedup_of: Option<String>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut record = job.record.clone();
+        record.result_dir = Some(result_dir.to_path_buf());
+        record.stage = None;
+        record.progress = Some(1.0);
+        record.dedup_of = dedup_of.clone();
+        if dedup_of.is_none() {
+            self.spool.index_store(
+                &record.key,
+                &IndexEntry {
+                    job: record.id.clone(),
+                    result_dir: result_dir.to_path_buf(),
+                },
+            )?;
+        }
+        // The model is kept once, in the result directory (published before this point, so a crash here still
+        // finds the result at the next start and needs no model).
+        for path in std::iter::once(job.model_path()).chain(job.companion_paths()) {
+            let _ = std::fs::remove_file(path);
+        }
+        self.spool.finish(job, record, JobState::Done)?;
+        Ok(())
+    }
+
+    /// Copies the dropped model (and companions) next to the report.
+    fn copy_original(&self, job: &Job, staging: &Path) -> Result<FileRef, Failure> {
+        for companion in &job.record.companions {
+            report::copy_atomic(&job.dir.join(companion), &staging.join(companion))
+                .map_err(|e| Failure::new("publish", &e, None))?;
+        }
+        let dest = staging.join(&job.record.model_file);
+        let bytes = report::copy_atomic(&job.model_path(), &dest)
+            .map_err(|e| Failure::new("publish", &e, None))?;
+        Ok(FileRef {
+            path: job.record.model_file.clone(),
+            sha256: job.record.model_sha256.clone(),
+            bytes: Some(bytes),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        &self,
+        job: &Job,
+        config: &Config,
+        outcome: JobOutcome,
+        original_model: FileRef,
+        staging: &Path,
+        progress: &Progress,
+        started: Instant,
+    ) -> Result<Report, String> {
+        let mut summary = outcome.summary;
+        let fine_tuned_model = match &outcome.fine_tuned_model {
+            Some(rel) => Some(file_ref(staging, rel)?),
+            None => None,
+        };
+        let mut plots = Vec::new();
+        for plot in outcome.plots {
+            if staging.join(&plot).is_file() {
+                plots.push(plot);
+            } else {
+                summary
+                    .warnings
+                    .push(format!("plot {plot} was not written"));
+            }
+        }
+        summary.artifacts.fine_tuned_model = fine_tuned_model.as_ref().map(|f| f.path.clone());
+        summary.artifacts.plots = plots.clone();
+        let record = &job.record;
+        Ok(Report {
+            schema: REPORT_SCHEMA.to_owned(),
+            summary,
+            model: outcome.model,
+            dataset: outcome.dataset,
+            environment: environment(config),
+            evaluation: outcome.evaluation,
+            memorization: outcome.memorization,
+            training: outcome.training,
+            artifacts: Artifacts {
+                original_model,
+                fine_tuned_model,
+                plots,
+                per_sample: outcome.per_sample,
+                training_log: outcome.training_log,
+            },
+            job: Some(JobInfo {
+                id: record.id.clone(),
+                config_sha256: record.config_sha256.clone(),
+                attempts: record.attempts,
+                runner: self.runner.name().to_owned(),
+            }),
+            timing: Timing {
+                queued_at: record.queued_at.clone(),
+                started_at: record.started_at.clone().unwrap_or_else(now_rfc3339),
+                finished_at: now_rfc3339(),
+                seconds: started.elapsed().as_secs_f64(),
+                stages: progress.stage_times(),
+            },
+        })
+    }
+
+    /// Files the job in `failed/` with its error.yaml.
+    fn fail(&self, job: &Job, failure: Failure) -> Result<Finished, Box<dyn std::error::Error>> {
+        let record = &job.record;
+        tracing::warn!(job = %record.id, stage = %failure.stage, "job failed: {}", failure.chain.join(": "));
+        self.outputs.discard_staging(record);
+        let checkpoints = self.spool.checkpoint_dir(&record.key);
+        if !record.key.is_empty() && checkpoints.exists() {
+            let _ = std::fs::remove_dir_all(&checkpoints);
+        }
+        let error = ErrorReport::from_chain(
+            &record.dropped_as,
+            Some(&record.id),
+            &failure.stage,
+            failure.chain,
+            failure.hint,
+        );
+        error.write(&job.dir.join(ERROR_FILE))?;
+        let mut rec = record.clone();
+        rec.error = Some(error.cause.clone());
+        self.spool.finish(job, rec, JobState::Failed)?;
+        Ok(Finished::Failed {
+            id: record.id.clone(),
+            stage: error.stage,
+            cause: error.cause,
+        })
+    }
+}
+
+/// The environment block of a report.
+pub fn environment(config: &Config) -> EnvironmentInfo {
+    let device = runtime::parse_device(&config.runtime.device)
+        .map(runtime::device_name)
+        .unwrap_or_else(|_| config.runtime.device.clone());
+    EnvironmentInfo {
+        robustd: env!("CARGO_PKG_VERSION").to_owned(),
+        libtorch: runtime::libtorch_version(),
+        onnxruntime: runtime::ort_version(),
+        device,
+        threads: if config.runtime.threads > 0 {
+            config.runtime.threads
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        },
+        seed: config.runtime.seed,
+    }
+}
+
+fn file_ref(dir: &Path, rel: &str) -> Result<FileRef, String> {
+    let bytes = std::fs::read(dir.join(rel)).map_err(|e| format!("artifact {rel}: {e}"))?;
+    Ok(FileRef {
+        path: rel.to_owned(),
+        sha256: sha256_hex(&bytes),
+        bytes: Some(bytes.len() as u64),
+    })
+}
+
+/// The `job.id` of the report in `dir`, if a complete result is there.
+fn report_job_id(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(REPORT_FILE)).ok()?;
+    let report: Report = serde_norway::from_str(&text).ok()?;
+    report.job.map(|j| j.id)
+}
+
+/// A failure on its way to error.yaml.
+struct Failure {
+    stage: String,
+    chain: Vec<String>,
+    hint: Option<String>,
+}
+
+impl Failure {
+    fn new(stage: &str, error: &(dyn std::error::Error + 'static), hint: Option<String>) -> Self {
+        Self::from_chain(stage, error_chain(error), hint)
+    }
+
+    fn from_chain(stage: &str, chain: Vec<String>, hint: Option<String>) -> Self {
+        Self {
+            stage: stage.to_owned(),
+            chain,
+            hint,
+        }
+    }
+}

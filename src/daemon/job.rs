@@ -1,0 +1,171 @@
+//! A job and its record: the YAML file (`job.yaml`) kept in the job's spool directory, updated at every state
+//! change and as the runner reports progress. The directory a job sits in (`queued/`, `running/`, `done/`,
+//! `failed/`) is authoritative; the record's `state` mirrors it for readers.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Method};
+
+/// The value of the `schema` key of every job record.
+pub const JOB_SCHEMA: &str = "robustd.job/v1";
+/// File name of the record inside a job directory.
+pub const JOB_FILE: &str = "job.yaml";
+/// The resolved config (daemon config + sidecar) the job runs with, fixed at intake so a reload cannot change a
+/// queued or resumed job.
+pub const CONFIG_FILE: &str = "config.yaml";
+/// The sidecar as dropped.
+pub const SIDECAR_FILE: &str = "sidecar.yaml";
+/// Why a job failed (in `failed/<id>/`).
+pub const ERROR_FILE: &str = "error.yaml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 4] = [Self::Queued, Self::Running, Self::Done, Self::Failed];
+
+    /// The spool subdirectory holding jobs in this state.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What a job needs from the machine: training jobs run one per device, evaluation-only ones up to
+/// `daemon.eval_concurrency` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Eval,
+    Train,
+}
+
+impl JobKind {
+    pub fn of(config: &Config) -> Self {
+        if config.train.method == Method::None {
+            Self::Eval
+        } else {
+            Self::Train
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRecord {
+    pub schema: String,
+    pub id: String,
+    /// Sanitized model name: the `<name>` of `models/<name>/`.
+    pub name: String,
+    /// The file name as dropped (printable form).
+    pub dropped_as: String,
+    /// The model's file name inside the job directory (`<name>.onnx`).
+    pub model_file: String,
+    /// External-data files, under the names the model references.
+    #[serde(default)]
+    pub companions: Vec<String>,
+    #[serde(default)]
+    pub sidecar: bool,
+    pub model_sha256: String,
+    pub config_sha256: String,
+    /// Dedupe key: sha256 over the model's, its companions' and the config's digests.
+    pub key: String,
+    pub kind: JobKind,
+    pub state: JobState,
+    /// Times the job was started (a resume after a restart counts again).
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the daemon first saw the dropped file (the drop-to-start latency is `started_at - detected_at`).
+    #[serde(default)]
+    pub detected_at: Option<String>,
+    pub queued_at: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub progress: Option<f64>,
+    /// `models/<name>/<key12>` once done.
+    #[serde(default)]
+    pub result_dir: Option<PathBuf>,
+    /// Set when this drop was identical to an earlier job's (same key): the id of that job.
+    #[serde(default)]
+    pub dedup_of: Option<String>,
+    /// One-line cause when failed (details in error.yaml).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl JobRecord {
+    /// First 12 hex digits of the key: the `<key12>` of `models/<name>/<key12>/`.
+    pub fn key12(&self) -> &str {
+        &self.key[..12.min(self.key.len())]
+    }
+}
+
+/// A job: its record and the directory holding it (model, companions, sidecar, config, record).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub record: JobRecord,
+    pub dir: PathBuf,
+}
+
+impl Job {
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// The model file the runner loads (its external data sits beside it).
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(&self.record.model_file)
+    }
+
+    pub fn companion_paths(&self) -> Vec<PathBuf> {
+        self.record
+            .companions
+            .iter()
+            .map(|c| self.dir.join(c))
+            .collect()
+    }
+
+    pub fn record_path(&self) -> PathBuf {
+        self.dir.join(JOB_FILE)
+    }
+
+    /// The resolved config stored at intake.
+    pub fn load_config(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(&self.dir.join(CONFIG_FILE))
+    }
+
+    /// Reads a job from its directory.
+    pub fn read(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(JOB_FILE);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let record: JobRecord =
+            serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self {
+            record,
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,105 @@
+//! The results tree: `models/<name>/<key12>/` per model and config, built in a hidden staging directory
+//! (`models/<name>/.<key12>.partial`) and renamed into place only when complete, so no partial result is ever
+//! visible; `models/<name>/latest` points at the newest result. An identical drop under another name gets a
+//! symlink to the existing result instead of a second run.
+
+use std::path::{Path, PathBuf};
+
+use super::job::JobRecord;
+use crate::report::atomic::{create_dir_all, rename_durable, symlink_atomic, WriteError};
+
+/// Name of the symlink to the newest result of a model.
+pub const LATEST: &str = "latest";
+/// The report's file name inside a result directory.
+pub const REPORT_FILE: &str = "report.yaml";
+
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    root: PathBuf,
+}
+
+impl Outputs {
+    pub fn open(root: &Path) -> Result<Self, WriteError> {
+        create_dir_all(root)?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `models/<name>/<key12>`.
+    pub fn result_dir(&self, record: &JobRecord) -> PathBuf {
+        self.root.join(&record.name).join(record.key12())
+    }
+
+    fn staging_dir(&self, record: &JobRecord) -> PathBuf {
+        self.root
+            .join(&record.name)
+            .join(format!(".{}.partial", record.key12()))
+    }
+
+    /// A fresh, empty staging directory (leftovers of an interrupted attempt are removed; checkpoints live in the
+    /// spool, not here).
+    pub fn prepare_staging(&self, record: &JobRecord) -> Result<PathBuf, WriteError> {
+        let dir = self.staging_dir(record);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| WriteError::io(&dir, e))?;
+        }
+        create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    pub fn discard_staging(&self, record: &JobRecord) {
+        let dir = self.staging_dir(record);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("cannot remove {}: {e}", dir.display());
+            }
+        }
+        // Leaves no empty models/<name>/ behind for a model that never produced a result (fails if not empty).
+        let _ = std::fs::remove_dir(self.root.join(&record.name));
+    }
+
+    /// Renames the staging directory to the result directory and points `latest` at it.
+    pub fn publish(&self, record: &JobRecord) -> Result<PathBuf, WriteError> {
+        let final_dir = self.result_dir(record);
+        rename_durable(&self.staging_dir(record), &final_dir)?;
+        self.point_latest(record)?;
+        Ok(final_dir)
+    }
+
+    /// Makes `models/<name>/<key12>` refer to an existing result (an identical model dropped under another name)
+    /// and points `latest` at it.
+    pub fn link_existing(
+        &self,
+        record: &JobRecord,
+        existing: &Path,
+    ) -> Result<PathBuf, WriteError> {
+        let link = self.result_dir(record);
+        if link != existing && std::fs::symlink_metadata(&link).is_err() {
+            create_dir_all(&self.root.join(&record.name))?;
+            let target = relative_to_model_dir(&self.root, existing);
+            symlink_atomic(&target, &link)?;
+        }
+        self.point_latest(record)?;
+        Ok(link)
+    }
+
+    fn point_latest(&self, record: &JobRecord) -> Result<(), WriteError> {
+        symlink_atomic(
+            Path::new(record.key12()),
+            &self.root.join(&record.name).join(LATEST),
+        )
+    }
+}
+
+/// `existing` as seen from a sibling `models/<other>/` directory: `../<name>/<key12>` when it lies under `root`.
+fn relative_to_model_dir(root: &Path, existing: &Path) -> PathBuf {
+    match existing.strip_prefix(root) {
+        Ok(rel) => Path::new("..").join(rel),
+        Err(_) => existing.to_path_buf(),
+    }
+}

@@ -1,0 +1,416 @@
+//! The service loop: one `select!` over inbox events, a tick (stability checks, dispatch, timeouts, STATUS), the
+//! rescan timer, finished jobs, SIGHUP (reload) and the injected shutdown future (SIGTERM/SIGINT in the binary,
+//! anything in tests). Intake runs on one dedicated thread, each job on a thread of its own; the loop itself never
+//! blocks on model work.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use super::executor::{Executor, Finished};
+use super::inbox::{intake, warn_if_world_writable, Inbox, Intake};
+use super::job::{Job, JobKind};
+use super::outputs::Outputs;
+use super::runner::{CancelReason, CancelToken, JobRunner, Progress, ProgressUpdate};
+use super::service::{self, ActiveJob, ActiveJobs};
+use super::spool::{Spool, SpoolError};
+use super::watcher;
+use crate::config::{Config, ConfigError};
+use crate::report::WriteError;
+
+/// How long running jobs get to checkpoint and return after a shutdown request (systemd's default stop timeout
+/// is 90 s; we promise 10 s).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("cannot set up the job spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("cannot set up the output directory: {0}")]
+    Outputs(#[from] WriteError),
+    #[error("cannot watch the inbox {path}: {message}")]
+    Watch { path: PathBuf, message: String },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The daemon's inputs.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub config: Config,
+    /// Re-read on SIGHUP; `None` = built-in defaults, nothing to reload.
+    pub config_path: Option<PathBuf>,
+}
+
+/// Runs the daemon until `shutdown` completes; then asks running jobs to checkpoint and waits up to
+/// [`SHUTDOWN_GRACE`] for them.
+pub async fn run(
+    options: DaemonOptions,
+    runner: Arc<dyn JobRunner>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let mut config = options.config;
+    let paths = config.paths.clone();
+    crate::report::create_dir_all(&paths.watch)?;
+    warn_if_world_writable(&paths.watch);
+    let spool = Spool::open(&paths.state)?;
+    let recovery = spool.recover(&paths.watch)?;
+    if !recovery.resumed.is_empty() {
+        tracing::info!(
+            "resuming {} job(s) left running: {}",
+            recovery.resumed.len(),
+            recovery.resumed.join(", ")
+        );
+    }
+    let exec = Executor {
+        spool: spool.clone(),
+        outputs: Outputs::open(&paths.models)?,
+        runner,
+    };
+
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<OsString>();
+    let poll_interval = Duration::from_millis(config.daemon.stable_ms.clamp(50, 1000));
+    let watcher = watcher::watch(&paths.watch, config.daemon.poll, poll_interval, event_tx)
+        .map_err(|message| DaemonError::Watch {
+            path: paths.watch.clone(),
+            message,
+        })?;
+    let (intake_tx, intake_rx) = std::sync::mpsc::channel::<(OsString, SystemTime, Arc<Config>)>();
+    let (intake_done_tx, mut intake_done_rx) = mpsc::unbounded_channel::<(OsString, Intake)>();
+    let intake_thread = {
+        let spool = spool.clone();
+        let inbox = paths.watch.clone();
+        std::thread::Builder::new()
+            .name("intake".into())
+            .spawn(move || {
+                for (name, seen_at, cfg) in intake_rx {
+                    let stable = Duration::from_millis(cfg.daemon.stable_ms);
+                    let outcome = intake(&inbox, &name, seen_at, &spool, &cfg, stable)
+                        .unwrap_or_else(|e| {
+                            tracing::error!("intake of {}: {e}", name.to_string_lossy());
+                            Intake::Waiting(format!("spool error: {e}"))
+                        });
+                    if intake_done_tx.send((name, outcome)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(DaemonError::Thread)?
+    };
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+
+    let mut state = Loop {
+        exec,
+        inbox: Inbox::new(&paths.watch),
+        queue: spool.list(super::job::JobState::Queued).into(),
+        running: HashMap::new(),
+        active: Arc::new(Mutex::new(Default::default())),
+        done_tx,
+        last_status: String::new(),
+    };
+    if let Err(e) = state.inbox.rescan() {
+        tracing::warn!("cannot list {}: {e}", paths.watch.display());
+    }
+    tracing::info!(
+        watch = %paths.watch.display(), models = %paths.models.display(), state = %paths.state.display(),
+        watcher = watcher.kind, queued = state.queue.len(), "robustd daemon ready"
+    );
+    state.dispatch(&config);
+    state.last_status = service::status_line(&state.active, state.queue.len());
+    service::ready(&state.last_status);
+
+    let mut tick = tokio::time::interval(tick_period(&config));
+    let mut rescan = tokio::time::interval(Duration::from_millis(config.daemon.rescan_ms.max(100)));
+    let mut watchdog =
+        tokio::time::interval(service::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    for t in [&mut tick, &mut rescan, &mut watchdog] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut config_arc = Arc::new(config.clone());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(name) = event_rx.recv() => state.inbox.note(&name),
+            _ = tick.tick() => {
+                for (name, seen_at) in state.inbox.ready(Duration::from_millis(config.daemon.stable_ms)) {
+                    let _ = intake_tx.send((name, seen_at, config_arc.clone()));
+                }
+                state.enforce_timeouts();
+                state.dispatch(&config);
+                state.publish_status();
+            }
+            _ = rescan.tick() => {
+                if let Err(e) = state.inbox.rescan() {
+                    tracing::warn!("cannot list {}: {e}", paths.watch.display());
+                }
+            }
+            Some((name, outcome)) = intake_done_rx.recv() => {
+                state.inbox.settled(&name, &outcome);
+                if let Intake::Queued(job) = outcome {
+                    state.queue.push_back(job);
+                    state.dispatch(&config);
+                }
+            }
+            Some(finished) = done_rx.recv() => {
+                state.finished(&finished);
+                state.dispatch(&config);
+                state.publish_status();
+            }
+            _ = watchdog.tick() => service::watchdog(),
+            Some(()) = recv_signal(&mut hangup) => {
+                service::reloading();
+                if let Some(new) = reload(&config, options.config_path.as_deref()) {
+                    config = new;
+                    config_arc = Arc::new(config.clone());
+                    tick = tokio::time::interval(tick_period(&config));
+                    rescan = tokio::time::interval(Duration::from_millis(config.daemon.rescan_ms.max(100)));
+                }
+                state.last_status.clear();
+                state.publish_status();
+                service::ready(&state.last_status);
+            }
+        }
+    }
+
+    service::stopping();
+    tracing::info!(running = state.running.len(), "shutting down");
+    drop(intake_tx);
+    for job in state.running.values() {
+        job.cancel.cancel(CancelReason::Shutdown);
+    }
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while !state.running.is_empty() {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(finished)) => state.finished(&finished),
+            Ok(None) => break,
+            Err(_) => {
+                let ids: Vec<&String> = state.running.keys().collect();
+                tracing::warn!("jobs still running after {SHUTDOWN_GRACE:?}: {ids:?}; they resume at the next start");
+                break;
+            }
+        }
+    }
+    drop(watcher);
+    let _ = intake_thread.join();
+    Ok(())
+}
+
+struct RunningJob {
+    kind: JobKind,
+    key: String,
+    cancel: CancelToken,
+    deadline: Option<Instant>,
+}
+
+struct Loop {
+    exec: Executor,
+    inbox: Inbox,
+    queue: VecDeque<Job>,
+    running: HashMap<String, RunningJob>,
+    active: ActiveJobs,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    last_status: String,
+}
+
+impl Loop {
+    /// Starts queued jobs, oldest first, while their kind has a free slot: one training job per device, up to
+    /// `daemon.eval_concurrency` evaluation-only jobs. A job whose key is running waits (it then dedupes).
+    fn dispatch(&mut self, config: &Config) {
+        let mut i = 0;
+        while i < self.queue.len() {
+            let job = &self.queue[i];
+            let limit = match job.record.kind {
+                JobKind::Train => 1,
+                JobKind::Eval => config.daemon.eval_concurrency.max(1),
+            };
+            let busy = self
+                .running
+                .values()
+                .filter(|r| r.kind == job.record.kind)
+                .count();
+            let same_key = self.running.values().any(|r| r.key == job.record.key);
+            if busy >= limit || same_key {
+                i += 1;
+                continue;
+            }
+            let Some(job) = self.queue.remove(i) else {
+                break;
+            };
+            match self.exec.spool.claim(&job) {
+                Ok(claimed) => self.start(claimed),
+                Err(e) => tracing::error!(job = %job.id(), "cannot claim: {e}"),
+            }
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        let id = job.id().to_owned();
+        let cancel = CancelToken::new();
+        let timeout = job
+            .load_config()
+            .map(|c| c.limits.job_timeout_s)
+            .unwrap_or(0);
+        self.running.insert(
+            id.clone(),
+            RunningJob {
+                kind: job.record.kind,
+                key: job.record.key.clone(),
+                cancel: cancel.clone(),
+                deadline: (timeout > 0).then(|| Instant::now() + Duration::from_secs(timeout)),
+            },
+        );
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id.clone(),
+                ActiveJob {
+                    name: job.record.name.clone(),
+                    stage: "starting".into(),
+                    fraction: 0.0,
+                },
+            );
+        let since_drop = job
+            .record
+            .detected_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .filter(|_| job.record.attempts == 1)
+            .map(|d| format!(", {} ms after it appeared in the inbox", d.as_millis()))
+            .unwrap_or_default();
+        tracing::info!(job = %id, attempt = job.record.attempts, "started {}{since_drop}", job.record.dropped_as);
+        let progress = progress_sink(&job, &self.exec.spool, &self.active);
+        let exec = self.exec.clone();
+        let done = self.done_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("job-{}", job.record.name))
+            .spawn(move || {
+                let finished = exec.execute(job, cancel, progress);
+                let _ = done.send(finished);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(job = %id, "cannot start a thread for the job: {e}; it stays in running/ until restart");
+            self.running.remove(&id);
+        }
+    }
+
+    fn finished(&mut self, finished: &Finished) {
+        let id = match finished {
+            Finished::Done { id, result_dir } => {
+                tracing::info!(job = %id, "done: {}", result_dir.display());
+                id
+            }
+            Finished::Deduplicated { id, of, result_dir } => {
+                tracing::info!(job = %id, "done (identical to {of}): {}", result_dir.display());
+                id
+            }
+            Finished::Failed { id, stage, cause } => {
+                tracing::warn!(job = %id, "failed in {stage}: {cause}");
+                id
+            }
+            Finished::Interrupted { id } => id,
+        };
+        self.running.remove(id);
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    fn enforce_timeouts(&self) {
+        let now = Instant::now();
+        for job in self.running.values() {
+            if job.deadline.is_some_and(|d| now >= d) {
+                job.cancel.cancel(CancelReason::Timeout);
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let line = service::status_line(&self.active, self.queue.len() + self.inbox.pending());
+        if line != self.last_status {
+            service::status(&line);
+            self.last_status = line;
+        }
+    }
+}
+
+/// A progress reporter that keeps the job record and the STATUS line current (the record at most twice a second,
+/// and at every stage change).
+fn progress_sink(job: &Job, spool: &Spool, active: &ActiveJobs) -> Progress {
+    let job = Mutex::new((job.clone(), Instant::now() - Duration::from_secs(1)));
+    let spool = spool.clone();
+    let active = active.clone();
+    Progress::new(move |update: &ProgressUpdate| {
+        let mut guard = job.lock().unwrap_or_else(|p| p.into_inner());
+        let (job, last_write) = &mut *guard;
+        if let Some(a) = active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(job.id())
+        {
+            a.stage = update.stage.clone();
+            a.fraction = update.fraction;
+        }
+        job.record.stage = Some(update.stage.clone());
+        job.record.progress = Some(update.fraction);
+        if update.new_stage || last_write.elapsed() >= Duration::from_millis(500) {
+            if let Err(e) = spool.save(job) {
+                tracing::warn!(job = %job.id(), "cannot update the job record: {e}");
+            }
+            *last_write = Instant::now();
+        }
+    })
+}
+
+fn tick_period(config: &Config) -> Duration {
+    Duration::from_millis((config.daemon.stable_ms / 4).clamp(20, 250))
+}
+
+/// Reads the config file again; an invalid one is logged and the current config kept. Path changes need a restart.
+fn reload(current: &Config, path: Option<&std::path::Path>) -> Option<Config> {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP: no config file (built-in defaults); nothing to reload");
+        return None;
+    };
+    match Config::load(path) {
+        Ok(mut new) => {
+            if new.paths != current.paths {
+                tracing::warn!(
+                    "SIGHUP: `paths` changed in {}; keeping the current paths until a restart",
+                    path.display()
+                );
+                new.paths = current.paths.clone();
+            }
+            if new.daemon.poll != current.daemon.poll {
+                tracing::warn!("SIGHUP: `daemon.poll` takes effect at the next restart");
+            }
+            tracing::info!("SIGHUP: reloaded {}; new drops use it", path.display());
+            Some(new)
+        }
+        Err(e) => {
+            log_reload_error(&e);
+            None
+        }
+    }
+}
+
+fn log_reload_error(e: &ConfigError) {
+    tracing::error!("SIGHUP: the new config is invalid, keeping the current one: {e}");
+}
+
+async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,128 @@
+//! `error.yaml`: what a person reads when a job failed — the stage, the cause with its full error chain, and a
+//! hint at the fix. Written next to the failed job's files in the spool's `failed/` directory.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::atomic::{write_yaml_atomic, WriteError};
+
+/// The value of the `schema` key of every error file.
+pub const ERROR_SCHEMA: &str = "robustd.error/v1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReport {
+    pub schema: String,
+    /// The dropped file's name.
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Where it failed: `intake`, `load`, `validate`, `forward`, `eval_before`, `finetune`, ...
+    pub stage: String,
+    /// The whole chain on one line, outermost first (`a: b: c`).
+    pub cause: String,
+    /// The chain, one message per level.
+    pub chain: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// RFC 3339, UTC.
+    pub time: String,
+}
+
+impl ErrorReport {
+    /// Builds the report from an error and every `source()` beneath it.
+    pub fn from_error(
+        model: &str,
+        job: Option<&str>,
+        stage: &str,
+        error: &(dyn std::error::Error + 'static),
+        hint: Option<String>,
+    ) -> Self {
+        Self::from_chain(model, job, stage, error_chain(error), hint)
+    }
+
+    /// Builds the report from messages already collected (outermost first).
+    pub fn from_chain(
+        model: &str,
+        job: Option<&str>,
+        stage: &str,
+        chain: Vec<String>,
+        hint: Option<String>,
+    ) -> Self {
+        Self {
+            schema: ERROR_SCHEMA.to_owned(),
+            model: model.to_owned(),
+            job: job.map(str::to_owned),
+            stage: stage.to_owned(),
+            cause: chain.join(": "),
+            chain,
+            hint,
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        }
+    }
+
+    /// Writes the file atomically.
+    pub fn write(&self, path: &Path) -> Result<(), WriteError> {
+        write_yaml_atomic(path, self)
+    }
+
+    /// Reads an `error.yaml`.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// The messages of `error` and its sources, outermost first; a level whose message repeats the one below it
+/// (the `#[error("{0}")]` wrappers) is folded away.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut chain: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(err) = next {
+        let message = err.to_string();
+        if chain.last() != Some(&message) && !message.is_empty() {
+            chain.push(message);
+        }
+        next = err.source();
+    }
+    // A wrapper that prints its source's message as a suffix says everything once: drop the repeated inner level.
+    let mut folded: Vec<String> = Vec::new();
+    for message in chain {
+        if let Some(outer) = folded.last() {
+            if outer.ends_with(&message) {
+                continue;
+            }
+        }
+        folded.push(message);
+    }
+    folded
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot load model.onnx")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_lists_every_level_and_folds_repeats() {
+        let err = Outer(std::io::Error::other("unexpected end of file"));
+        let report = ErrorReport::from_error("m.onnx", Some("j1"), "load", &err, None);
+        assert_eq!(
+            report.chain,
+            vec!["cannot load model.onnx", "unexpected end of file"]
+        );
+        assert_eq!(
+            report.cause,
+            "cannot load model.onnx: unexpected end of file"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("error.yaml");
+        report.write(&path).unwrap();
+        assert_eq!(ErrorReport::read(&path).unwrap(), report);
+    }
+}

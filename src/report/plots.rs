@@ -1,0 +1,478 @@
+//! The report's PNG plots, drawn with `plotters` into a memory buffer, encoded with `png` and written atomically:
+//! robust accuracy vs eps, training curves, the memorization-score histogram, and the clean-vs-robust trade-off.
+//!
+//! Text is rendered in pure Rust (plotters' `ab_glyph` feature) — no fontconfig/freetype. The font file is read
+//! once at run time: `$ROBUSTD_FONT` if set, else DejaVu Sans from Debian's `fonts-dejavu-core` (installed by
+//! `scripts/setup.sh`), else a few other common sans fonts. Without any, plotting fails with a message saying
+//! which package to install; a job treats a failed plot as a warning, not a failure.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use thiserror::Error;
+
+use super::atomic::{write_atomic_with, WriteError};
+
+/// Environment variable naming a TrueType/OpenType font file for plot text.
+pub const FONT_ENV: &str = "ROBUSTD_FONT";
+
+/// Fonts tried in order when `$ROBUSTD_FONT` is unset.
+pub const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+];
+
+const WIDTH: u32 = 900;
+const HEIGHT: u32 = 600;
+
+#[derive(Debug, Error)]
+pub enum PlotError {
+    #[error(
+        "no font for plot text (tried {}); install Debian's fonts-dejavu-core (scripts/setup.sh does) or set {FONT_ENV}=/path/to/font.ttf",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoFont { tried: Vec<PathBuf> },
+    #[error("font {path} is not a usable TrueType/OpenType font")]
+    BadFont { path: PathBuf },
+    #[error("cannot draw {plot}: {message}")]
+    Draw { plot: &'static str, message: String },
+    #[error("nothing to plot in {plot}: {why}")]
+    NoData { plot: &'static str, why: String },
+    #[error("cannot encode {plot} as PNG: {message}")]
+    Encode { plot: &'static str, message: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("cannot read {path}: {message}")]
+    ReadCsv { path: PathBuf, message: String },
+}
+
+/// A named line: `(x, y)` points in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One model/method in the trade-off plot: mean accuracies with their standard deviations (0 if one run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TradeoffPoint {
+    pub label: String,
+    pub clean: f64,
+    pub clean_err: f64,
+    pub robust: f64,
+    pub robust_err: f64,
+}
+
+/// Robust accuracy against attack radius, one line per model (e.g. before and after fine-tuning).
+pub fn robust_acc_vs_eps(out: &Path, series: &[Series]) -> Result<(), PlotError> {
+    const PLOT: &str = "robust accuracy vs eps";
+    let points = non_empty(PLOT, series)?;
+    let x_max = points.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-6) * 1.05;
+    render(out, PLOT, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("Robust accuracy vs attack radius", ("sans-serif", 26))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..x_max, 0.0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("eps (pixel scale [0,1])")
+            .y_desc("robust accuracy")
+            .label_style(("sans-serif", 16))
+            .draw()?;
+        for (i, s) in series.iter().enumerate() {
+            let color = color(i);
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(3),
+                ))?
+                .label(&s.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
+        }
+        legend(&mut chart)
+    })
+}
+
+/// Training curves: losses on the left panel, accuracies on the right, against epoch.
+pub fn training_curves(
+    out: &Path,
+    losses: &[Series],
+    accuracies: &[Series],
+) -> Result<(), PlotError> {
+    const PLOT: &str = "training curves";
+    let loss_points = non_empty(PLOT, losses)?;
+    let epochs = loss_points
+        .iter()
+        .map(|p| p.0)
+        .chain(accuracies.iter().flat_map(|s| s.points.iter().map(|p| p.0)))
+        .fold(1.0, f64::max);
+    let loss_max = loss_points
+        .iter()
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        .max(1e-6)
+        * 1.1;
+    render(out, PLOT, |root| {
+        let (left, right) = root.split_horizontally(WIDTH / 2);
+        let mut chart = ChartBuilder::on(&left)
+            .caption("Training loss", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..epochs, 0.0..loss_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("loss")
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        draw_lines(&mut chart, losses)?;
+        legend(&mut chart)?;
+        let mut chart = ChartBuilder::on(&right)
+            .caption("Accuracy", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..epochs, 0.0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("accuracy")
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        draw_lines(&mut chart, accuracies)?;
+        legend(&mut chart)
+    })
+}
+
+/// Training curves from a per-epoch CSV with a header row: the first column is the x axis (epoch), columns whose
+/// name contains `loss` go to the loss panel, the others (accuracies in [0,1]) to the accuracy panel.
+pub fn training_curves_from_csv(csv: &Path, out: &Path) -> Result<(), PlotError> {
+    let read_err = |message: String| PlotError::ReadCsv {
+        path: csv.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(csv).map_err(|e| read_err(e.to_string()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .ok_or_else(|| read_err("empty file".into()))?
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let mut columns: Vec<Series> = header[1..]
+        .iter()
+        .map(|name| Series {
+            label: (*name).to_owned(),
+            points: Vec::new(),
+        })
+        .collect();
+    for (row, line) in lines.enumerate() {
+        let cells: Vec<f64> = line
+            .split(',')
+            .map(|c| c.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| read_err(format!("row {}: {e}", row + 2)))?;
+        if cells.len() != header.len() {
+            return Err(read_err(format!(
+                "row {}: {} cells, header has {}",
+                row + 2,
+                cells.len(),
+                header.len()
+            )));
+        }
+        for (col, v) in columns.iter_mut().zip(&cells[1..]) {
+            if v.is_finite() {
+                col.points.push((cells[0], *v));
+            }
+        }
+    }
+    let (losses, accuracies): (Vec<Series>, Vec<Series>) =
+        columns.into_iter().partition(|s| s.label.contains("loss"));
+    training_curves(out, &losses, &accuracies)
+}
+
+/// Histogram of memorization scores: `counts[i]` samples in `[bins[i], bins[i+1])`; the atypicality threshold as
+/// a vertical line.
+pub fn memorization_histogram(
+    out: &Path,
+    bins: &[f64],
+    counts: &[u64],
+    threshold: Option<f64>,
+) -> Result<(), PlotError> {
+    const PLOT: &str = "memorization histogram";
+    if bins.len() != counts.len() + 1 || counts.is_empty() {
+        return Err(PlotError::NoData {
+            plot: PLOT,
+            why: format!("{} bin edges for {} counts", bins.len(), counts.len()),
+        });
+    }
+    let (lo, hi) = (bins[0], bins[bins.len() - 1]);
+    let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
+    render(out, PLOT, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                "Memorization scores of training samples",
+                ("sans-serif", 26),
+            )
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(72)
+            .build_cartesian_2d(lo..hi, 0.0..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("mem(i) = P[correct | seen] - P[correct | unseen]")
+            .y_desc("training samples")
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style(("sans-serif", 16))
+            .draw()?;
+        chart.draw_series(bins.windows(2).zip(counts).map(|(edge, &c)| {
+            let atypical = threshold.is_some_and(|t| edge[0] >= t);
+            let fill = if atypical {
+                color(1).mix(0.75)
+            } else {
+                color(0).mix(0.7)
+            };
+            Rectangle::new([(edge[0], 0.0), (edge[1], c as f64)], fill.filled())
+        }))?;
+        if let Some(t) = threshold {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(t, 0.0), (t, top)],
+                    BLACK.stroke_width(2),
+                )))?
+                .label(format!("atypical threshold {t}"))
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2))
+                });
+            legend(&mut chart)?;
+        }
+        Ok(())
+    })
+}
+
+/// Clean accuracy (x) against robust accuracy (y), one point per model/method with error bars.
+pub fn tradeoff_scatter(out: &Path, points: &[TradeoffPoint]) -> Result<(), PlotError> {
+    const PLOT: &str = "trade-off";
+    if points.is_empty() {
+        return Err(PlotError::NoData {
+            plot: PLOT,
+            why: "no points".into(),
+        });
+    }
+    // Zoom to the points (with their error bars) plus a margin, inside [0, 1]: the differences between methods
+    // are a few points of accuracy and would vanish on a full [0, 1] square.
+    let span = |vals: Vec<(f64, f64)>| {
+        let lo = vals
+            .iter()
+            .map(|(v, e)| v - e)
+            .fold(f64::INFINITY, f64::min);
+        let hi = vals
+            .iter()
+            .map(|(v, e)| v + e)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let pad = ((hi - lo) * 0.25).max(0.02);
+        ((lo - pad).max(0.0), (hi + pad).min(1.0))
+    };
+    let (x_lo, x_hi) = span(points.iter().map(|p| (p.clean, p.clean_err)).collect());
+    let (y_lo, y_hi) = span(points.iter().map(|p| (p.robust, p.robust_err)).collect());
+    render(out, PLOT, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("Clean vs robust accuracy", ("sans-serif", 26))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
+        chart
+            .configure_mesh()
+            .x_desc("clean accuracy")
+            .y_desc("robust accuracy (worst case)")
+            .label_style(("sans-serif", 16))
+            .draw()?;
+        for (i, p) in points.iter().enumerate() {
+            let color = color(i);
+            let style = color.stroke_width(2);
+            chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                p.clean,
+                p.robust - p.robust_err,
+                p.robust,
+                p.robust + p.robust_err,
+                style,
+                10,
+            )))?;
+            chart.draw_series(std::iter::once(ErrorBar::new_horizontal(
+                p.robust,
+                p.clean - p.clean_err,
+                p.clean,
+                p.clean + p.clean_err,
+                style,
+                10,
+            )))?;
+            chart
+                .draw_series(std::iter::once(Circle::new(
+                    (p.clean, p.robust),
+                    6,
+                    color.filled(),
+                )))?
+                .label(&p.label)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+        }
+        legend(&mut chart)
+    })
+}
+
+/// Tableau-10 colors: distinct on white and for most colour-blind readers.
+fn color(i: usize) -> RGBAColor {
+    const PALETTE: [(u8, u8, u8); 8] = [
+        (31, 119, 180),
+        (214, 39, 40),
+        (44, 160, 44),
+        (255, 127, 14),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (23, 190, 207),
+    ];
+    let (r, g, b) = PALETTE[i % PALETTE.len()];
+    RGBColor(r, g, b).to_rgba()
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+type DrawResult = Result<(), Box<dyn std::error::Error + 'static>>;
+
+fn draw_lines<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, series: &[Series]) -> DrawResult {
+    for (i, s) in series.iter().enumerate() {
+        let color = color(i);
+        chart
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(3),
+            ))?
+            .label(&s.label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+    }
+    Ok(())
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .draw()?;
+    Ok(())
+}
+
+fn non_empty<'a>(
+    plot: &'static str,
+    series: &'a [Series],
+) -> Result<Vec<&'a (f64, f64)>, PlotError> {
+    let points: Vec<_> = series.iter().flat_map(|s| s.points.iter()).collect();
+    if points.is_empty() {
+        return Err(PlotError::NoData {
+            plot,
+            why: "no points".into(),
+        });
+    }
+    if let Some(bad) = points
+        .iter()
+        .find(|p| !(p.0.is_finite() && p.1.is_finite()))
+    {
+        return Err(PlotError::NoData {
+            plot,
+            why: format!("non-finite point {bad:?}"),
+        });
+    }
+    Ok(points)
+}
+
+/// Draws into an RGB buffer and writes it as a PNG, atomically.
+fn render(
+    out: &Path,
+    plot: &'static str,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> DrawResult,
+) -> Result<(), PlotError> {
+    ensure_font()?;
+    let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
+        let drawn = root
+            .fill(&WHITE)
+            .map_err(|e| e.to_string())
+            .and_then(|_| draw(&root).map_err(|e| e.to_string()))
+            .and_then(|_| root.present().map_err(|e| e.to_string()));
+        drawn.map_err(|message| PlotError::Draw { plot, message })?;
+    }
+    let mut encoded = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut encoded, WIDTH, HEIGHT);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder
+            .write_header()
+            .and_then(|mut w| w.write_image_data(&pixels))
+            .map_err(|e| PlotError::Encode {
+                plot,
+                message: e.to_string(),
+            })?;
+    }
+    write_atomic_with(out, |w| w.write_all(&encoded))?;
+    Ok(())
+}
+
+/// Registers the plot font with plotters once per process.
+fn ensure_font() -> Result<(), PlotError> {
+    static FONT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let loaded = FONT.get_or_init(|| {
+        let candidates: Vec<PathBuf> = match std::env::var_os(FONT_ENV) {
+            Some(p) => vec![PathBuf::from(p)],
+            None => FONT_CANDIDATES.iter().map(PathBuf::from).collect(),
+        };
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            return Err(PlotError::NoFont { tried: candidates }.to_string());
+        };
+        let bytes: &'static [u8] = match std::fs::read(path) {
+            Ok(b) => Box::leak(b.into_boxed_slice()),
+            Err(_) => return Err(PlotError::BadFont { path: path.clone() }.to_string()),
+        };
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| PlotError::BadFont { path: path.clone() }.to_string())?;
+        Ok(path.clone())
+    });
+    match loaded {
+        Ok(_) => Ok(()),
+        Err(message) => Err(PlotError::Draw {
+            plot: "font",
+            message: message.clone(),
+        }),
+    }
+}
+
+/// The font file plot text is drawn with, if one was found.
+pub fn font_path() -> Option<PathBuf> {
+    ensure_font().ok()?;
+    std::env::var_os(FONT_ENV).map(PathBuf::from).or_else(|| {
+        FONT_CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    })
+}

@@ -1,0 +1,339 @@
+//! The typed robustd report, schema `robustd.report/v1`. Field order is the order in the YAML file: the summary
+//! comes first so a person learns the verdict in ten seconds; every later stage of the pipeline fills its own
+//! optional section (evaluation, memorization, training) and leaves the others alone.
+
+use serde::{Deserialize, Serialize};
+
+/// The value of the `schema` key of every report this version writes.
+pub const REPORT_SCHEMA: &str = "robustd.report/v1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub schema: String,
+    pub summary: Summary,
+    pub model: ModelInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetInfo>,
+    pub environment: EnvironmentInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Evaluation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memorization: Option<Memorization>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<Training>,
+    pub artifacts: Artifacts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobInfo>,
+    pub timing: Timing,
+}
+
+/// The ten-second block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    /// The model's file name as dropped.
+    pub model: String,
+    pub verdict: Verdict,
+    pub threat_model: ThreatModelInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<AccuracySummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<AccuracySummary>,
+    /// Share of training samples with memorization score above the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atypical_share: Option<f64>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub artifacts: SummaryArtifacts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Fine-tuning raised worst-case robust accuracy.
+    Improved,
+    Unchanged,
+    Degraded,
+    /// No fine-tuning ran (method `none`, or only the model was inspected).
+    EvaluationOnly,
+    Failed,
+}
+
+impl Verdict {
+    /// The verdict of a fine-tuning run from worst-case robust accuracy before and after: `improved` when it rose
+    /// by more than `tolerance`, `degraded` when it fell by more, `unchanged` otherwise.
+    pub fn compare(robust_before: f64, robust_after: f64, tolerance: f64) -> Self {
+        if robust_after > robust_before + tolerance {
+            Self::Improved
+        } else if robust_after < robust_before - tolerance {
+            Self::Degraded
+        } else {
+            Self::Unchanged
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThreatModelInfo {
+    /// `linf` or `l2`.
+    pub norm: String,
+    pub eps: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccuracySummary {
+    pub clean_acc: f64,
+    pub robust_acc_worst: f64,
+    /// Fine-tuning method (the `after` block only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryArtifacts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tuned_model: Option<String>,
+    #[serde(default)]
+    pub plots: Vec<String>,
+}
+
+/// What the model is; `inputs`/`outputs` as onnxruntime reports them, symbolic dims by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub file: String,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opset: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ir_version: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<String>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// Number of scalar weights in the graph's initializers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<u64>,
+    #[serde(default)]
+    pub external_data: Vec<FileRef>,
+    /// The forward pass the daemon ran to check the model before any evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_check: Option<ForwardCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<Dim>,
+    pub dtype: String,
+}
+
+/// One dimension: a number, or a symbol (`batch`) for a dynamic one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(i64),
+    Symbolic(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardCheck {
+    /// Inputs fed (`zeros`, `uniform[0,1)` ...).
+    pub inputs: Vec<String>,
+    pub batch: u64,
+    /// Logit shape returned.
+    pub output_shape: Vec<i64>,
+    pub all_finite: bool,
+    pub max_abs_logit: f64,
+    /// Samples passed through onnxruntime in total (the sanity batches and the throughput probe).
+    pub samples: u64,
+    /// Forward throughput of the probe on this machine (onnxruntime, `runtime.threads`).
+    pub samples_per_second: f64,
+    /// Set when the probe resumed from a checkpoint after a restart: samples already done then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_sample: Option<u64>,
+    pub seconds: f64,
+}
+
+/// A file next to the report (relative path) and its sha256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    pub path: String,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<u64>,
+    /// How the evaluated samples were chosen, e.g. `first 1000 of test`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_samples: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentInfo {
+    pub robustd: String,
+    pub libtorch: String,
+    pub onnxruntime: String,
+    pub device: String,
+    pub threads: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<EvalBlock>,
+    /// The same protocol (attacks, seeds, samples) on the fine-tuned model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<EvalBlock>,
+}
+
+/// One evaluation (before or after fine-tuning): the evaluation module's result, serialized as is.
+pub type EvalBlock = crate::eval::EvalResult;
+
+/// Typical vs atypical samples (by memorization or consistency score).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Groups {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<GroupPair>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<GroupPair>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPair {
+    pub typical: GroupAccuracy,
+    pub atypical: GroupAccuracy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupAccuracy {
+    pub samples: u64,
+    pub clean: f64,
+    pub robust: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memorization {
+    /// `feldman-zhang`, `holdout`, or `imported`.
+    pub estimator: String,
+    pub models: u64,
+    pub subset_ratio: f64,
+    pub threshold: f64,
+    /// Scores came from the cache in the state directory.
+    pub cached: bool,
+    pub atypical_share: f64,
+    pub histogram: Histogram,
+    #[serde(default)]
+    pub harmful_atypical: Vec<HarmfulSample>,
+}
+
+/// `counts[i]` samples fall in `[bins[i], bins[i+1])`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Histogram {
+    pub bins: Vec<f64>,
+    pub counts: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HarmfulSample {
+    pub index: u64,
+    pub label: i64,
+    pub score: f64,
+    pub adv_confidence: f64,
+}
+
+/// The fine-tuning run: the training module's result, serialized as is.
+pub type Training = crate::train::TrainResult;
+
+/// Files the job produced, relative to the report's directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifacts {
+    /// The dropped model, copied next to the report.
+    pub original_model: FileRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tuned_model: Option<FileRef>,
+    #[serde(default)]
+    pub plots: Vec<String>,
+    /// Per-sample results (npz).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sample: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_log: Option<String>,
+}
+
+/// How the daemon ran the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobInfo {
+    pub id: String,
+    /// sha256 of the resolved config (with the sidecar applied); with the model's sha256 it is the dedupe key.
+    pub config_sha256: String,
+    pub attempts: u32,
+    /// The runner that produced the report (`inspect`, `pipeline`, ...).
+    pub runner: String,
+}
+
+/// Wall-clock timestamps (RFC 3339, UTC) and seconds per stage, in the order the stages ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    pub queued_at: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub seconds: f64,
+    #[serde(default)]
+    pub stages: Vec<StageTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageTime {
+    pub name: String,
+    pub seconds: f64,
+}
+
+impl Report {
+    /// The report as YAML text.
+    pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
+        serde_norway::to_string(self)
+    }
+}
