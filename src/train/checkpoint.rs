@@ -3,23 +3,24 @@
 //! A checkpoint directory holds `checkpoint.yaml` (position, counters, best-so-far, the epoch records, and a
 //! fingerprint of everything that determines the run) and one `state-<epoch>-<batch>.safetensors` with the
 //! tensors: `model/<name>` (every state tensor of the model), `optim/<i>.<j>` (optimizer buffers) and
-//! `best/<name>` (the best-so-far weights, when a validation split picks them). The tensor file is written and
-//! fsynced first under a fresh name; `checkpoint.yaml` is then replaced atomically (temp file, fsync, rename,
-//! directory fsync) and only that rename commits the checkpoint, so a crash at any point leaves the previous
-//! complete checkpoint. Older tensor files are removed afterwards.
+//! `best/<name>` (the best-so-far weights, when a validation split picks them). The tensor file is written (by
+//! libtorch's safetensors writer, which only takes a path) under a fresh name, fsynced and renamed into place;
+//! `checkpoint.yaml` is then replaced through [`crate::report::write_atomic`] (temp file, fsync, rename, directory
+//! fsync) and only that rename commits the checkpoint, so a crash at any point leaves the previous complete
+//! checkpoint. Older tensor files are removed afterwards.
 //!
 //! There is no hidden random state to save: every draw (shuffle, augmentation, PGD starts, dropout) is derived
 //! from `(seed, epoch, batch)`, so `seed` with the position is the RNG state.
 
 use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::record::EpochRecord;
 use super::TrainError;
+use crate::report::{create_dir_all, write_atomic};
 
 /// Bumped whenever the layout changes; an older checkpoint is refused rather than misread.
 pub const FORMAT: u32 = 1;
@@ -95,7 +96,7 @@ pub fn save(
     optimizer: &[(String, Tensor)],
     best: &[(String, Tensor)],
 ) -> Result<(), TrainError> {
-    fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    create_dir_all(dir)?;
     let mut named = Vec::with_capacity(model.len() + optimizer.len() + best.len());
     for (prefix, group) in [(MODEL, model), (OPTIM, optimizer), (BEST, best)] {
         for (name, t) in group {
@@ -111,6 +112,7 @@ pub fn save(
         path: dir.join(META_FILE),
         message: e.to_string(),
     })?;
+    // The directory fsync inside also makes the tensor file's rename above durable.
     write_atomic(&dir.join(META_FILE), yaml.as_bytes())?;
     remove_stale(dir, &meta.tensors);
     Ok(())
@@ -176,35 +178,10 @@ pub fn host_copy(t: &Tensor) -> Result<Tensor, TrainError> {
     Ok(out)
 }
 
-/// Replaces `path` with `bytes` atomically: a temp file in the same directory, fsync, rename, directory fsync.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    tmp.write_all(bytes).map_err(|e| TrainError::io(path, e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| TrainError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| TrainError::io(path, e.error))?;
-    sync_dir(&dir);
-    Ok(())
-}
-
 fn sync_file(path: &Path) -> Result<(), TrainError> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| TrainError::io(path, e))
-}
-
-/// Makes a rename durable; a filesystem that cannot fsync directories is not an error.
-fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::debug!(dir = %dir.display(), error = %e, "directory fsync not supported");
-    }
 }
 
 /// Removes tensor files other than `keep` (leftovers of earlier checkpoints or of a crash mid-write).

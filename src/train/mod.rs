@@ -77,6 +77,8 @@ pub enum TrainError {
     },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    #[error(transparent)]
+    Write(#[from] crate::report::WriteError),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,

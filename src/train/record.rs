@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::write_atomic;
 use super::TrainError;
 use crate::config::Method;
+use crate::report::write_atomic;
 
 /// One epoch's numbers. Accuracies are fractions in [0,1]; `None` = not measured (e.g. no validation split, or
 /// no clean forward pass in PGD-AT).
@@ -129,5 +129,5 @@ pub fn to_csv(records: &[EpochRecord]) -> String {
 
 /// Writes the whole log atomically (rewritten after every epoch, so it always matches the checkpoint).
 pub fn write_csv(path: &Path, records: &[EpochRecord]) -> Result<(), TrainError> {
-    write_atomic(path, to_csv(records).as_bytes())
+    Ok(write_atomic(path, to_csv(records).as_bytes())?)
 }
