@@ -176,7 +176,25 @@ class VGGBN(nn.Module):
         return self.classifier(self.features(x))
 
 
-# name -> (module class, one input image's shape)
+class LeNetNHWC(LeNet):
+    """LeNet taking channels-last input (a TensorFlow-style layout), for the NHWC input adapter."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 3, 1, 2))
+
+
+class FlatMLP(nn.Module):
+    """An MLP taking flattened images [N, 784], for the Flat input adapter."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+# name -> (module class, one input's shape)
 ARCHS = {
     "mlp": (MLP, (1, 28, 28)),
     "cnn_bn": (SmallCNN, (1, 28, 28)),
@@ -185,6 +203,8 @@ ARCHS = {
     "resnet18": (ResNet18, (3, 32, 32)),
     "mobilenetv2": (MobileNetV2, (3, 32, 32)),
     "vgg_bn": (VGGBN, (3, 32, 32)),
+    "lenet_nhwc": (LeNetNHWC, (28, 28, 1)),
+    "mlp_flat": (FlatMLP, (784,)),
 }
 
 # (arch, file suffix, exporter, options). Eval-mode exports fold BatchNorm into the convolutions; the `bnkept`
