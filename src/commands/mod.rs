@@ -2,6 +2,7 @@
 //! `main.rs` only parses and calls [`run`]; `anyhow` lives here, at the binary's edge.
 
 mod check_config;
+mod infer;
 mod info;
 mod inspect;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Validate a config file and print it fully resolved (defaults filled in).
     CheckConfig(check_config::Args),
+    /// Run one batch (.npy) through the tch interpreter or onnxruntime; optionally the input gradient.
+    Infer(infer::Args),
 }
 
 /// Runs one subcommand; the returned code is the process exit code.
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Infer(args) => infer::run(args),
     }
 }
 
