@@ -238,6 +238,12 @@ fn prelu(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 /// Clip: bounds are attributes before opset 11, optional inputs from then on.
 fn clip(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let x = c.input(i, 0)?;
+    if c.opset >= 11 && x.device() != tch::Device::Cpu {
+        // On an accelerator, clamp with the bound tensors: reading them to the host would sync every forward.
+        return one(x
+            .f_clamp_tensor(c.opt(i, 1), c.opt(i, 2))?
+            .f_to_kind(x.kind())?);
+    }
     let (min, max) = if c.opset < 11 {
         (
             c.attr::<f32>("min")?.map(f64::from),
