@@ -10,23 +10,15 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import export_fixtures  # noqa: E402
 
 
 def fold_batchnorm(module):
-    """Replaces each Conv2d followed by BatchNorm2d inside Sequentials with the folded Conv2d."""
-    for child in module.children():
-        fold_batchnorm(child)
-    if isinstance(module, nn.Sequential):
-        layers = list(module)
-        for i in range(len(layers) - 1):
-            if isinstance(layers[i], nn.Conv2d) and isinstance(layers[i + 1], nn.BatchNorm2d):
-                module[i] = fuse_conv_bn_eval(layers[i], layers[i + 1])
-                module[i + 1] = nn.Identity()
-    return module
+    """Folds every BatchNorm into the convolution before it (torch.fx), as the eval-mode ONNX export does."""
+    from torch.fx.experimental.optimization import fuse
+    return fuse(module)
 
 
 def main():

@@ -143,12 +143,12 @@ impl Interpreter {
                 .iter()
                 .map(|name| {
                     if name.is_empty() {
-                        Src::Absent
+                        Ok(Src::Absent)
                     } else {
-                        sources[name.as_str()]
+                        lookup_source(&sources, name, &file)
                     }
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
             let foldable = ops::is_foldable(&node.op_type)
                 && inputs.iter().all(|s| match s {
                     Src::Const(k) => immutable[*k],
@@ -207,8 +207,8 @@ impl Interpreter {
         let outputs: Vec<Src> = model
             .outputs()
             .iter()
-            .map(|o| sources[o.name.as_str()])
-            .collect();
+            .map(|o| lookup_source(&sources, &o.name, &file))
+            .collect::<Result<_, _>>()?;
         compute_releases(&mut steps, &outputs, slot_count);
 
         Ok(Self {
@@ -425,6 +425,19 @@ impl Interpreter {
     pub fn step_count(&self) -> usize {
         self.steps.len()
     }
+}
+
+/// Where a value comes from; [`OnnxModel`] validation guarantees it exists, this keeps the interpreter from
+/// panicking if that ever changes.
+fn lookup_source(
+    sources: &HashMap<String, Src>,
+    name: &str,
+    file: &std::path::Path,
+) -> Result<Src, OnnxError> {
+    sources
+        .get(name)
+        .copied()
+        .ok_or_else(|| OnnxError::model(file, format!("value `{name}` is produced by nothing")))
 }
 
 fn node_error(file: &std::path::Path, node: &Node, e: ops::OpError) -> OnnxError {
