@@ -138,7 +138,8 @@ fn listed_backend_cases_pass() {
     let list_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(PASS_LIST);
     if std::env::var_os("ROBUSTD_BLESS_BACKEND").is_some() {
         let body: String = passed.iter().map(|n| format!("{n}\n")).collect();
-        std::fs::write(&list_path, format!("# ONNX backend cases that must pass (tests/onnx_backend.rs); regenerate with ROBUSTD_BLESS_BACKEND=1.\n{body}")).unwrap();
+        let header = "# ONNX backend cases that must pass (tests/onnx_backend.rs); ROBUSTD_BLESS_BACKEND=1 rewrites.";
+        std::fs::write(&list_path, format!("{header}\n{body}")).unwrap();
     }
     let required: BTreeSet<String> = std::fs::read_to_string(&list_path)
         .unwrap()

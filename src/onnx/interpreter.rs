@@ -1,7 +1,12 @@
-//! [`Interpreter`]: the trainable ONNX interpreter on tch. It turns an [`OnnxModel`] into a plan once — initializers as tch
-//! tensors on the device, integer/shape subgraphs over constants evaluated and folded, every remaining node bound
-//! to its op function with slot numbers for its inputs and outputs, and each slot's last use known so
-//! intermediates are dropped as soon as nothing needs them — then evaluates that plan with autograd.
+//! [`Interpreter`]: the trainable ONNX interpreter on tch. It turns an [`OnnxModel`] into a plan once —
+//! initializers as tch tensors on the device, integer/shape subgraphs over constants evaluated and folded, every
+//! remaining node bound to its op function with slot numbers for its inputs and outputs, and each slot's last use
+//! known so intermediates are dropped as soon as nothing needs them — then evaluates that plan with autograd.
+//!
+//! Which initializers train is decided by their role ([`super::Role`]): conv/linear weights, biases and PRelu
+//! slopes always; BatchNorm/Instance/LayerNorm scale and bias only with `train_batchnorm`; running statistics
+//! and every other float constant (in-graph normalization, clip bounds) never. Constants that never change are
+//! folded through the nodes that read only them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
