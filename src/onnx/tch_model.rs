@@ -214,3 +214,17 @@ impl Classifier for TchModel {
         self.graph.device()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Workers move models and sessions onto their own threads (torch work stays off async tasks).
+    #[test]
+    fn engines_can_move_between_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<super::TchModel>();
+        send::<super::super::OrtScorer>();
+        send::<super::super::OnnxModel>();
+        sync::<super::super::OnnxModel>();
+    }
+}
