@@ -481,3 +481,39 @@ fn compute_releases(steps: &mut [Step], outputs: &[Src], slot_count: usize) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(inputs: Vec<Src>, outputs: Vec<Option<usize>>) -> Step {
+        Step {
+            node: Node {
+                name: String::new(),
+                op_type: "Identity".into(),
+                domain: String::new(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                attributes: Vec::new(),
+            },
+            op: ops::lookup("Identity").unwrap(),
+            inputs,
+            outputs,
+            release: Vec::new(),
+        }
+    }
+
+    /// slot 0 = graph input; 1 = a(x); 2 = b(a) (unused output 3); 4 = c(a, b) is the graph output.
+    #[test]
+    fn each_slot_is_released_after_its_last_reader_but_outputs_are_kept() {
+        let mut steps = vec![
+            step(vec![Src::Slot(0)], vec![Some(1)]),
+            step(vec![Src::Slot(1), Src::Const(0)], vec![Some(2), Some(3)]),
+            step(vec![Src::Slot(1), Src::Slot(2)], vec![Some(4)]),
+        ];
+        compute_releases(&mut steps, &[Src::Slot(4)], 5);
+        assert_eq!(steps[0].release, vec![0]);
+        assert_eq!(steps[1].release, vec![3]);
+        assert_eq!(steps[2].release, vec![1, 2]);
+    }
+}
