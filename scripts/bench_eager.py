@@ -37,16 +37,24 @@ def main():
     torch.manual_seed(0)
     x = torch.rand(args.batch, *shape, requires_grad=True)
     y = torch.randint(10, (args.batch,))
-    times = []
-    for i in range(args.iters + 5):
-        start = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        elapsed = (time.perf_counter() - start) * 1e3
-        if i >= 5:
-            times.append(elapsed)
-    print(f"pytorch eager    {args.arch} batch {args.batch} threads {args.threads}: median {statistics.median(times):.2f} ms"
-          f" (min {min(times):.2f}) per forward+backward")
+
+    def timed(step):
+        times = []
+        for i in range(args.iters + 3):
+            start = time.perf_counter()
+            step()
+            if i >= 3:
+                times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times), min(times)
+
+    def forward_backward():
+        nn.functional.cross_entropy(model(x), y).backward()
+
+    with torch.no_grad():
+        forward_only, _ = timed(lambda: model(x))
+    median, fastest = timed(forward_backward)
+    print(f"pytorch eager    {args.arch} batch {args.batch} threads {args.threads}: median {median:.2f} ms"
+          f" (min {fastest:.2f}) per forward+backward; forward alone (no grad) {forward_only:.2f} ms")
 
 
 if __name__ == "__main__":

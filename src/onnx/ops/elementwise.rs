@@ -256,6 +256,8 @@ fn clip(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
         )
     };
     let r = match (min, max) {
+        // ReLU6, as PyTorch exports it: libtorch's fused hardtanh kernels (forward and backward).
+        (Some(lo), Some(hi)) if lo == 0.0 && hi == 6.0 && x.is_floating_point() => x.f_relu6()?,
         (Some(lo), Some(hi)) => x.f_clamp(lo, hi)?,
         (Some(lo), None) => x.f_clamp_min(lo)?,
         (None, Some(hi)) => x.f_clamp_max(hi)?,
