@@ -38,21 +38,36 @@ fn main() -> anyhow::Result<()> {
     tch::manual_seed(0);
     let x = Tensor::rand([batch, c, h, w], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let y = Tensor::randint(model.num_classes(), [batch], (Kind::Int64, Device::Cpu));
-    let mut times = Vec::with_capacity(iters);
-    for i in 0..iters + 5 {
-        let start = Instant::now();
+    let forward_only = median_ms(iters, || {
+        let _guard = tch::no_grad_guard();
+        model.forward(&x).map(drop)
+    })?;
+    let (median, min) = median_ms(iters, || {
         let loss = model.forward(&x)?.cross_entropy_for_logits(&y);
         loss.backward();
-        let elapsed = start.elapsed().as_secs_f64() * 1e3;
-        if i >= 5 {
-            times.push(elapsed);
+        Ok(())
+    })?;
+    println!(
+        "tch interpreter  {name} batch {batch} threads {threads}: median {median:.2} ms (min {min:.2}) per \
+         forward+backward; forward alone (no grad) {:.2} ms",
+        forward_only.0
+    );
+    Ok(())
+}
+
+/// (median, min) milliseconds of `iters` runs after 3 warm-up runs.
+fn median_ms(
+    iters: usize,
+    mut f: impl FnMut() -> Result<(), robustd::model::ModelError>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..iters + 3 {
+        let start = Instant::now();
+        f()?;
+        if i >= 3 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
     times.sort_by(f64::total_cmp);
-    println!(
-        "tch interpreter  {name} batch {batch} threads {threads}: median {:.2} ms (min {:.2}) per forward+backward",
-        times[times.len() / 2],
-        times[0]
-    );
-    Ok(())
+    Ok((times[times.len() / 2], times[0]))
 }

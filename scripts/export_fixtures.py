@@ -7,7 +7,8 @@ exports) this writes into OUT:
   <arch>_<variant>.npz        x: float32 inputs in [0,1], logits: PyTorch's eval-mode outputs,
                               grad: d(sum of logits * w)/dx for w = fixed random weights (input-gradient parity)
   <arch>.pt                   the PyTorch state dict (for reference scripts)
-and OUT/ops/<case>/ single-op models with inputs (scripts/onnx_op_cases.py) for the per-op onnxruntime tests.
+and OUT/ops/<case>/ single-op models with inputs (scripts/onnx_op_cases.py) for the per-op onnxruntime tests, and
+OUT/backend/ the `onnx` package's backend test cases for the supported ops (scripts/onnx_backend_cases.py).
 Weights are seeded, so the files are reproducible; a stamp of this script's hash skips work on re-runs.
 Only setup and tests use this script; robustd never runs Python.
 """
@@ -175,7 +176,25 @@ class VGGBN(nn.Module):
         return self.classifier(self.features(x))
 
 
-# name -> (module class, one input image's shape)
+class LeNetNHWC(LeNet):
+    """LeNet taking channels-last input (a TensorFlow-style layout), for the NHWC input adapter."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 3, 1, 2))
+
+
+class FlatMLP(nn.Module):
+    """An MLP taking flattened images [N, 784], for the Flat input adapter."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+# name -> (module class, one input's shape)
 ARCHS = {
     "mlp": (MLP, (1, 28, 28)),
     "cnn_bn": (SmallCNN, (1, 28, 28)),
@@ -184,6 +203,8 @@ ARCHS = {
     "resnet18": (ResNet18, (3, 32, 32)),
     "mobilenetv2": (MobileNetV2, (3, 32, 32)),
     "vgg_bn": (VGGBN, (3, 32, 32)),
+    "lenet_nhwc": (LeNetNHWC, (28, 28, 1)),
+    "mlp_flat": (FlatMLP, (784,)),
 }
 
 # (arch, file suffix, exporter, options). Eval-mode exports fold BatchNorm into the convolutions; the `bnkept`
@@ -232,7 +253,12 @@ def main():
     stamp_path = os.path.join(args.out, ".stamp")
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
-    sources = b"".join(open(os.path.join(here, f), "rb").read() for f in ("export_fixtures.py", "onnx_op_cases.py"))
+    sources = b"".join(open(os.path.join(here, f), "rb").read() for f in ("export_fixtures.py", "onnx_op_cases.py",
+                                                                         "onnx_backend_cases.py"))
+    # The backend cases written depend on the op tables robustd registers.
+    import glob  # noqa: E402
+    for table in sorted(glob.glob(os.path.join(here, "..", "src", "onnx", "ops", "*.rs"))):
+        sources += open(table, "rb").read()
     digest = hashlib.sha256(sources + torch.__version__.encode()).hexdigest()
     if not args.force and os.path.exists(stamp_path) and open(stamp_path).read() == digest:
         return
@@ -255,11 +281,14 @@ def main():
         model, x, ref = models[arch]
         export(model, x[:2], os.path.join(args.out, f"{arch}_{suffix}.onnx"), exporter, options)
         np.savez(os.path.join(args.out, f"{arch}_{suffix}.npz"), **ref)
-    import onnx_op_cases  # noqa: E402 (beside this script)
+    import onnx_backend_cases  # noqa: E402 (beside this script)
+    import onnx_op_cases  # noqa: E402
     cases = onnx_op_cases.write_all(os.path.join(args.out, "ops"))
+    backend = onnx_backend_cases.write_all(os.path.join(args.out, "backend"))
     with open(stamp_path, "w") as f:
         f.write(digest)
-    print(f"[fixtures] wrote {len(VARIANTS)} models and {cases} op cases to {args.out}", file=sys.stderr)
+    print(f"[fixtures] wrote {len(VARIANTS)} models, {cases} op cases and {sum(backend)} ONNX backend cases to "
+          f"{args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -229,3 +229,52 @@ fn limits_from_the_config_are_enforced() {
     let msg = OnnxModel::load(&path, &limits).unwrap_err().to_string();
     assert!(msg.contains("bytes"), "{msg}");
 }
+
+#[test]
+fn classifier_inputs_are_checked_instead_of_panicking() {
+    use robustd::model::{Classifier, InputAdapter, Layout, Scorer};
+    use robustd::onnx::{OrtScorer, TchModel, TchOptions};
+    let model = onnx_support::load("cnn_bn_legacy");
+    let tch = TchModel::new(
+        &model,
+        InputAdapter::identity(),
+        tch::Device::Cpu,
+        TchOptions::default(),
+    )
+    .unwrap();
+    let wrong = tch::Tensor::zeros([2, 3, 28, 28], (tch::Kind::Float, tch::Device::Cpu));
+    let msg = tch.forward(&wrong).unwrap_err().to_string();
+    assert!(msg.contains("[N, 1, 28, 28]"), "{msg}");
+    let adapter = InputAdapter {
+        mean: vec![0.5],
+        std: vec![0.25],
+        layout: Layout::Nchw,
+    };
+    let mut ort = OrtScorer::new(model.path(), adapter, 1).unwrap();
+    let msg = ort.logits(&wrong).unwrap_err().to_string();
+    assert!(msg.contains("C = 1"), "{msg}");
+}
+
+#[test]
+fn integer_image_inputs_are_refused_by_the_classifier() {
+    use robustd::model::InputAdapter;
+    use robustd::onnx::{TchModel, TchOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = decode("mlp_legacy");
+    let input = &mut m.graph.as_mut().unwrap().input[0];
+    match input.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        Some(robustd::onnx::proto::TypeValue::TensorType(t)) => t.elem_type = data_type::UINT8,
+        other => panic!("unexpected input type {other:?}"),
+    }
+    let path = write(dir.path(), "uint8_input.onnx", &m);
+    let model = OnnxModel::load(&path, &Limits::default()).unwrap();
+    let err = TchModel::new(
+        &model,
+        InputAdapter::identity(),
+        tch::Device::Cpu,
+        TchOptions::default(),
+    )
+    .err()
+    .expect("uint8 input refused");
+    assert!(err.to_string().contains("uint8"), "{err}");
+}

@@ -2,6 +2,7 @@
 //! `main.rs` only parses and calls [`run`]; `anyhow` lives here, at the binary's edge.
 
 mod check_config;
+mod infer;
 mod info;
 mod inspect;
 mod run;
@@ -54,6 +55,8 @@ pub enum Command {
     Status(status::Args),
     /// Copy a model (and its sidecar config) into the daemon's inbox atomically.
     Submit(submit::Args),
+    /// Run one batch (.npy) through the tch interpreter or onnxruntime; optionally the input gradient.
+    Infer(infer::Args),
 }
 
 /// Runs one subcommand; the returned code is the process exit code.
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
         Command::Submit(args) => submit::run(args),
+        Command::Infer(args) => infer::run(args),
     }
 }
 

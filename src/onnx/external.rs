@@ -118,12 +118,15 @@ pub fn confined_path(dir: &Path, canonical_dir: &Path, location: &str) -> Result
     if location.is_empty() {
         return Err("empty location".into());
     }
+    const STAY: &str = "external data must stay in the model's directory";
     for c in rel.components() {
         match c {
             Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err("`..` in the location is refused (external data must stay in the model's directory)".into()),
+            Component::ParentDir => {
+                return Err(format!("`..` in the location is refused ({STAY})"))
+            }
             Component::RootDir | Component::Prefix(_) => {
-                return Err("absolute locations are refused (external data must stay in the model's directory)".into())
+                return Err(format!("absolute locations are refused ({STAY})"))
             }
         }
     }

@@ -1,7 +1,12 @@
-//! [`Interpreter`]: the trainable ONNX interpreter on tch. It turns an [`OnnxModel`] into a plan once — initializers as tch
-//! tensors on the device, integer/shape subgraphs over constants evaluated and folded, every remaining node bound
-//! to its op function with slot numbers for its inputs and outputs, and each slot's last use known so
-//! intermediates are dropped as soon as nothing needs them — then evaluates that plan with autograd.
+//! [`Interpreter`]: the trainable ONNX interpreter on tch. It turns an [`OnnxModel`] into a plan once —
+//! initializers as tch tensors on the device, integer/shape subgraphs over constants evaluated and folded, every
+//! remaining node bound to its op function with slot numbers for its inputs and outputs, and each slot's last use
+//! known so intermediates are dropped as soon as nothing needs them — then evaluates that plan with autograd.
+//!
+//! Which initializers train is decided by their role ([`super::Role`]): conv/linear weights, biases and PRelu
+//! slopes always; BatchNorm/Instance/LayerNorm scale and bias only with `train_batchnorm`; running statistics
+//! and every other float constant (in-graph normalization, clip bounds) never. Constants that never change are
+//! folded through the nodes that read only them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -143,12 +148,12 @@ impl Interpreter {
                 .iter()
                 .map(|name| {
                     if name.is_empty() {
-                        Src::Absent
+                        Ok(Src::Absent)
                     } else {
-                        sources[name.as_str()]
+                        lookup_source(&sources, name, &file)
                     }
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
             let foldable = ops::is_foldable(&node.op_type)
                 && inputs.iter().all(|s| match s {
                     Src::Const(k) => immutable[*k],
@@ -207,8 +212,8 @@ impl Interpreter {
         let outputs: Vec<Src> = model
             .outputs()
             .iter()
-            .map(|o| sources[o.name.as_str()])
-            .collect();
+            .map(|o| lookup_source(&sources, &o.name, &file))
+            .collect::<Result<_, _>>()?;
         compute_releases(&mut steps, &outputs, slot_count);
 
         Ok(Self {
@@ -427,6 +432,19 @@ impl Interpreter {
     }
 }
 
+/// Where a value comes from; [`OnnxModel`] validation guarantees it exists, this keeps the interpreter from
+/// panicking if that ever changes.
+fn lookup_source(
+    sources: &HashMap<String, Src>,
+    name: &str,
+    file: &std::path::Path,
+) -> Result<Src, OnnxError> {
+    sources
+        .get(name)
+        .copied()
+        .ok_or_else(|| OnnxError::model(file, format!("value `{name}` is produced by nothing")))
+}
+
 fn node_error(file: &std::path::Path, node: &Node, e: ops::OpError) -> OnnxError {
     OnnxError::Node {
         file: file.to_path_buf(),
@@ -461,5 +479,41 @@ fn compute_releases(steps: &mut [Step], outputs: &[Src], slot_count: usize) {
         if let Some(i) = last {
             steps[i].release.push(k);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(inputs: Vec<Src>, outputs: Vec<Option<usize>>) -> Step {
+        Step {
+            node: Node {
+                name: String::new(),
+                op_type: "Identity".into(),
+                domain: String::new(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                attributes: Vec::new(),
+            },
+            op: ops::lookup("Identity").unwrap(),
+            inputs,
+            outputs,
+            release: Vec::new(),
+        }
+    }
+
+    /// slot 0 = graph input; 1 = a(x); 2 = b(a) (unused output 3); 4 = c(a, b) is the graph output.
+    #[test]
+    fn each_slot_is_released_after_its_last_reader_but_outputs_are_kept() {
+        let mut steps = vec![
+            step(vec![Src::Slot(0)], vec![Some(1)]),
+            step(vec![Src::Slot(1), Src::Const(0)], vec![Some(2), Some(3)]),
+            step(vec![Src::Slot(1), Src::Slot(2)], vec![Some(4)]),
+        ];
+        compute_releases(&mut steps, &[Src::Slot(4)], 5);
+        assert_eq!(steps[0].release, vec![0]);
+        assert_eq!(steps[1].release, vec![3]);
+        assert_eq!(steps[2].release, vec![1, 2]);
     }
 }

@@ -99,6 +99,16 @@ impl OrtScorer {
 
 impl Scorer for OrtScorer {
     fn logits(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let size = x.size();
+        if size.len() != 4
+            || (self.adapter.normalizes() && size[1] != self.adapter.mean.len() as i64)
+        {
+            return Err(ModelError::Forward(format!(
+                "{}: input batch has shape {size:?}; expected [N, C, H, W] with C = {} (the normalization's channels)",
+                self.file.display(),
+                self.adapter.mean.len()
+            )));
+        }
         let adapted = self
             .adapter
             .apply(&x.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?);

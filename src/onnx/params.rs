@@ -29,7 +29,7 @@ pub enum Role {
     Slope,
     /// A float used where gradients make no sense (Clip bounds, Pad value, shape arithmetic): never trained.
     Fixed,
-    /// Anything else: trained, kept as is on re-initialization.
+    /// Anything else (constants folded into the graph, in-graph normalization, …): kept as is, never trained.
     Other,
 }
 
@@ -37,7 +37,7 @@ impl Role {
     /// Whether an optimizer may update it (`train_bn`: BatchNorm affine parameters train too).
     pub fn trainable(self, train_bn: bool) -> bool {
         match self {
-            Role::RunningMean | Role::RunningVar | Role::Fixed => false,
+            Role::RunningMean | Role::RunningVar | Role::Fixed | Role::Other => false,
             Role::NormScale | Role::NormBias => train_bn,
             _ => true,
         }
@@ -48,36 +48,70 @@ impl Role {
     }
 }
 
-/// The role of every initializer named in `floats` (name → dims), from its first telling consumer.
+/// The role of every initializer named in `floats` (name → dims), from its consumers. Pass-through ops
+/// (Identity, Cast, Transpose, Reshape, Squeeze, Unsqueeze, Flatten) are looked through, so a weight reached via
+/// `Identity` (as exporters emit for shared weights) is still a weight.
 pub fn assign_roles(nodes: &[Node], floats: &HashMap<String, Vec<i64>>) -> HashMap<String, Role> {
     let producers: HashMap<&str, &Node> = nodes
         .iter()
         .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n)))
         .collect();
-    let mut roles: HashMap<String, Role> = HashMap::new();
+    let mut consumers: HashMap<&str, Vec<(&Node, usize)>> = HashMap::new();
     for n in nodes {
         for (slot, input) in n.inputs.iter().enumerate() {
-            let Some(dims) = floats.get(input) else {
-                continue;
-            };
-            let role = role_at(n, slot, dims, &producers);
-            // A name used both as a weight and elsewhere keeps its most specific role.
-            let entry = roles.entry(input.clone()).or_insert(role);
-            if *entry == Role::Other {
-                *entry = role;
-            } else if role == Role::Fixed {
-                *entry = Role::Fixed;
-            }
+            consumers.entry(input.as_str()).or_default().push((n, slot));
         }
     }
+    let mut roles = HashMap::new();
     for (name, dims) in floats {
-        if dims.is_empty() {
+        let role = if dims.is_empty() {
             // Scalars are constants of the computation (epsilons, bounds), not parameters.
-            roles.insert(name.clone(), Role::Fixed);
-        }
-        roles.entry(name.clone()).or_insert(Role::Fixed);
+            Role::Fixed
+        } else {
+            role_through(name, dims, &consumers, &producers, 0)
+        };
+        roles.insert(name.clone(), role);
     }
     roles
+}
+
+fn is_pass_through(n: &Node, slot: usize) -> bool {
+    slot == 0
+        && matches!(
+            n.op_type.as_str(),
+            "Identity" | "Cast" | "Transpose" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
+        )
+}
+
+fn role_through(
+    value: &str,
+    dims: &[i64],
+    consumers: &HashMap<&str, Vec<(&Node, usize)>>,
+    producers: &HashMap<&str, &Node>,
+    depth: usize,
+) -> Role {
+    let mut role = Role::Fixed;
+    let mut seen_any = false;
+    for &(n, slot) in consumers.get(value).map(Vec::as_slice).unwrap_or(&[]) {
+        let here = if is_pass_through(n, slot) && depth < 8 {
+            match n.outputs.first() {
+                Some(out) => role_through(out, dims, consumers, producers, depth + 1),
+                None => Role::Fixed,
+            }
+        } else {
+            role_at(n, slot, dims, producers)
+        };
+        // A value used both as a weight and elsewhere keeps its most specific role; any non-differentiable use
+        // (a Clip bound, a pad value) freezes it.
+        role = match (seen_any, role, here) {
+            (false, _, h) => h,
+            (true, _, Role::Fixed) | (true, Role::Fixed, _) => Role::Fixed,
+            (true, Role::Other, h) => h,
+            (true, r, _) => r,
+        };
+        seen_any = true;
+    }
+    role
 }
 
 fn role_at(n: &Node, slot: usize, dims: &[i64], producers: &HashMap<&str, &Node>) -> Role {
@@ -130,9 +164,70 @@ fn role_at(n: &Node, slot: usize, dims: &[i64], producers: &HashMap<&str, &Node>
         ("BatchNormalization", 4) => Role::RunningVar,
         ("PRelu", 1) => Role::Slope,
         ("Clip", 1 | 2)
-        | ("Pad", 2)
-        | ("Dropout", 1)
-        | ("ConstantOfShape" | "Range" | "Reshape" | "Expand" | "Tile", _) => Role::Fixed,
+        | ("Pad", 1..)
+        | ("Dropout", 1..)
+        | ("Reshape" | "Expand" | "Tile" | "Slice" | "Squeeze" | "Unsqueeze" | "Split", 1..)
+        | ("ConstantOfShape" | "Range" | "Shape" | "Size", _) => Role::Fixed,
         _ => Role::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> Node {
+        Node {
+            name: output.into(),
+            op_type: op.into(),
+            domain: String::new(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![output.into()],
+            attributes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn roles_follow_consumers_through_pass_through_ops() {
+        // x - mean (in-graph normalization) -> Conv(W via Identity, b) -> MatMul(W2) + b2 -> Clip(lo, hi)
+        let nodes = vec![
+            node("Sub", &["x", "mean"], "xn"),
+            node("Identity", &["w"], "w_shared"),
+            node("Conv", &["xn", "w_shared", "b"], "h"),
+            node("Flatten", &["h"], "f"),
+            node("MatMul", &["f", "w2"], "m"),
+            node("Add", &["m", "b2"], "z"),
+            node("Clip", &["z", "lo", "hi"], "y"),
+        ];
+        let floats: HashMap<String, Vec<i64>> = [
+            ("mean", vec![1, 3, 1, 1]),
+            ("w", vec![8, 3, 3, 3]),
+            ("b", vec![8]),
+            ("w2", vec![512, 10]),
+            ("b2", vec![10]),
+            ("lo", vec![]),
+            ("hi", vec![]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let roles = assign_roles(&nodes, &floats);
+        assert_eq!(roles["w"], Role::ConvWeight { fan_in: 27 });
+        assert_eq!(roles["b"], Role::Bias);
+        assert_eq!(
+            roles["w2"],
+            Role::LinearWeight {
+                fan_in: 512,
+                fan_out: 10
+            }
+        );
+        assert_eq!(roles["b2"], Role::Bias);
+        assert_eq!(roles["mean"], Role::Other);
+        assert_eq!(roles["lo"], Role::Fixed);
+        let trainable: Vec<&str> = ["mean", "w", "b", "w2", "b2", "lo", "hi"]
+            .into_iter()
+            .filter(|n| roles[*n].trainable(false))
+            .collect();
+        assert_eq!(trainable, ["w", "b", "w2", "b2"]);
     }
 }

@@ -43,6 +43,16 @@ impl TchModel {
                 ),
             ));
         }
+        if !info.dtype().is_some_and(|d| d.is_float()) {
+            return Err(OnnxError::model(
+                file,
+                format!(
+                    "input `{}` is {}; a classifier needs a floating-point image input",
+                    info.name,
+                    info.dtype_name()
+                ),
+            ));
+        }
         let input_chw = match options.input_chw {
             Some(chw) => chw,
             None => infer_input_chw(info, adapter.layout).ok_or_else(|| {
@@ -108,6 +118,14 @@ impl TchModel {
 
     /// Logits for pixel-space `[N, C, H, W]` input: adapter (normalization, layout), then the graph.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor, OnnxError> {
+        let size = x.size();
+        let [c, h, w] = self.input_chw;
+        if size.len() != 4 || size[1..] != self.input_chw[..] {
+            return Err(OnnxError::model(
+                self.graph.file(),
+                format!("input batch has shape {size:?}; this model takes [N, {c}, {h}, {w}]"),
+            ));
+        }
         let adapted = self.adapter.apply(x);
         let adapted = match self.graph.input_kinds().first() {
             Some(&k) if k != adapted.kind() => {
@@ -205,5 +223,19 @@ impl Classifier for TchModel {
         self.graph
             .load_named(named)
             .map_err(|e| ModelError::Forward(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Workers move models and sessions onto their own threads (torch work stays off async tasks).
+    #[test]
+    fn engines_can_move_between_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<super::TchModel>();
+        send::<super::super::OrtScorer>();
+        send::<super::super::OnnxModel>();
+        sync::<super::super::OnnxModel>();
     }
 }

@@ -40,6 +40,17 @@ pub fn write_back(
     out: &Path,
     metadata: &[(&str, &str)],
 ) -> Result<WrittenModel, OnnxError> {
+    write_back_with_threshold(model, trained, out, metadata, EXTERNAL_DATA_THRESHOLD)
+}
+
+/// [`write_back`] with the size above which weights go to external data as a parameter (tests lower it).
+pub(crate) fn write_back_with_threshold(
+    model: &OnnxModel,
+    trained: &TchModel,
+    out: &Path,
+    metadata: &[(&str, &str)],
+    external_threshold: u64,
+) -> Result<WrittenModel, OnnxError> {
     let io = |action: &'static str| {
         move |source| OnnxError::Io {
             file: out.to_path_buf(),
@@ -78,7 +89,7 @@ pub fn write_back(
         payloads.push(bytes);
     }
     let total: u64 = payloads.iter().map(|b| b.len() as u64).sum();
-    let external = model.uses_external_data() || total > EXTERNAL_DATA_THRESHOLD;
+    let external = model.uses_external_data() || total > external_threshold;
 
     let file_name = out
         .file_name()
@@ -165,4 +176,43 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Classifier, InputAdapter};
+    use crate::onnx::TchOptions;
+
+    /// A model over the size threshold gets its weights in an external-data file that onnxruntime reads back.
+    #[test]
+    fn large_models_are_written_with_external_data() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/generated/cnn_bn_legacy.onnx");
+        assert!(fixture.is_file(), "fixtures missing: run `make fixtures`");
+        let model = OnnxModel::load(&fixture, &crate::config::Limits::default()).unwrap();
+        assert!(!model.uses_external_data());
+        let tch = TchModel::new(
+            &model,
+            InputAdapter::identity(),
+            tch::Device::Cpu,
+            TchOptions::default(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("big.onnx");
+        let written = write_back_with_threshold(&model, &tch, &out, &[], 1000).unwrap();
+        let data = written.data.expect("external data written");
+        assert_eq!(data, dir.path().join("big.onnx.data"));
+        let reloaded = OnnxModel::load(&out, &crate::config::Limits::default()).unwrap();
+        assert_eq!(reloaded.external_data_files(), ["big.onnx.data"]);
+        let x = tch::Tensor::rand([4, 1, 28, 28], (tch::Kind::Float, tch::Device::Cpu));
+        let mut ort = crate::onnx::OrtScorer::new(&out, InputAdapter::identity(), 1).unwrap();
+        use crate::model::Scorer;
+        let diff = (tch.forward(&x).unwrap() - ort.logits(&x).unwrap())
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff <= 1e-4, "{diff}");
+    }
 }

@@ -84,7 +84,24 @@ fn binary(
     i: &[Option<&Tensor>],
     f: impl Fn(&Tensor, &Tensor) -> Result<Tensor, tch::TchError>,
 ) -> OpResult {
-    one(f(c.input(i, 0)?, c.input(i, 1)?)?)
+    let (a, b) = (c.input(i, 0)?, c.input(i, 1)?);
+    one(f(a, &legacy_broadcast(c, a, b)?)?)
+}
+
+/// Before opset 7, binary ops broadcast only with `broadcast = 1`, aligning B's dims with A's starting at `axis`
+/// (default: trailing), not numpy-style; B is reshaped so numpy broadcasting gives the same result.
+fn legacy_broadcast(c: &OpCtx, a: &Tensor, b: &Tensor) -> Result<Tensor, super::OpError> {
+    if c.opset >= 7 || c.attr_or("broadcast", 0i64)? == 0 {
+        return Ok(b.shallow_clone());
+    }
+    let (ra, rb) = (a.dim() as i64, b.dim() as i64);
+    let start = match c.attr::<i64>("axis")? {
+        Some(ax) => axis(ax, ra)?,
+        None => ra - rb,
+    };
+    let mut shape = b.size();
+    shape.extend(std::iter::repeat_n(1, (ra - start - rb).max(0) as usize));
+    Ok(b.f_reshape(&shape)?)
 }
 
 /// Sum/Max/Min over any number of inputs, broadcasting.
@@ -115,7 +132,8 @@ fn is_integer(t: &Tensor) -> bool {
 
 /// Integer division truncates toward zero in ONNX.
 fn div(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
-    let (a, b) = (c.input(i, 0)?, c.input(i, 1)?);
+    let a = c.input(i, 0)?;
+    let b = &legacy_broadcast(c, a, c.input(i, 1)?)?;
     if is_integer(a) {
         one(a.f_div_tensor_mode(b, "trunc")?)
     } else {
@@ -134,7 +152,8 @@ fn modulo(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 
 /// The result keeps the base's type.
 fn pow(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
-    let (a, b) = (c.input(i, 0)?, c.input(i, 1)?);
+    let a = c.input(i, 0)?;
+    let b = &legacy_broadcast(c, a, c.input(i, 1)?)?;
     one(a.f_pow(b)?.f_to_kind(a.kind())?)
 }
 
@@ -205,12 +224,26 @@ fn gelu(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 
 fn prelu(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let (x, slope) = (c.input(i, 0)?, c.input(i, 1)?);
-    one(x.f_where_self(&x.f_ge(0.0)?, &x.f_mul(slope)?)?)
+    // Before opset 7 a 1-D slope runs along the channel axis rather than broadcasting numpy-style.
+    let slope = if c.opset < 7 && slope.dim() == 1 && x.dim() > 2 && slope.numel() > 1 {
+        let mut shape = vec![1i64; x.dim() - 1];
+        shape[0] = -1;
+        slope.f_reshape(&shape)?
+    } else {
+        slope.shallow_clone()
+    };
+    one(x.f_where_self(&x.f_ge(0.0)?, &x.f_mul(&slope)?)?)
 }
 
 /// Clip: bounds are attributes before opset 11, optional inputs from then on.
 fn clip(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let x = c.input(i, 0)?;
+    if c.opset >= 11 && x.device() != tch::Device::Cpu {
+        // On an accelerator, clamp with the bound tensors: reading them to the host would sync every forward.
+        return one(x
+            .f_clamp_tensor(c.opt(i, 1), c.opt(i, 2))?
+            .f_to_kind(x.kind())?);
+    }
     let (min, max) = if c.opset < 11 {
         (
             c.attr::<f32>("min")?.map(f64::from),
@@ -223,6 +256,8 @@ fn clip(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
         )
     };
     let r = match (min, max) {
+        // ReLU6, as PyTorch exports it: libtorch's fused hardtanh kernels (forward and backward).
+        (Some(lo), Some(hi)) if lo == 0.0 && hi == 6.0 && x.is_floating_point() => x.f_relu6()?,
         (Some(lo), Some(hi)) => x.f_clamp(lo, hi)?,
         (Some(lo), None) => x.f_clamp_min(lo)?,
         (None, Some(hi)) => x.f_clamp_max(hi)?,

@@ -150,38 +150,36 @@ fn conv_transpose(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let strides = c.attr_or("strides", vec![1; n])?;
     let dilations = c.attr_or("dilations", vec![1; n])?;
     let group = c.attr_or("group", 1i64)?;
-    let output_padding = c.attr_or("output_padding", vec![0; n])?;
+    let mut output_padding = c.attr_or("output_padding", vec![0; n])?;
     let spatial = x.size()[2..].to_vec();
     // Full (unpadded) output length per dim; pads are then cropped from it.
-    let full: Vec<i64> = (0..n)
-        .map(|d| {
-            strides[d] * (spatial[d] - 1) + output_padding[d] + (kernel[d] - 1) * dilations[d] + 1
-        })
-        .collect();
+    let full_len = |d: usize, op: &[i64]| {
+        strides[d] * (spatial[d] - 1) + op[d] + (kernel[d] - 1) * dilations[d] + 1
+    };
     let auto_pad = c.attr_or("auto_pad", "NOTSET".to_owned())?;
+    let split = |total: i64| {
+        if auto_pad == "SAME_UPPER" {
+            (total / 2, total - total / 2)
+        } else {
+            (total - total / 2, total / 2)
+        }
+    };
     let (begin, end): (Vec<i64>, Vec<i64>) =
         if let Some(out) = c.attr::<Vec<i64>>("output_shape")? {
-            let out = &out[out.len() - n..];
-            (0..n)
-                .map(|d| {
-                    let total = full[d] - out[d];
-                    if auto_pad == "SAME_UPPER" {
-                        (total / 2, total - total / 2)
-                    } else {
-                        (total - total / 2, total / 2)
-                    }
-                })
-                .unzip()
+            let out = out[out.len().saturating_sub(n)..].to_vec();
+            let mut pads = Vec::with_capacity(n);
+            for d in 0..n {
+                let total = full_len(d, &output_padding) - out[d];
+                // A larger requested output than the kernel reaches: extra trailing rows (bias only).
+                if total < 0 {
+                    output_padding[d] -= total;
+                }
+                pads.push(split(total.max(0)));
+            }
+            pads.into_iter().unzip()
         } else if auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER" {
             (0..n)
-                .map(|d| {
-                    let total = (full[d] - spatial[d] * strides[d]).max(0);
-                    if auto_pad == "SAME_UPPER" {
-                        (total / 2, total - total / 2)
-                    } else {
-                        (total - total / 2, total / 2)
-                    }
-                })
+                .map(|d| split((full_len(d, &output_padding) - spatial[d] * strides[d]).max(0)))
                 .unzip()
         } else if auto_pad == "VALID" {
             (vec![0; n], vec![0; n])
@@ -200,7 +198,7 @@ fn conv_transpose(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
         group,
     )?;
     for d in 0..n {
-        let len = full[d] - begin[d] - end[d];
+        let len = full_len(d, &output_padding) - begin[d] - end[d];
         y = y.f_narrow(2 + d as i64, begin[d], len)?;
     }
     one(y)
@@ -241,17 +239,7 @@ fn gemm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     one(y)
 }
 
-fn no_index_output(c: &OpCtx) -> Result<(), OpError> {
-    if c.node.outputs.get(1).is_some_and(|o| !o.is_empty()) {
-        return Err(OpError::Invalid(
-            "the Indices output of MaxPool is not supported".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn max_pool(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
-    no_index_output(c)?;
     let x = c.input(i, 0)?;
     let win = Window::read(c, x, None)?;
     let ceil = c.attr_or("ceil_mode", 0i64)? != 0;
@@ -262,6 +250,16 @@ fn max_pool(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
             .iter()
             .zip(&win.kernel)
             .all(|(&p, &k)| 2 * p <= k);
+    let wants_indices = c.node.outputs.get(1).is_some_and(|o| !o.is_empty());
+    if wants_indices {
+        if !(torch_ok && n == 2) {
+            return Err(OpError::Invalid(
+                "the Indices output of MaxPool is supported for 2-D pooling with symmetric pads only".into(),
+            ));
+        }
+        let column_major = c.attr_or("storage_order", 0i64)? != 0;
+        return max_pool2d_with_onnx_indices(x, &win, ceil, column_major);
+    }
     let (x, pad) = if torch_ok {
         (x.shallow_clone(), win.pads_begin.clone())
     } else {
@@ -275,6 +273,35 @@ fn max_pool(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
         _ => return Err(OpError::Invalid(format!("{n}-D pooling is not supported"))),
     };
     one(y)
+}
+
+/// MaxPool's Indices output: libtorch gives `h * W + w` within each (n, c) plane; ONNX flattens over the whole
+/// tensor, row-major (`storage_order = 0`) or column-major within the plane (`1`).
+fn max_pool2d_with_onnx_indices(
+    x: &Tensor,
+    win: &Window,
+    ceil: bool,
+    column_major: bool,
+) -> OpResult {
+    let (y, idx) = x.f_max_pool2d_with_indices(
+        &win.kernel,
+        &win.strides,
+        &win.pads_begin,
+        &win.dilations,
+        ceil,
+    )?;
+    let size = x.size();
+    let (c, h, w) = (size[1], size[2], size[3]);
+    let plane = if column_major {
+        let (row, col) = (idx.f_div_scalar_mode(w, "floor")?, idx.f_remainder(w)?);
+        col.f_mul_scalar(h)?.f_add(&row)?
+    } else {
+        idx
+    };
+    let planes =
+        Tensor::f_arange(size[0] * c, (Kind::Int64, x.device()))?.f_reshape([size[0], c, 1, 1])?;
+    let offsets = planes.f_mul_scalar(h * w)?;
+    Ok(vec![y, plane.f_add(&offsets)?])
 }
 
 fn avg_pool_nd(
@@ -296,14 +323,10 @@ fn avg_pool_nd(
 fn average_pool(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let x = c.input(i, 0)?;
     let win = Window::read(c, x, None)?;
-    if win.dilations.iter().any(|&d| d != 1) {
-        return Err(OpError::Invalid(
-            "AveragePool with dilations is not supported".into(),
-        ));
-    }
     let ceil = c.attr_or("ceil_mode", 0i64)? != 0;
     let include_pad = c.attr_or("count_include_pad", 0i64)? != 0;
     let torch_ok = win.symmetric()
+        && win.dilations.iter().all(|&d| d == 1)
         && win
             .pads_begin
             .iter()
@@ -312,16 +335,77 @@ fn average_pool(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     if torch_ok {
         return one(avg_pool_nd(x, &win, &win.pads_begin, ceil, include_pad)?);
     }
-    let zeros = vec![0; win.kernel.len()];
-    let padded = win.pad_explicitly(x, 0.0)?;
-    let sum_avg = avg_pool_nd(&padded, &win, &zeros, ceil, true)?;
-    if include_pad {
-        return one(sum_avg);
+    one(avg_pool_by_conv(x, &win, ceil, include_pad)?)
+}
+
+/// Average pooling for what libtorch's kernels cannot express (dilations, asymmetric or large pads): window sums
+/// by a depthwise convolution with a ones kernel, divided by the count of counted elements in each window (real
+/// inputs, plus the explicit pads when `count_include_pad`; never the overhang `ceil_mode` adds).
+fn avg_pool_by_conv(
+    x: &Tensor,
+    win: &Window,
+    ceil: bool,
+    include_pad: bool,
+) -> Result<Tensor, OpError> {
+    let n = win.kernel.len();
+    let spatial = x.size()[2..].to_vec();
+    let mut overhang = vec![0i64; n];
+    for d in 0..n {
+        let padded = spatial[d] + win.pads_begin[d] + win.pads_end[d];
+        let reach = (win.kernel[d] - 1) * win.dilations[d] + 1;
+        let span = padded - reach;
+        let mut out = if ceil {
+            (span + win.strides[d] - 1) / win.strides[d]
+        } else {
+            span / win.strides[d]
+        } + 1;
+        // The last window must start inside the input or its left padding.
+        if ceil && (out - 1) * win.strides[d] >= spatial[d] + win.pads_begin[d] {
+            out -= 1;
+        }
+        overhang[d] = ((out - 1) * win.strides[d] + reach - padded).max(0);
     }
-    // Divide by the number of real (unpadded) elements in each window.
-    let mask = win.pad_explicitly(&x.f_ones_like()?, 0.0)?;
-    let count_avg = avg_pool_nd(&mask, &win, &zeros, ceil, true)?;
-    one(sum_avg.f_div(&count_avg)?)
+    let end_with_overhang: Vec<i64> = win
+        .pads_end
+        .iter()
+        .zip(&overhang)
+        .map(|(e, o)| e + o)
+        .collect();
+    let pad_all = |t: &Tensor, end: &[i64], value: f64| {
+        t.f_pad(torch_pad_list(&win.pads_begin, end), "constant", value)
+    };
+    let channels = x.size()[1];
+    let mut kshape = vec![channels, 1];
+    kshape.extend(&win.kernel);
+    let ones = Tensor::f_ones(&kshape, (x.kind(), x.device()))?;
+    let zeros = vec![0; n];
+    let window_sum = |t: &Tensor| {
+        t.f_convolution(
+            &ones,
+            None::<&Tensor>,
+            &win.strides,
+            &zeros,
+            &win.dilations,
+            false,
+            &zeros,
+            channels,
+        )
+    };
+    let sums = window_sum(&pad_all(x, &end_with_overhang, 0.0)?)?;
+    let ones_like = x.f_ones_like()?;
+    let mask = if include_pad {
+        // Ones over input and pads, zeros over the overhang.
+        ones_like
+            .f_pad(
+                torch_pad_list(&win.pads_begin, &win.pads_end),
+                "constant",
+                1.0,
+            )?
+            .f_pad(torch_pad_list(&zeros, &overhang), "constant", 0.0)?
+    } else {
+        pad_all(&ones_like, &end_with_overhang, 0.0)?
+    };
+    Ok(sums.f_div(&window_sum(&mask)?)?)
 }
 
 fn global_pool(c: &OpCtx, i: &[Option<&Tensor>], max: bool) -> OpResult {
@@ -348,19 +432,16 @@ fn batch_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let momentum = c.attr_or("momentum", 0.9f32)? as f64;
     let graph_training = c.attr_or("training_mode", 0i64)? != 0;
     let update = c.train && c.train_batchnorm;
-    let batch_stats = update || graph_training;
-    let (rm, rv) = if batch_stats && !update {
-        (None, None)
-    } else {
-        (Some(mean), Some(var))
-    };
+    if graph_training && !update {
+        return batch_norm_graph_training(x, scale, bias, mean, var, eps, momentum);
+    }
     // ONNX: running = running * momentum + batch * (1 - momentum); torch's momentum is the batch's weight.
     let y = x.f_batch_norm(
         Some(scale),
         Some(bias),
-        rm,
-        rv,
-        batch_stats,
+        Some(mean),
+        Some(var),
+        update,
         1.0 - momentum,
         eps,
         true,
@@ -374,6 +455,38 @@ fn batch_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
         });
     }
     Ok(out)
+}
+
+/// A graph exported in training mode (`training_mode = 1`): normalize with the batch statistics and return the
+/// updated running statistics as outputs, leaving the stored ones alone (ONNX uses the population variance).
+fn batch_norm_graph_training(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    momentum: f64,
+) -> OpResult {
+    let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+    let mut shape = vec![1i64; x.dim()];
+    shape[1] = -1;
+    let batch_mean = x.f_mean_dim(&dims[..], false, None::<Kind>)?;
+    let centered = x.f_sub(&batch_mean.f_reshape(&shape)?)?;
+    let batch_var = centered
+        .f_square()?
+        .f_mean_dim(&dims[..], false, None::<Kind>)?;
+    let y = centered
+        .f_div(&batch_var.f_add_scalar(eps)?.f_sqrt()?.f_reshape(&shape)?)?
+        .f_mul(&scale.f_reshape(&shape)?)?
+        .f_add(&bias.f_reshape(&shape)?)?;
+    let running_mean = mean
+        .f_mul_scalar(momentum)?
+        .f_add(&batch_mean.f_mul_scalar(1.0 - momentum)?)?;
+    let running_var = var
+        .f_mul_scalar(momentum)?
+        .f_add(&batch_var.f_mul_scalar(1.0 - momentum)?)?;
+    Ok(vec![y, running_mean, running_var])
 }
 
 fn instance_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
@@ -393,11 +506,6 @@ fn instance_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 
 fn layer_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let (x, scale, bias) = (c.input(i, 0)?, c.input(i, 1)?, c.opt(i, 2));
-    if c.node.outputs.iter().skip(1).any(|o| !o.is_empty()) {
-        return Err(OpError::Invalid(
-            "the Mean/InvStdDev outputs of LayerNormalization are not supported".into(),
-        ));
-    }
     let rank = x.dim() as i64;
     let a = axis(c.attr_or("axis", -1i64)?, rank)?;
     let eps = c.attr_or("epsilon", 1e-5f32)? as f64;
@@ -408,7 +516,19 @@ fn layer_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     if let Some(b) = bias {
         y = y.f_add(b)?;
     }
-    one(y)
+    let mut out = vec![y];
+    if c.node.outputs.len() > 1 {
+        // Mean and 1/sqrt(var + eps) over the normalized axes, kept as size-1 dims.
+        let dims: Vec<i64> = (a..rank).collect();
+        let mean = x.f_mean_dim(&dims[..], true, None::<Kind>)?;
+        let var = x
+            .f_sub(&mean)?
+            .f_square()?
+            .f_mean_dim(&dims[..], true, None::<Kind>)?;
+        out.push(mean);
+        out.push(var.f_add_scalar(eps)?.f_rsqrt()?);
+    }
+    Ok(out)
 }
 
 /// y = x / (bias + alpha / size * Σ_window x²)^beta, the window running over channels.

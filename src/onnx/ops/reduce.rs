@@ -63,6 +63,10 @@ fn reduce(c: &OpCtx, i: &[Option<&Tensor>], axes_input_since: i64, r: Reduction)
     if rank == 0 {
         return one(x.shallow_clone());
     }
+    let size = x.size();
+    if matches!(r, Reduction::Max | Reduction::Min) && axes.iter().any(|&a| size[a as usize] == 0) {
+        return one(empty_extreme(x, &axes, keep, matches!(r, Reduction::Max))?);
+    }
     let sum = |t: &Tensor| t.f_sum_dim_intlist(&axes[..], keep, None::<Kind>);
     let y = match r {
         Reduction::Mean => x.f_mean_dim(&axes[..], keep, None::<Kind>)?,
@@ -83,6 +87,46 @@ fn reduce(c: &OpCtx, i: &[Option<&Tensor>], axes_input_since: i64, r: Reduction)
         Reduction::LogSumExp => x.f_logsumexp(&axes, keep)?,
     };
     one(y)
+}
+
+/// Max/Min over an empty set: the identity of the reduction (-inf/+inf, the integer extremes, false/true).
+fn empty_extreme(x: &Tensor, axes: &[i64], keep: bool, max: bool) -> Result<Tensor, OpError> {
+    let mut shape = Vec::new();
+    for (d, &n) in x.size().iter().enumerate() {
+        if axes.contains(&(d as i64)) {
+            if keep {
+                shape.push(1);
+            }
+        } else {
+            shape.push(n);
+        }
+    }
+    let options = (x.kind(), x.device());
+    let t = match x.kind() {
+        Kind::Bool => Tensor::f_full(&shape, i64::from(!max), (Kind::Int64, x.device()))?
+            .f_to_kind(Kind::Bool)?,
+        Kind::Int64 => Tensor::f_full(&shape, if max { i64::MIN } else { i64::MAX }, options)?,
+        Kind::Int => Tensor::f_full(
+            &shape,
+            if max {
+                i32::MIN as i64
+            } else {
+                i32::MAX as i64
+            },
+            options,
+        )?,
+        Kind::Uint8 => Tensor::f_full(&shape, if max { 0 } else { 255 }, options)?,
+        _ => Tensor::f_full(
+            &shape,
+            if max {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            },
+            options,
+        )?,
+    };
+    Ok(t)
 }
 
 fn arg_extreme(c: &OpCtx, i: &[Option<&Tensor>], max: bool) -> OpResult {

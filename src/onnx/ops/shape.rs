@@ -40,7 +40,11 @@ fn int_tensor(values: &[i64], like: &Tensor) -> Result<Tensor, OpError> {
 
 fn reshape(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let x = c.input(i, 0)?;
-    let target = to_i64_vec(c.input(i, 1)?)?;
+    // The target shape is an attribute before opset 5, an input from then on.
+    let target = match c.ints_attr_or_input(i, "shape", 1, 5)? {
+        Some(t) => t,
+        None => return Err(OpError::Invalid("the target shape is missing".into())),
+    };
     let allow_zero = c.attr_or("allowzero", 0i64)? != 0;
     let size = x.size();
     let shape: Vec<i64> = target
@@ -131,8 +135,11 @@ fn concat(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let first = parts
         .first()
         .ok_or_else(|| OpError::Invalid("no inputs".into()))?;
+    // `axis` became required in opset 4; it defaulted to 1 before.
+    let default_axis = (c.opset < 4).then_some(1);
     let a = axis(
         c.attr::<i64>("axis")?
+            .or(default_axis)
             .ok_or_else(|| OpError::Invalid("attribute `axis` is required".into()))?,
         first.dim() as i64,
     )?;

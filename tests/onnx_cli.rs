@@ -1,0 +1,132 @@
+//! The real binary on real fixtures: `robustd inspect` describes every fixture (opset, shapes, parameters, external
+//! data), and `robustd infer` gives the same logits through both engines and the input gradient.
+
+mod onnx_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use ndarray::ArrayD;
+use onnx_support::{fixture, max_abs_diff, npz_f32, FIXTURES};
+use tch::{Kind, Tensor};
+
+fn robustd(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_robustd"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "robustd {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn to_npy(path: &Path, t: &Tensor) {
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let data = Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap();
+    ndarray_npy::write_npy(path, &ArrayD::from_shape_vec(shape, data).unwrap()).unwrap();
+}
+
+fn from_npy(path: &Path) -> Tensor {
+    let a: ArrayD<f32> = ndarray_npy::read_npy(path).unwrap();
+    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    Tensor::from_slice(&a.iter().copied().collect::<Vec<_>>()).reshape(shape)
+}
+
+#[test]
+fn inspect_describes_every_fixture() {
+    for name in FIXTURES {
+        let path = fixture(name);
+        let out = robustd(&["inspect", path.to_str().unwrap()]);
+        let model = onnx_support::load(name);
+        assert!(
+            out.contains(&format!("opset      {}", model.opset())),
+            "{name}:\n{out}"
+        );
+        assert!(
+            out.contains("input      input float [batch, "),
+            "{name}:\n{out}"
+        );
+        assert!(
+            out.contains("output     logits float [batch, 10]"),
+            "{name}:\n{out}"
+        );
+        assert!(
+            out.contains(&format!("params     {}", model.parameter_count())),
+            "{name}:\n{out}"
+        );
+        assert!(out.contains("engine     supported"), "{name}:\n{out}");
+        if name.ends_with("dynamo") {
+            assert!(
+                out.contains(&format!("external   {name}.onnx.data (")),
+                "{name}:\n{out}"
+            );
+        } else {
+            assert!(out.contains("external   none"), "{name}:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn infer_gives_the_same_logits_through_both_engines_and_the_input_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "resdw_dynamo";
+    let npz = fixture(name).with_extension("npz");
+    let x = npz_f32(&npz, "x");
+    let x_path = dir.path().join("x.npy");
+    to_npy(&x_path, &x);
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7]);
+    let y_path = dir.path().join("y.npy");
+    ndarray_npy::write_npy(
+        &y_path,
+        &ArrayD::from_shape_vec(vec![8], Vec::<i64>::try_from(&y).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let model = fixture(name);
+    let (tch_out, ort_out, grad) = (
+        dir.path().join("tch.npy"),
+        dir.path().join("ort.npy"),
+        dir.path().join("g.npy"),
+    );
+    let m = model.to_str().unwrap();
+    robustd(&[
+        "infer",
+        m,
+        "--input",
+        x_path.to_str().unwrap(),
+        "--output",
+        ort_out.to_str().unwrap(),
+        "--engine",
+        "ort",
+    ]);
+    robustd(&[
+        "infer",
+        m,
+        "--input",
+        x_path.to_str().unwrap(),
+        "--output",
+        tch_out.to_str().unwrap(),
+        "--labels",
+        y_path.to_str().unwrap(),
+        "--grad-out",
+        grad.to_str().unwrap(),
+    ]);
+    let reference = npz_f32(&npz, "logits");
+    assert!(max_abs_diff(&from_npy(&tch_out), &reference) <= 1e-4);
+    assert!(max_abs_diff(&from_npy(&ort_out), &reference) <= 1e-4);
+    // The gradient of the mean cross-entropy, recomputed in-process from the same file.
+    let onnx = onnx_support::load(name);
+    let graph =
+        robustd::onnx::Interpreter::new(&onnx, tch::Device::Cpu, Default::default()).unwrap();
+    let xg = x.set_requires_grad(true);
+    let logits = graph.run(&[xg.shallow_clone()]).unwrap().remove(0);
+    let loss = logits.log_softmax(-1, Kind::Float).nll_loss(&y);
+    let expected = Tensor::run_backward(&[loss], &[&xg], false, false).remove(0);
+    let got = from_npy(&grad);
+    assert_eq!(got.size(), vec![8, 1, 28, 28]);
+    assert!(max_abs_diff(&got, &expected) <= 1e-6);
+    assert!(got.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}
