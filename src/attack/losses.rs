@@ -64,7 +64,8 @@ pub fn targeted_dlr(target: Tensor) -> impl Fn(&Tensor, &Tensor) -> Result<Tenso
 }
 
 /// `KL(softmax(clean) ‖ softmax(logits))` per sample, with the clean logits fixed (detached): the TRADES inner
-/// objective. The labels argument is ignored.
+/// objective. The labels argument is ignored. Its gradient vanishes at the clean point (the KL minimum), so PGD on
+/// it needs `random_start: true` (TRADES itself starts at `x + 0.001·N(0, 1)`), or it never moves.
 pub fn kl_from_clean(
     clean_logits: &Tensor,
 ) -> Result<impl Fn(&Tensor, &Tensor) -> Result<Tensor, TchError>, TchError> {

@@ -7,7 +7,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use super::AttackError;
 
@@ -85,13 +85,6 @@ pub fn random_sign(rng: &mut ChaCha8Rng) -> f32 {
     } else {
         -1.0
     }
-}
-
-/// A CPU float tensor from per-row values (helper for small per-row draws such as square positions).
-pub fn column(values: &[f32], device: Device) -> Result<Tensor, AttackError> {
-    Ok(Tensor::f_from_slice(values)?
-        .f_to_kind(Kind::Float)?
-        .f_to_device(device)?)
 }
 
 fn splitmix64(mut z: u64) -> u64 {

@@ -320,8 +320,8 @@ pub fn per_row(v: &Tensor, like: &Tensor) -> Result<Tensor, AttackError> {
     Ok(v.f_view(shape.as_slice())?)
 }
 
-/// `x` (float32) and `y` (int64) moved to the model's device.
-pub(crate) fn on_model_device(
+/// `x` (float32, detached) and `y` (int64) moved to the model's device, checked to have matching batch sizes.
+pub fn on_model_device(
     model: &dyn Classifier,
     x: &Tensor,
     y: &Tensor,

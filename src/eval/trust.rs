@@ -95,7 +95,8 @@ pub fn masked_gradient_count(
     x: &Tensor,
     y: &Tensor,
 ) -> Result<(usize, usize), EvalError> {
-    let at = pgd::loss_and_input_grad(model, x, y, &losses::cw_margin)?;
+    let (x, y) = pgd::on_model_device(model, x, y)?;
+    let at = pgd::loss_and_input_grad(model, &x, &y, &losses::cw_margin)?;
     let grad = at.grad.f_flatten(1, -1)?;
     let zero = grad.f_abs()?.f_amax([1i64].as_slice(), false)?.f_eq(0.0)?;
     let not_finite = grad
