@@ -8,6 +8,8 @@ CARGO ?= cargo
 # One profile for everything so libtorch/onnxruntime bindings compile once.
 CARGO_FLAGS := --release --locked
 FIXTURES := tests/fixtures/generated
+# A small CNN trained (standard training, 1 epoch on 3000 images) on Fashion-MNIST: the CLI tests' model.
+TRAINED_FIXTURE := $(FIXTURES)/fmnist_cnn_small.onnx
 
 .PHONY: setup build fixtures test lint demo bench fuzz clean
 
@@ -19,6 +21,10 @@ build: setup
 
 fixtures: setup
 	@$(PY) scripts/export_fixtures.py --out $(FIXTURES)
+	@$(MAKE) --no-print-directory $(TRAINED_FIXTURE)
+
+$(TRAINED_FIXTURE): scripts/train_demo_cnn.py scripts/export_fixtures.py scripts/fmnist.py
+	@$(PY) scripts/train_demo_cnn.py --out $@ --train-samples 3000 --epochs 1
 
 test: build fixtures
 	$(CARGO) test $(CARGO_FLAGS) --no-fail-fast

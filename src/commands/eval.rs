@@ -12,7 +12,6 @@ use super::{interrupt, EXIT_BELOW_THRESHOLD};
 use crate::config::Method;
 use crate::daemon::CancelToken;
 use crate::pipeline;
-use crate::report;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -49,12 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     keyed.eval.min_robust_acc = None;
     let key = target.run_key(&keyed, "eval");
     let out = target.out_dir(args.common.out.as_deref(), &config, &key, "eval");
-    report::create_dir_all(&out)?;
-    let original = target.copy_into(&out)?;
-    // An evaluation is not resumed: its stage results go to a scratch directory removed at the end.
-    let scratch = tempfile::Builder::new()
-        .prefix(".eval-scratch-")
-        .tempdir_in(&out)?;
+    // An evaluation is not resumed: the pipeline's stage results go to a scratch directory removed at the end.
+    let scratch = tempfile::Builder::new().prefix("robustd-eval-").tempdir()?;
 
     let cancel = CancelToken::new();
     let interrupts = interrupt::install(cancel.clone())?;
@@ -73,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(experiment::job_failed(e, &interrupts, None)),
     };
     drop(scratch);
+    let original = target.copy_into(&out)?;
     let (report, path) =
         experiment::write_report(outcome, &config, &out, original, &clock, &progress)?;
     experiment::print_summary(&report.summary, &path);

@@ -22,7 +22,9 @@ use crate::daemon::onnx_scan::scan_model;
 use crate::daemon::{CancelReason, JobError, JobOutcome, Progress};
 use crate::eval::progress::TerminalProgress;
 use crate::pipeline::stages::method_name;
+use crate::pipeline::PipelineError;
 use crate::report::{self, sha256_hex, FileRef, Report, Summary};
+use crate::train::TrainError;
 
 /// The report's file name inside an output directory.
 pub const REPORT_FILE: &str = "report.yaml";
@@ -393,8 +395,28 @@ pub fn job_failed(error: JobError, interrupts: &Interrupts, checkpoint: Option<&
             hint,
         } => {
             let cause = report::error_chain(&*source).join(": ");
+            let hint = source
+                .downcast_ref::<PipelineError>()
+                .and_then(cli_hint)
+                .or(hint);
             fail(&format!("{stage} failed: {cause}"), hint.as_deref())
         }
+    }
+}
+
+/// The daemon's hints speak of sidecar files; on the command line the same fixes are flags or `--config`.
+fn cli_hint(error: &PipelineError) -> Option<String> {
+    match error {
+        PipelineError::Mismatch { .. } => Some(
+            "pass --dataset NAME (and --dataset-path), or set model.input_layout / model.mean / model.std in a \
+             --config file"
+                .into(),
+        ),
+        PipelineError::Data(_) => Some("check --dataset / --dataset-path (or dataset.* in --config)".into()),
+        PipelineError::Train(TrainError::NonFiniteLoss { .. }) => {
+            Some("lower train.optimizer.lr in a --config file".into())
+        }
+        _ => None,
     }
 }
 

@@ -16,7 +16,6 @@ use super::interrupt;
 use crate::config::Method;
 use crate::daemon::{CancelToken, JobError};
 use crate::pipeline;
-use crate::report;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -51,8 +50,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let key = target.run_key(&config, "finetune");
     let out = target.out_dir(args.common.out.as_deref(), &config, &key, "finetune");
     let checkpoints = experiment::checkpoint_dir(&config, "finetune", &key);
-    report::create_dir_all(&out)?;
-    let original = target.copy_into(&out)?;
     if checkpoints.is_dir() {
         tracing::info!(dir = %checkpoints.display(), "resuming from the checkpoint of an interrupted run");
     }
@@ -79,6 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(experiment::job_failed(e, &interrupts, Some(&checkpoints)));
         }
     };
+    let original = target.copy_into(&out)?;
     let (report, path) =
         experiment::write_report(outcome, &config, &out, original, &clock, &progress)?;
     if let Err(e) = std::fs::remove_dir_all(&checkpoints) {
