@@ -49,7 +49,7 @@ def main():
         print(f"[demo-model] epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f} test acc {acc:.3f} "
               f"({time.time() - start:.0f}s)", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    export(model, xt[:2], args.out, args.exporter)
+    export(model, xt[:2], args.out, args.exporter, {})
     print(f"[demo-model] wrote {args.out}", file=sys.stderr)
 
 

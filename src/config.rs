@@ -145,6 +145,17 @@ pub struct EvalSpec {
     pub batch_size: usize,
     /// Exit code 3 from `robustd eval` when worst-case robust accuracy is below this; null = never.
     pub min_robust_acc: Option<f64>,
+    /// `ensemble` (AutoAttack: each attack only on points still robust) or `standalone` (every attack on every
+    /// clean-correct point, so per-attack numbers compare with other tools').
+    pub mode: EvalMode,
+}
+
+/// How the configured attacks share the samples (see `eval::Mode`, which this selects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalMode {
+    Ensemble,
+    Standalone,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -345,6 +356,7 @@ impl Default for EvalSpec {
             eps_curve: vec![0.0, 0.025, 0.05, 0.1, 0.15],
             batch_size: 0,
             min_robust_acc: None,
+            mode: EvalMode::Ensemble,
         }
     }
 }

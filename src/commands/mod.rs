@@ -2,9 +2,14 @@
 //! `main.rs` only parses and calls [`run`]; `anyhow` lives here, at the binary's edge.
 
 mod check_config;
+mod compare;
+mod eval;
+mod experiment;
+mod finetune;
 mod infer;
 mod info;
 mod inspect;
+mod interrupt;
 mod run;
 mod status;
 mod submit;
@@ -57,6 +62,15 @@ pub enum Command {
     Submit(submit::Args),
     /// Run one batch (.npy) through the tch interpreter or onnxruntime; optionally the input gradient.
     Infer(infer::Args),
+    /// Measure a model's adversarial robustness: report.yaml, plots, per-sample results; exit code 3 below
+    /// --min-robust-acc.
+    Eval(eval::Args),
+    /// Fine-tune a model adversarially (BAT, PGD-AT, TRADES, ablations), write it back as ONNX, report before and
+    /// after; Ctrl-C checkpoints and the same command resumes.
+    Finetune(finetune::Args),
+    /// Compare fine-tuning methods on one model over several seeds under the same budget: comparison.yaml/.md and
+    /// a trade-off plot.
+    Compare(compare::Args),
 }
 
 /// Runs one subcommand; the returned code is the process exit code.
@@ -69,6 +83,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Submit(args) => submit::run(args),
         Command::Infer(args) => infer::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Finetune(args) => finetune::run(args),
+        Command::Compare(args) => compare::run(args),
     }
 }
 

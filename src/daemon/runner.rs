@@ -202,6 +202,7 @@ pub struct ProgressUpdate {
 }
 
 type ProgressSink = Arc<dyn Fn(&ProgressUpdate) + Send + Sync>;
+type EvalDetailSink = Arc<dyn Fn(&crate::eval::Progress) + Send + Sync>;
 
 /// Reports the current stage and how far it is; the daemon turns updates into the job record and the systemd
 /// STATUS line, and the stage changes into the report's `timing.stages`.
@@ -209,6 +210,8 @@ type ProgressSink = Arc<dyn Fn(&ProgressUpdate) + Send + Sync>;
 pub struct Progress {
     inner: Arc<Mutex<ProgressState>>,
     sink: ProgressSink,
+    /// Per-batch evaluation progress (stage, samples done) for a terminal progress bar; the daemon has none.
+    eval_detail: Option<EvalDetailSink>,
 }
 
 struct ProgressState {
@@ -224,6 +227,24 @@ impl Progress {
                 finished: Vec::new(),
             })),
             sink: Arc::new(sink),
+            eval_detail: None,
+        }
+    }
+
+    /// Also hands every evaluation progress report, as the evaluation protocol gives it, to `sink` (the CLI
+    /// draws its progress bar from these).
+    pub fn with_eval_detail(
+        mut self,
+        sink: impl Fn(&crate::eval::Progress) + Send + Sync + 'static,
+    ) -> Self {
+        self.eval_detail = Some(Arc::new(sink));
+        self
+    }
+
+    /// Forwards one evaluation progress report to the detail sink, if there is one.
+    pub fn eval_detail(&self, p: &crate::eval::Progress) {
+        if let Some(sink) = &self.eval_detail {
+            sink(p);
         }
     }
 

@@ -27,7 +27,7 @@ use tch::{Kind, Tensor};
 use thiserror::Error;
 
 use crate::attack::{Attack, AttackError};
-use crate::config::{Config, Norm, PgdSpec};
+use crate::config::{Config, EvalMode, Norm, PgdSpec};
 use crate::model::ModelError;
 pub use batch::BatchSize;
 pub use per_sample::PerSample;
@@ -142,7 +142,7 @@ pub struct EvalPlan {
 }
 
 impl EvalPlan {
-    /// The plan a config describes: `threat`, `eval.*`, `runtime.seed`, `limits.job_memory_mb`; ensemble mode.
+    /// The plan a config describes: `threat`, `eval.*` (including `eval.mode`), `runtime.seed`, `limits.job_memory_mb`.
     pub fn from_config(cfg: &Config) -> Result<Self, EvalError> {
         let (norm, eps, seed) = (cfg.threat.norm, cfg.threat.eps, cfg.runtime.seed);
         let attacks = cfg
@@ -165,7 +165,10 @@ impl EvalPlan {
             curve_pgd: cfg.eval.pgd.clone(),
             seed,
             batch,
-            mode: Mode::Ensemble,
+            mode: match cfg.eval.mode {
+                EvalMode::Ensemble => Mode::Ensemble,
+                EvalMode::Standalone => Mode::Standalone,
+            },
             thresholds: TrustThresholds::default(),
         })
     }

@@ -200,8 +200,9 @@ fn norm_name(config: &Config) -> String {
     }
 }
 
-/// Evaluation progress as a fraction of the whole evaluation (all its stages).
+/// Evaluation progress as a fraction of the whole evaluation (all its stages), and as is to the detail sink.
 pub fn report_eval_progress(progress: &Progress, p: &eval::Progress) {
+    progress.eval_detail(p);
     let within = if p.total > 0 {
         p.done as f64 / p.total as f64
     } else {
@@ -212,7 +213,7 @@ pub fn report_eval_progress(progress: &Progress, p: &eval::Progress) {
 }
 
 /// A stage failure as the daemon files it; a cancelled training becomes a cancellation (checkpoint kept).
-fn stage_error(stage: &str, error: PipelineError, cancel: &CancelToken) -> JobError {
+pub(crate) fn stage_error(stage: &str, error: PipelineError, cancel: &CancelToken) -> JobError {
     if let (PipelineError::Train(TrainError::Cancelled { .. }), Some(reason)) =
         (&error, cancel.reason())
     {

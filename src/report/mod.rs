@@ -5,6 +5,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod atomic;
+pub mod comparison;
 pub mod error_report;
 pub mod plots;
 pub mod schema;
