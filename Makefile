@@ -1,6 +1,7 @@
 # robustd — one entry point per job. Everything installs itself (scripts/setup.sh) on a fresh Debian machine.
 #   make demo   set up, build, train + export a small CNN, run the daemon on it, print the report summary
 #   make test   set up, build, generate fixtures, run every test
+#   make fuzz   run the cargo-fuzz targets (nightly) for FUZZ_SECONDS (default 600) in total
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -29,6 +30,10 @@ lint: setup
 
 demo: build
 	@scripts/demo.sh
+
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(FIXTURES) state
