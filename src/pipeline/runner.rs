@@ -57,6 +57,9 @@ pub fn run(
     if let Some(name) = display_name {
         subject.display_name = Some(name.to_owned());
     }
+    // Forward passes stop once the job is cancelled (SIGTERM, limits.job_timeout_s), even inside an attack.
+    let token = cancel.clone();
+    subject.interrupt = Some(std::sync::Arc::new(move || token.is_cancelled()));
     let mut tch_model = subject.tch_model().map_err(failed("prepare"))?;
     let classes = stages::classes(&tch_model);
     let mut model_info = subject.model_info(classes).map_err(failed("prepare"))?;
@@ -212,11 +215,11 @@ pub fn report_eval_progress(progress: &Progress, p: &eval::Progress) {
     progress.fraction(((p.stage_index as f64 + within) / stages).clamp(0.0, 1.0));
 }
 
-/// A stage failure as the daemon files it; a cancelled training becomes a cancellation (checkpoint kept).
+/// A stage failure as the daemon files it. Once the job is cancelled, whatever the stage returns (a training
+/// stopped at its checkpoint, an interrupted forward pass) is the cancellation.
 pub(crate) fn stage_error(stage: &str, error: PipelineError, cancel: &CancelToken) -> JobError {
-    if let (PipelineError::Train(TrainError::Cancelled { .. }), Some(reason)) =
-        (&error, cancel.reason())
-    {
+    if let Some(reason) = cancel.reason() {
+        tracing::debug!(stage, "stopped by cancellation: {error}");
         return JobError::Cancelled(reason);
     }
     let hint = hint_for(&error);
@@ -237,6 +240,11 @@ fn hint_for(error: &PipelineError) -> Option<String> {
         PipelineError::Data(_) => Some("check dataset.name / dataset.path (robustd check-config)".into()),
         PipelineError::Mismatch { .. } => Some(
             "set dataset.name, model.input_layout or model.mean/std in a sidecar NAME.yaml next to the model".into(),
+        ),
+        PipelineError::Eval(_) => Some(
+            "check that the model fits the dataset (dataset.name: the classes and image size) and that \
+             eval settings are sensible (robustd check-config)"
+                .into(),
         ),
         PipelineError::Train(TrainError::NonFiniteLoss { .. }) => {
             Some("lower train.optimizer.lr in a sidecar NAME.yaml".into())
