@@ -25,3 +25,4 @@ pub mod model;
 pub mod onnx;
 pub mod report;
 pub mod runtime;
+pub mod train;

@@ -27,6 +27,38 @@ pub trait Classifier {
     fn input_chw(&self) -> [i64; 3];
     fn num_classes(&self) -> i64;
     fn device(&self) -> tch::Device;
+
+    /// Every floating-point state tensor by a stable name — the parameters and buffers such as BatchNorm running
+    /// statistics — sharing storage with the model: what a training checkpoint saves and restores. The default
+    /// names the trainable parameters by position (`param.0`, `param.1`, …); models with buffers override it.
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.trainable_parameters()
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (format!("param.{i}"), t))
+            .collect()
+    }
+
+    /// Copies values into the named state tensors in place (so anything holding them, e.g. an optimizer, stays
+    /// valid). Unknown names and shape mismatches are errors. The default works on [`Classifier::state_dict`].
+    fn load_state_dict(&mut self, named: &[(String, Tensor)]) -> Result<(), ModelError> {
+        let mut own = self.state_dict();
+        let _guard = tch::no_grad_guard();
+        for (name, value) in named {
+            let (_, target) = own.iter_mut().find(|(n, _)| n == name).ok_or_else(|| {
+                ModelError::Forward(format!("no state tensor `{name}` in this model"))
+            })?;
+            if target.size() != value.size() {
+                return Err(ModelError::Forward(format!(
+                    "state tensor `{name}`: shape {:?} given, model has {:?}",
+                    value.size(),
+                    target.size()
+                )));
+            }
+            target.f_copy_(value)?;
+        }
+        Ok(())
+    }
 }
 
 /// A forward-only classifier (onnxruntime on the shipped file): what Square queries and what re-checks use.
