@@ -236,6 +236,8 @@ pub struct MemorizationSpec {
     pub epochs: usize,
     /// Train the subset models adversarially instead of with standard training.
     pub adversarial: bool,
+    /// Harmful atypical samples listed in the report and shown in the image grid.
+    pub harmful_top: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -410,6 +412,7 @@ impl Default for MemorizationSpec {
             train_samples: 5000,
             epochs: 3,
             adversarial: false,
+            harmful_top: 24,
         }
     }
 }

@@ -62,6 +62,14 @@ fn full_report(dir: &Path) -> Report {
                     robust: 0.1,
                 },
             }),
+            train_deciles: vec![DecileAccuracy {
+                decile: 10,
+                min_score: 0.4,
+                max_score: 1.0,
+                samples: 100,
+                clean: 0.7,
+                robust: 0.05,
+            }],
         }),
     };
     Report {
@@ -153,6 +161,11 @@ fn full_report(dir: &Path) -> Report {
                 score: 0.8,
                 adv_confidence: 0.03,
             }],
+            source: Some("feldman-zhang K=8".into()),
+            scored_samples: Some(1000),
+            undefined_scores: Some(0),
+            test_consistency_cut: Some(0.85),
+            seconds: Some(12.5),
         }),
         training: Some(Training {
             method: "bat".into(),

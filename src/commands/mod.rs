@@ -4,6 +4,7 @@
 mod check_config;
 mod info;
 mod inspect;
+mod memorization;
 mod run;
 mod status;
 mod submit;
@@ -54,6 +55,8 @@ pub enum Command {
     Status(status::Args),
     /// Copy a model (and its sidecar config) into the daemon's inbox atomically.
     Submit(submit::Args),
+    /// Score training samples by memorization (Feldman-Zhang, cached) and measure the model per typical/atypical group.
+    Memorization(memorization::Args),
 }
 
 /// Runs one subcommand; the returned code is the process exit code.
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
         Command::Submit(args) => submit::run(args),
+        Command::Memorization(args) => memorization::run(args),
     }
 }
 
