@@ -45,8 +45,9 @@ impl SubsetDesign {
         let per_sample = ((ratio * k as f64).round() as usize).clamp(1, k - 1);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ DESIGN_SALT);
         let mut members = vec![vec![false; n]; k];
-        for i in 0..n {
-            for model in rand::seq::index::sample(&mut rng, k, per_sample) {
+        let draws = (0..n).map(|_| rand::seq::index::sample(&mut rng, k, per_sample));
+        for (i, models) in draws.enumerate() {
+            for model in models {
                 members[model][i] = true;
             }
         }
