@@ -51,7 +51,7 @@ fn memorization_command_writes_scores_summary_and_plots_and_reuses_its_cache() {
             "paths: {{state: {}}}\n\
              runtime: {{threads: 2}}\n\
              dataset: {{train_samples: 600, eval_samples: 100}}\n\
-             train: {{batch_size: 64, optimizer: {{lr: 0.05, schedule: constant, weight_decay: 0.0}}}}\n\
+             train: {{batch_size: 64, optimizer: {{schedule: constant, weight_decay: 0.0}}}}\n\
              eval: {{pgd: {{steps: 5}}}}\n\
              memorization: {{harmful_top: 10}}\n",
             work.path().join("state").display()

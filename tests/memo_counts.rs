@@ -1,8 +1,9 @@
 //! The estimator's arithmetic on hand-built cases: exact in/out counts and scores (undefined ones included), the
 //! balanced design's guarantees, test consistency, rank deciles with ties, the histogram, and thresholding into
-//! BAT flags aligned by source index.
+//! BAT flags aligned by source index, and the rank correlation that compares two score lists.
 
 use robustd::data::Split;
+use robustd::memo::scores::spearman;
 use robustd::memo::{Consistency, MemoError, ScoreSource, SubsetDesign, Tally, TrainScores};
 use tch::Tensor;
 
@@ -174,4 +175,24 @@ fn deciles_histogram_and_flags_follow_the_scores() {
     assert_eq!(m.undefined_scores, Some(1));
     assert_eq!(m.test_consistency_cut, Some(0.35));
     assert_eq!(m.histogram, h);
+}
+
+#[test]
+fn spearman_uses_average_ranks() {
+    // Ranks a: 1, 2.5, 2.5, 4; b: 1, 2, 3, 4 -> Pearson of the ranks.
+    let rho = spearman(&[0.1, 0.5, 0.5, 0.9], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let (ra, rb) = ([1.0, 2.5, 2.5, 4.0], [1.0, 2.0, 3.0, 4.0]);
+    let mean = 2.5;
+    let cov: f64 = ra
+        .iter()
+        .zip(&rb)
+        .map(|(x, y)| (x - mean) * (y - mean))
+        .sum();
+    let va: f64 = ra.iter().map(|x| (x - mean) * (x - mean)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mean) * (y - mean)).sum();
+    assert!((rho - cov / (va * vb).sqrt()).abs() < 1e-12);
+    assert_eq!(spearman(&[3.0, 1.0, 2.0], &[30.0, 10.0, 20.0]), Some(1.0));
+    assert_eq!(spearman(&[3.0, 1.0, 2.0], &[-3.0, -1.0, -2.0]), Some(-1.0));
+    assert_eq!(spearman(&[1.0, 1.0], &[1.0, 2.0]), None, "constant list");
+    assert_eq!(spearman(&[1.0], &[1.0]), None);
 }

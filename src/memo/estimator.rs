@@ -50,16 +50,18 @@ pub struct EstimatorOptions<'a> {
 }
 
 impl EstimatorOptions<'_> {
-    /// From the config: `memorization.k`, `subset_ratio`, `epochs`, `adversarial`; the `train` optimizer and
-    /// batch size (the holdout estimate's rules, [`HoldoutOptions::from_config`]); `runtime.seed`; the cache in
-    /// `paths.state/memo`.
+    /// From the config: `memorization.k`, `subset_ratio`, `epochs`, `adversarial` and `lr`; the rest of the
+    /// `train` optimizer and the batch size (the holdout estimate's rules, [`HoldoutOptions::from_config`]);
+    /// `runtime.seed`; the cache in `paths.state/memo`.
     pub fn from_config(config: &Config, augmentation: Augmentation) -> Self {
         let training = HoldoutOptions::from_config(config, augmentation);
+        let mut spec = training.spec;
+        spec.optimizer.lr = config.memorization.lr;
         Self {
             k: config.memorization.k,
             subset_ratio: config.memorization.subset_ratio,
             seed: config.runtime.seed,
-            spec: training.spec,
+            spec,
             threat: training.threat,
             augmentation,
             cache_root: Some(config.paths.state.join("memo")),

@@ -74,7 +74,7 @@ pub fn quick_options<'a>(
     config.memorization.epochs = epochs;
     config.runtime.seed = seed;
     config.train.batch_size = 64;
-    config.train.optimizer.lr = 0.05;
+    config.memorization.lr = 0.05;
     config.train.optimizer.schedule = "constant".into();
     config.train.optimizer.weight_decay = 0.0;
     let mut options = EstimatorOptions::from_config(&config, Augmentation::None);
