@@ -153,6 +153,16 @@ fn configure(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(n) = args.samples {
         m.train_samples = n;
+        // The scored samples are the first N of the loaded training split: load at least that many.
+        let loaded = &mut config.dataset.train_samples;
+        if *loaded != 0 && (n == 0 || n > *loaded) {
+            tracing::info!(
+                from = *loaded,
+                to = n,
+                "loading more training samples to score --samples"
+            );
+            *loaded = n;
+        }
     }
     if args.adversarial {
         m.adversarial = true;

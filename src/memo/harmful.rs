@@ -133,7 +133,7 @@ pub fn harmful_grid(
                     caption.clone(),
                 ))?;
                 root.draw(&Text::new(
-                    format!("mem {:.2}  p {:.3}", s.score, s.adv_confidence),
+                    format!("mem {:.2}  p {}", s.score, probability(s.adv_confidence)),
                     (x0 as i32, (y0 + TILE + 20) as i32),
                     caption,
                 ))?;
@@ -142,6 +142,16 @@ pub fn harmful_grid(
         },
     )?;
     Ok(())
+}
+
+/// A probability in a few characters that still tells tiny ones apart (non-robust models give most PGD examples
+/// `p(y|x') < 0.001`).
+fn probability(p: f64) -> String {
+    if p >= 0.001 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.1e}")
+    }
 }
 
 /// One image of the split as `TILE × TILE` RGB bytes (nearest-neighbour scaling; one channel shown as gray).

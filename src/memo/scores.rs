@@ -47,10 +47,13 @@ impl ScoreSource {
     pub fn describe(&self) -> String {
         match self {
             ScoreSource::FeldmanZhang {
-                models, per_sample, ..
+                models,
+                per_sample,
+                configured_ratio,
+                ..
             } => format!(
                 "feldman-zhang K={models}, balanced: each sample in {per_sample} of {models} subsets \
-                 (effective ratio {:.3})",
+                 (ratio {configured_ratio} rounded to {:.3})",
                 *per_sample as f64 / *models as f64
             ),
             ScoreSource::Imported { origin } => format!("imported {origin}"),

@@ -299,7 +299,9 @@ pub struct GroupAccuracy {
 pub struct Memorization {
     /// `feldman-zhang`, `holdout`, or `imported`.
     pub estimator: String,
+    /// Subset models K (0 for imported scores and the learning-speed proxy).
     pub models: u64,
+    /// Share of the scored samples each subset model saw (the balanced design's `m / K`).
     pub subset_ratio: f64,
     pub threshold: f64,
     /// Scores came from the cache in the state directory.
@@ -320,7 +322,7 @@ pub struct Memorization {
     /// Test samples whose consistency (mean accuracy of the subset models) is below this are atypical.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_consistency_cut: Option<f64>,
-    /// Wall time of the estimator (0 when every model came from the cache).
+    /// Training time of the K subset models (also when they came from the cache: what the scores cost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
 }
