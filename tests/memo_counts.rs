@@ -196,3 +196,31 @@ fn spearman_uses_average_ranks() {
     assert_eq!(spearman(&[1.0, 1.0], &[1.0, 2.0]), None, "constant list");
     assert_eq!(spearman(&[1.0], &[1.0]), None);
 }
+
+#[test]
+fn test_groups_from_an_evaluation_match_consistency_by_dataset_index() {
+    use robustd::eval::PerSample;
+    use robustd::memo::groups::{test_cut, test_groups_from_eval};
+    // Evaluated: dataset indices 10..16 (in another order than the consistency table); 99 has no consistency.
+    let per_sample = PerSample {
+        index: vec![13, 10, 11, 12, 14, 15, 99],
+        label: vec![0, 1, 2, 3, 4, 5, 6],
+        clean_pred: vec![0, 1, 0, 3, 0, 5, 6],
+        attacks: Vec::new(),
+        worst_case_robust: vec![true, false, false, true, false, false, true],
+        curve: Vec::new(),
+    };
+    let test_indices: Vec<i64> = (10..16).collect();
+    // consistency of 10..16: atypical (< 0.85) are 11, 14, 15
+    let consistency = [0.9, 0.5, 1.0, 0.875, 0.25, 0.0];
+    assert_eq!(test_cut(0.15), 0.85);
+    let pair = test_groups_from_eval(&per_sample, &test_indices, &consistency, 0.15).unwrap();
+    // typical: 13 (clean, robust), 10 (clean), 12 (clean, robust)
+    assert_eq!(pair.typical.samples, 3);
+    assert_eq!(pair.typical.clean, 1.0);
+    assert!((pair.typical.robust - 2.0 / 3.0).abs() < 1e-12);
+    // atypical: 11 (wrong), 14 (wrong), 15 (clean only)
+    assert_eq!(pair.atypical.samples, 3);
+    assert!((pair.atypical.clean - 1.0 / 3.0).abs() < 1e-12);
+    assert_eq!(pair.atypical.robust, 0.0);
+}
