@@ -245,8 +245,13 @@ pub struct MemorizationSpec {
     /// Training samples scored (first N of the training split); 0 = all.
     pub train_samples: usize,
     pub epochs: usize,
+    /// Peak learning rate of the subset models, which train from fresh weights (`train.optimizer.lr` is meant for
+    /// fine-tuning a trained model and is usually too small for that); the rest of `train.optimizer` applies.
+    pub lr: f64,
     /// Train the subset models adversarially instead of with standard training.
     pub adversarial: bool,
+    /// Harmful atypical samples listed in the report and shown in the image grid.
+    pub harmful_top: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -438,7 +443,9 @@ impl Default for MemorizationSpec {
             threshold: 0.15,
             train_samples: 5000,
             epochs: 3,
+            lr: 0.05,
             adversarial: false,
+            harmful_top: 24,
         }
     }
 }
@@ -550,6 +557,12 @@ impl Config {
             return Err(bad(
                 "memorization.subset_ratio",
                 format!("{} is not in (0, 1)", self.memorization.subset_ratio),
+            ));
+        }
+        if !(self.memorization.lr.is_finite() && self.memorization.lr > 0.0) {
+            return Err(bad(
+                "memorization.lr",
+                format!("{} is not a positive learning rate", self.memorization.lr),
             ));
         }
         if !(0.0..1.0).contains(&self.train.val_fraction) {
