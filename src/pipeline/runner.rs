@@ -123,9 +123,10 @@ pub fn run(
     progress.stage("atypicality");
     let atypicality =
         resumable_atypicality(&subject, checkpoint_dir, cancel).map_err(failed("atypicality"))?;
-    if let Some((flags, warning)) = &atypicality {
-        outcome.summary.atypical_share = Some(flags.share());
-        warnings.extend(warning.clone());
+    if let Some(a) = &atypicality {
+        outcome.summary.atypical_share = Some(a.flags.share());
+        warnings.extend(a.warning.clone());
+        outcome.memorization = a.memorization.clone();
     }
     cancel.check()?;
 
@@ -133,7 +134,7 @@ pub fn run(
     let training = stages::finetune(
         &subject,
         &mut tch_model,
-        atypicality.as_ref().map(|(a, _)| a),
+        atypicality.as_ref().map(|a| &a.flags),
         &checkpoint_dir.join("finetune"),
         out_dir,
         Some(cancel.flag()),
@@ -181,9 +182,15 @@ pub fn run(
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
     outcome.training = Some(training);
+    let (mut before_result, mut after_result) = (before.result, after.result);
+    if let Some(consistency) = atypicality.as_ref().and_then(|a| a.consistency.as_ref()) {
+        let threshold = config.memorization.threshold;
+        before_result.groups = stages::test_groups(&before.per_sample, consistency, threshold);
+        after_result.groups = stages::test_groups(&after.per_sample, consistency, threshold);
+    }
     outcome.evaluation = Some(Evaluation {
-        before: Some(before.result),
-        after: Some(after.result),
+        before: Some(before_result),
+        after: Some(after_result),
     });
     Ok(outcome)
 }
@@ -295,36 +302,41 @@ struct SavedFlags {
     flags: String,
 }
 
+/// The atypicality flags, reused from the checkpoint directory when a resumed job already computed them (the
+/// memorization estimator has its own cache, so only the holdout and imported flags are kept here).
 fn resumable_atypicality(
     subject: &Subject,
     checkpoint_dir: &Path,
     cancel: &CancelToken,
-) -> Result<Option<(Atypicality, Option<String>)>, PipelineError> {
+) -> Result<Option<stages::AtypicalityOutcome>, PipelineError> {
     let path = checkpoint_dir.join("atypicality.yaml");
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(saved) = serde_norway::from_str::<SavedFlags>(&text) {
             if saved.flags.len() == subject.dataset.train.len() {
                 tracing::info!("atypicality flags reused from the job's checkpoint");
                 let flags = saved.flags.bytes().map(|b| b == b'1').collect();
-                return Ok(Some((
-                    Atypicality {
+                return Ok(Some(stages::AtypicalityOutcome {
+                    flags: Atypicality {
                         flags,
                         source: saved.source,
                         threshold: saved.threshold,
                         scored: saved.scored,
                     },
-                    saved.warning,
-                )));
+                    warning: saved.warning,
+                    memorization: None,
+                    consistency: None,
+                }));
             }
         }
     }
     let found = stages::atypicality(subject, Some(cancel.flag()))?;
-    if let Some((a, warning)) = &found {
+    if let Some(outcome) = found.as_ref().filter(|o| o.memorization.is_none()) {
+        let a = &outcome.flags;
         let saved = SavedFlags {
             source: a.source.clone(),
             threshold: a.threshold,
             scored: a.scored,
-            warning: warning.clone(),
+            warning: outcome.warning.clone(),
             flags: a.flags.iter().map(|&f| if f { '1' } else { '0' }).collect(),
         };
         report::write_yaml_atomic(&path, &saved)?;
