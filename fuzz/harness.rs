@@ -8,6 +8,9 @@
 //! - [`sidecar_config`]: arbitrary text as a sidecar on top of the default config (`Config::with_overrides`);
 //!   whatever is accepted must serialize and parse back to the same config.
 
+// Each fuzz target uses one of these functions.
+#![allow(dead_code)]
+
 use std::path::Path;
 
 use robustd::config::{Config, Limits};
