@@ -196,7 +196,7 @@ pub fn write_back(
         .f_abs()?
         .f_max()?
         .f_double_value(&[])?;
-    if !(diff <= WRITE_BACK_PARITY_TOLERANCE) {
+    if diff.is_nan() || diff > WRITE_BACK_PARITY_TOLERANCE {
         return Err(PipelineError::Parity {
             model: out,
             diff,
