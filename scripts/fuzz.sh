@@ -13,7 +13,8 @@ if ! rustup toolchain list | grep -q '^nightly'; then
     exit 2
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-export LIBTORCH_USE_PYTORCH=1
+# libtorch: $LIBTORCH when set (as for the main build), else the project venv's torch.
+if [ -z "${LIBTORCH:-}" ]; then export LIBTORCH_USE_PYTORCH=1; fi
 export PATH="$PWD/.venv/bin:$PATH"
 # The fuzz binaries link libtorch without the main crate's rpath.
 torch_lib=$(.venv/bin/python -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')

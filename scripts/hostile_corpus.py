@@ -653,6 +653,16 @@ def external_cases(c):
     b.data_location = TensorProto.EXTERNAL
     set_external(b, location=name + ".bin", offset=len(raw), length=40)
     c.add(name, "external", LOAD, ["past the end"], model=m, companions={name + ".bin": raw})
+    # A sparse 3 GiB companion (nothing on disk): refused from its size, never read.
+    name = "ext_huge_companion"
+    m, raw = ext_model(name, name + ".bin")
+
+    def sparse(d):
+        with open(os.path.join(d, name + ".bin"), "wb") as f:
+            f.truncate(3 << 30)
+        return [name + ".bin"]
+
+    c.add(name, "multi-gb", ["intake"], ["max_model_bytes"], model=m, special=sparse)
     # Hundreds of different external files, none present: the drop waits, then fails when they never come.
     m = tiny()
     t = m.graph.initializer[0]

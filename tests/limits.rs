@@ -14,8 +14,8 @@ use robustd::config::Limits;
 use robustd::daemon::JobState;
 use robustd::onnx::proto::{
     attribute_type, data_type, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TensorShapeDimension, TensorShapeProto, TypeProto,
-    TypeTensor, TypeValue, ValueInfoProto,
+    OperatorSetIdProto, TensorProto, TensorShapeDimension, TensorShapeProto, TypeProto, TypeTensor,
+    TypeValue, ValueInfoProto,
 };
 use robustd::onnx::{Interpreter, OnnxError, OnnxModel, TchOptions};
 use robustd::report::ErrorReport;
@@ -105,7 +105,9 @@ fn build_and_run(bytes: Bytes) -> Result<Vec<i64>, String> {
 fn assert_refused(result: Result<Vec<i64>, String>, node: &str) {
     let msg = result.expect_err("over the limit, yet it ran");
     assert!(
-        msg.contains("limits.max_tensor_elements") && msg.contains(node) && msg.contains("limit.onnx"),
+        msg.contains("limits.max_tensor_elements")
+            && msg.contains(node)
+            && msg.contains("limit.onnx"),
         "{msg}"
     );
 }
@@ -139,7 +141,10 @@ fn shapes_built_from_arguments_are_checked_before_allocating() {
         )
     };
     assert_refused(build_and_run(tile(&[1, 1, 100, 100])), "tile");
-    assert_eq!(build_and_run(tile(&[1, 2, 1, 1])).unwrap(), vec![1, 2, 4, 4]);
+    assert_eq!(
+        build_and_run(tile(&[1, 2, 1, 1])).unwrap(),
+        vec![1, 2, 4, 4]
+    );
     let pad = |p: i64| {
         one_node(
             node("Pad", "pad", &["x", "pads"]),

@@ -319,6 +319,7 @@ pub fn intake(
         .duration_since(seen_at)
         .unwrap_or_default();
     let companion_wait = Duration::from_secs(config.daemon.companion_wait_s);
+    let mut total_bytes = bytes.len() as u64;
     for location in &locations {
         if OsStr::new(location) == name {
             drop.files.push((path, drop.record.model_file.clone()));
@@ -378,11 +379,26 @@ pub fn intake(
                         "its external data file {location} is still being written"
                     )));
                 }
-                let data = std::fs::read(&companion).map_err(|e| SpoolError::Io {
+                total_bytes = total_bytes.saturating_add(m.len());
+                if total_bytes > base.limits.max_model_bytes {
+                    drop.files.push((path, drop.record.model_file.clone()));
+                    return reject(
+                        spool,
+                        drop,
+                        "intake",
+                        format!(
+                            "{shown} with its external data is {total_bytes} bytes or more, over \
+                             limits.max_model_bytes ({})",
+                            base.limits.max_model_bytes
+                        ),
+                        "raise limits.max_model_bytes in the daemon config",
+                    );
+                }
+                let digest = sha256_file(&companion).map_err(|e| SpoolError::Io {
                     path: companion.clone(),
                     source: e,
                 })?;
-                companion_digests.push(sha256_hex(&data));
+                companion_digests.push(digest);
                 drop.files.push((companion, location.clone()));
                 drop.record.companions.push(location.clone());
             }
@@ -527,6 +543,14 @@ fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// SHA-256 (hex) of a file, streamed (an external-data file may be far larger than memory should hold at once).
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {

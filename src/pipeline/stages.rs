@@ -111,35 +111,35 @@ pub fn atypicality(
         memorization: None,
         consistency: None,
     };
-    Ok(Some(match AtypicalitySetting::parse(&cfg.train.bat.atypicality) {
-        AtypicalitySetting::File { path, key } => {
-            plain(ScoreTable::load(&path, key.as_deref())?.flags(split, threshold))
-        }
-        AtypicalitySetting::Holdout => plain(holdout(subject, cancel)?),
-        AtypicalitySetting::Memorization => {
-            let mut factory = crate::memo::onnx_factory(
-                &subject.onnx,
-                subject.adapter.clone(),
-                cfg.model.input_layout,
-                subject.device,
-            );
-            let (_scored, estimate) = crate::memo::estimate_from_config(
-                cfg,
-                &subject.dataset,
-                subject.onnx.structure_hash(),
-                &mut factory,
-                cancel,
-            )?;
-            AtypicalityOutcome {
-                flags: crate::memo::bat_atypicality(&estimate, split, threshold),
-                warning: None,
-                memorization: Some(estimate.scores.report_section(threshold, Vec::new())),
-                consistency: estimate
-                    .consistency
-                    .map(|c| (c.indices, c.scores)),
+    Ok(Some(
+        match AtypicalitySetting::parse(&cfg.train.bat.atypicality) {
+            AtypicalitySetting::File { path, key } => {
+                plain(ScoreTable::load(&path, key.as_deref())?.flags(split, threshold))
             }
-        }
-    }))
+            AtypicalitySetting::Holdout => plain(holdout(subject, cancel)?),
+            AtypicalitySetting::Memorization => {
+                let mut factory = crate::memo::onnx_factory(
+                    &subject.onnx,
+                    subject.adapter.clone(),
+                    cfg.model.input_layout,
+                    subject.device,
+                );
+                let (_scored, estimate) = crate::memo::estimate_from_config(
+                    cfg,
+                    &subject.dataset,
+                    subject.onnx.structure_hash(),
+                    &mut factory,
+                    cancel,
+                )?;
+                AtypicalityOutcome {
+                    flags: crate::memo::bat_atypicality(&estimate, split, threshold),
+                    warning: None,
+                    memorization: Some(estimate.scores.report_section(threshold, Vec::new())),
+                    consistency: estimate.consistency.map(|c| (c.indices, c.scores)),
+                }
+            }
+        },
+    ))
 }
 
 /// Typical vs atypical accuracy of the evaluated test samples (atypical = low consistency across the subset
@@ -149,12 +149,16 @@ pub fn test_groups(
     consistency: &(Vec<i64>, Vec<f64>),
     threshold: f64,
 ) -> Option<crate::report::Groups> {
-    crate::memo::groups::test_groups_from_eval(per_sample, &consistency.0, &consistency.1, threshold).map(|pair| {
-        crate::report::Groups {
-            train: None,
-            test: Some(pair),
-            train_deciles: Vec::new(),
-        }
+    crate::memo::groups::test_groups_from_eval(
+        per_sample,
+        &consistency.0,
+        &consistency.1,
+        threshold,
+    )
+    .map(|pair| crate::report::Groups {
+        train: None,
+        test: Some(pair),
+        train_deciles: Vec::new(),
     })
 }
 
