@@ -35,5 +35,5 @@ pub use ort_scorer::OrtScorer;
 pub use params::Role;
 pub use tch_model::{Interrupt, TchModel};
 pub use write_back::{
-    write_atomically, write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY,
+    write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY,
 };
