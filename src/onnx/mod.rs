@@ -34,6 +34,4 @@ pub use model::{Dim, Initializer, OnnxModel, ValueInfo, MAX_OPSET, MIN_OPSET};
 pub use ort_scorer::OrtScorer;
 pub use params::Role;
 pub use tch_model::{Interrupt, TchModel};
-pub use write_back::{
-    write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY,
-};
+pub use write_back::{write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY};
