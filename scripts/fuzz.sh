@@ -24,11 +24,15 @@ export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1${ASAN_OPTIONS:+:
 onnx_seconds=$(( total * 3 / 4 ))
 config_seconds=$(( total - onnx_seconds ))
 cd fuzz
+status=0
 for spec in "onnx_model:$onnx_seconds" "sidecar_config:$config_seconds"; do
     target=${spec%%:*}
     seconds=${spec##*:}
     mkdir -p "work/$target"
     echo "== cargo fuzz run $target for ${seconds} s (sanitizer: $sanitizer)"
+    # A crash stops this target (libFuzzer's report names the input); the other target still runs.
     cargo +nightly fuzz run --sanitizer "$sanitizer" "$target" "work/$target" "corpus/$target" -- \
-        -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1
+        -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
+        || status=$?
 done
+exit $status
