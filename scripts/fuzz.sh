@@ -3,7 +3,8 @@
 # 3:1 between the ONNX parser/graph builder and the sidecar config). Needs the nightly toolchain and cargo-fuzz
 # (installed here on first use). New inputs go to fuzz/work/<target>/ (ignored); the committed seeds in
 # fuzz/corpus/<target>/ are read, never written. A crash leaves its input in fuzz/artifacts/<target>/ and stops the
-# run with libFuzzer's report; `FUZZ_SANITIZER=none` skips AddressSanitizer.
+# run with libFuzzer's report; `FUZZ_SANITIZER=none` skips AddressSanitizer. cargo fuzz builds with optimizations
+# plus debug assertions and overflow checks, so integer overflow in shape arithmetic is a crash here too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-${FUZZ_SECONDS:-600}}
