@@ -3,7 +3,8 @@
 # 3:1 between the ONNX parser/graph builder and the sidecar config). Needs the nightly toolchain and cargo-fuzz
 # (installed here on first use). New inputs go to fuzz/work/<target>/ (ignored); the committed seeds in
 # fuzz/corpus/<target>/ are read, never written. A crash leaves its input in fuzz/artifacts/<target>/ and stops the
-# run with libFuzzer's report; `FUZZ_SANITIZER=none` skips AddressSanitizer.
+# run with libFuzzer's report; `FUZZ_SANITIZER=none` skips AddressSanitizer. cargo fuzz builds with optimizations
+# plus debug assertions and overflow checks, so integer overflow in shape arithmetic is a crash here too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-${FUZZ_SECONDS:-600}}
@@ -24,11 +25,15 @@ export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1${ASAN_OPTIONS:+:
 onnx_seconds=$(( total * 3 / 4 ))
 config_seconds=$(( total - onnx_seconds ))
 cd fuzz
+status=0
 for spec in "onnx_model:$onnx_seconds" "sidecar_config:$config_seconds"; do
     target=${spec%%:*}
     seconds=${spec##*:}
     mkdir -p "work/$target"
     echo "== cargo fuzz run $target for ${seconds} s (sanitizer: $sanitizer)"
+    # A crash stops this target (libFuzzer's report names the input); the other target still runs.
     cargo +nightly fuzz run --sanitizer "$sanitizer" "$target" "work/$target" "corpus/$target" -- \
-        -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1
+        -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
+        || status=$?
 done
+exit $status

@@ -42,7 +42,8 @@ const FORBIDDEN: &[&str] = &[
     "backtrace",
     "internal error",
     "unwrap()",
-    "rust_backtrace",
+    "frame #",
+    "exception raised from",
 ];
 /// An error cause is for a person: a few lines, not megabytes of echoed input.
 const MAX_CAUSE_CHARS: usize = 4000;

@@ -513,8 +513,9 @@ fn daemon_wide_keys(text: &str, sidecar: &str) -> Result<(), String> {
     }
 }
 
-/// Files a sidecar may point the job at (`dataset.path`, a scores file in `train.bat.atypicality`) must be
-/// regular files or directories: a FIFO or a device such as /dev/zero would block or feed the job forever.
+/// Files a sidecar may point the job at (`dataset.path`, a scores file in `train.bat.atypicality`) must exist and
+/// be regular files or directories, checked at intake: the drop fails at once with the sidecar's name and key,
+/// and no loader ever opens a FIFO (which blocks) or a device such as /dev/zero (which never ends).
 fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), String> {
     use crate::train::AtypicalitySetting;
     let mut paths: Vec<(&str, PathBuf)> = Vec::new();

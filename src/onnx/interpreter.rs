@@ -467,13 +467,17 @@ fn node_error(file: &std::path::Path, node: &Node, e: ops::OpError) -> OnnxError
 /// check before allocating; this catches the rest, e.g. a MatMul over broadcast views).
 fn check_outputs(outs: &[Tensor], max_elements: u64) -> Result<(), ops::OpError> {
     for t in outs {
-        let numel = t.numel() as u64;
-        if numel > max_elements {
-            return Err(ops::OpError::Invalid(format!(
-                "an output of shape {:?} has {numel} elements, over the limit of {max_elements} (config \
-                 `limits.max_tensor_elements`)",
-                t.size()
-            )));
+        // Not `Tensor::numel`: its plain i64 product overflows on a view whose sizes multiply past 2^63.
+        let size = t.size();
+        match ops::checked_numel(&size) {
+            Some(n) if n <= max_elements => {}
+            numel => {
+                return Err(ops::OpError::Invalid(format!(
+                    "an output of shape {size:?} has {} elements, over the limit of {max_elements} (config \
+                     `limits.max_tensor_elements`)",
+                    numel.map_or_else(|| "more than 2^63".to_owned(), |n| n.to_string())
+                )))
+            }
         }
     }
     Ok(())

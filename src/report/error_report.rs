@@ -54,7 +54,7 @@ impl ErrorReport {
         // level so the file stays something a person reads.
         let chain: Vec<String> = chain
             .into_iter()
-            .map(|m| shorten(&m, MAX_MESSAGE_CHARS))
+            .map(|m| shorten(strip_native_trace(&m), MAX_MESSAGE_CHARS))
             .collect();
         Self {
             schema: ERROR_SCHEMA.to_owned(),
@@ -82,6 +82,16 @@ impl ErrorReport {
 
 /// Longest message kept per level of the chain (characters); longer ones keep their head and tail.
 pub const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// A libtorch error message without the C++ stack trace libtorch appends to it (`Exception raised from …` and
+/// `frame #N: …` lines): addresses in shared libraries mean nothing to the person reading error.yaml.
+fn strip_native_trace(message: &str) -> &str {
+    ["\nException raised from", "\nframe #0:"]
+        .iter()
+        .filter_map(|marker| message.find(marker))
+        .min()
+        .map_or(message, |at| message[..at].trim_end())
+}
 
 /// `text` cut to about `max` characters: the start and the end kept, the middle replaced by a count.
 fn shorten(text: &str, max: usize) -> String {
@@ -147,6 +157,22 @@ mod tests {
         let path = dir.path().join("error.yaml");
         report.write(&path).unwrap();
         assert_eq!(ErrorReport::read(&path).unwrap(), report);
+    }
+
+    #[test]
+    fn libtorch_stack_traces_are_cut_from_messages() {
+        let message = "model.onnx: node `cos` (ConstantOfShape): libtorch: [enforce fail at alloc_cpu.cpp:127] \
+                       can't allocate memory\nframe #0: c10::ThrowEnforceNotMet(char const*) + 0x6a (0x7f in \
+                       libc10.so)\nframe #1: c10::alloc_cpu(unsigned long)";
+        let report =
+            ErrorReport::from_chain("model.onnx", None, "prepare", vec![message.into()], None);
+        assert_eq!(
+            report.cause,
+            "model.onnx: node `cos` (ConstantOfShape): libtorch: [enforce fail at alloc_cpu.cpp:127] can't \
+             allocate memory"
+        );
+        let raised = "shape mismatch\nException raised from check at /pytorch/x.h:80 (most recent call first):\n";
+        assert_eq!(strip_native_trace(raised), "shape mismatch");
     }
 
     #[test]

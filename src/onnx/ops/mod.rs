@@ -88,14 +88,11 @@ impl OpCtx<'_> {
                 "{what} {shape:?} has a negative dimension {d}"
             )));
         }
-        let numel = shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-        match numel {
+        match checked_numel(shape) {
             Some(n) if n <= self.max_elements => Ok(()),
-            _ => Err(OpError::Invalid(format!(
+            numel => Err(OpError::Invalid(format!(
                 "{what} {shape:?} has {} elements, over the limit of {} (config `limits.max_tensor_elements`)",
-                numel.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string()),
+                numel.map_or_else(|| "more than 2^63".to_owned(), |n| n.to_string()),
                 self.max_elements
             ))),
         }
@@ -145,6 +142,16 @@ pub fn to_f64(t: &Tensor) -> Result<f64, OpError> {
     Ok(t.f_to_device(tch::Device::Cpu)?
         .f_double_value(&[])
         .or_else(|_| t.f_flatten(0, -1).and_then(|f| f.f_double_value(&[0])))?)
+}
+
+/// The element count of `shape`, as libtorch computes it (left to right in `i64`), or `None` when a partial
+/// product overflows — even if a later 0 would make the total 0, libtorch's own arithmetic on such a shape
+/// overflows. Negative dims count as 0 here (callers refuse them separately).
+pub fn checked_numel(shape: &[i64]) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(1i64, |acc, &d| acc.checked_mul(d.max(0)))
+        .map(|n| n as u64)
 }
 
 /// The tensor's first value as an `i64` (a scalar argument such as Range's bounds), an error when it is empty.

@@ -178,6 +178,9 @@ fn split(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 
 /// Clamps ONNX slice bounds for one axis of length `n` (negative steps included).
 fn slice_bounds(start: i64, end: i64, step: i64, n: i64) -> (i64, i64) {
+    if n == 0 {
+        return (0, 0); // nothing to take, whichever the direction
+    }
     let norm = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
     let (s, e) = (norm(start), norm(end));
     if step > 0 {
