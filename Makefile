@@ -2,6 +2,7 @@
 #   make demo   set up, build, train + export a small CNN, run the daemon on it, print the report summary
 #   make test   set up, build, generate fixtures, run every test
 #   make crosscheck  robustd's robust accuracies vs torchattacks (scripts/reference_eval.py), ~30 min on 2 cores
+#   make fuzz   run the cargo-fuzz targets (nightly) for FUZZ_SECONDS (default 600) in total
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -40,6 +41,9 @@ demo: build
 # robustd's robust accuracies vs torchattacks on a standard and an adversarially trained CNN (a measurement).
 crosscheck: build
 	@scripts/crosscheck.sh
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(FIXTURES) state

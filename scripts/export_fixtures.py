@@ -230,7 +230,8 @@ def init_weights(model, seed):
             m.bias.data.uniform_(-0.2, 0.2)
 
 
-def export(model, x, path, exporter, options):
+def export(model, x, path, exporter, options=None):
+    options = options or {}
     names = dict(input_names=["input"], output_names=["logits"])
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")

@@ -245,8 +245,13 @@ pub struct MemorizationSpec {
     /// Training samples scored (first N of the training split); 0 = all.
     pub train_samples: usize,
     pub epochs: usize,
+    /// Peak learning rate of the subset models, which train from fresh weights (`train.optimizer.lr` is meant for
+    /// fine-tuning a trained model and is usually too small for that); the rest of `train.optimizer` applies.
+    pub lr: f64,
     /// Train the subset models adversarially instead of with standard training.
     pub adversarial: bool,
+    /// Harmful atypical samples listed in the report and shown in the image grid.
+    pub harmful_top: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,6 +268,8 @@ pub struct DaemonSpec {
     /// What a job does: `pipeline` (evaluate, fine-tune, evaluate again) or `inspect` (a quick triage: load through
     /// onnxruntime, check it is a classifier, measure forward throughput).
     pub runner: JobRunnerKind,
+    /// How long a dropped model waits for an external-data file it references before it fails (seconds).
+    pub companion_wait_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,11 +282,16 @@ pub enum JobRunnerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Largest model accepted, external data included (bytes); checked before a file is read.
     pub max_model_bytes: u64,
+    /// Most graph nodes accepted.
     pub max_nodes: usize,
+    /// Most elements in one tensor: initializers at load, and every tensor the interpreter builds (shape
+    /// arguments of Reshape/Expand/ConstantOfShape/Tile/Range/Pad are checked before anything is allocated).
     pub max_tensor_elements: u64,
+    /// Memory budget per job (MiB); sizes evaluation batches automatically.
     pub job_memory_mb: u64,
-    /// Wall-clock limit per job; 0 = none.
+    /// Wall-clock limit per job (seconds); 0 = none.
     pub job_timeout_s: u64,
 }
 
@@ -431,7 +443,9 @@ impl Default for MemorizationSpec {
             threshold: 0.15,
             train_samples: 5000,
             epochs: 3,
+            lr: 0.05,
             adversarial: false,
+            harmful_top: 24,
         }
     }
 }
@@ -444,6 +458,7 @@ impl Default for DaemonSpec {
             eval_concurrency: 1,
             poll: false,
             runner: JobRunnerKind::Pipeline,
+            companion_wait_s: 3600,
         }
     }
 }
@@ -455,7 +470,7 @@ impl Default for Limits {
             max_nodes: 100_000,
             max_tensor_elements: 1 << 28,
             job_memory_mb: 4096,
-            job_timeout_s: 0,
+            job_timeout_s: 86_400,
         }
     }
 }
@@ -492,7 +507,20 @@ impl Config {
             message: e.to_string(),
         })?;
         let patch: serde_norway::Value = parse_yaml(yaml, origin)?;
-        let merged = merge_yaml(base, patch);
+        if let Some(tag) = first_tag(&patch) {
+            return Err(ConfigError::ParseNoLocation {
+                path: origin.to_path_buf(),
+                message: format!(
+                    "YAML tag `{tag}` is not accepted: a config holds plain values (an unknown tag would otherwise be silently ignored)"
+                ),
+            });
+        }
+        // An empty document (an empty or comment-only sidecar) overrides nothing.
+        let merged = if patch.is_null() {
+            base
+        } else {
+            merge_yaml(base, patch)
+        };
         let cfg: Config =
             serde_norway::from_value(merged).map_err(|e| ConfigError::ParseNoLocation {
                 path: origin.to_path_buf(),
@@ -529,6 +557,12 @@ impl Config {
             return Err(bad(
                 "memorization.subset_ratio",
                 format!("{} is not in (0, 1)", self.memorization.subset_ratio),
+            ));
+        }
+        if !(self.memorization.lr.is_finite() && self.memorization.lr > 0.0) {
+            return Err(bad(
+                "memorization.lr",
+                format!("{} is not a positive learning rate", self.memorization.lr),
             ));
         }
         if !(0.0..1.0).contains(&self.train.val_fraction) {
@@ -578,6 +612,20 @@ impl Config {
                 ));
             }
         }
+        for (key, value, max) in self.work_bounds() {
+            if value > max {
+                return Err(bad(
+                    key,
+                    format!("{value} is more than the most accepted, {max}"),
+                ));
+            }
+        }
+        if !self.train.optimizer.lr.is_finite() || self.train.optimizer.lr < 0.0 {
+            return Err(bad(
+                "train.optimizer.lr",
+                format!("{} is not a finite number >= 0", self.train.optimizer.lr),
+            ));
+        }
         if !["sgd", "adam"].contains(&self.train.optimizer.name.as_str()) {
             return Err(bad(
                 "train.optimizer.name",
@@ -603,6 +651,35 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Counts that set how much work a job does, with the most accepted of each: far above any useful setting,
+    /// they keep a typo or a hostile sidecar from asking for years of computation (`limits.job_timeout_s` bounds
+    /// the rest).
+    fn work_bounds(&self) -> [(&'static str, u64, u64); 12] {
+        let n = |v: usize| v as u64;
+        [
+            ("eval.pgd.steps", n(self.eval.pgd.steps), 10_000),
+            ("eval.pgd.restarts", n(self.eval.pgd.restarts), 100),
+            ("eval.apgd_steps", n(self.eval.apgd_steps), 10_000),
+            (
+                "eval.square_queries",
+                n(self.eval.square_queries),
+                1_000_000,
+            ),
+            ("eval.eps_curve", n(self.eval.eps_curve.len()), 100),
+            ("eval.attacks", n(self.eval.attacks.len()), 32),
+            ("train.epochs", n(self.train.epochs), 10_000),
+            ("train.pgd.steps", n(self.train.pgd.steps), 10_000),
+            ("train.pgd.restarts", n(self.train.pgd.restarts), 100),
+            ("memorization.k", n(self.memorization.k), 1_000),
+            ("memorization.epochs", n(self.memorization.epochs), 10_000),
+            (
+                "train.optimizer.warmup_epochs",
+                n(self.train.optimizer.warmup_epochs),
+                10_000,
+            ),
+        ]
     }
 
     /// Stable hash of the resolved config (dedupe key together with the model's sha256).
@@ -636,6 +713,19 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Resu
             message: e.to_string(),
         },
     })
+}
+
+/// The first explicit YAML tag (`!name`) anywhere in a document.
+fn first_tag(value: &serde_norway::Value) -> Option<String> {
+    use serde_norway::Value;
+    match value {
+        Value::Tagged(t) => Some(t.tag.to_string()),
+        Value::Sequence(items) => items.iter().find_map(first_tag),
+        Value::Mapping(map) => map
+            .iter()
+            .find_map(|(k, v)| first_tag(k).or_else(|| first_tag(v))),
+        _ => None,
+    }
 }
 
 /// Deep-merges `patch` into `base`: mappings merge key by key, anything else replaces.

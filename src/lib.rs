@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod data;
 pub mod eval;
+pub mod memo;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;

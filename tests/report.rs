@@ -35,6 +35,8 @@ groups:
   test:
     typical: {{samples: 900, clean: 0.95, robust: 0.5}}
     atypical: {{samples: 100, clean: 0.6, robust: 0.1}}
+  train_deciles:
+  - {{decile: 1, min_score: -0.1, max_score: 0.0, samples: 100, clean: 0.99, robust: 0.6}}
 ",
             pgd = worst + 0.02
         ))
@@ -155,6 +157,11 @@ curves: []
                 score: 0.8,
                 adv_confidence: 0.03,
             }],
+            source: Some("feldman-zhang K=8".into()),
+            scored_samples: Some(1000),
+            undefined_scores: Some(0),
+            test_consistency_cut: Some(0.85),
+            seconds: Some(12.5),
         }),
         training: Some(training),
         artifacts: Artifacts {

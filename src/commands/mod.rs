@@ -10,6 +10,7 @@ mod infer;
 mod info;
 mod inspect;
 mod interrupt;
+mod memorization;
 mod run;
 mod status;
 mod submit;
@@ -71,6 +72,8 @@ pub enum Command {
     /// Compare fine-tuning methods on one model over several seeds under the same budget: comparison.yaml/.md and
     /// a trade-off plot.
     Compare(compare::Args),
+    /// Score training samples by memorization (Feldman-Zhang, cached) and measure the model per typical/atypical group.
+    Memorization(memorization::Args),
 }
 
 /// Runs one subcommand; the returned code is the process exit code.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(args),
         Command::Finetune(args) => finetune::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Memorization(args) => memorization::run(args),
     }
 }
 

@@ -307,12 +307,26 @@ impl Executor {
         if !record.key.is_empty() && checkpoints.exists() {
             let _ = std::fs::remove_dir_all(&checkpoints);
         }
+        // The cause names the file, whichever layer failed (a dataset or evaluation error does not know it).
+        let mut chain = failure.chain;
+        let names_file = chain
+            .iter()
+            .any(|m| m.contains(&record.dropped_as) || m.contains(&record.model_file));
+        if !names_file {
+            chain.insert(0, record.dropped_as.clone());
+        }
+        let hint = failure.hint.unwrap_or_else(|| {
+            format!(
+                "`robustd inspect {}` shows how robustd reads the model; `robustd check-config` checks a config",
+                record.dropped_as
+            )
+        });
         let error = ErrorReport::from_chain(
             &record.dropped_as,
             Some(&record.id),
             &failure.stage,
-            failure.chain,
-            failure.hint,
+            chain,
+            Some(hint),
         );
         error.write(&job.dir.join(ERROR_FILE))?;
         let mut rec = record.clone();

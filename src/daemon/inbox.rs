@@ -283,7 +283,8 @@ pub fn intake(
         match base
             .with_overrides(&text, Path::new(&sidecar_name))
             .map_err(|e| e.to_string())
-            .and_then(|c| daemon_wide_keys(&text).map(|()| c))
+            .and_then(|c| daemon_wide_keys(&text, &sidecar_name).map(|()| c))
+            .and_then(|c| sidecar_paths(&c, base, &sidecar_name).map(|()| c))
         {
             Ok(c) => config = c,
             Err(e) => {
@@ -314,7 +315,22 @@ pub fn intake(
         .map(|s| s.external_locations)
         .unwrap_or_default();
     let mut companion_digests = Vec::new();
+    let waited = SystemTime::now()
+        .duration_since(seen_at)
+        .unwrap_or_default();
+    let companion_wait = Duration::from_secs(config.daemon.companion_wait_s);
+    let mut total_bytes = bytes.len() as u64;
     for location in &locations {
+        if OsStr::new(location) == name {
+            drop.files.push((path, drop.record.model_file.clone()));
+            return reject(
+                spool,
+                drop,
+                "intake",
+                format!("{shown} names itself as its own external data file"),
+                "external data lives in a separate file (torch.onnx.export writes MODEL.onnx.data)",
+            );
+        }
         if !is_safe_companion(location) {
             drop.files.push((path, drop.record.model_file.clone()));
             return reject(spool, drop, "intake",
@@ -323,6 +339,21 @@ pub fn intake(
         }
         let companion = inbox.join(location);
         match std::fs::symlink_metadata(&companion) {
+            Err(_) if waited >= companion_wait => {
+                drop.files.push((path, drop.record.model_file.clone()));
+                return reject(
+                    spool,
+                    drop,
+                    "intake",
+                    format!(
+                        "{shown} references external data {} that never arrived in the inbox (waited {} s)",
+                        display_name(OsStr::new(location)),
+                        waited.as_secs()
+                    ),
+                    "drop the .onnx.data file next to the model (before it, ideally); daemon.companion_wait_s \
+                     sets how long a model waits for it",
+                );
+            }
             Err(_) => {
                 return Ok(Intake::Waiting(format!(
                     "its external data file {location} is not in the inbox yet"
@@ -348,11 +379,26 @@ pub fn intake(
                         "its external data file {location} is still being written"
                     )));
                 }
-                let data = std::fs::read(&companion).map_err(|e| SpoolError::Io {
+                total_bytes = total_bytes.saturating_add(m.len());
+                if total_bytes > base.limits.max_model_bytes {
+                    drop.files.push((path, drop.record.model_file.clone()));
+                    return reject(
+                        spool,
+                        drop,
+                        "intake",
+                        format!(
+                            "{shown} with its external data is {total_bytes} bytes or more, over \
+                             limits.max_model_bytes ({})",
+                            base.limits.max_model_bytes
+                        ),
+                        "raise limits.max_model_bytes in the daemon config",
+                    );
+                }
+                let digest = sha256_file(&companion).map_err(|e| SpoolError::Io {
                     path: companion.clone(),
                     source: e,
                 })?;
-                companion_digests.push(sha256_hex(&data));
+                companion_digests.push(digest);
                 drop.files.push((companion, location.clone()));
                 drop.record.companions.push(location.clone());
             }
@@ -444,7 +490,7 @@ fn reject(
 /// how the inbox is watched, the resource limits, and which shared library is loaded into the process).
 pub const DAEMON_WIDE_KEYS: &[&str] = &["paths", "daemon", "limits", "runtime.ort_library"];
 
-fn daemon_wide_keys(text: &str) -> Result<(), String> {
+fn daemon_wide_keys(text: &str, sidecar: &str) -> Result<(), String> {
     let doc: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     let found: Vec<&str> = DAEMON_WIDE_KEYS
         .iter()
@@ -461,10 +507,50 @@ fn daemon_wide_keys(text: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "a sidecar may not set {} (daemon-wide settings; only the daemon's config sets them)",
+            "{sidecar}: a sidecar may not set {} (daemon-wide settings; only the daemon's config sets them)",
             found.join(", ")
         ))
     }
+}
+
+/// Files a sidecar may point the job at (`dataset.path`, a scores file in `train.bat.atypicality`) must be
+/// regular files or directories: a FIFO or a device such as /dev/zero would block or feed the job forever.
+fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), String> {
+    use crate::train::AtypicalitySetting;
+    let mut paths: Vec<(&str, PathBuf)> = Vec::new();
+    if config.dataset.path != base.dataset.path {
+        if let Some(p) = &config.dataset.path {
+            paths.push(("dataset.path", p.clone()));
+        }
+    }
+    if config.train.bat.atypicality != base.train.bat.atypicality {
+        if let AtypicalitySetting::File { path, .. } =
+            AtypicalitySetting::parse(&config.train.bat.atypicality)
+        {
+            paths.push(("train.bat.atypicality", path));
+        }
+    }
+    for (key, path) in paths {
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() || m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "{sidecar}: `{key}`: {} is not a regular file or directory",
+                    path.display()
+                ))
+            }
+            Err(e) => return Err(format!("{sidecar}: `{key}`: {}: {e}", path.display())),
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 (hex) of a file, streamed (an external-data file may be far larger than memory should hold at once).
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {

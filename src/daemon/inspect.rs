@@ -55,6 +55,14 @@ impl JobRunner for InspectRunner {
         let cfg = &ctx.config;
         ctx.progress.stage("load");
         let path = job.model_path();
+        // The configured limits (bytes, nodes, tensor elements) hold before onnxruntime sees the file: its
+        // constant folding allocates whatever a hostile graph asks for. Any other verdict is onnxruntime's.
+        if let Err(e @ crate::onnx::OnnxError::Limit { .. }) =
+            crate::onnx::OnnxModel::load_lenient(&path, &cfg.limits)
+        {
+            return Err(JobError::failed("load", e)
+                .with_hint("the daemon's config `limits` sets what is accepted"));
+        }
         let bytes = std::fs::read(&path).map_err(|e| JobError::failed("load", e))?;
         // The scan only adds metadata (opset, parameters); onnxruntime is the judge of loadability.
         let scan = scan_model(&bytes).ok();

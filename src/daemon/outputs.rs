@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use super::job::JobRecord;
-use crate::report::atomic::{create_dir_all, rename_durable, symlink_atomic, WriteError};
+use crate::report::atomic::{
+    create_dir_all, is_temp_name, rename_durable, symlink_atomic, WriteError,
+};
 
 /// Name of the symlink to the newest result of a model.
 pub const LATEST: &str = "latest";
@@ -28,6 +30,38 @@ impl Outputs {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Startup (nothing runs yet): removes what a killed daemon left half-made — staging directories
+    /// (`models/<name>/.<key12>.partial`; a resumed job builds its own again, its checkpoints live in the spool)
+    /// and temporary files of interrupted atomic writes (`.<file>.tmp-<pid>-<n>`, e.g. a `latest` link being
+    /// replaced). Returns how many entries went.
+    pub fn sweep_stale(&self) -> usize {
+        let mut removed = 0;
+        let Ok(models) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        for model in models.flatten() {
+            let dir = model.path();
+            let is_dir = model.file_type().is_ok_and(|t| t.is_dir());
+            if !is_dir {
+                removed += usize::from(remove_if_stale(&dir));
+                continue;
+            }
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                removed += usize::from(remove_if_stale(&entry.path()));
+            }
+            // A model directory left empty (its only job failed or is re-running) goes too.
+            let _ = std::fs::remove_dir(&dir);
+        }
+        if removed > 0 {
+            tracing::info!(
+                "removed {removed} half-written entr{} from {} (left by an interrupted run)",
+                if removed == 1 { "y" } else { "ies" },
+                self.root.display()
+            );
+        }
+        removed
     }
 
     /// `models/<name>/<key12>`.
@@ -93,6 +127,34 @@ impl Outputs {
             Path::new(record.key12()),
             &self.root.join(&record.name).join(LATEST),
         )
+    }
+}
+
+/// Removes `path` when it is a staging directory or an atomic writer's temporary file; true if it did.
+fn remove_if_stale(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stale = (name.starts_with('.') && name.ends_with(".partial")) || is_temp_name(&name);
+    if !stale {
+        return false;
+    }
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(_) => return false,
+    };
+    let result = if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+            false
+        }
     }
 }
 

@@ -68,9 +68,11 @@ pub async fn run(
             recovery.resumed.join(", ")
         );
     }
+    let outputs = Outputs::open(&paths.models)?;
+    outputs.sweep_stale();
     let exec = Executor {
         spool: spool.clone(),
-        outputs: Outputs::open(&paths.models)?,
+        outputs,
         runner,
     };
 

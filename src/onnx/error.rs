@@ -61,6 +61,8 @@ pub enum OnnxError {
         op: String,
         message: String,
     },
+    #[error("{file}: interrupted: the job was cancelled")]
+    Interrupted { file: PathBuf },
     #[error("{file}: onnxruntime: {message}")]
     Ort { file: PathBuf, message: String },
     #[error("{file}: {message}: {source}")]

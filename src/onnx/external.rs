@@ -49,7 +49,8 @@ impl ExternalRef {
 
 /// Resolves external-data references relative to one model directory, mapping each file once.
 pub struct ExternalResolver {
-    model_dir: PathBuf,
+    /// `None`: a model loaded from memory, whose external data is refused.
+    model_dir: Option<PathBuf>,
     /// The canonical model directory, for the containment check.
     canonical_dir: PathBuf,
     files: BTreeMap<String, Bytes>,
@@ -64,10 +65,19 @@ impl ExternalResolver {
             .to_path_buf();
         let canonical_dir = std::fs::canonicalize(&model_dir)?;
         Ok(Self {
-            model_dir,
+            model_dir: Some(model_dir),
             canonical_dir,
             files: BTreeMap::new(),
         })
+    }
+
+    /// A resolver with no directory behind it: every external reference is refused (models parsed from memory).
+    pub fn refusing() -> Self {
+        Self {
+            model_dir: None,
+            canonical_dir: PathBuf::new(),
+            files: BTreeMap::new(),
+        }
     }
 
     /// The relative locations read so far (the model's external-data files).
@@ -108,7 +118,10 @@ impl ExternalResolver {
 
     /// `location` joined to the model directory, refusing anything that leaves it.
     pub fn confined_path(&self, location: &str) -> Result<PathBuf, String> {
-        confined_path(&self.model_dir, &self.canonical_dir, location)
+        match &self.model_dir {
+            Some(dir) => confined_path(dir, &self.canonical_dir, location),
+            None => Err("external data cannot be read for a model parsed from memory".into()),
+        }
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Interpreter {
     input_kinds: Vec<Kind>,
     outputs: Vec<Src>,
     train: bool,
+    /// `limits.max_tensor_elements` of the model's load: no tensor the plan builds may be larger.
+    max_elements: u64,
 }
 
 impl Interpreter {
@@ -135,6 +137,7 @@ impl Interpreter {
         }
 
         let opset = model.opset();
+        let max_elements = model.limits().max_tensor_elements;
         let mut steps: Vec<Step> = Vec::new();
         for node in model.nodes() {
             let op = ops::lookup(&node.op_type).ok_or_else(|| OnnxError::Node {
@@ -174,8 +177,10 @@ impl Interpreter {
                     opset,
                     train: false,
                     train_batchnorm: false,
+                    max_elements,
                 };
                 let outs = op(&ctx, &args).map_err(|e| node_error(&file, node, e))?;
+                check_outputs(&outs, max_elements).map_err(|e| node_error(&file, node, e))?;
                 drop(args);
                 for (name, t) in node.outputs.iter().zip(outs) {
                     if name.is_empty() {
@@ -229,6 +234,7 @@ impl Interpreter {
             input_kinds,
             outputs,
             train: false,
+            max_elements,
         })
     }
 
@@ -263,8 +269,11 @@ impl Interpreter {
                 opset: self.opset,
                 train: self.train,
                 train_batchnorm: self.options.train_batchnorm,
+                max_elements: self.max_elements,
             };
             let outs = (step.op)(&ctx, &args).map_err(|e| node_error(&self.file, &step.node, e))?;
+            check_outputs(&outs, self.max_elements)
+                .map_err(|e| node_error(&self.file, &step.node, e))?;
             drop(args);
             if outs.len() < step.outputs.iter().flatten().count() {
                 return Err(node_error(
@@ -452,6 +461,22 @@ fn node_error(file: &std::path::Path, node: &Node, e: ops::OpError) -> OnnxError
         op: node.op_type.clone(),
         message: e.to_string(),
     }
+}
+
+/// Every tensor an op returned is within `limits.max_tensor_elements` (ops that allocate from shape arguments
+/// check before allocating; this catches the rest, e.g. a MatMul over broadcast views).
+fn check_outputs(outs: &[Tensor], max_elements: u64) -> Result<(), ops::OpError> {
+    for t in outs {
+        let numel = t.numel() as u64;
+        if numel > max_elements {
+            return Err(ops::OpError::Invalid(format!(
+                "an output of shape {:?} has {numel} elements, over the limit of {max_elements} (config \
+                 `limits.max_tensor_elements`)",
+                t.size()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Fills each step's `release` list: a slot is released right after its last reader, unless it is an output.

@@ -33,7 +33,5 @@ pub use layout::{infer_input_chw, resolve_layout};
 pub use model::{Dim, Initializer, OnnxModel, ValueInfo, MAX_OPSET, MIN_OPSET};
 pub use ort_scorer::OrtScorer;
 pub use params::Role;
-pub use tch_model::TchModel;
-pub use write_back::{
-    write_atomically, write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY,
-};
+pub use tch_model::{Interrupt, TchModel};
+pub use write_back::{write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY};

@@ -122,6 +122,8 @@ pub struct OnnxModel {
     /// The model with every initializer's payload removed: the template write-back fills in.
     skeleton: ModelProto,
     structure_hash: String,
+    /// The limits it was loaded under; the interpreter holds every tensor it builds to them.
+    limits: Limits,
 }
 
 impl OnnxModel {
@@ -140,28 +142,43 @@ impl OnnxModel {
         path: &Path,
         limits: &Limits,
     ) -> Result<(Self, Option<OnnxError>), OnnxError> {
-        let io = |action: &'static str| {
-            move |source| OnnxError::Io {
-                file: path.to_path_buf(),
-                action,
-                source,
-            }
-        };
-        let size = std::fs::metadata(path).map_err(io("cannot read"))?.len();
+        let bytes = read_model_file(path, limits.max_model_bytes)?;
+        let resolver = ExternalResolver::new(path).map_err(|source| OnnxError::Io {
+            file: path.to_path_buf(),
+            action: "cannot resolve the model directory",
+            source,
+        })?;
+        Self::decode(path, bytes, resolver, limits)
+    }
+
+    /// Parses a model held in memory; `name` stands for the file in messages. External data is refused (there is
+    /// no directory to read it from): the entry point for fuzzing and for callers that never touch the disk.
+    pub fn from_bytes(name: &Path, bytes: Bytes, limits: &Limits) -> Result<Self, OnnxError> {
         check_limit(
-            path,
-            "model file size (bytes)",
-            size,
+            name,
+            "model size (bytes)",
+            bytes.len() as u64,
             limits.max_model_bytes,
         )?;
-        let bytes = Bytes::from(std::fs::read(path).map_err(io("cannot read"))?);
+        let (model, unsupported) = Self::decode(name, bytes, ExternalResolver::refusing(), limits)?;
+        match unsupported {
+            Some(e) => Err(e),
+            None => Ok(model),
+        }
+    }
+
+    fn decode(
+        path: &Path,
+        bytes: Bytes,
+        resolver: ExternalResolver,
+        limits: &Limits,
+    ) -> Result<(Self, Option<OnnxError>), OnnxError> {
+        let file_len = bytes.len() as u64;
         let proto = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
             file: path.to_path_buf(),
             source,
         })?;
-        let resolver =
-            ExternalResolver::new(path).map_err(io("cannot resolve the model directory"))?;
-        Self::from_proto(path, proto, resolver, limits)
+        Self::from_proto(path, proto, resolver, limits, file_len)
     }
 
     fn from_proto(
@@ -169,6 +186,7 @@ impl OnnxModel {
         mut proto: ModelProto,
         mut resolver: ExternalResolver,
         limits: &Limits,
+        file_len: u64,
     ) -> Result<(Self, Option<OnnxError>), OnnxError> {
         let file = path.to_path_buf();
         let graph = proto.graph.as_mut().ok_or_else(|| {
@@ -222,7 +240,7 @@ impl OnnxModel {
                 external,
             });
         }
-        let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) + resolver.mapped_bytes();
+        let total = file_len.saturating_add(resolver.mapped_bytes());
         check_limit(
             path,
             "model size with external data (bytes)",
@@ -237,6 +255,26 @@ impl OnnxModel {
             .map(ValueInfo::from_proto)
             .collect();
         let outputs: Vec<ValueInfo> = graph.output.iter().map(ValueInfo::from_proto).collect();
+        for (kind, v) in inputs
+            .iter()
+            .map(|v| ("input", v))
+            .chain(outputs.iter().map(|v| ("output", v)))
+        {
+            if v.dims
+                .iter()
+                .flatten()
+                .any(|d| matches!(d, Dim::Fixed(n) if *n < 0))
+            {
+                return Err(OnnxError::model(
+                    &file,
+                    format!(
+                        "graph {kind} `{}` declares a negative dimension in its shape {}",
+                        v.name,
+                        v.shape_string()
+                    ),
+                ));
+            }
+        }
         let nodes: Vec<Node> = graph
             .node
             .iter()
@@ -297,6 +335,7 @@ impl OnnxModel {
             external_data_files: resolver.files(),
             skeleton: proto,
             structure_hash,
+            limits: limits.clone(),
         };
         Ok((model, unsupported))
     }
@@ -362,6 +401,45 @@ impl OnnxModel {
     pub fn skeleton(&self) -> &ModelProto {
         &self.skeleton
     }
+    /// The limits the model was loaded under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+/// Reads a model file, refusing anything but a regular file (a FIFO or a device would block or never end) and
+/// anything over `max_bytes` — checked before reading, and again while reading, so a file that grows meanwhile
+/// cannot get past the limit.
+fn read_model_file(path: &Path, max_bytes: u64) -> Result<Bytes, OnnxError> {
+    use std::io::Read;
+    let io = |action: &'static str| {
+        move |source| OnnxError::Io {
+            file: path.to_path_buf(),
+            action,
+            source,
+        }
+    };
+    let meta = std::fs::metadata(path).map_err(io("cannot read"))?;
+    if !meta.is_file() {
+        return Err(OnnxError::model(
+            path,
+            "not a regular file (a directory, FIFO or device is never read)",
+        ));
+    }
+    check_limit(path, "model file size (bytes)", meta.len(), max_bytes)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .map_err(io("cannot read"))?
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io("cannot read"))?;
+    check_limit(
+        path,
+        "model file size (bytes)",
+        bytes.len() as u64,
+        max_bytes,
+    )?;
+    Ok(Bytes::from(bytes))
 }
 
 fn check_limit(path: &Path, what: &'static str, value: u64, limit: u64) -> Result<(), OnnxError> {
@@ -421,7 +499,15 @@ fn decode_initializer(
     } else {
         None
     };
-    TensorData::from_proto(t, external).map_err(tensor_err)
+    let data = TensorData::from_proto(t, external).map_err(tensor_err)?;
+    if let Some((count, first)) = data.nan_count() {
+        return Err(tensor_err(format!(
+            "holds {count} NaN value(s) (the first at flat index {first}) among {} elements: the weights are \
+             corrupt (a diverged training run?) and no result computed from them would mean anything",
+            data.numel()
+        )));
+    }
+    Ok(data)
 }
 
 /// Removes a tensor's payload (data fields and external-data entries), keeping name, dims and type.

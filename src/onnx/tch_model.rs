@@ -2,6 +2,8 @@
 //! (normalization and layout inside the forward path, so attacks work in [0,1] NCHW pixel space), the image size
 //! and the class count (learned from one probe forward pass).
 
+use std::sync::Arc;
+
 use tch::{Device, Kind, Tensor};
 
 use super::error::OnnxError;
@@ -12,12 +14,17 @@ use super::tensor_data::DType;
 use crate::config::InputLayout;
 use crate::model::{Classifier, InputAdapter, ModelError};
 
+/// Polled before every forward pass: `true` makes the pass fail with [`OnnxError::Interrupted`], so a cancelled
+/// or timed-out job stops inside a long evaluation or attack instead of at the next stage boundary.
+pub type Interrupt = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// An ONNX classifier on tch. See the module docs.
 pub struct TchModel {
     graph: Interpreter,
     adapter: InputAdapter,
     input_chw: [i64; 3],
     num_classes: i64,
+    interrupt: Option<Interrupt>,
 }
 
 impl TchModel {
@@ -40,6 +47,21 @@ impl TchModel {
                 format!(
                     "a classifier takes one image input; this graph has {}",
                     model.inputs().len()
+                ),
+            ));
+        }
+        if model.outputs().len() != 1 {
+            return Err(OnnxError::model(
+                file,
+                format!(
+                    "a classifier has one output, the logits [N, classes]; this graph has {} ({})",
+                    model.outputs().len(),
+                    model
+                        .outputs()
+                        .iter()
+                        .map(|o| format!("`{}` {}", o.name, o.shape_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -72,9 +94,15 @@ impl TchModel {
             adapter,
             input_chw,
             num_classes: 0,
+            interrupt: None,
         };
-        m.num_classes = m.probe_classes()?;
+        m.num_classes = m.probe_classes(model)?;
         Ok(m)
+    }
+
+    /// Makes every later forward pass check `interrupt` first (see [`Interrupt`]).
+    pub fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.interrupt = interrupt;
     }
 
     /// Builds with the input layout resolved from the config (`auto` inspects the ONNX input shape).
@@ -94,7 +122,10 @@ impl TchModel {
         Self::new(model, adapter, device, options)
     }
 
-    fn probe_classes(&self) -> Result<i64, OnnxError> {
+    /// One forward pass on an all-zero image: the class count from the output shape, and the first check that
+    /// the model computes finite logits (NaN weights are refused at load; Inf weights and graphs that make
+    /// NaN/Inf themselves are caught here, naming the initializers that hold Inf).
+    fn probe_classes(&self, model: &OnnxModel) -> Result<i64, OnnxError> {
         let _guard = tch::no_grad_guard();
         let [c, h, w] = self.input_chw;
         let x = Tensor::f_zeros([1, c, h, w], (Kind::Float, self.graph.device())).map_err(
@@ -105,15 +136,54 @@ impl TchModel {
             },
         )?;
         let y = self.logits(&x)?;
-        match y.size().as_slice() {
-            [1, n] => Ok(*n),
-            other => Err(OnnxError::model(
+        let n = match y.size().as_slice() {
+            [1, n] if *n >= 2 => *n,
+            [1, n] => {
+                return Err(OnnxError::model(
+                    self.graph.file(),
+                    format!("the output has {n} classes for one image; a classifier gives [N, classes] with 2 or more classes"),
+                ))
+            }
+            other => {
+                return Err(OnnxError::model(
+                    self.graph.file(),
+                    format!(
+                        "the output has shape {other:?} for one image; a classifier gives [N, classes]"
+                    ),
+                ))
+            }
+        };
+        let finite = y
+            .f_isfinite()
+            .and_then(|f| f.f_all())
+            .and_then(|a| a.f_int64_value(&[]))
+            .map_err(|source| OnnxError::Torch {
+                file: self.graph.file().to_path_buf(),
+                message: "checking the probe's logits".into(),
+                source,
+            })?;
+        if finite == 0 {
+            let holding: Vec<String> = model
+                .initializers()
+                .iter()
+                .filter_map(|i| {
+                    let n = i.data.inf_count();
+                    (n > 0).then(|| format!("`{}` ({n} Inf)", i.name))
+                })
+                .take(8)
+                .collect();
+            let why = if holding.is_empty() {
+                "no initializer holds NaN/Inf, so the graph itself makes them (a log of 0, a division by 0?)"
+                    .to_owned()
+            } else {
+                format!("initializers holding Inf: {}", holding.join(", "))
+            };
+            return Err(OnnxError::model(
                 self.graph.file(),
-                format!(
-                    "the first output has shape {other:?} for one image; a classifier gives [N, classes]"
-                ),
-            )),
+                format!("the logits for an all-zero image are not finite (NaN/Inf); {why}"),
+            ));
         }
+        Ok(n)
     }
 
     /// Logits for pixel-space `[N, C, H, W]` input: adapter (normalization, layout), then the graph.
@@ -125,6 +195,11 @@ impl TchModel {
                 self.graph.file(),
                 format!("input batch has shape {size:?}; this model takes [N, {c}, {h}, {w}]"),
             ));
+        }
+        if self.interrupt.as_ref().is_some_and(|stop| stop()) {
+            return Err(OnnxError::Interrupted {
+                file: self.graph.file().to_path_buf(),
+            });
         }
         let adapted = self.adapter.apply(x);
         let adapted = match self.graph.input_kinds().first() {

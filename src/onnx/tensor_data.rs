@@ -183,6 +183,55 @@ impl TensorData {
         })
     }
 
+    /// How many elements are NaN, and the flat index of the first; `None` when there are none (or the type is
+    /// not floating-point).
+    pub fn nan_count(&self) -> Option<(u64, u64)> {
+        fn scan<const N: usize>(
+            bytes: &[u8],
+            is_nan: impl Fn([u8; N]) -> bool,
+        ) -> Option<(u64, u64)> {
+            let mut count = 0u64;
+            let mut first = None;
+            for (i, chunk) in bytes.chunks_exact(N).enumerate() {
+                let mut a = [0u8; N];
+                a.copy_from_slice(chunk);
+                if is_nan(a) {
+                    count += 1;
+                    first.get_or_insert(i as u64);
+                }
+            }
+            first.map(|f| (count, f))
+        }
+        match self.dtype {
+            DType::F32 => scan(&self.bytes, |b| f32::from_le_bytes(b).is_nan()),
+            DType::F64 => scan(&self.bytes, |b| f64::from_le_bytes(b).is_nan()),
+            DType::F16 => scan(&self.bytes, |b| half::f16::from_le_bytes(b).is_nan()),
+            DType::BF16 => scan(&self.bytes, |b| half::bf16::from_le_bytes(b).is_nan()),
+            _ => None,
+        }
+    }
+
+    /// How many elements are infinite (floating-point types only).
+    pub fn inf_count(&self) -> u64 {
+        fn count<const N: usize>(bytes: &[u8], is_inf: impl Fn([u8; N]) -> bool) -> u64 {
+            bytes
+                .chunks_exact(N)
+                .filter(|c| {
+                    let mut a = [0u8; N];
+                    a.copy_from_slice(c);
+                    is_inf(a)
+                })
+                .count() as u64
+        }
+        match self.dtype {
+            DType::F32 => count(&self.bytes, |b| f32::from_le_bytes(b).is_infinite()),
+            DType::F64 => count(&self.bytes, |b| f64::from_le_bytes(b).is_infinite()),
+            DType::F16 => count(&self.bytes, |b| half::f16::from_le_bytes(b).is_infinite()),
+            DType::BF16 => count(&self.bytes, |b| half::bf16::from_le_bytes(b).is_infinite()),
+            _ => 0,
+        }
+    }
+
     /// A CPU tch tensor holding a copy of the data.
     pub fn to_tch(&self) -> Result<Tensor, tch::TchError> {
         Tensor::f_from_data_size(&self.bytes, &self.dims, self.dtype.kind())

@@ -3,7 +3,6 @@
 //! beside the model when the original used external data or the model would exceed 1 GiB. Both files are written
 //! atomically: a temp file in the target directory, fsync, rename, then the directory is synced.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -161,17 +160,12 @@ fn set_metadata(props: &mut Vec<StringStringEntryProto>, key: &str, value: &str)
     }
 }
 
-/// Temp file in the same directory, fsync, rename over `path`.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+/// Through the project's one atomic writer (temp file in the same directory, fsync, rename, mode 0644).
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    crate::report::write_atomic(path, bytes).map_err(|e| match e {
+        crate::report::WriteError::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    })
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

@@ -81,11 +81,11 @@ pub fn run(
     let mut shared: Option<Atypicality> = None;
     for &method in &settings.methods {
         subject.config.train.method = method;
-        if let Some((flags, warning)) =
+        if let Some(found) =
             stages::atypicality(&subject, Some(cancel.flag())).map_err(failed("atypicality"))?
         {
-            warnings.extend(warning);
-            shared = Some(flags);
+            warnings.extend(found.warning);
+            shared = Some(found.flags);
             break;
         }
     }

@@ -39,6 +39,8 @@ pub enum PipelineError {
     Eval(#[from] crate::eval::EvalError),
     #[error("training: {0}")]
     Train(#[from] crate::train::TrainError),
+    #[error("memorization: {0}")]
+    Memo(#[from] crate::memo::MemoError),
     #[error(transparent)]
     Write(#[from] crate::report::WriteError),
     #[error("plot: {0}")]

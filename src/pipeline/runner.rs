@@ -57,6 +57,9 @@ pub fn run(
     if let Some(name) = display_name {
         subject.display_name = Some(name.to_owned());
     }
+    // Forward passes stop once the job is cancelled (SIGTERM, limits.job_timeout_s), even inside an attack.
+    let token = cancel.clone();
+    subject.interrupt = Some(std::sync::Arc::new(move || token.is_cancelled()));
     let mut tch_model = subject.tch_model().map_err(failed("prepare"))?;
     let classes = stages::classes(&tch_model);
     let mut model_info = subject.model_info(classes).map_err(failed("prepare"))?;
@@ -120,9 +123,10 @@ pub fn run(
     progress.stage("atypicality");
     let atypicality =
         resumable_atypicality(&subject, checkpoint_dir, cancel).map_err(failed("atypicality"))?;
-    if let Some((flags, warning)) = &atypicality {
-        outcome.summary.atypical_share = Some(flags.share());
-        warnings.extend(warning.clone());
+    if let Some(a) = &atypicality {
+        outcome.summary.atypical_share = Some(a.flags.share());
+        warnings.extend(a.warning.clone());
+        outcome.memorization = a.memorization.clone();
     }
     cancel.check()?;
 
@@ -130,7 +134,7 @@ pub fn run(
     let training = stages::finetune(
         &subject,
         &mut tch_model,
-        atypicality.as_ref().map(|(a, _)| a),
+        atypicality.as_ref().map(|a| &a.flags),
         &checkpoint_dir.join("finetune"),
         out_dir,
         Some(cancel.flag()),
@@ -178,9 +182,15 @@ pub fn run(
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
     outcome.training = Some(training);
+    let (mut before_result, mut after_result) = (before.result, after.result);
+    if let Some(consistency) = atypicality.as_ref().and_then(|a| a.consistency.as_ref()) {
+        let threshold = config.memorization.threshold;
+        before_result.groups = stages::test_groups(&before.per_sample, consistency, threshold);
+        after_result.groups = stages::test_groups(&after.per_sample, consistency, threshold);
+    }
     outcome.evaluation = Some(Evaluation {
-        before: Some(before.result),
-        after: Some(after.result),
+        before: Some(before_result),
+        after: Some(after_result),
     });
     Ok(outcome)
 }
@@ -212,11 +222,11 @@ pub fn report_eval_progress(progress: &Progress, p: &eval::Progress) {
     progress.fraction(((p.stage_index as f64 + within) / stages).clamp(0.0, 1.0));
 }
 
-/// A stage failure as the daemon files it; a cancelled training becomes a cancellation (checkpoint kept).
+/// A stage failure as the daemon files it. Once the job is cancelled, whatever the stage returns (a training
+/// stopped at its checkpoint, an interrupted forward pass) is the cancellation.
 pub(crate) fn stage_error(stage: &str, error: PipelineError, cancel: &CancelToken) -> JobError {
-    if let (PipelineError::Train(TrainError::Cancelled { .. }), Some(reason)) =
-        (&error, cancel.reason())
-    {
+    if let Some(reason) = cancel.reason() {
+        tracing::debug!(stage, "stopped by cancellation: {error}");
         return JobError::Cancelled(reason);
     }
     let hint = hint_for(&error);
@@ -237,6 +247,11 @@ fn hint_for(error: &PipelineError) -> Option<String> {
         PipelineError::Data(_) => Some("check dataset.name / dataset.path (robustd check-config)".into()),
         PipelineError::Mismatch { .. } => Some(
             "set dataset.name, model.input_layout or model.mean/std in a sidecar NAME.yaml next to the model".into(),
+        ),
+        PipelineError::Eval(_) => Some(
+            "check that the model fits the dataset (dataset.name: the classes and image size) and that \
+             eval settings are sensible (robustd check-config)"
+                .into(),
         ),
         PipelineError::Train(TrainError::NonFiniteLoss { .. }) => {
             Some("lower train.optimizer.lr in a sidecar NAME.yaml".into())
@@ -287,36 +302,41 @@ struct SavedFlags {
     flags: String,
 }
 
+/// The atypicality flags, reused from the checkpoint directory when a resumed job already computed them (the
+/// memorization estimator has its own cache, so only the holdout and imported flags are kept here).
 fn resumable_atypicality(
     subject: &Subject,
     checkpoint_dir: &Path,
     cancel: &CancelToken,
-) -> Result<Option<(Atypicality, Option<String>)>, PipelineError> {
+) -> Result<Option<stages::AtypicalityOutcome>, PipelineError> {
     let path = checkpoint_dir.join("atypicality.yaml");
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(saved) = serde_norway::from_str::<SavedFlags>(&text) {
             if saved.flags.len() == subject.dataset.train.len() {
                 tracing::info!("atypicality flags reused from the job's checkpoint");
                 let flags = saved.flags.bytes().map(|b| b == b'1').collect();
-                return Ok(Some((
-                    Atypicality {
+                return Ok(Some(stages::AtypicalityOutcome {
+                    flags: Atypicality {
                         flags,
                         source: saved.source,
                         threshold: saved.threshold,
                         scored: saved.scored,
                     },
-                    saved.warning,
-                )));
+                    warning: saved.warning,
+                    memorization: None,
+                    consistency: None,
+                }));
             }
         }
     }
     let found = stages::atypicality(subject, Some(cancel.flag()))?;
-    if let Some((a, warning)) = &found {
+    if let Some(outcome) = found.as_ref().filter(|o| o.memorization.is_none()) {
+        let a = &outcome.flags;
         let saved = SavedFlags {
             source: a.source.clone(),
             threshold: a.threshold,
             scored: a.scored,
-            warning: warning.clone(),
+            warning: outcome.warning.clone(),
             flags: a.flags.iter().map(|&f| if f { '1' } else { '0' }).collect(),
         };
         report::write_yaml_atomic(&path, &saved)?;

@@ -80,33 +80,86 @@ pub fn summary_warnings(tag: &str, result: &EvalResult, classes: i64) -> Vec<Str
     out
 }
 
-/// Which training samples are atypical, when the method needs to know (BAT and its reweighting ablation).
-/// Returns the flags and, when a fallback was used, a warning for the summary.
+/// Which training samples are atypical, and what else the source tells the report.
+pub struct AtypicalityOutcome {
+    pub flags: Atypicality,
+    /// Set when a fallback was used, for the summary.
+    pub warning: Option<String>,
+    /// The report's `memorization:` section, when the Feldman–Zhang estimator produced the flags.
+    pub memorization: Option<crate::report::Memorization>,
+    /// Test-sample consistency (dataset index, mean accuracy of the subset models), for the test groups.
+    pub consistency: Option<(Vec<i64>, Vec<f64>)>,
+}
+
+/// Which training samples are atypical, when the method needs to know (BAT and its reweighting ablation):
+/// Feldman–Zhang memorization scores (cached across models of one architecture), the K=2 holdout estimate, or
+/// imported scores, as `train.bat.atypicality` says.
 pub fn atypicality(
     subject: &Subject,
     cancel: Option<&AtomicBool>,
-) -> Result<Option<(Atypicality, Option<String>)>, PipelineError> {
+) -> Result<Option<AtypicalityOutcome>, PipelineError> {
     let cfg = &subject.config;
     let objective = train::Objective::from_spec(&cfg.train)?;
     if !objective.needs_atypicality() {
         return Ok(None);
     }
     let split = &subject.dataset.train;
-    match AtypicalitySetting::parse(&cfg.train.bat.atypicality) {
-        AtypicalitySetting::File { path, key } => {
-            let table = ScoreTable::load(&path, key.as_deref())?;
-            Ok(Some((table.flags(split, cfg.memorization.threshold), None)))
-        }
-        AtypicalitySetting::Holdout => Ok(Some((holdout(subject, cancel)?, None))),
-        AtypicalitySetting::Memorization => {
-            let flags = holdout(subject, cancel)?;
-            let warning =
-                "train.bat.atypicality: memorization scores are not available in this build; \
-                           used the K=2 holdout estimate instead"
-                    .to_owned();
-            Ok(Some((flags, Some(warning))))
-        }
-    }
+    let threshold = cfg.memorization.threshold;
+    let plain = |flags| AtypicalityOutcome {
+        flags,
+        warning: None,
+        memorization: None,
+        consistency: None,
+    };
+    Ok(Some(
+        match AtypicalitySetting::parse(&cfg.train.bat.atypicality) {
+            AtypicalitySetting::File { path, key } => {
+                plain(ScoreTable::load(&path, key.as_deref())?.flags(split, threshold))
+            }
+            AtypicalitySetting::Holdout => plain(holdout(subject, cancel)?),
+            AtypicalitySetting::Memorization => {
+                let mut factory = crate::memo::onnx_factory(
+                    &subject.onnx,
+                    subject.adapter.clone(),
+                    cfg.model.input_layout,
+                    subject.device,
+                );
+                let (_scored, estimate) = crate::memo::estimate_from_config(
+                    cfg,
+                    &subject.dataset,
+                    subject.onnx.structure_hash(),
+                    &mut factory,
+                    cancel,
+                )?;
+                AtypicalityOutcome {
+                    flags: crate::memo::bat_atypicality(&estimate, split, threshold),
+                    warning: None,
+                    memorization: Some(estimate.scores.report_section(threshold, Vec::new())),
+                    consistency: estimate.consistency.map(|c| (c.indices, c.scores)),
+                }
+            }
+        },
+    ))
+}
+
+/// Typical vs atypical accuracy of the evaluated test samples (atypical = low consistency across the subset
+/// models), from an evaluation's per-sample results.
+pub fn test_groups(
+    per_sample: &PerSample,
+    consistency: &(Vec<i64>, Vec<f64>),
+    threshold: f64,
+) -> Option<crate::report::Groups> {
+    crate::memo::groups::test_groups_from_eval(
+        per_sample,
+        &consistency.0,
+        &consistency.1,
+        threshold,
+    )
+    .map(|pair| crate::report::Groups {
+        train: None,
+        test: Some(pair),
+        train_deciles: Vec::new(),
+    })
 }
 
 /// The built-in K=2 half-split estimate on freshly initialized copies of the model's own graph.

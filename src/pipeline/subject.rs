@@ -26,6 +26,8 @@ pub struct Subject {
     pub path: PathBuf,
     /// The name the user gave the file, when `path` is a spool copy with another name.
     pub display_name: Option<String>,
+    /// Installed in every interpreter this subject builds (see [`crate::onnx::Interrupt`]).
+    pub interrupt: Option<onnx::Interrupt>,
 }
 
 impl Subject {
@@ -87,6 +89,7 @@ impl Subject {
             device,
             path: path.to_path_buf(),
             display_name: None,
+            interrupt: None,
         })
     }
 
@@ -96,12 +99,9 @@ impl Subject {
             train_batchnorm: self.config.train.train_batchnorm,
             input_chw: Some(self.dataset.chw),
         };
-        Ok(TchModel::new(
-            &self.onnx,
-            self.adapter.clone(),
-            self.device,
-            options,
-        )?)
+        let mut model = TchModel::new(&self.onnx, self.adapter.clone(), self.device, options)?;
+        model.set_interrupt(self.interrupt.clone());
+        Ok(model)
     }
 
     /// An onnxruntime session on `file` (the original, or the written-back model) with the same adapter.

@@ -105,13 +105,23 @@ pub fn copy_atomic(src: &Path, dst: &Path) -> Result<u64, WriteError> {
     Ok(copied)
 }
 
-/// Creates `path` and its missing parents with mode 0755.
+/// Creates `path` and its missing parents with mode 0755 (set explicitly: mkdir(2) applies the umask, and a
+/// daemon started with umask 077 would otherwise make results only root can read).
 pub fn create_dir_all(path: &Path) -> Result<(), WriteError> {
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
+        .collect();
     DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
         .create(path)
-        .map_err(|e| WriteError::io(path, e))
+        .map_err(|e| WriteError::io(path, e))?;
+    for dir in missing {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| WriteError::io(dir, e))?;
+    }
+    Ok(())
 }
 
 /// Renames `from` to `to` (same filesystem) and fsyncs both parent directories, so the move survives a crash.

@@ -50,12 +50,18 @@ impl ErrorReport {
         chain: Vec<String>,
         hint: Option<String>,
     ) -> Self {
+        // Messages can quote what a hostile file holds (a 200 kB YAML key, a node name of megabytes): shorten each
+        // level so the file stays something a person reads.
+        let chain: Vec<String> = chain
+            .into_iter()
+            .map(|m| shorten(&m, MAX_MESSAGE_CHARS))
+            .collect();
         Self {
             schema: ERROR_SCHEMA.to_owned(),
-            model: model.to_owned(),
+            model: shorten(model, MAX_MESSAGE_CHARS),
             job: job.map(str::to_owned),
             stage: stage.to_owned(),
-            cause: chain.join(": "),
+            cause: shorten(&chain.join(": "), 3 * MAX_MESSAGE_CHARS),
             chain,
             hint,
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -72,6 +78,23 @@ impl ErrorReport {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+/// Longest message kept per level of the chain (characters); longer ones keep their head and tail.
+pub const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// `text` cut to about `max` characters: the start and the end kept, the middle replaced by a count.
+fn shorten(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(max * 2 / 3).collect();
+    let tail: String = text.chars().skip(count - max / 4).collect();
+    format!(
+        "{head} […{} characters…] {tail}",
+        count - max * 2 / 3 - max / 4
+    )
 }
 
 /// The messages of `error` and its sources, outermost first; a level whose message repeats the one below it
@@ -124,5 +147,27 @@ mod tests {
         let path = dir.path().join("error.yaml");
         report.write(&path).unwrap();
         assert_eq!(ErrorReport::read(&path).unwrap(), report);
+    }
+
+    #[test]
+    fn huge_messages_are_shortened_keeping_both_ends() {
+        let key = "k".repeat(200_000);
+        let report = ErrorReport::from_chain(
+            "m.onnx",
+            None,
+            "sidecar",
+            vec![format!(
+                "m.yaml: unknown field `{key}`, expected one of `paths`"
+            )],
+            None,
+        );
+        assert!(
+            report.cause.chars().count() < 3 * MAX_MESSAGE_CHARS,
+            "{}",
+            report.cause.len()
+        );
+        assert!(report.cause.starts_with("m.yaml: unknown field"));
+        assert!(report.cause.ends_with("expected one of `paths`"));
+        assert!(report.cause.contains("characters…]"));
     }
 }

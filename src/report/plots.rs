@@ -285,7 +285,7 @@ pub fn tradeoff_scatter(out: &Path, points: &[TradeoffPoint]) -> Result<(), Plot
 }
 
 /// Tableau-10 colors: distinct on white and for most colour-blind readers.
-fn color(i: usize) -> RGBAColor {
+pub(crate) fn color(i: usize) -> RGBAColor {
     const PALETTE: [(u8, u8, u8); 8] = [
         (31, 119, 180),
         (214, 39, 40),
@@ -305,7 +305,7 @@ type Chart<'a, 'b> = ChartContext<
     BitMapBackend<'b>,
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
-type DrawResult = Result<(), Box<dyn std::error::Error + 'static>>;
+pub(crate) type DrawResult = Result<(), Box<dyn std::error::Error + 'static>>;
 
 fn draw_lines<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, series: &[Series]) -> DrawResult {
     for (i, s) in series.iter().enumerate() {
@@ -357,16 +357,27 @@ fn non_empty<'a>(
     Ok(points)
 }
 
-/// Draws into an RGB buffer and writes it as a PNG, atomically.
+/// Draws into an RGB buffer of the standard size and writes it as a PNG, atomically.
 fn render(
     out: &Path,
     plot: &'static str,
     draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> DrawResult,
 ) -> Result<(), PlotError> {
+    render_sized(out, plot, (WIDTH, HEIGHT), draw)
+}
+
+/// Draws into an RGB buffer of `(width, height)` pixels and writes it as a PNG, atomically (for figures whose
+/// size follows their content, such as the memorization module's image grid).
+pub(crate) fn render_sized(
+    out: &Path,
+    plot: &'static str,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> DrawResult,
+) -> Result<(), PlotError> {
     ensure_font()?;
-    let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    let mut pixels = vec![0u8; (width * height * 3) as usize];
     {
-        let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
         let drawn = root
             .fill(&WHITE)
             .map_err(|e| e.to_string())
@@ -376,7 +387,7 @@ fn render(
     }
     let mut encoded = Vec::new();
     {
-        let mut encoder = png::Encoder::new(&mut encoded, WIDTH, HEIGHT);
+        let mut encoder = png::Encoder::new(&mut encoded, width, height);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         encoder

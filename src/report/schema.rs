@@ -230,6 +230,25 @@ pub struct Groups {
     pub train: Option<GroupPair>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<GroupPair>,
+    /// Training samples in ten rank groups of their score (1 = lowest 10 %, 10 = highest): accuracy against
+    /// memorization in finer steps than the typical/atypical split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_deciles: Vec<DecileAccuracy>,
+}
+
+/// One rank decile of the training scores: its score range and the model's accuracy on it (`robust` = accuracy
+/// on the PGD examples of these training samples).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecileAccuracy {
+    /// 1..=10.
+    pub decile: u8,
+    /// Lowest and highest score in the decile.
+    pub min_score: f64,
+    pub max_score: f64,
+    pub samples: u64,
+    pub clean: f64,
+    pub robust: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,7 +271,9 @@ pub struct GroupAccuracy {
 pub struct Memorization {
     /// `feldman-zhang`, `holdout`, or `imported`.
     pub estimator: String,
+    /// Subset models K (0 for imported scores and the learning-speed proxy).
     pub models: u64,
+    /// Share of the scored samples each subset model saw (the balanced design's `m / K`).
     pub subset_ratio: f64,
     pub threshold: f64,
     /// Scores came from the cache in the state directory.
@@ -261,6 +282,21 @@ pub struct Memorization {
     pub histogram: Histogram,
     #[serde(default)]
     pub harmful_atypical: Vec<HarmfulSample>,
+    /// Where the scores came from in words (design of the estimator, imported file, proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Training samples scored (the first `memorization.train_samples`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_samples: Option<u64>,
+    /// Scored samples whose score is undefined (never or always left out; counted as typical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undefined_scores: Option<u64>,
+    /// Test samples whose consistency (mean accuracy of the subset models) is below this are atypical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_consistency_cut: Option<f64>,
+    /// Training time of the K subset models (also when they came from the cache: what the scores cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
 }
 
 /// `counts[i]` samples fall in `[bins[i], bins[i+1])`.
@@ -271,9 +307,12 @@ pub struct Histogram {
     pub counts: Vec<u64>,
 }
 
+/// An atypical training sample whose adversarial example the model does not fit: `adv_confidence` is
+/// `p(label | x')` under the model for the PGD example `x'`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HarmfulSample {
+    /// Source index in the training split.
     pub index: u64,
     pub label: i64,
     pub score: f64,

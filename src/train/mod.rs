@@ -42,7 +42,7 @@ pub use objective::{bat_weights, BatParams, Objective};
 pub use optim::Optimizer;
 pub use record::{EpochRecord, TrainResult};
 pub use schedule::LrSchedule;
-pub use trainer::{train, validation_split, TrainRun};
+pub use trainer::{train, validation_split, SampleObserver, TrainRun};
 
 #[derive(Debug, Error)]
 pub enum TrainError {

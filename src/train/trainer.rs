@@ -59,6 +59,15 @@ pub struct TrainRun<'a> {
     pub log_csv: Option<PathBuf>,
     /// Set (e.g. on SIGTERM) to checkpoint and stop before the next batch.
     pub cancel: Option<&'a AtomicBool>,
+    /// Receives every batch's per-sample correctness (the memorization module's learning-speed proxy).
+    pub observer: Option<&'a dyn SampleObserver>,
+}
+
+/// Sees which training samples each batch classified correctly: `source_indices[i]` (the sample's index in the
+/// dataset's training split) was predicted right iff `correct[i]`, judged on the clean logits where the objective
+/// computed them (standard, TRADES) and on the adversarial ones otherwise (PGD-AT, BAT). `epoch` is 0-based.
+pub trait SampleObserver: std::fmt::Debug {
+    fn observe(&self, epoch: usize, source_indices: &[i64], correct: &[bool]);
 }
 
 impl<'a> TrainRun<'a> {
@@ -81,6 +90,7 @@ impl<'a> TrainRun<'a> {
             checkpoint_dir: None,
             log_csv: None,
             cancel: None,
+            observer: None,
         })
     }
 
@@ -415,6 +425,16 @@ impl<'r> Loop<'r> {
                     .batch_loss(model, &x, &batch.y, atypical.as_ref(), &attack, &rows)
             })?;
             let stats = batch_stats(&out, &batch.y, atypical.as_ref())?;
+            if let Some(observer) = run.observer {
+                observe(
+                    observer,
+                    self.epoch,
+                    &out,
+                    &batch.y,
+                    &rows,
+                    &self.train.indices,
+                )?;
+            }
             if !stats.loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
                     epoch: self.epoch + 1,
@@ -555,6 +575,29 @@ impl<'r> Loop<'r> {
             curves: self.records.clone(),
         }
     }
+}
+
+/// Hands the batch's per-sample correctness to `observer` (rows are positions in the training part).
+fn observe(
+    observer: &dyn SampleObserver,
+    epoch: usize,
+    out: &BatchLoss,
+    y: &Tensor,
+    rows: &[u64],
+    indices: &[i64],
+) -> Result<(), TrainError> {
+    let Some(logits) = out.clean_logits.as_ref().or(out.adv_logits.as_ref()) else {
+        return Ok(());
+    };
+    let correct = Vec::<bool>::try_from(
+        &logits
+            .f_argmax(1, false)?
+            .f_eq_tensor(y)?
+            .f_to_device(Device::Cpu)?,
+    )?;
+    let source: Vec<i64> = rows.iter().map(|&r| indices[r as usize]).collect();
+    observer.observe(epoch, &source, &correct);
+    Ok(())
 }
 
 /// One batch's numbers, read back from the device in one transfer.

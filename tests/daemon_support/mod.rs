@@ -56,6 +56,19 @@ impl Daemon {
     }
 
     pub fn start_with_env(root: &Path, config_yaml: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_configured(root, config_yaml, |cmd| {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        })
+    }
+
+    /// Like [`Daemon::start`], with a hook that adjusts the command first (environment, `pre_exec` limits).
+    pub fn start_configured(
+        root: &Path,
+        config_yaml: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let config = root.join("robustd.yaml");
         std::fs::write(&config, config_yaml).unwrap();
         let log = root.join(format!("daemon-{}.log", now_millis()));
@@ -72,9 +85,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        configure(&mut cmd);
         let started = Instant::now();
         let child = cmd.spawn().expect("spawn robustd");
         let mut daemon = Self {

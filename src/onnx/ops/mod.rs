@@ -54,6 +54,9 @@ pub struct OpCtx<'a> {
     pub train: bool,
     /// In training mode, BatchNorm uses batch statistics and updates its running statistics.
     pub train_batchnorm: bool,
+    /// `limits.max_tensor_elements`: ops that build a tensor from shape arguments check its size with
+    /// [`OpCtx::check_shape`] before allocating it.
+    pub max_elements: u64,
 }
 
 impl OpCtx<'_> {
@@ -76,6 +79,26 @@ impl OpCtx<'_> {
             .copied()
             .flatten()
             .ok_or_else(|| OpError::Invalid(format!("required input {i} is missing")))
+    }
+
+    /// Checks a shape an op is about to allocate: no negative dimension, and at most `max_elements` elements.
+    pub fn check_shape(&self, what: &str, shape: &[i64]) -> Result<(), OpError> {
+        if let Some(d) = shape.iter().find(|&&d| d < 0) {
+            return Err(OpError::Invalid(format!(
+                "{what} {shape:?} has a negative dimension {d}"
+            )));
+        }
+        let numel = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        match numel {
+            Some(n) if n <= self.max_elements => Ok(()),
+            _ => Err(OpError::Invalid(format!(
+                "{what} {shape:?} has {} elements, over the limit of {} (config `limits.max_tensor_elements`)",
+                numel.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string()),
+                self.max_elements
+            ))),
+        }
     }
 
     /// Optional input `i`.
@@ -122,6 +145,24 @@ pub fn to_f64(t: &Tensor) -> Result<f64, OpError> {
     Ok(t.f_to_device(tch::Device::Cpu)?
         .f_double_value(&[])
         .or_else(|_| t.f_flatten(0, -1).and_then(|f| f.f_double_value(&[0])))?)
+}
+
+/// The tensor's first value as an `i64` (a scalar argument such as Range's bounds), an error when it is empty.
+pub fn first_i64(t: &Tensor, what: &str) -> Result<i64, OpError> {
+    to_i64_vec(t)?
+        .first()
+        .copied()
+        .ok_or_else(|| OpError::Invalid(format!("{what} is an empty tensor, expected a scalar")))
+}
+
+/// Refuses a scalar (rank-0) input for ops that index one of its axes.
+pub fn not_scalar(t: &Tensor, op: &str) -> Result<(), OpError> {
+    if t.dim() == 0 {
+        return Err(OpError::Invalid(format!(
+            "{op} needs an input of rank 1 or more, got a scalar"
+        )));
+    }
+    Ok(())
 }
 
 /// Normalizes a possibly negative axis against `rank`.

@@ -48,11 +48,7 @@ impl Window {
             .ok_or_else(|| OpError::Invalid("attribute `kernel_shape` is required".into()))?;
         let strides = c.attr_or("strides", vec![1; n])?;
         let dilations = c.attr_or("dilations", vec![1; n])?;
-        if kernel.len() != n || strides.len() != n || dilations.len() != n {
-            return Err(OpError::Invalid(format!(
-                "kernel_shape {kernel:?}, strides {strides:?}, dilations {dilations:?} do not match {n} spatial dims"
-            )));
-        }
+        check_geometry(n, &kernel, &strides, &dilations)?;
         let auto_pad = c.attr_or("auto_pad", "NOTSET".to_owned())?;
         let spatial = &x.size()[2..];
         let (pads_begin, pads_end) = match auto_pad.as_str() {
@@ -111,6 +107,41 @@ impl Window {
     }
 }
 
+/// Kernel sizes, strides and dilations: one per spatial dim, each at least 1 (a zero stride would divide by zero
+/// in the output-size arithmetic).
+fn check_geometry(
+    n: usize,
+    kernel: &[i64],
+    strides: &[i64],
+    dilations: &[i64],
+) -> Result<(), OpError> {
+    if kernel.len() != n || strides.len() != n || dilations.len() != n {
+        return Err(OpError::Invalid(format!(
+            "kernel_shape {kernel:?}, strides {strides:?}, dilations {dilations:?} do not match {n} spatial dims"
+        )));
+    }
+    if [kernel, strides, dilations]
+        .iter()
+        .any(|v| v.iter().any(|&d| d < 1))
+    {
+        return Err(OpError::Invalid(format!(
+            "kernel_shape {kernel:?}, strides {strides:?} and dilations {dilations:?} must all be at least 1"
+        )));
+    }
+    Ok(())
+}
+
+/// The weight of a convolution: `[out, in / group, k1, k2, …]`, at least rank 3.
+fn conv_weight<'t>(w: &'t Tensor, op: &str) -> Result<&'t Tensor, OpError> {
+    if w.dim() < 3 {
+        return Err(OpError::Invalid(format!(
+            "{op} weight has shape {:?}; expected [out, in/group, kernel...] (rank 3 or more)",
+            w.size()
+        )));
+    }
+    Ok(w)
+}
+
 /// ONNX `[b1, b2, …, e1, e2, …]` → torch `[b_last, e_last, …, b_first, e_first]`.
 pub fn torch_pad_list(begin: &[i64], end: &[i64]) -> Vec<i64> {
     begin
@@ -122,7 +153,11 @@ pub fn torch_pad_list(begin: &[i64], end: &[i64]) -> Vec<i64> {
 }
 
 fn conv(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
-    let (x, w, b) = (c.input(i, 0)?, c.input(i, 1)?, c.opt(i, 2));
+    let (x, w, b) = (
+        c.input(i, 0)?,
+        conv_weight(c.input(i, 1)?, "Conv")?,
+        c.opt(i, 2),
+    );
     let win = Window::read(c, x, Some(w.size()[2..].to_vec()))?;
     let group = c.attr_or("group", 1i64)?;
     let n = win.kernel.len();
@@ -144,18 +179,40 @@ fn conv(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 }
 
 fn conv_transpose(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
-    let (x, w, b) = (c.input(i, 0)?, c.input(i, 1)?, c.opt(i, 2));
-    let n = x.dim() - 2;
+    let (x, w, b) = (
+        c.input(i, 0)?,
+        conv_weight(c.input(i, 1)?, "ConvTranspose")?,
+        c.opt(i, 2),
+    );
+    let n = x.dim().checked_sub(2).filter(|&n| n > 0).ok_or_else(|| {
+        OpError::Invalid(format!(
+            "input of rank {} has no spatial dimensions",
+            x.dim()
+        ))
+    })?;
     let kernel = c.attr_or("kernel_shape", w.size()[2..].to_vec())?;
     let strides = c.attr_or("strides", vec![1; n])?;
     let dilations = c.attr_or("dilations", vec![1; n])?;
+    check_geometry(n, &kernel, &strides, &dilations)?;
     let group = c.attr_or("group", 1i64)?;
     let mut output_padding = c.attr_or("output_padding", vec![0; n])?;
+    if output_padding.len() != n {
+        return Err(OpError::Invalid(format!(
+            "output_padding {output_padding:?} should have {n} values"
+        )));
+    }
     let spatial = x.size()[2..].to_vec();
     // Full (unpadded) output length per dim; pads are then cropped from it.
     let full_len = |d: usize, op: &[i64]| {
-        strides[d] * (spatial[d] - 1) + op[d] + (kernel[d] - 1) * dilations[d] + 1
+        strides[d]
+            .saturating_mul(spatial[d] - 1)
+            .saturating_add(op[d])
+            .saturating_add((kernel[d] - 1).saturating_mul(dilations[d]))
+            .saturating_add(1)
     };
+    let mut out_shape = vec![x.size()[0], w.size()[1].saturating_mul(group)];
+    out_shape.extend((0..n).map(|d| full_len(d, &output_padding)));
+    c.check_shape("the output", &out_shape)?;
     let auto_pad = c.attr_or("auto_pad", "NOTSET".to_owned())?;
     let split = |total: i64| {
         if auto_pad == "SAME_UPPER" {
@@ -166,7 +223,12 @@ fn conv_transpose(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     };
     let (begin, end): (Vec<i64>, Vec<i64>) =
         if let Some(out) = c.attr::<Vec<i64>>("output_shape")? {
-            let out = out[out.len().saturating_sub(n)..].to_vec();
+            if out.len() < n {
+                return Err(OpError::Invalid(format!(
+                    "output_shape {out:?} should have at least {n} values"
+                )));
+            }
+            let out = out[out.len() - n..].to_vec();
             let mut pads = Vec::with_capacity(n);
             for d in 0..n {
                 let total = full_len(d, &output_padding) - out[d];
@@ -185,6 +247,12 @@ fn conv_transpose(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
             (vec![0; n], vec![0; n])
         } else {
             let pads = c.attr_or("pads", vec![0; 2 * n])?;
+            if pads.len() != 2 * n {
+                return Err(OpError::Invalid(format!(
+                    "pads {pads:?} should have {} values",
+                    2 * n
+                )));
+            }
             (pads[..n].to_vec(), pads[n..].to_vec())
         };
     let mut y = x.f_convolution(
@@ -468,6 +536,12 @@ fn batch_norm_graph_training(
     eps: f64,
     momentum: f64,
 ) -> OpResult {
+    if x.dim() < 2 {
+        return Err(OpError::Invalid(format!(
+            "BatchNormalization needs an input of rank 2 or more, got shape {:?}",
+            x.size()
+        )));
+    }
     let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
     let mut shape = vec![1i64; x.dim()];
     shape[1] = -1;
@@ -541,6 +615,11 @@ fn lrn(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let beta = c.attr_or("beta", 0.75f32)? as f64;
     let bias = c.attr_or("bias", 1.0f32)? as f64;
     let shape = x.size();
+    if shape.len() < 3 || size < 1 {
+        return Err(OpError::Invalid(format!(
+            "LRN needs an input of rank 3 or more and size >= 1 (input {shape:?}, size {size})"
+        )));
+    }
     let (n, ch) = (shape[0], shape[1]);
     // [N, 1, C, rest]: pad the channel axis and sum a (size x 1) window over it.
     let sq = x.f_square()?.f_reshape([n, 1, ch, -1])?;

@@ -3,7 +3,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::{axis, one, OpCtx, OpError, OpFn, OpResult};
+use super::{axis, not_scalar, one, OpCtx, OpError, OpFn, OpResult};
 
 pub const OPS: &[(&str, OpFn)] = &[
     ("ReduceMean", |c, i| reduce(c, i, 18, Reduction::Mean)),
@@ -131,6 +131,7 @@ fn empty_extreme(x: &Tensor, axes: &[i64], keep: bool, max: bool) -> Result<Tens
 
 fn arg_extreme(c: &OpCtx, i: &[Option<&Tensor>], max: bool) -> OpResult {
     let x = c.input(i, 0)?;
+    not_scalar(x, if max { "ArgMax" } else { "ArgMin" })?;
     let a = axis(c.attr_or("axis", 0i64)?, x.dim() as i64)?;
     let keep = c.attr_or("keepdims", 1i64)? != 0;
     let last = c.attr_or("select_last_index", 0i64)? != 0;

@@ -4,7 +4,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::{axis, one, to_f64, to_i64_vec, OpCtx, OpError, OpFn, OpResult};
+use super::{axis, first_i64, not_scalar, one, to_f64, to_i64_vec, OpCtx, OpError, OpFn, OpResult};
 use crate::onnx::constants;
 
 pub const OPS: &[(&str, OpFn)] = &[
@@ -149,6 +149,7 @@ fn concat(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 /// Split sizes: `split` attribute (before 13) or input (13+), else `num_outputs` (18+), else equal parts per output.
 fn split(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let x = c.input(i, 0)?;
+    not_scalar(x, "Split")?;
     let a = axis(c.attr_or("axis", 0i64)?, x.dim() as i64)?;
     let len = x.size()[a as usize];
     let outputs = c.node.outputs.len() as i64;
@@ -156,6 +157,11 @@ fn split(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
         Some(s) if !s.is_empty() => s,
         _ => {
             let parts = c.attr_or("num_outputs", outputs)?;
+            if parts < 1 {
+                return Err(OpError::Invalid(format!(
+                    "num_outputs {parts}: a split needs at least one output"
+                )));
+            }
             let chunk = (len + parts - 1) / parts;
             (0..parts)
                 .map(|k| (len - k * chunk).clamp(0, chunk))
@@ -229,6 +235,7 @@ fn slice(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 
 fn gather(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let (x, idx) = (c.input(i, 0)?, c.input(i, 1)?);
+    not_scalar(x, "Gather")?;
     let a = axis(c.attr_or("axis", 0i64)?, x.dim() as i64)?;
     let n = x.size()[a as usize];
     let idx = idx.f_to_kind(Kind::Int64)?;
@@ -242,6 +249,7 @@ fn gather(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 
 fn gather_elements(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let (x, idx) = (c.input(i, 0)?, c.input(i, 1)?);
+    not_scalar(x, "GatherElements")?;
     let a = axis(c.attr_or("axis", 0i64)?, x.dim() as i64)?;
     let n = x.size()[a as usize];
     let idx = idx.f_to_kind(Kind::Int64)?;
@@ -272,6 +280,7 @@ fn constant(c: &OpCtx, _: &[Option<&Tensor>]) -> OpResult {
 fn constant_of_shape(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let shape_t = c.input(i, 0)?;
     let shape = to_i64_vec(shape_t)?;
+    c.check_shape("the output shape", &shape)?;
     let value = match c.node.attr::<crate::onnx::proto::TensorProto>("value")? {
         Some(t) => constants::decode(&t)?,
         None => Tensor::f_zeros([1], (Kind::Float, tch::Device::Cpu))?,
@@ -307,12 +316,26 @@ fn expand(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
             }
         })
         .collect();
+    c.check_shape("the expanded shape", &target)?;
     one(x.f_expand(&target, false)?)
 }
 
 fn tile(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let x = c.input(i, 0)?;
     let repeats = to_i64_vec(c.input(i, 1)?)?;
+    let size = x.size();
+    if repeats.len() != size.len() {
+        return Err(OpError::Invalid(format!(
+            "repeats {repeats:?} should have one value per input dimension ({})",
+            size.len()
+        )));
+    }
+    let tiled: Vec<i64> = size
+        .iter()
+        .zip(&repeats)
+        .map(|(&d, &r)| d.saturating_mul(r))
+        .collect();
+    c.check_shape("the tiled shape", &tiled)?;
     one(x.f_repeat(&repeats)?)
 }
 
@@ -325,20 +348,29 @@ fn range(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
         Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
     ) {
         let (s, l, d) = (to_f64(start)?, to_f64(limit)?, to_f64(delta)?);
-        let n = ((l - s) / d).ceil().max(0.0) as i64;
+        let n = ((l - s) / d).ceil().max(0.0);
+        if !n.is_finite() || d == 0.0 {
+            return Err(OpError::Invalid(format!(
+                "Range from {s} to {l} by {d} has no finite length"
+            )));
+        }
+        let n = n.min(i64::MAX as f64) as i64;
+        c.check_shape("the range", &[n])?;
         Tensor::f_arange(n, (Kind::Double, dev))?
             .f_mul_scalar(d)?
             .f_add_scalar(s)?
     } else {
         let (s, l, d) = (
-            to_i64_vec(start)?[0],
-            to_i64_vec(limit)?[0],
-            to_i64_vec(delta)?[0],
+            first_i64(start, "start")?,
+            first_i64(limit, "limit")?,
+            first_i64(delta, "delta")?,
         );
         if d == 0 {
             return Err(OpError::Invalid("Range delta is 0".into()));
         }
-        let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as i64;
+        let n = ((l as f64 - s as f64) / d as f64).ceil().max(0.0);
+        let n = n.min(i64::MAX as f64) as i64;
+        c.check_shape("the range", &[n])?;
         Tensor::f_arange(n, (Kind::Int64, dev))?
             .f_mul_scalar(d)?
             .f_add_scalar(s)?
@@ -383,6 +415,13 @@ fn pad(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
         begin[a as usize] = pads[k];
         end[a as usize] = pads[n + k];
     }
+    let padded: Vec<i64> = x
+        .size()
+        .iter()
+        .enumerate()
+        .map(|(d, &len)| len.saturating_add(begin[d]).saturating_add(end[d]))
+        .collect();
+    c.check_shape("the padded shape", &padded)?;
     let torch_mode = match mode.as_str() {
         "constant" => {
             return one(x.f_pad(super::nn::torch_pad_list(&begin, &end), "constant", value)?)

@@ -1,0 +1,138 @@
+//! The files the memorization stage writes (by `robustd memorization`, and by the pipeline into a job's output):
+//!
+//! | file | content |
+//! |---|---|
+//! | `scores.npy` | float64 `[max index + 1]`: score by source index (0 = unscored or undefined) — importable again with `train.bat.atypicality: PATH/scores.npy` |
+//! | `memorization.npz` | `index` int64 `[N]`, `score` float64 `[N]` (0 where undefined), `defined` bool `[N]`; for the estimator also `in_seen`, `in_correct`, `out_seen`, `out_correct` uint32 `[N]`, `test_index` int64 `[M]`, `consistency` float64 `[M]` |
+//! | `memorization.yaml` | [`Summary`]: the report's `memorization:` section, the model's `groups:`, the subset models' fit |
+//! | `memorization_hist.png` | histogram of the scores with the threshold |
+//! | `harmful_atypical.png` | image grid of the harmful atypical samples |
+
+use std::path::Path;
+
+use ndarray::Array1;
+use ndarray_npy::{NpzWriter, WriteNpyExt};
+use serde::{Deserialize, Serialize};
+
+use super::estimator::{Estimate, ModelFit};
+use super::scores::TrainScores;
+use super::MemoError;
+use crate::report::plots::memorization_histogram;
+use crate::report::{write_atomic, write_atomic_with, write_yaml_atomic, Groups, Memorization};
+
+pub const SCORES_NPY: &str = "scores.npy";
+pub const DETAILS_NPZ: &str = "memorization.npz";
+pub const SUMMARY_YAML: &str = "memorization.yaml";
+pub const HISTOGRAM_PNG: &str = "memorization_hist.png";
+pub const HARMFUL_PNG: &str = "harmful_atypical.png";
+/// The `schema` of [`Summary`].
+pub const SUMMARY_SCHEMA: &str = "robustd.memorization/v1";
+
+/// `memorization.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    pub schema: String,
+    /// The model file the groups and harmful samples were measured on.
+    pub model: String,
+    pub dataset: String,
+    /// Exactly the report's `memorization:` section.
+    pub memorization: Memorization,
+    /// The model's accuracy per group (train: clean / PGD on training samples; test: clean / PGD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Groups>,
+    /// How each subset model fit its subset, the samples it never saw, and the test samples.
+    #[serde(default)]
+    pub subset_models: Vec<SubsetModel>,
+    /// The files written beside this one.
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsetModel {
+    pub in_subset_acc: f64,
+    pub out_of_subset_acc: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc: Option<f64>,
+    pub seconds: f64,
+    pub cached: bool,
+}
+
+impl From<&ModelFit> for SubsetModel {
+    fn from(f: &ModelFit) -> Self {
+        Self {
+            in_subset_acc: f.in_subset_acc,
+            out_of_subset_acc: f.out_of_subset_acc,
+            test_acc: f.test_acc,
+            seconds: f.seconds,
+            cached: !f.trained_now,
+        }
+    }
+}
+
+/// `scores.npy`.
+pub fn write_scores_npy(path: &Path, scores: &TrainScores) -> Result<(), MemoError> {
+    let dense = Array1::from_vec(scores.dense_by_source_index());
+    write_atomic_with(path, |w| dense.write_npy(w).map_err(std::io::Error::other))?;
+    Ok(())
+}
+
+/// `memorization.npz` (the estimator's counts and consistency scores when `estimate` is given).
+pub fn write_details_npz(
+    path: &Path,
+    scores: &TrainScores,
+    estimate: Option<&Estimate>,
+) -> Result<(), MemoError> {
+    let bad = |e: ndarray_npy::WriteNpzError| MemoError::Cache {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    // NpzWriter needs Write + Seek: build the archive in memory, then write it atomically.
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    {
+        let mut npz = NpzWriter::new(&mut buffer);
+        npz.add_array("index", &Array1::from_vec(scores.indices.clone()))
+            .map_err(bad)?;
+        let values: Vec<f64> = scores.scores.iter().map(|s| s.unwrap_or(0.0)).collect();
+        npz.add_array("score", &Array1::from_vec(values))
+            .map_err(bad)?;
+        let defined: Vec<bool> = scores.scores.iter().map(Option::is_some).collect();
+        npz.add_array("defined", &Array1::from_vec(defined))
+            .map_err(bad)?;
+        if let Some(e) = estimate {
+            for (name, counts) in [
+                ("in_seen", &e.tally.in_seen),
+                ("in_correct", &e.tally.in_correct),
+                ("out_seen", &e.tally.out_seen),
+                ("out_correct", &e.tally.out_correct),
+            ] {
+                npz.add_array(name, &Array1::from_vec(counts.clone()))
+                    .map_err(bad)?;
+            }
+            if let Some(c) = &e.consistency {
+                npz.add_array("test_index", &Array1::from_vec(c.indices.clone()))
+                    .map_err(bad)?;
+                npz.add_array("consistency", &Array1::from_vec(c.scores.clone()))
+                    .map_err(bad)?;
+            }
+        }
+        npz.finish().map_err(bad)?;
+    }
+    write_atomic(path, buffer.get_ref())?;
+    Ok(())
+}
+
+/// `memorization_hist.png`.
+pub fn write_histogram(path: &Path, scores: &TrainScores, threshold: f64) -> Result<(), MemoError> {
+    let h = scores.histogram();
+    memorization_histogram(path, &h.bins, &h.counts, Some(threshold))?;
+    Ok(())
+}
+
+/// `memorization.yaml`.
+pub fn write_summary(path: &Path, summary: &Summary) -> Result<(), MemoError> {
+    write_yaml_atomic(path, summary)?;
+    Ok(())
+}

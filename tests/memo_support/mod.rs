@@ -1,0 +1,215 @@
+//! Real parts for the memorization tests: Fashion-MNIST through the project's loader (optionally with a share of
+//! labels moved to another class), the exported MLP fixture (`tests/fixtures/generated/mlp_legacy.onnx`, made by
+//! `make fixtures`) re-initialized per subset model, and a fast training setting for it.
+#![allow(dead_code)]
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use robustd::config::{Config, DatasetSpec, InputLayout, Limits, Method, TrainSpec};
+use robustd::data::{Augmentation, Dataset, Split};
+use robustd::memo::EstimatorOptions;
+use robustd::model::{Classifier, InputAdapter, ModelError};
+use robustd::onnx::OnnxModel;
+use tch::{Device, Tensor};
+
+/// The first `train` training and `test` test images of Fashion-MNIST.
+pub fn fashion_mnist(train: usize, test: usize) -> Dataset {
+    let spec = DatasetSpec {
+        name: "fashion-mnist".into(),
+        path: None,
+        train_samples: train,
+        eval_samples: test,
+        random_subset: false,
+    };
+    Dataset::load(&spec, 0).expect("Fashion-MNIST from /usr/share/datasets/fashion-mnist")
+}
+
+/// `split` with the label of every `every`-th sample (positions 0, every, 2·every, …) moved to another class;
+/// returns the moved positions.
+pub fn flip_labels(split: &Split, every: usize) -> (Split, Vec<usize>) {
+    let mut labels = Vec::<i64>::try_from(&split.y).unwrap();
+    let flipped: Vec<usize> = (0..labels.len()).step_by(every).collect();
+    for &i in &flipped {
+        labels[i] = (labels[i] + 3) % 10;
+    }
+    let noisy = Split {
+        x: split.x.shallow_clone(),
+        y: Tensor::from_slice(&labels),
+        indices: split.indices.clone(),
+        source_len: split.source_len,
+    };
+    (noisy, flipped)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/generated")
+        .join(format!("{name}.onnx"));
+    assert!(
+        path.is_file(),
+        "{} missing: run `make fixtures`",
+        path.display()
+    );
+    path
+}
+
+/// The exported MLP (784 → 64 → 10).
+pub fn mlp() -> OnnxModel {
+    OnnxModel::load(&fixture("mlp_legacy"), &Limits::default()).unwrap()
+}
+
+/// Estimator settings that make the MLP fit (and, with enough epochs, memorize) its subset in seconds: SGD with
+/// momentum 0.9 at a constant rate 0.05, batches of 64, no weight decay, no validation; cache under `cache`.
+pub fn quick_options<'a>(
+    k: usize,
+    epochs: usize,
+    seed: u64,
+    cache: Option<&Path>,
+) -> EstimatorOptions<'a> {
+    let mut config = Config::default();
+    config.memorization.k = k;
+    config.memorization.epochs = epochs;
+    config.runtime.seed = seed;
+    config.train.batch_size = 64;
+    config.memorization.lr = 0.05;
+    config.train.optimizer.schedule = "constant".into();
+    config.train.optimizer.weight_decay = 0.0;
+    let mut options = EstimatorOptions::from_config(&config, Augmentation::None);
+    options.cache_root = cache.map(Path::to_path_buf);
+    assert_eq!(options.spec.method, Method::Standard);
+    options
+}
+
+/// A fast training spec for the fine-tuning-side tests.
+pub fn quick_spec(method: Method, epochs: usize) -> TrainSpec {
+    let mut spec = TrainSpec {
+        method,
+        epochs,
+        batch_size: 64,
+        val_fraction: 0.0,
+        early_stop_patience: 0,
+        augmentation: "none".into(),
+        ..TrainSpec::default()
+    };
+    spec.optimizer.lr = 0.05;
+    spec.optimizer.schedule = "constant".into();
+    spec.optimizer.weight_decay = 0.0;
+    spec.pgd.steps = 3;
+    spec.pgd.step_size_factor = 0.5;
+    spec
+}
+
+/// Re-initialized copies of the MLP, counting how many were made.
+pub fn counting_factory<'m>(
+    onnx: &'m OnnxModel,
+    made: &'m Cell<usize>,
+) -> impl FnMut(u64) -> Result<Box<dyn Classifier>, robustd::train::TrainError> + 'm {
+    let mut inner = robustd::memo::onnx_factory(
+        onnx,
+        InputAdapter::identity(),
+        InputLayout::Auto,
+        Device::Cpu,
+    );
+    move |seed| {
+        made.set(made.get() + 1);
+        inner(seed)
+    }
+}
+
+/// Forwards to an inner classifier; sets `flag` (a cancellation request) at forward pass number `at`.
+pub struct CancelAt {
+    pub inner: Box<dyn Classifier>,
+    pub calls: Cell<usize>,
+    pub at: usize,
+    pub flag: Arc<AtomicBool>,
+}
+
+impl Classifier for CancelAt {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let n = self.calls.get() + 1;
+        self.calls.set(n);
+        if n == self.at {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+        self.inner.forward(x)
+    }
+    fn trainable_parameters(&self) -> Vec<Tensor> {
+        self.inner.trainable_parameters()
+    }
+    fn set_train(&mut self, train: bool) {
+        self.inner.set_train(train)
+    }
+    fn input_chw(&self) -> [i64; 3] {
+        self.inner.input_chw()
+    }
+    fn num_classes(&self) -> i64 {
+        self.inner.num_classes()
+    }
+    fn device(&self) -> Device {
+        self.inner.device()
+    }
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.inner.state_dict()
+    }
+    fn load_state_dict(&mut self, named: &[(String, Tensor)]) -> Result<(), ModelError> {
+        self.inner.load_state_dict(named)
+    }
+}
+
+/// A synthetic 10-class image task (`[n, 1, 28, 28]` in [0,1]): each class is a fixed pattern of four Gaussian
+/// blobs; a sample blends its class pattern (weight λ ~ U(0.55, 1)) with another class's pattern, plus pixel
+/// noise. Most samples are typical; those blended near λ = 0.55 are genuinely ambiguous. Source indices start at
+/// `first_index`.
+pub fn synthetic(n: usize, seed: u64, first_index: i64) -> Split {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5EED_0000 ^ seed);
+    // The class patterns come from a fixed stream, so every call (train or test) shares them.
+    let mut pattern_rng = rand_chacha::ChaCha8Rng::seed_from_u64(0xC1A55);
+    let patterns: Vec<Vec<f32>> = (0..10)
+        .map(|_| {
+            let blobs: Vec<(f32, f32, f32)> = (0..4)
+                .map(|_| {
+                    (
+                        pattern_rng.random_range(4.0..24.0),
+                        pattern_rng.random_range(4.0..24.0),
+                        pattern_rng.random_range(2.0..5.0),
+                    )
+                })
+                .collect();
+            (0..784)
+                .map(|p| {
+                    let (r, c) = ((p / 28) as f32, (p % 28) as f32);
+                    blobs
+                        .iter()
+                        .map(|&(br, bc, s)| {
+                            (-((r - br).powi(2) + (c - bc).powi(2)) / (2.0 * s * s)).exp()
+                        })
+                        .sum::<f32>()
+                        .min(1.0)
+                })
+                .collect()
+        })
+        .collect();
+    let mut pixels = Vec::with_capacity(n * 784);
+    let mut labels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let class = rng.random_range(0..10usize);
+        let other = (class + rng.random_range(1..10usize)) % 10;
+        let lambda: f32 = rng.random_range(0.55..1.0);
+        for (own, mixed) in patterns[class].iter().zip(&patterns[other]) {
+            let noise: f32 = rng.random_range(-0.35..0.35);
+            let v = lambda * own + (1.0 - lambda) * mixed + noise;
+            pixels.push(v.clamp(0.0, 1.0));
+        }
+        labels.push(class as i64);
+    }
+    Split {
+        x: Tensor::from_slice(&pixels).view([n as i64, 1, 28, 28]),
+        y: Tensor::from_slice(&labels),
+        indices: (0..n as i64).map(|i| i + first_index).collect(),
+        source_len: n,
+    }
+}
