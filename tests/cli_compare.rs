@@ -108,3 +108,79 @@ fn compare_runs_each_method_and_seed_and_writes_the_table_files() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(entries(&root.join("state/cli")).is_empty());
 }
+
+#[test]
+fn an_interrupted_compare_keeps_its_finished_runs_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let config = tiny_config(root, "");
+    let model = trained_model();
+    let args = [
+        "compare",
+        s(&model),
+        "--config",
+        s(&config),
+        "--methods",
+        "pgd-at,trades",
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--train-samples",
+        "300",
+        "--n",
+        "20",
+        "--out",
+        "cmp",
+    ];
+    let log = root.join("first.log");
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .current_dir(root)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Stop it once the first run's record is kept.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let first_done = || {
+        entries(&root.join("state/cli")).iter().any(|d| {
+            root.join("state/cli")
+                .join(d)
+                .join("pgd-at-seed0/result.yaml")
+                .is_file()
+        })
+    };
+    while !first_done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no run finished in time"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "finished too early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{text}");
+    assert!(!root.join("cmp/comparison.yaml").exists());
+
+    let second = robustd(root, &args);
+    assert_eq!(second.code, 0, "{}", second.text());
+    let reused: Vec<&str> = second
+        .stderr
+        .lines()
+        .filter(|l| l.contains("reused from the comparison's checkpoint"))
+        .collect();
+    assert!(
+        reused.iter().any(|l| l.contains("run=pgd-at-seed0")),
+        "{}",
+        second.text()
+    );
+    let cmp: Comparison =
+        serde_norway::from_str(&std::fs::read_to_string(root.join("cmp/comparison.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(cmp.runs.len(), 4);
+    assert!(entries(&root.join("state/cli")).is_empty());
+}

@@ -428,3 +428,67 @@ pub fn fail(cause: &str, hint: Option<&str>) -> ExitCode {
     }
     ExitCode::from(EXIT_FAILURE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(args: &[&str]) -> CommonArgs {
+        #[derive(clap::Parser)]
+        struct Probe {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        let argv = std::iter::once("probe").chain(args.iter().copied());
+        <Probe as clap::Parser>::try_parse_from(argv)
+            .map(|p| p.common)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn every_method_name_parses_back_and_unknown_names_list_the_known_ones() {
+        for &m in FINE_TUNING_METHODS {
+            assert_eq!(parse_method(method_name(m)), Ok(m));
+        }
+        let err = parse_method("madry").unwrap_err();
+        assert!(err.contains("madry") && err.contains("pgd-at"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_config_and_are_validated() {
+        let cfg = common(&["--eps", "0.05", "--norm", "l2", "--n", "7", "--seed", "9"])
+            .resolve(|_| {})
+            .unwrap();
+        assert_eq!(cfg.threat.eps, 0.05);
+        assert_eq!(cfg.threat.norm, Norm::L2);
+        assert_eq!(cfg.dataset.eval_samples, 7);
+        assert_eq!(cfg.runtime.seed, 9);
+        let err = common(&["--eps", "2"]).resolve(|_| {}).unwrap_err();
+        assert!(format!("{err:#}").contains("threat.eps"), "{err:#}");
+    }
+
+    #[test]
+    fn the_run_key_follows_the_model_the_config_and_the_command_settings() {
+        let target = Target {
+            path: PathBuf::from("m.onnx"),
+            sha256: "a".repeat(64),
+            companions: vec![("m.onnx.data".into(), "b".repeat(64))],
+        };
+        let cfg = Config::default();
+        let key = target.run_key(&cfg, "eval");
+        assert_eq!(key, target.run_key(&cfg.clone(), "eval"));
+        assert_ne!(key, target.run_key(&cfg, "finetune"));
+        let mut other = cfg.clone();
+        other.threat.eps = 0.2;
+        assert_ne!(key, target.run_key(&other, "eval"));
+        let data_changed = Target {
+            companions: vec![("m.onnx.data".into(), "c".repeat(64))],
+            ..target
+        };
+        assert_ne!(key, data_changed.run_key(&cfg, "eval"));
+        assert_eq!(
+            data_changed.out_dir(None, &cfg, &key, "eval"),
+            PathBuf::from(format!("models/m/{}-eval", &key[..12]))
+        );
+    }
+}

@@ -5,8 +5,8 @@
 //! epochs, batch size, training PGD, evaluation attacks and samples; only the method and `runtime.seed` change.
 //!
 //! Resumable: the original's scores and each finished run's record are kept in the checkpoint directory, and an
-//! interrupted run resumes its training from its own checkpoint; the atypicality flags are recomputed (seeded, so
-//! identical).
+//! interrupted run resumes its training from its own checkpoint; the atypicality flags are asked for again (the
+//! memorization scores come from their cache, the seeded holdout estimate recomputes identically).
 
 use std::path::Path;
 use std::time::Instant;
