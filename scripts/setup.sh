@@ -36,7 +36,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing pinned wheels (torch is large: a few GB on first install)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir -r scripts/requirements.txt
   echo "$want" > "$stamp"
 fi
 
