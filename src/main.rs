@@ -7,6 +7,7 @@ use robustd::commands::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    robustd::runtime::tune_allocator();
     commands::init_logging(cli.verbose, cli.quiet);
     match commands::run(cli) {
         Ok(code) => code,

@@ -75,6 +75,8 @@ pub fn square(
     params: &SquareParams,
 ) -> Result<SquareOutcome, AttackError> {
     let _no_graph = tch::no_grad_guard();
+    // The forward passes run on onnxruntime; the per-iteration tensor bookkeeping is small enough for one thread.
+    let _one_thread = crate::runtime::SingleThreadedTorch::enter();
     let x = x
         .f_detach()?
         .f_to_device(Device::Cpu)?

@@ -34,6 +34,7 @@ impl Subject {
     /// Loads onnxruntime, the model and the dataset, and resolves the adapter and the device.
     pub fn load(path: &Path, config: &Config) -> Result<Self, PipelineError> {
         runtime::init_ort(config.runtime.ort_library.as_deref())?;
+        runtime::tune_allocator();
         runtime::set_torch_threads(config.runtime.threads);
         let device = runtime::parse_device(&config.runtime.device)?;
         let onnx = OnnxModel::load(path, &config.limits)?;

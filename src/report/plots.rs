@@ -284,6 +284,95 @@ pub fn tradeoff_scatter(out: &Path, points: &[TradeoffPoint]) -> Result<(), Plot
     })
 }
 
+/// One group of bars in [`grouped_bars`]: a label under the group, one value per series (`None` leaves a gap), and
+/// an optional target drawn as a black tick across the group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarGroup {
+    pub label: String,
+    pub values: Vec<Option<f64>>,
+    pub target: Option<f64>,
+}
+
+/// Grouped vertical bars (e.g. a benchmark's speed-ups per workload, one series per model size) with a dashed line
+/// at `baseline` (e.g. 1.0 = parity).
+pub fn grouped_bars(
+    out: &Path,
+    title: &str,
+    y_desc: &str,
+    series: &[String],
+    groups: &[BarGroup],
+    baseline: f64,
+) -> Result<(), PlotError> {
+    const PLOT: &str = "bar chart";
+    let values: Vec<f64> = groups
+        .iter()
+        .flat_map(|g| g.values.iter().flatten().copied().chain(g.target))
+        .collect();
+    if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+        return Err(PlotError::NoData {
+            plot: PLOT,
+            why: "no finite values".into(),
+        });
+    }
+    let y_max = values.iter().copied().fold(baseline, f64::max) * 1.15;
+    let n = groups.len();
+    let width = 0.8 / series.len().max(1) as f64;
+    render_sized(out, PLOT, (1200, 600), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..y_max)?;
+        let label_at = |x: &f64| {
+            let i = x.round();
+            match groups.get(i as usize) {
+                Some(g) if (x - i).abs() < 1e-6 && i >= 0.0 => g.label.clone(),
+                _ => String::new(),
+            }
+        };
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&label_at)
+            .y_desc(y_desc)
+            .label_style(("sans-serif", 15))
+            .draw()?;
+        for (s, name) in series.iter().enumerate() {
+            let color = color(s);
+            let offset = -0.4 + width * s as f64;
+            chart
+                .draw_series(groups.iter().enumerate().filter_map(|(i, g)| {
+                    let v = (*g.values.get(s)?)?;
+                    let x0 = i as f64 + offset;
+                    Some(Rectangle::new(
+                        [(x0, 0.0), (x0 + width * 0.92, v)],
+                        color.filled(),
+                    ))
+                }))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
+        }
+        chart.draw_series(groups.iter().enumerate().filter_map(|(i, g)| {
+            let t = g.target?;
+            Some(PathElement::new(
+                vec![(i as f64 - 0.45, t), (i as f64 + 0.45, t)],
+                BLACK.stroke_width(3),
+            ))
+        }))?;
+        chart.draw_series(DashedLineSeries::new(
+            vec![(-0.5, baseline), (n as f64 - 0.5, baseline)],
+            8,
+            6,
+            RGBColor(90, 90, 90).stroke_width(2),
+        ))?;
+        legend(&mut chart)
+    })
+}
+
 /// Tableau-10 colors: distinct on white and for most colour-blind readers.
 pub(crate) fn color(i: usize) -> RGBAColor {
     const PALETTE: [(u8, u8, u8); 8] = [
