@@ -205,224 +205,284 @@ pub fn intake(
     };
     let mut drop = Drop::new(name, &shown);
     drop.record.detected_at = Some(humantime::format_rfc3339_millis(seen_at).to_string());
-    let file_type = meta.file_type();
-    let kind = if file_type.is_symlink() {
-        Some("a symbolic link")
-    } else if file_type.is_fifo() {
-        Some("a FIFO")
-    } else if file_type.is_socket() {
-        Some("a socket")
-    } else if file_type.is_block_device() || file_type.is_char_device() {
-        Some("a device file")
-    } else {
-        None
+    let examination = Examination {
+        inbox,
+        name,
+        path: &path,
+        shown: &shown,
+        seen_at,
+        base,
+        stable,
     };
-    if let Some(kind) = kind {
-        drop.files.push((path, drop.record.model_file.clone()));
-        return reject(spool, drop, "intake", format!("{shown} is {kind}, not a regular file"),
-            "drop the model file itself: robustd takes only regular files and never follows links out of the inbox");
-    }
-    if meta.len() > base.limits.max_model_bytes {
-        drop.files.push((path, drop.record.model_file.clone()));
-        return reject(
-            spool,
-            drop,
-            "intake",
-            format!(
-                "{shown} is {} bytes, more than limits.max_model_bytes ({})",
-                meta.len(),
-                base.limits.max_model_bytes
-            ),
-            "raise limits.max_model_bytes in the daemon config",
-        );
+    let accepted = match examination.examine(&meta, &mut drop) {
+        Ok(accepted) => accepted,
+        Err(Stop::Gone) => return Ok(Intake::Gone),
+        Err(Stop::Waiting(why)) => return Ok(Intake::Waiting(why)),
+        Err(Stop::Spool(e)) => return Err(e),
+        Err(Stop::Refused { stage, cause, hint }) => {
+            // The model goes to failed/ with whatever else was taken so far (sidecar, companions).
+            drop.files.push((path, drop.record.model_file.clone()));
+            return reject(spool, drop, stage, cause, hint);
+        }
+    };
+    let Accepted {
+        config,
+        model_sha256,
+        companion_digests,
+    } = accepted;
+    let config_yaml = config.to_yaml();
+    let r = &mut drop.record;
+    r.config_sha256 = config.hash_hex();
+    r.key = sha256_hex(
+        format!(
+            "{model_sha256}:{}:{}",
+            companion_digests.join(","),
+            r.config_sha256
+        )
+        .as_bytes(),
+    );
+    r.model_sha256 = model_sha256;
+    r.kind = JobKind::of(&config);
+    drop.files.push((path, drop.record.model_file.clone()));
+    let job = spool.enqueue(drop.record, &config_yaml, drop.files)?;
+    tracing::info!(job = %job.id(), "queued {shown} ({:?})", job.record.kind);
+    Ok(Intake::Queued(job))
+}
+
+/// Why intake stops short of queueing a drop.
+enum Stop {
+    /// The file disappeared.
+    Gone,
+    /// Not complete yet; looked at again later.
+    Waiting(String),
+    /// Refused: the drop goes to `failed/` with this stage, cause and hint in its error.yaml.
+    Refused {
+        stage: &'static str,
+        cause: String,
+        hint: &'static str,
+    },
+    Spool(SpoolError),
+}
+
+fn refuse(stage: &'static str, cause: String, hint: &'static str) -> Stop {
+    Stop::Refused { stage, cause, hint }
+}
+
+/// What a drop that passed every intake check brings to its job.
+struct Accepted {
+    /// The daemon's config with the sidecar applied.
+    config: Config,
+    model_sha256: String,
+    companion_digests: Vec<String>,
+}
+
+/// One drop under examination: the file, its name as shown to users, and the settings the checks use.
+struct Examination<'a> {
+    inbox: &'a Path,
+    name: &'a OsStr,
+    path: &'a Path,
+    shown: &'a str,
+    seen_at: SystemTime,
+    base: &'a Config,
+    stable: Duration,
+}
+
+impl Examination<'_> {
+    /// Every intake check in order: the file itself, the sidecar, the model bytes, the external data. Files
+    /// that belong to the drop (sidecar, companions) are added to `drop` as they are found, so a refusal moves
+    /// them to `failed/` with the model.
+    fn examine(&self, meta: &Metadata, drop: &mut Drop) -> Result<Accepted, Stop> {
+        self.check_file(meta)?;
+        let config = self.sidecar_config(drop)?;
+        let bytes = match read_limited(self.path, self.base.limits.max_model_bytes) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Stop::Gone),
+            Err(e) => {
+                return Err(refuse(
+                    "intake",
+                    format!("cannot read {}: {e}", self.shown),
+                    "check the file's permissions",
+                ))
+            }
+        };
+        let companion_digests = self.companions(&bytes, &config, drop)?;
+        Ok(Accepted {
+            config,
+            model_sha256: sha256_hex(&bytes),
+            companion_digests,
+        })
     }
 
-    // The sidecar: validated against the daemon's config now, so a bad one fails the drop before any work.
-    let sidecar = sidecar_path(inbox, name);
-    let mut config = base.clone();
-    if let Ok(side_meta) = std::fs::symlink_metadata(&sidecar) {
+    /// Only regular files within the size limit are taken; links, FIFOs, sockets and devices are never opened.
+    fn check_file(&self, meta: &Metadata) -> Result<(), Stop> {
+        let file_type = meta.file_type();
+        let kind = if file_type.is_symlink() {
+            Some("a symbolic link")
+        } else if file_type.is_fifo() {
+            Some("a FIFO")
+        } else if file_type.is_socket() {
+            Some("a socket")
+        } else if file_type.is_block_device() || file_type.is_char_device() {
+            Some("a device file")
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            return Err(refuse("intake", format!("{} is {kind}, not a regular file", self.shown),
+                "drop the model file itself: robustd takes only regular files and never follows links out of the inbox"));
+        }
+        let limit = self.base.limits.max_model_bytes;
+        if meta.len() > limit {
+            return Err(refuse(
+                "intake",
+                format!(
+                    "{} is {} bytes, more than limits.max_model_bytes ({limit})",
+                    self.shown,
+                    meta.len()
+                ),
+                "raise limits.max_model_bytes in the daemon config",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The job's config: the daemon's, with the sidecar (if any) validated and applied now, so a bad one fails the
+    /// drop before any work.
+    fn sidecar_config(&self, drop: &mut Drop) -> Result<Config, Stop> {
+        let sidecar = sidecar_path(self.inbox, self.name);
+        let Ok(side_meta) = std::fs::symlink_metadata(&sidecar) else {
+            return Ok(self.base.clone());
+        };
         drop.files.push((sidecar.clone(), SIDECAR_FILE.into()));
         drop.record.sidecar = true;
         let sidecar_name = display_name(sidecar.file_name().unwrap_or_default());
         if !side_meta.file_type().is_file() {
-            drop.files.push((path, drop.record.model_file.clone()));
-            return reject(
-                spool,
-                drop,
+            return Err(refuse(
                 "sidecar",
                 format!("sidecar {sidecar_name} is not a regular file"),
                 "the sidecar must be a plain YAML file next to the model",
-            );
+            ));
         }
         if side_meta.len() > MAX_SIDECAR_BYTES {
-            drop.files.push((path, drop.record.model_file.clone()));
-            return reject(
-                spool,
-                drop,
+            return Err(refuse(
                 "sidecar",
                 format!(
                     "sidecar {sidecar_name} is {} bytes (limit {MAX_SIDECAR_BYTES})",
                     side_meta.len()
                 ),
                 "a sidecar holds a few config overrides; see configs/default.yaml",
-            );
+            ));
         }
-        let text = match std::fs::read_to_string(&sidecar) {
-            Ok(t) => t,
-            Err(e) => {
-                drop.files.push((path, drop.record.model_file.clone()));
-                return reject(
-                    spool,
-                    drop,
-                    "sidecar",
-                    format!("cannot read sidecar {sidecar_name}: {e}"),
-                    "the sidecar must be UTF-8 YAML",
-                );
-            }
-        };
-        match base
+        let text = std::fs::read_to_string(&sidecar).map_err(|e| {
+            refuse(
+                "sidecar",
+                format!("cannot read sidecar {sidecar_name}: {e}"),
+                "the sidecar must be UTF-8 YAML",
+            )
+        })?;
+        self.base
             .with_overrides(&text, Path::new(&sidecar_name))
             .map_err(|e| e.to_string())
             .and_then(|c| daemon_wide_keys(&text, &sidecar_name).map(|()| c))
-            .and_then(|c| sidecar_paths(&c, base, &sidecar_name).map(|()| c))
-        {
-            Ok(c) => config = c,
-            Err(e) => {
-                drop.files.push((path, drop.record.model_file.clone()));
-                return reject(spool, drop, "sidecar", format!("invalid sidecar: {e}"),
-                    "fix the sidecar (keys and ranges as in configs/default.yaml; `robustd check-config` validates a file) and drop the model again");
-            }
-        }
+            .and_then(|c| sidecar_paths(&c, self.base, &sidecar_name).map(|()| c))
+            .map_err(|e| refuse("sidecar", format!("invalid sidecar: {e}"),
+                "fix the sidecar (keys and ranges as in configs/default.yaml; `robustd check-config` validates a file) and drop the model again"))
     }
 
-    let bytes = match read_limited(&path, base.limits.max_model_bytes) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Intake::Gone),
-        Err(e) => {
-            drop.files.push((path, drop.record.model_file.clone()));
-            return reject(
-                spool,
-                drop,
-                "intake",
-                format!("cannot read {shown}: {e}"),
-                "check the file's permissions",
-            );
-        }
-    };
-    // External data: a cheap protobuf scan for `location`s. A file the scan cannot read goes on to onnxruntime,
-    // whose load error is the authoritative message.
-    let locations = scan_model(&bytes)
-        .map(|s| s.external_locations)
-        .unwrap_or_default();
-    let mut companion_digests = Vec::new();
-    let waited = SystemTime::now()
-        .duration_since(seen_at)
-        .unwrap_or_default();
-    let companion_wait = Duration::from_secs(config.daemon.companion_wait_s);
-    let mut total_bytes = bytes.len() as u64;
-    for location in &locations {
-        if OsStr::new(location) == name {
-            drop.files.push((path, drop.record.model_file.clone()));
-            return reject(
-                spool,
-                drop,
-                "intake",
-                format!("{shown} names itself as its own external data file"),
-                "external data lives in a separate file (torch.onnx.export writes MODEL.onnx.data)",
-            );
-        }
-        if !is_safe_companion(location) {
-            drop.files.push((path, drop.record.model_file.clone()));
-            return reject(spool, drop, "intake",
-                format!("{shown} references external data at `{}`, outside the inbox", display_name(OsStr::new(location))),
-                "external data must be a plain file name next to the model (torch.onnx.export writes MODEL.onnx.data)");
-        }
-        let companion = inbox.join(location);
-        match std::fs::symlink_metadata(&companion) {
-            Err(_) if waited >= companion_wait => {
-                drop.files.push((path, drop.record.model_file.clone()));
-                return reject(
-                    spool,
-                    drop,
+    /// The external-data files the model references (a cheap protobuf scan for `location`s; a file the scan cannot
+    /// read goes on to onnxruntime, whose load error is the authoritative message): each must be a plain file
+    /// name in the inbox, a regular file, quiet for `stable`, and within the size limit together with the model.
+    /// Returns their SHA-256 digests in reference order.
+    fn companions(
+        &self,
+        bytes: &[u8],
+        config: &Config,
+        drop: &mut Drop,
+    ) -> Result<Vec<String>, Stop> {
+        let locations = scan_model(bytes)
+            .map(|s| s.external_locations)
+            .unwrap_or_default();
+        let shown = self.shown;
+        let limit = self.base.limits.max_model_bytes;
+        let waited = SystemTime::now()
+            .duration_since(self.seen_at)
+            .unwrap_or_default();
+        let companion_wait = Duration::from_secs(config.daemon.companion_wait_s);
+        let mut total_bytes = bytes.len() as u64;
+        let mut digests = Vec::new();
+        for location in &locations {
+            if OsStr::new(location) == self.name {
+                return Err(refuse(
                     "intake",
-                    format!(
-                        "{shown} references external data {} that never arrived in the inbox (waited {} s)",
-                        display_name(OsStr::new(location)),
-                        waited.as_secs()
-                    ),
-                    "drop the .onnx.data file next to the model (before it, ideally); daemon.companion_wait_s \
-                     sets how long a model waits for it",
-                );
+                    format!("{shown} names itself as its own external data file"),
+                    "external data lives in a separate file (torch.onnx.export writes MODEL.onnx.data)",
+                ));
             }
-            Err(_) => {
-                return Ok(Intake::Waiting(format!(
-                    "its external data file {location} is not in the inbox yet"
-                )))
+            if !is_safe_companion(location) {
+                return Err(refuse("intake",
+                    format!("{shown} references external data at `{}`, outside the inbox", display_name(OsStr::new(location))),
+                    "external data must be a plain file name next to the model (torch.onnx.export writes MODEL.onnx.data)"));
             }
-            Ok(m) if !m.file_type().is_file() => {
-                drop.files.push((path, drop.record.model_file.clone()));
-                return reject(
-                    spool,
-                    drop,
+            let companion = self.inbox.join(location);
+            let meta = match std::fs::symlink_metadata(&companion) {
+                Err(_) if waited >= companion_wait => {
+                    return Err(refuse(
+                        "intake",
+                        format!(
+                            "{shown} references external data {} that never arrived in the inbox (waited {} s)",
+                            display_name(OsStr::new(location)),
+                            waited.as_secs()
+                        ),
+                        "drop the .onnx.data file next to the model (before it, ideally); daemon.companion_wait_s \
+                         sets how long a model waits for it",
+                    ))
+                }
+                Err(_) => {
+                    return Err(Stop::Waiting(format!(
+                        "its external data file {location} is not in the inbox yet"
+                    )))
+                }
+                Ok(m) => m,
+            };
+            if !meta.file_type().is_file() {
+                return Err(refuse(
                     "intake",
                     format!("external data {location} is not a regular file"),
                     "drop the .onnx.data file itself, not a link to it",
-                );
+                ));
             }
-            Ok(m) => {
-                let age = m
-                    .modified()
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok());
-                if age.is_none_or(|a| a < stable) {
-                    return Ok(Intake::Waiting(format!(
-                        "its external data file {location} is still being written"
-                    )));
-                }
-                total_bytes = total_bytes.saturating_add(m.len());
-                if total_bytes > base.limits.max_model_bytes {
-                    drop.files.push((path, drop.record.model_file.clone()));
-                    return reject(
-                        spool,
-                        drop,
-                        "intake",
-                        format!(
-                            "{shown} with its external data is {total_bytes} bytes or more, over \
-                             limits.max_model_bytes ({})",
-                            base.limits.max_model_bytes
-                        ),
-                        "raise limits.max_model_bytes in the daemon config",
-                    );
-                }
-                let digest = sha256_file(&companion).map_err(|e| SpoolError::Io {
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok());
+            if age.is_none_or(|a| a < self.stable) {
+                return Err(Stop::Waiting(format!(
+                    "its external data file {location} is still being written"
+                )));
+            }
+            total_bytes = total_bytes.saturating_add(meta.len());
+            if total_bytes > limit {
+                return Err(refuse(
+                    "intake",
+                    format!(
+                        "{shown} with its external data is {total_bytes} bytes or more, over \
+                         limits.max_model_bytes ({limit})"
+                    ),
+                    "raise limits.max_model_bytes in the daemon config",
+                ));
+            }
+            let digest = sha256_file(&companion).map_err(|e| {
+                Stop::Spool(SpoolError::Io {
                     path: companion.clone(),
                     source: e,
-                })?;
-                companion_digests.push(digest);
-                drop.files.push((companion, location.clone()));
-                drop.record.companions.push(location.clone());
-            }
+                })
+            })?;
+            digests.push(digest);
+            drop.files.push((companion, location.clone()));
+            drop.record.companions.push(location.clone());
         }
+        Ok(digests)
     }
-
-    let config_yaml = config.to_yaml();
-    let r = &mut drop.record;
-    r.model_sha256 = sha256_hex(&bytes);
-    r.config_sha256 = config.hash_hex();
-    r.key = sha256_hex(
-        format!(
-            "{}:{}:{}",
-            r.model_sha256,
-            companion_digests.join(","),
-            r.config_sha256
-        )
-        .as_bytes(),
-    );
-    r.kind = JobKind::of(&config);
-    drop.files.push((path, drop.record.model_file.clone()));
-    let job = spool.enqueue(drop.record, &config_yaml, drop.files)?;
-    tracing::info!(job = %job.id(), "queued {shown} ({:?})", job.record.kind);
-    Ok(Intake::Queued(job))
 }
 
 /// A drop being assembled into a job.
