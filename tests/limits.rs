@@ -238,6 +238,23 @@ fn model_bytes_are_checked_before_reading_and_special_files_are_never_opened() {
 
 #[test]
 fn the_job_timeout_stops_a_long_evaluation_of_the_real_pipeline() {
+    job_timeout_stops_the_evaluation(
+        "eval: {attacks: [pgd], pgd: {steps: 200}, eps_curve: [], batch_size: 50}",
+    );
+}
+
+#[test]
+fn the_job_timeout_stops_a_square_attack_that_only_queries_onnxruntime() {
+    // At eps 0.001 no sample is broken, so every sample would spend the whole budget: hours on 2 cores.
+    job_timeout_stops_the_evaluation(
+        "threat: {eps: 0.001}\n\
+         eval: {attacks: [square], square_queries: 1000000, eps_curve: [], batch_size: 500}",
+    );
+}
+
+/// A job whose evaluation (`eval_yaml`) would take far longer than `limits.job_timeout_s: 3` fails as timed out,
+/// in the evaluation stage, within seconds of its deadline.
+fn job_timeout_stops_the_evaluation(eval_yaml: &str) {
     use daemon_support::*;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -245,7 +262,7 @@ fn the_job_timeout_stops_a_long_evaluation_of_the_real_pipeline() {
         "paths: {{watch: {r}/watch, models: {r}/models, state: {r}/state}}\n\
          runtime: {{threads: 1, device: cpu}}\n\
          dataset: {{eval_samples: 5000, train_samples: 100}}\n\
-         eval: {{attacks: [pgd], pgd: {{steps: 200}}, eps_curve: [], batch_size: 50}}\n\
+         {eval_yaml}\n\
          train: {{method: none}}\n\
          daemon: {{runner: pipeline, stable_ms: 100}}\n\
          limits: {{job_timeout_s: 3}}\n",

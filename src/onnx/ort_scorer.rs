@@ -9,6 +9,7 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use tch::{Device, Kind, Tensor};
 
 use super::error::OnnxError;
+use super::tch_model::Interrupt;
 use crate::model::{InputAdapter, ModelError, Scorer};
 use crate::runtime;
 
@@ -18,6 +19,7 @@ pub struct OrtScorer {
     adapter: InputAdapter,
     file: PathBuf,
     input_names: Vec<String>,
+    interrupt: Option<Interrupt>,
 }
 
 impl OrtScorer {
@@ -51,11 +53,23 @@ impl OrtScorer {
             adapter,
             file,
             input_names,
+            interrupt: None,
         })
+    }
+
+    /// Polled before every run, like [`super::TchModel::set_interrupt`]: a cancelled job stops inside the Square
+    /// attack (onnxruntime queries only) within one query.
+    pub fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.interrupt = interrupt;
     }
 
     /// Runs the raw graph: one tensor per input in declaration order (any device; moved to CPU), every output.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, OnnxError> {
+        if self.interrupt.as_ref().is_some_and(|stop| stop()) {
+            return Err(OnnxError::Interrupted {
+                file: self.file.clone(),
+            });
+        }
         let file = self.file.clone();
         let ort_err = |message: String| OnnxError::Ort {
             file: file.clone(),

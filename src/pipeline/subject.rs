@@ -107,11 +107,9 @@ impl Subject {
 
     /// An onnxruntime session on `file` (the original, or the written-back model) with the same adapter.
     pub fn scorer(&self, file: &Path) -> Result<OrtScorer, PipelineError> {
-        Ok(OrtScorer::new(
-            file,
-            self.adapter.clone(),
-            self.config.runtime.threads,
-        )?)
+        let mut scorer = OrtScorer::new(file, self.adapter.clone(), self.config.runtime.threads)?;
+        scorer.set_interrupt(self.interrupt.clone());
+        Ok(scorer)
     }
 
     /// The evaluated test samples, with their dataset indices.
