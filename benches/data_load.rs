@@ -7,12 +7,7 @@ use robustd::config::DatasetSpec;
 use robustd::data::{Augmentation, BatchOptions, Dataset};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let spec = DatasetSpec {
-        name: "fashion-mnist".into(),
-        train_samples: 0,
-        eval_samples: 0,
-        ..DatasetSpec::default()
-    };
+    let spec = DatasetSpec::first("fashion-mnist", 0, 0);
     println!("libtorch threads: {}", tch::get_num_threads());
     let mut dataset = None;
     for run in 1..=3 {

@@ -59,13 +59,7 @@ fn main() {
     tch::set_num_threads(threads);
 
     let data = Dataset::load(
-        &DatasetSpec {
-            name: "fashion-mnist".into(),
-            path: None,
-            train_samples: samples,
-            eval_samples: test_samples,
-            random_subset: false,
-        },
+        &DatasetSpec::first("fashion-mnist", samples, test_samples),
         0,
     )
     .expect("Fashion-MNIST");

@@ -326,6 +326,20 @@ impl Default for ModelSpec {
     }
 }
 
+impl DatasetSpec {
+    /// The first `train_samples` training and `eval_samples` test samples of the dataset `name` at its standard
+    /// location (0 = all).
+    pub fn first(name: &str, train_samples: usize, eval_samples: usize) -> Self {
+        Self {
+            name: name.into(),
+            path: None,
+            train_samples,
+            eval_samples,
+            random_subset: false,
+        }
+    }
+}
+
 impl Default for DatasetSpec {
     fn default() -> Self {
         Self {

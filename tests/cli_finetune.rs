@@ -15,13 +15,7 @@ use robustd::report::validate_report_file;
 
 /// The first `n` Fashion-MNIST test images, as the models take them.
 fn test_images(n: usize) -> tch::Tensor {
-    let spec = robustd::config::DatasetSpec {
-        name: "fashion-mnist".into(),
-        path: None,
-        train_samples: 1,
-        eval_samples: n,
-        random_subset: false,
-    };
+    let spec = robustd::config::DatasetSpec::first("fashion-mnist", 1, n);
     robustd::data::Dataset::load(&spec, 0).unwrap().test.x
 }
 

@@ -17,13 +17,7 @@ use tch::{Device, Tensor};
 
 /// The first `train` training and `test` test images of Fashion-MNIST.
 pub fn fashion_mnist(train: usize, test: usize) -> Dataset {
-    let spec = DatasetSpec {
-        name: "fashion-mnist".into(),
-        path: None,
-        train_samples: train,
-        eval_samples: test,
-        random_subset: false,
-    };
+    let spec = DatasetSpec::first("fashion-mnist", train, test);
     Dataset::load(&spec, 0).expect("Fashion-MNIST from /usr/share/datasets/fashion-mnist")
 }
 
