@@ -203,9 +203,10 @@ pub fn parse_device(spec: &str) -> Result<tch::Device, RuntimeError> {
 /// tensors are several MB each page-faults and zeroes the same memory on every step: measured on a 2-core Xeon, a
 /// ResNet-18-style forward at batch 256 spent ~40 % of its time in the kernel (118 ms per batch vs 72 ms with the
 /// settings below; PyTorch eager 64 ms). Blocks up to 32 MiB (glibc's maximum threshold) now come from the heap, and
-/// up to 128 MiB of free heap top is kept for reuse. Peak RSS does not grow (the same buffers are reused), and
-/// `limits.job_memory_mb` still bounds what a job allocates. An allocator swap would not help: libtorch's C++
-/// allocations do not go through Rust's global allocator. Idempotent; a no-op off glibc.
+/// up to 128 MiB of free heap top is kept for reuse. Peak RSS of a job does not grow (the same buffers are reused),
+/// but an idle daemon may keep up to that much free heap per allocator arena after jobs ran, and fixing the
+/// threshold turns off glibc's dynamic one. An allocator swap would not help: libtorch's C++ allocations do not go
+/// through Rust's global allocator. Idempotent; a no-op off glibc.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -227,27 +228,61 @@ pub fn set_torch_threads(threads: usize) {
     }
 }
 
-/// Runs libtorch single-threaded until dropped, then restores the previous intra-op thread count.
+/// Runs libtorch single-threaded on the calling thread until dropped, then restores that thread's previous count.
 ///
 /// For loops that alternate small libtorch bookkeeping ops with onnxruntime calls (the Square attack): every
 /// libtorch op over ~32k elements otherwise wakes libtorch's OpenMP team, whose threads then spin-wait while
 /// onnxruntime's own pool needs the same cores. Measured on 2 cores, Square on the small benchmark CNN spent over a
 /// third of its CPU time in that spinning.
+///
+/// This sets OpenMP's per-thread `nthreads-var` directly rather than through `tch::set_num_threads`: ATen's setter
+/// also stores a process-wide default that every thread which starts libtorch work later adopts, so a job running
+/// Square would silently make a concurrent job single-threaded (the daemon runs evaluation jobs side by side).
+/// ATen's `parallel_for` consults the calling thread's `omp_get_max_threads()`, so one thread is enough.
 pub struct SingleThreadedTorch {
     previous: i32,
+    /// The state belongs to the thread that entered: not `Send`.
+    _thread_bound: std::marker::PhantomData<*const ()>,
+}
+
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+mod omp {
+    use std::os::raw::c_int;
+    // libgomp, which tch links (`torch-sys` emits `rustc-link-lib=gomp` on Linux) and libtorch itself uses.
+    extern "C" {
+        fn omp_set_num_threads(n: c_int);
+    }
+    pub fn set_threads(n: i32) {
+        // SAFETY: sets the calling thread's OpenMP nthreads-var; n >= 1.
+        unsafe { omp_set_num_threads(n.max(1)) }
+    }
 }
 
 impl SingleThreadedTorch {
     pub fn enter() -> Self {
-        let previous = tch::get_num_threads();
-        tch::set_num_threads(1);
-        Self { previous }
+        #[cfg(all(target_os = "linux", not(target_env = "musl")))]
+        {
+            // Through ATen first: on a thread's first libtorch call this runs ATen's per-thread setup (which would
+            // otherwise overwrite the 1 below on the first parallel op) and returns the count to restore.
+            let previous = tch::get_num_threads();
+            omp::set_threads(1);
+            Self {
+                previous,
+                _thread_bound: std::marker::PhantomData,
+            }
+        }
+        #[cfg(not(all(target_os = "linux", not(target_env = "musl"))))]
+        Self {
+            previous: 0,
+            _thread_bound: std::marker::PhantomData,
+        }
     }
 }
 
 impl Drop for SingleThreadedTorch {
     fn drop(&mut self) {
-        tch::set_num_threads(self.previous);
+        #[cfg(all(target_os = "linux", not(target_env = "musl")))]
+        omp::set_threads(self.previous);
     }
 }
 

@@ -245,7 +245,9 @@ fn the_job_timeout_stops_a_long_evaluation_of_the_real_pipeline() {
 
 #[test]
 fn the_job_timeout_stops_a_square_attack_that_only_queries_onnxruntime() {
-    // At eps 0.001 no sample is broken, so every sample would spend the whole budget: hours on 2 cores.
+    // At eps 0.001 no sample is broken, so every sample would spend the whole budget: hours on 2 cores. The clean
+    // pass and trust checks before it take well under the 3 s timeout, so the deadline falls inside Square (without
+    // the scorer's interrupt this test hangs until wait_finished gives up).
     job_timeout_stops_the_evaluation(
         "threat: {eps: 0.001}\n\
          eval: {attacks: [square], square_queries: 1000000, eps_curve: [], batch_size: 500}",
