@@ -2,7 +2,7 @@
 #   make demo   set up, build, train + export a small CNN, run the daemon on it, print the report summary
 #   make test   set up, build, generate fixtures, run every test
 #   make crosscheck  robustd's robust accuracies vs torchattacks (scripts/reference_eval.py), ~30 min on 2 cores
-#   make bench  robustd vs PyTorch eager / torchattacks, writes benches/RESULTS.md + results.png (~5 min on 2 cores)
+#   make bench  robustd vs PyTorch eager / torchattacks, writes benches/RESULTS.md + results.png (~4 min on 2 cores)
 #   make fuzz   run the cargo-fuzz targets (nightly) for FUZZ_SECONDS (default 600) in total
 SHELL := /bin/bash
 VENV := .venv

@@ -29,9 +29,10 @@ def _find(directory, stem):
     raise FileNotFoundError(f"{stem}(.gz) not in {directory} (apt-get install dataset-fashion-mnist)")
 
 
-def load(split="train", directory=DEFAULT_DIR):
-    """Returns (x float32 [N,1,28,28] in [0,1], y int64 [N]) for split 'train' or 'test'."""
+def load(split="train", directory=DEFAULT_DIR, n=None):
+    """Returns (x float32 [N,1,28,28] in [0,1], y int64 [N]) for split 'train' or 'test': the first `n` samples
+    (all when None), sliced before the float conversion so a small subset does not cost the whole split's memory."""
     prefix = "train" if split == "train" else "t10k"
-    x = _read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
-    y = _read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
+    x = _read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))[:n]
+    y = _read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))[:n]
     return (x.astype(np.float32) / 255.0)[:, None, :, :], y.astype(np.int64)

@@ -126,7 +126,11 @@ impl Settings {
     fn run_reference(&self, model: &Path, w: &Workload) -> Result<Value> {
         let mut cmd = Command::new(Path::new(MANIFEST).join(".venv/bin/python"));
         cmd.arg(Path::new(MANIFEST).join("scripts/bench_reference.py"))
-            .args(["--threads", &self.threads.to_string(), w.name]);
+            .args(["--threads", &self.threads.to_string(), w.name])
+            // The same glibc allocator settings robustd applies to itself (runtime::tune_allocator), so the
+            // reference is not slowed by page faults that depend on how much else its heap happens to hold.
+            .env("MALLOC_MMAP_THRESHOLD_", (32u64 << 20).to_string())
+            .env("MALLOC_TRIM_THRESHOLD_", (128u64 << 20).to_string());
         self.run_child(cmd, model, w, "reference")
     }
 
@@ -211,7 +215,7 @@ fn export_models(settings: &Settings) -> Result<Vec<ModelInfo>> {
         .collect()
 }
 
-/// How much work each workload does on a model: sized so the whole suite takes ~10 minutes on 2 cores.
+/// How much work each workload does on a model: sized so the whole suite takes ~4 minutes on 2 cores.
 struct Sizes {
     pgd_n: usize,
     pgd_batch: usize,

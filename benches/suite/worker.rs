@@ -58,7 +58,8 @@ impl Flags {
     }
 }
 
-/// The product's config for a benchmark: Fashion-MNIST, CPU, `threads` intra-op threads for tch and ORT.
+/// The product's config for a benchmark: Fashion-MNIST, CPU, `threads` intra-op threads for tch and ORT, the first
+/// `train` training and `test` test images (at least 1 each: 0 would mean the whole split).
 fn subject(model: &Path, threads: usize, train: usize, test: usize) -> Result<Subject> {
     let yaml = format!(
         "runtime: {{device: cpu, threads: {threads}}}\n\
@@ -97,7 +98,7 @@ fn pgd_eval(path: &Path, threads: usize, flags: &Flags) -> Result<()> {
     let batch: i64 = flags.get("batch", 250)?;
     let reps: usize = flags.get("reps", 3)?;
     let eps: f64 = flags.get("eps", 0.1)?;
-    let subject = subject(path, threads, 0, n as usize)?;
+    let subject = subject(path, threads, 1, n as usize)?;
     let mut spec = subject.config.eval.clone();
     spec.pgd.steps = flags.get("steps", 20)?;
     spec.pgd.step_size_factor = flags.get::<f64>("step_size", eps / 8.0)? / eps;
@@ -194,7 +195,7 @@ fn forward(path: &Path, threads: usize, flags: &Flags) -> Result<()> {
         .collect::<Result<_>>()?;
     let iters: usize = flags.get("iters", 30)?;
     let largest = *batches.iter().max().context("--batches is empty")?;
-    let subject = subject(path, threads, 0, largest as usize)?;
+    let subject = subject(path, threads, 1, largest as usize)?;
     let mut model = subject.tch_model()?;
     model.set_train(false);
     let mut scorer = subject.scorer(path)?;
@@ -226,7 +227,7 @@ fn square(path: &Path, threads: usize, flags: &Flags) -> Result<()> {
     let n: i64 = flags.get("n", 200)?;
     let reps: usize = flags.get("reps", 3)?;
     let eps: f64 = flags.get("eps", 1e-4)?;
-    let subject = subject(path, threads, 0, n as usize)?;
+    let subject = subject(path, threads, 1, n as usize)?;
     let mut spec = subject.config.eval.clone();
     spec.square_queries = flags.get("queries", 300)?;
     spec.square_p_init = flags.get("p_init", 0.3)?;
