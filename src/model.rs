@@ -61,6 +61,35 @@ pub trait Classifier {
     }
 }
 
+/// A boxed classifier is a classifier (the memorization estimator's model factories return `Box<dyn Classifier>`),
+/// so wrappers generic over `C: Classifier` take them too.
+impl<C: Classifier + ?Sized> Classifier for Box<C> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        (**self).forward(x)
+    }
+    fn trainable_parameters(&self) -> Vec<Tensor> {
+        (**self).trainable_parameters()
+    }
+    fn set_train(&mut self, train: bool) {
+        (**self).set_train(train)
+    }
+    fn input_chw(&self) -> [i64; 3] {
+        (**self).input_chw()
+    }
+    fn num_classes(&self) -> i64 {
+        (**self).num_classes()
+    }
+    fn device(&self) -> tch::Device {
+        (**self).device()
+    }
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        (**self).state_dict()
+    }
+    fn load_state_dict(&mut self, named: &[(String, Tensor)]) -> Result<(), ModelError> {
+        (**self).load_state_dict(named)
+    }
+}
+
 /// A forward-only classifier (onnxruntime on the shipped file): what Square queries and what re-checks use.
 pub trait Scorer {
     /// Logits `[N, classes]` (CPU, float32) for `[N, C, H, W]` inputs in [0,1].

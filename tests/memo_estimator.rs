@@ -4,13 +4,14 @@
 //! hits the cache and trains nothing; a run cancelled inside a subset model resumes to identical scores.
 
 mod memo_support;
+mod train_support;
 
 use std::cell::Cell;
 use std::fs::File;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use memo_support::{counting_factory, flip_labels, mlp, quick_options, synthetic, CancelAt};
+use memo_support::{counting_factory, flip_labels, mlp, quick_options, synthetic};
 use ndarray::Array1;
 use ndarray_npy::NpzReader;
 use robustd::config::{InputLayout, Limits};
@@ -18,6 +19,7 @@ use robustd::memo::{bat_atypicality, estimate, onnx_factory, Identity, MemoError
 use robustd::model::{Classifier, InputAdapter};
 use robustd::onnx::{write_back, OnnxModel, TchModel, TchOptions};
 use tch::Device;
+use train_support::CancelAfter;
 
 fn read_bools(path: &std::path::Path, name: &str) -> Vec<bool> {
     let mut npz = NpzReader::new(File::open(path).unwrap()).unwrap();
@@ -241,10 +243,10 @@ fn a_cancelled_run_resumes_inside_the_model_and_ends_with_identical_scores() {
     let mut cancelling = |seed: u64| -> Result<Box<dyn Classifier>, robustd::train::TrainError> {
         let model = inner(seed)?;
         Ok(if made.get() == 3 {
-            Box::new(CancelAt {
+            Box::new(CancelAfter {
                 inner: model,
                 calls: Cell::new(0),
-                at: 20,
+                limits: vec![20],
                 flag: flag.clone(),
             })
         } else {

@@ -1,25 +1,17 @@
-//! Real parts for the memorization tests: Fashion-MNIST through the project's loader (optionally with a share of
-//! labels moved to another class), the exported MLP fixture (`tests/fixtures/generated/mlp_legacy.onnx`, made by
+//! Real parts for the memorization tests: training splits with a share of labels moved to another class, a synthetic
+//! image task, the exported MLP fixture (`tests/fixtures/generated/mlp_legacy.onnx`, made by
 //! `make fixtures`) re-initialized per subset model, and a fast training setting for it.
 #![allow(dead_code)]
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use robustd::config::{Config, DatasetSpec, InputLayout, Limits, Method, TrainSpec};
-use robustd::data::{Augmentation, Dataset, Split};
+use robustd::config::{Config, InputLayout, Limits, Method, TrainSpec};
+use robustd::data::{Augmentation, Split};
 use robustd::memo::EstimatorOptions;
-use robustd::model::{Classifier, InputAdapter, ModelError};
+use robustd::model::{Classifier, InputAdapter};
 use robustd::onnx::OnnxModel;
 use tch::{Device, Tensor};
-
-/// The first `train` training and `test` test images of Fashion-MNIST.
-pub fn fashion_mnist(train: usize, test: usize) -> Dataset {
-    let spec = DatasetSpec::first("fashion-mnist", train, test);
-    Dataset::load(&spec, 0).expect("Fashion-MNIST from /usr/share/datasets/fashion-mnist")
-}
 
 /// `split` with the label of every `every`-th sample (positions 0, every, 2·every, …) moved to another class;
 /// returns the moved positions.
@@ -110,46 +102,6 @@ pub fn counting_factory<'m>(
     move |seed| {
         made.set(made.get() + 1);
         inner(seed)
-    }
-}
-
-/// Forwards to an inner classifier; sets `flag` (a cancellation request) at forward pass number `at`.
-pub struct CancelAt {
-    pub inner: Box<dyn Classifier>,
-    pub calls: Cell<usize>,
-    pub at: usize,
-    pub flag: Arc<AtomicBool>,
-}
-
-impl Classifier for CancelAt {
-    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let n = self.calls.get() + 1;
-        self.calls.set(n);
-        if n == self.at {
-            self.flag.store(true, Ordering::SeqCst);
-        }
-        self.inner.forward(x)
-    }
-    fn trainable_parameters(&self) -> Vec<Tensor> {
-        self.inner.trainable_parameters()
-    }
-    fn set_train(&mut self, train: bool) {
-        self.inner.set_train(train)
-    }
-    fn input_chw(&self) -> [i64; 3] {
-        self.inner.input_chw()
-    }
-    fn num_classes(&self) -> i64 {
-        self.inner.num_classes()
-    }
-    fn device(&self) -> Device {
-        self.inner.device()
-    }
-    fn state_dict(&self) -> Vec<(String, Tensor)> {
-        self.inner.state_dict()
-    }
-    fn load_state_dict(&mut self, named: &[(String, Tensor)]) -> Result<(), ModelError> {
-        self.inner.load_state_dict(named)
     }
 }
 
