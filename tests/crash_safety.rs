@@ -279,15 +279,7 @@ fn a_full_disk_fails_the_job_cleanly_and_the_daemon_keeps_serving() {
         "{:?}",
         d.jobs(JobState::Failed).last().map(|j| &j.record.error)
     );
-    validate_report_file(
-        &done[0]
-            .record
-            .result_dir
-            .clone()
-            .unwrap()
-            .join("report.yaml"),
-    )
-    .unwrap();
+    job_report(&done[0]);
     let (ok, _) = d.terminate();
     assert!(ok);
 }

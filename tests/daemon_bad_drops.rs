@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use daemon_support::*;
 use robustd::daemon::JobState;
-use robustd::report::{validate_report_file, ErrorReport};
+use robustd::report::ErrorReport;
 
 #[test]
 fn bad_drops_fail_cleanly_and_the_next_good_model_is_processed() {
@@ -145,15 +145,7 @@ fn bad_drops_fail_cleanly_and_the_next_good_model_is_processed() {
     d.wait_finished(12, Duration::from_secs(60));
     let done = d.jobs(JobState::Done);
     assert_eq!(done.len(), 1);
-    validate_report_file(
-        &done[0]
-            .record
-            .result_dir
-            .clone()
-            .unwrap()
-            .join("report.yaml"),
-    )
-    .unwrap();
+    job_report(&done[0]);
     let (ok, _) = d.terminate();
     assert!(ok);
 }
@@ -186,15 +178,7 @@ fn a_model_waits_for_its_external_data_and_unrelated_files_are_left_alone() {
     d.wait_finished(1, Duration::from_secs(60));
     let done = d.jobs(JobState::Done);
     assert_eq!(done.len(), 1, "{:?}", d.jobs(JobState::Failed));
-    validate_report_file(
-        &done[0]
-            .record
-            .result_dir
-            .clone()
-            .unwrap()
-            .join("report.yaml"),
-    )
-    .unwrap();
+    job_report(&done[0]);
     assert_eq!(
         entries(&w),
         vec!["notes.txt".to_string(), "upload.onnx.part".into()]

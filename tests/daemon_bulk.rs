@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use daemon_support::*;
 use robustd::daemon::JobState;
-use robustd::report::validate_report_file;
 
 #[test]
 fn fifty_models_dropped_at_once_give_fifty_results() {
@@ -45,9 +44,7 @@ fn fifty_models_dropped_at_once_give_fifty_results() {
     for job in &done {
         assert_eq!(job.record.attempts, 1, "{}", job.record.id);
         assert!(job.record.dedup_of.is_none());
-        let dir = job.record.result_dir.clone().unwrap();
-        let report = validate_report_file(&dir.join("report.yaml"))
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let report = job_report(job);
         assert_eq!(report.summary.model, job.record.dropped_as);
         assert_eq!(report.job.unwrap().id, job.record.id);
         // Exactly one result directory (+ latest) per model name.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use daemon_support::*;
 use robustd::daemon::JobState;
-use robustd::report::validate_report_file;
 
 fn robustd(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -97,15 +96,7 @@ fn submit_copies_model_data_and_sidecar_atomically_and_status_reads_the_spool() 
         done[0].record.companions,
         vec!["mlp_dynamo.onnx.data".to_string()]
     );
-    let report = validate_report_file(
-        &done[0]
-            .record
-            .result_dir
-            .clone()
-            .unwrap()
-            .join("report.yaml"),
-    )
-    .unwrap();
+    let report = job_report(&done[0]);
     assert_eq!(report.summary.threat_model.eps, 0.05);
     let (ok, out) = robustd(&["status", "--config", &cfg]);
     assert!(ok);

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use daemon_support::*;
 use robustd::daemon::JobState;
-use robustd::report::validate_report_file;
 
 /// A job long enough to interrupt: the inspect runner's throughput probe over many samples.
 const LONG_JOB_SAMPLES: u64 = 150_000;
@@ -60,9 +59,7 @@ fn assert_resumed_exactly_once(d: &mut Daemon, at_least: u64) {
     assert_eq!(done.len(), 1);
     let r = &done[0].record;
     assert_eq!(r.attempts, 2, "{r:?}");
-    let result = r.result_dir.clone().unwrap();
-    let report =
-        validate_report_file(&result.join("report.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let report = job_report(&done[0]);
     let fc = report.model.forward_check.unwrap();
     let resumed = fc
         .resumed_from_sample
@@ -157,11 +154,7 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_one_is_invalid()
             .into_iter()
             .find(|j| j.record.name == tag)
             .unwrap();
-        validate_report_file(&job.record.result_dir.unwrap().join("report.yaml"))
-            .unwrap()
-            .summary
-            .threat_model
-            .eps
+        job_report(&job).summary.threat_model.eps
     };
     assert_eq!(eps_of_next_drop(&mut d, "a", 1), 0.1);
 

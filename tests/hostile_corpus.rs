@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use daemon_support::*;
 use robustd::daemon::JobState;
-use robustd::report::{validate_report_file, ErrorReport};
+use robustd::report::ErrorReport;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -204,13 +204,7 @@ fn every_hostile_drop_fails_cleanly_and_the_daemon_keeps_serving() {
         "{:?}",
         d.jobs(JobState::Failed).last().map(|j| &j.record.error)
     );
-    let report = done[0]
-        .record
-        .result_dir
-        .clone()
-        .unwrap()
-        .join("report.yaml");
-    validate_report_file(&report).unwrap();
+    job_report(&done[0]);
     let (ok, _) = d.terminate();
     assert!(ok, "daemon exit status");
     eprintln!(

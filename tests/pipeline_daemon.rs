@@ -145,15 +145,7 @@ fn sigkill_during_fine_tuning_resumes_from_the_checkpoint_and_finishes_once() {
         d.log_text()
     );
     assert!(d.jobs(JobState::Failed).is_empty());
-    let report = validate_report_file(
-        &done[0]
-            .record
-            .result_dir
-            .clone()
-            .unwrap()
-            .join("report.yaml"),
-    )
-    .unwrap();
+    let report = job_report(&done[0]);
     let training = report.training.as_ref().unwrap();
     assert!(
         training.resumed_from.is_some(),

@@ -231,6 +231,18 @@ impl Drop for Daemon {
     }
 }
 
+/// The finished job's report.yaml, validated against the schema (panics naming the job if it has no result or the
+/// report is invalid).
+pub fn job_report(job: &Job) -> robustd::report::Report {
+    let dir = job
+        .record
+        .result_dir
+        .as_ref()
+        .unwrap_or_else(|| panic!("job {} has no result_dir", job.record.id));
+    robustd::report::validate_report_file(&dir.join("report.yaml"))
+        .unwrap_or_else(|e| panic!("job {}: {e}", job.record.id))
+}
+
 pub fn jobs(state_dir: &Path, state: JobState) -> Vec<Job> {
     let dir = state_dir.join(state.dir_name());
     let mut out: Vec<Job> = std::fs::read_dir(&dir)
