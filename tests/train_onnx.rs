@@ -2,6 +2,7 @@
 //! will run — holdout atypicality from re-initialized copies, BAT with checkpoints, a cancellation and resume that
 //! ends bit-identical (BatchNorm statistics included), write-back, and onnxruntime parity of the written file.
 
+mod fixtures;
 mod train_support;
 
 use std::cell::Cell;
@@ -17,14 +18,7 @@ use robustd::train::{holdout_atypicality, train, HoldoutOptions, TrainError, Tra
 use train_support::{fashion_mnist, identical, quick_spec, weights, CancelAfter};
 
 fn fixture(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("tests/fixtures/generated/{name}.onnx"));
-    assert!(
-        path.is_file(),
-        "{} missing: run `make fixtures`",
-        path.display()
-    );
-    path
+    fixtures::generated(&format!("{name}.onnx"))
 }
 
 fn tch_model(onnx: &OnnxModel, train_batchnorm: bool) -> TchModel {

@@ -3,6 +3,9 @@
 //! code and output captured.
 #![allow(dead_code)]
 
+#[path = "../fixtures/mod.rs"]
+mod fixtures;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -10,11 +13,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_robustd");
 
 /// The small CNN trained on Fashion-MNIST (`make fixtures` writes it), or another generated fixture.
 pub fn fixture(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/generated")
-        .join(name);
-    assert!(p.is_file(), "{} missing: run `make fixtures`", p.display());
-    p
+    fixtures::generated(name)
 }
 
 pub fn trained_model() -> PathBuf {

@@ -3,6 +3,9 @@
 //! does them (hidden temp name, then rename); and readers for the spool.
 #![allow(dead_code)]
 
+#[path = "../fixtures/mod.rs"]
+mod fixtures;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,11 +17,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_robustd");
 
 /// A generated fixture model (`make fixtures` writes them).
 pub fn fixture(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/generated")
-        .join(name);
-    assert!(p.is_file(), "{} missing: run `make fixtures`", p.display());
-    p
+    fixtures::generated(name)
 }
 
 /// The test config: fast stability checks, one ORT thread, evaluation-only jobs, a small probe.

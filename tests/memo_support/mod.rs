@@ -3,6 +3,9 @@
 //! `make fixtures`) re-initialized per subset model, and a fast training setting for it.
 #![allow(dead_code)]
 
+#[path = "../fixtures/mod.rs"]
+mod fixtures;
+
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
@@ -30,16 +33,9 @@ pub fn flip_labels(split: &Split, every: usize) -> (Split, Vec<usize>) {
     (noisy, flipped)
 }
 
+/// The generated model `<name>.onnx`.
 pub fn fixture(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/generated")
-        .join(format!("{name}.onnx"));
-    assert!(
-        path.is_file(),
-        "{} missing: run `make fixtures`",
-        path.display()
-    );
-    path
+    fixtures::generated(&format!("{name}.onnx"))
 }
 
 /// The exported MLP (784 → 64 → 10).
