@@ -15,7 +15,7 @@ use anyhow::bail;
 use super::experiment::{self, CommonArgs, EvalArgs, Target, TrainArgs};
 use super::interrupt;
 use crate::config::Method;
-use crate::daemon::{CancelToken, JobError};
+use crate::daemon::CancelToken;
 use crate::pipeline::compare::{self, CompareSettings};
 use crate::pipeline::stages::method_name;
 use crate::report::{self, plots};
@@ -87,12 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &progress,
     ) {
         Ok(c) => c,
-        Err(e) => {
-            if matches!(e, JobError::Failed { .. }) {
-                let _ = std::fs::remove_dir_all(&checkpoints);
-            }
-            return Ok(experiment::job_failed(e, &interrupts, Some(&checkpoints)));
-        }
+        Err(e) => return Ok(experiment::job_failed(e, &interrupts, Some(&checkpoints))),
     };
 
     let plot = crate::pipeline::stages::files::PLOT_TRADEOFF;

@@ -376,8 +376,12 @@ pub fn print_summary(summary: &Summary, report_path: &Path) {
 }
 
 /// How a pipeline run that did not finish ends the command: a one-line cause (and a hint) with exit code 1, or,
-/// when a signal stopped it, a note on the kept checkpoint with exit code 128 + signal.
+/// when a signal stopped it, a note on the kept checkpoint with exit code 128 + signal. Only a signal keeps the
+/// checkpoint directory: a failure is not resumable (a changed setting gives a new key anyway), so it is removed.
 pub fn job_failed(error: JobError, interrupts: &Interrupts, checkpoint: Option<&Path>) -> ExitCode {
+    if let (JobError::Failed { .. }, Some(dir)) = (&error, checkpoint) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     match error {
         JobError::Cancelled(reason) => {
             match (reason, checkpoint) {

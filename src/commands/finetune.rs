@@ -14,7 +14,7 @@ use anyhow::bail;
 use super::experiment::{self, Clock, CommonArgs, EvalArgs, Target, TrainArgs};
 use super::interrupt;
 use crate::config::Method;
-use crate::daemon::{CancelToken, JobError};
+use crate::daemon::CancelToken;
 use crate::pipeline;
 
 #[derive(Debug, clap::Args)]
@@ -68,13 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &progress,
     ) {
         Ok(outcome) => outcome,
-        Err(e) => {
-            // A failure is not resumable (a changed setting gives a new key anyway): only a signal keeps it.
-            if matches!(e, JobError::Failed { .. }) {
-                let _ = std::fs::remove_dir_all(&checkpoints);
-            }
-            return Ok(experiment::job_failed(e, &interrupts, Some(&checkpoints)));
-        }
+        Err(e) => return Ok(experiment::job_failed(e, &interrupts, Some(&checkpoints))),
     };
     let original = target.copy_into(&out)?;
     let (report, path) =
