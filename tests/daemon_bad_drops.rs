@@ -142,10 +142,7 @@ fn bad_drops_fail_cleanly_and_the_next_good_model_is_processed() {
 
     // Still serving.
     drop_bytes(&w, "good.onnx", &good);
-    d.wait_finished(12, Duration::from_secs(60));
-    let done = d.jobs(JobState::Done);
-    assert_eq!(done.len(), 1);
-    job_report(&done[0]);
+    d.the_one_done(12, Duration::from_secs(60));
     let (ok, _) = d.terminate();
     assert!(ok);
 }
@@ -175,10 +172,7 @@ fn a_model_waits_for_its_external_data_and_unrelated_files_are_left_alone() {
         "mlp_dynamo.onnx.data",
         &std::fs::read(fixture("mlp_dynamo.onnx.data")).unwrap(),
     );
-    d.wait_finished(1, Duration::from_secs(60));
-    let done = d.jobs(JobState::Done);
-    assert_eq!(done.len(), 1, "{:?}", d.jobs(JobState::Failed));
-    job_report(&done[0]);
+    d.the_one_done(1, Duration::from_secs(60));
     assert_eq!(
         entries(&w),
         vec!["notes.txt".to_string(), "upload.onnx.part".into()]

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
-use robustd::daemon::JobState;
 
 fn robustd(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -88,15 +87,12 @@ fn submit_copies_model_data_and_sidecar_atomically_and_status_reads_the_spool() 
         "{status}"
     );
 
-    d.wait_finished(1, Duration::from_secs(120));
-    let done = d.jobs(JobState::Done);
-    assert_eq!(done.len(), 1, "{:?}", d.jobs(JobState::Failed));
-    assert!(done[0].record.sidecar);
+    let (job, report) = d.the_one_done(1, Duration::from_secs(120));
+    assert!(job.record.sidecar);
     assert_eq!(
-        done[0].record.companions,
+        job.record.companions,
         vec!["mlp_dynamo.onnx.data".to_string()]
     );
-    let report = job_report(&done[0]);
     assert_eq!(report.summary.threat_model.eps, 0.05);
     let (ok, out) = robustd(&["status", "--config", &cfg]);
     assert!(ok);

@@ -12,7 +12,7 @@ use daemon_support::*;
 use robustd::daemon::JobState;
 use robustd::model::{InputAdapter, Scorer};
 use robustd::onnx::OrtScorer;
-use robustd::report::{validate_report_file, Verdict};
+use robustd::report::Verdict;
 use tch::{Kind, Tensor};
 
 /// The whole pipeline at a size a 2-core CI machine runs in seconds: real Fashion-MNIST, BAT with the K=2
@@ -39,17 +39,8 @@ fn a_dropped_model_comes_back_fine_tuned_with_a_valid_report() {
     let root = tmp.path();
     let mut d = Daemon::start(root, &pipeline_config(root, 1, 600));
     drop_fixture(&d.watch(), "cnn_bn_dynamo.onnx", "shipped.onnx");
-    d.wait_finished(1, Duration::from_secs(300));
-    let done = d.jobs(JobState::Done);
-    assert_eq!(
-        done.len(),
-        1,
-        "failed: {:?}\nlog:\n{}",
-        d.jobs(JobState::Failed),
-        d.log_text()
-    );
-    let dir = done[0].record.result_dir.clone().unwrap();
-    let report = validate_report_file(&dir.join("report.yaml")).unwrap();
+    let (job, report) = d.the_one_done(1, Duration::from_secs(300));
+    let dir = job.record.result_dir.clone().unwrap();
 
     assert_eq!(report.summary.model, "shipped.onnx");
     assert_ne!(report.summary.verdict, Verdict::EvaluationOnly);
@@ -135,17 +126,8 @@ fn sigkill_during_fine_tuning_resumes_from_the_checkpoint_and_finishes_once() {
     assert_eq!(d.jobs(JobState::Running).len(), 1);
 
     let mut d = Daemon::start(root, &config);
-    d.wait_finished(1, Duration::from_secs(300));
-    let done = d.jobs(JobState::Done);
-    assert_eq!(
-        done.len(),
-        1,
-        "failed: {:?}\nlog:\n{}",
-        d.jobs(JobState::Failed),
-        d.log_text()
-    );
+    let (_, report) = d.the_one_done(1, Duration::from_secs(300));
     assert!(d.jobs(JobState::Failed).is_empty());
-    let report = job_report(&done[0]);
     let training = report.training.as_ref().unwrap();
     assert!(
         training.resumed_from.is_some(),

@@ -200,6 +200,27 @@ impl Daemon {
         jobs(&self.state(), state)
     }
 
+    /// Waits until `finished` jobs are done or failed, asserts that exactly one of them is done (showing the
+    /// failures and the log otherwise), and returns it with its schema-validated report.
+    pub fn the_one_done(
+        &mut self,
+        finished: usize,
+        timeout: Duration,
+    ) -> (Job, robustd::report::Report) {
+        self.wait_finished(finished, timeout);
+        let mut done = self.jobs(JobState::Done);
+        assert_eq!(
+            done.len(),
+            1,
+            "failed: {:?}\nlog:\n{}",
+            self.jobs(JobState::Failed),
+            self.log_text()
+        );
+        let job = done.remove(0);
+        let report = job_report(&job);
+        (job, report)
+    }
+
     /// Waits until `done/` + `failed/` hold `n` jobs together (and nothing is queued or running).
     pub fn wait_finished(&mut self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
