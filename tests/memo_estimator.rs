@@ -4,14 +4,13 @@
 //! hits the cache and trains nothing; a run cancelled inside a subset model resumes to identical scores.
 
 mod memo_support;
-mod train_support;
 
 use std::cell::Cell;
 use std::fs::File;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use memo_support::{counting_factory, flip_labels, mlp, quick_options, synthetic};
+use memo_support::{counting_factory, flip_labels, mlp, quick_options, synthetic, CancelAfter};
 use ndarray::Array1;
 use ndarray_npy::NpzReader;
 use robustd::config::{InputLayout, Limits};
@@ -19,7 +18,6 @@ use robustd::memo::{bat_atypicality, estimate, onnx_factory, Identity, MemoError
 use robustd::model::{Classifier, InputAdapter};
 use robustd::onnx::{write_back, OnnxModel, TchModel, TchOptions};
 use tch::Device;
-use train_support::CancelAfter;
 
 fn read_bools(path: &std::path::Path, name: &str) -> Vec<bool> {
     let mut npz = NpzReader::new(File::open(path).unwrap()).unwrap();

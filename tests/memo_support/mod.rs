@@ -5,6 +5,11 @@
 
 #[path = "../fixtures/mod.rs"]
 mod fixtures;
+#[path = "../train_support/mod.rs"]
+mod train_support;
+
+#[allow(unused_imports)] // used by some of the binaries that include this module
+pub use train_support::CancelAfter;
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -67,20 +72,9 @@ pub fn quick_options<'a>(
 
 /// A fast training spec for the fine-tuning-side tests.
 pub fn quick_spec(method: Method, epochs: usize) -> TrainSpec {
-    let mut spec = TrainSpec {
-        method,
-        epochs,
-        batch_size: 64,
-        val_fraction: 0.0,
-        early_stop_patience: 0,
-        augmentation: "none".into(),
-        ..TrainSpec::default()
-    };
-    spec.optimizer.lr = 0.05;
-    spec.optimizer.schedule = "constant".into();
+    // The fine-tuning tests' quick setting, at batch 64 and without weight decay.
+    let mut spec = train_support::quick_spec(method, epochs, 64);
     spec.optimizer.weight_decay = 0.0;
-    spec.pgd.steps = 3;
-    spec.pgd.step_size_factor = 0.5;
     spec
 }
 
