@@ -245,10 +245,11 @@ pub struct SingleThreadedTorch {
     _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
+/// libgomp, which tch links (`torch-sys` emits `rustc-link-lib=gomp` on Linux) and libtorch itself uses; elsewhere
+/// the guard does nothing.
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 mod omp {
     use std::os::raw::c_int;
-    // libgomp, which tch links (`torch-sys` emits `rustc-link-lib=gomp` on Linux) and libtorch itself uses.
     extern "C" {
         fn omp_set_num_threads(n: c_int);
     }
@@ -258,22 +259,19 @@ mod omp {
     }
 }
 
+#[cfg(not(all(target_os = "linux", not(target_env = "musl"))))]
+mod omp {
+    pub fn set_threads(_n: i32) {}
+}
+
 impl SingleThreadedTorch {
     pub fn enter() -> Self {
-        #[cfg(all(target_os = "linux", not(target_env = "musl")))]
-        {
-            // Through ATen first: on a thread's first libtorch call this runs ATen's per-thread setup (which would
-            // otherwise overwrite the 1 below on the first parallel op) and returns the count to restore.
-            let previous = tch::get_num_threads();
-            omp::set_threads(1);
-            Self {
-                previous,
-                _thread_bound: std::marker::PhantomData,
-            }
-        }
-        #[cfg(not(all(target_os = "linux", not(target_env = "musl"))))]
+        // Through ATen first: on a thread's first libtorch call this runs ATen's per-thread setup (which would
+        // otherwise overwrite the 1 below on the first parallel op) and returns the count to restore.
+        let previous = tch::get_num_threads();
+        omp::set_threads(1);
         Self {
-            previous: 0,
+            previous,
             _thread_bound: std::marker::PhantomData,
         }
     }
@@ -281,7 +279,6 @@ impl SingleThreadedTorch {
 
 impl Drop for SingleThreadedTorch {
     fn drop(&mut self) {
-        #[cfg(all(target_os = "linux", not(target_env = "musl")))]
         omp::set_threads(self.previous);
     }
 }
