@@ -196,6 +196,11 @@ pub fn parse_device(spec: &str) -> Result<tch::Device, RuntimeError> {
     }
 }
 
+/// glibc's mmap threshold under [`tune_allocator`] (bytes; 32 MiB is the largest glibc accepts).
+pub const MALLOC_MMAP_THRESHOLD: usize = 32 << 20;
+/// Free heap top glibc keeps instead of trimming, under [`tune_allocator`] (bytes).
+pub const MALLOC_TRIM_THRESHOLD: usize = 128 << 20;
+
 /// Keeps glibc's allocator from returning libtorch's large, short-lived buffers to the kernel after every use.
 ///
 /// libtorch allocates each activation and gradient with `posix_memalign`. glibc serves blocks above its mmap
@@ -214,8 +219,8 @@ pub fn tune_allocator() {
         TUNED.call_once(|| {
             // SAFETY: mallopt only adjusts allocator parameters; it is safe to call at any time.
             unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD as libc::c_int);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD as libc::c_int);
             }
         });
     }

@@ -119,7 +119,9 @@ impl Settings {
     fn run_robustd(&self, model: &Path, w: &Workload) -> Result<Value> {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
-        cmd.arg("worker").arg(w.name);
+        cmd.arg("worker")
+            .arg(w.name)
+            .args(["--threads", &self.threads.to_string()]);
         self.run_child(cmd, model, w, "robustd")
     }
 
@@ -129,17 +131,20 @@ impl Settings {
             .args(["--threads", &self.threads.to_string(), w.name])
             // The same glibc allocator settings robustd applies to itself (runtime::tune_allocator), so the
             // reference is not slowed by page faults that depend on how much else its heap happens to hold.
-            .env("MALLOC_MMAP_THRESHOLD_", (32u64 << 20).to_string())
-            .env("MALLOC_TRIM_THRESHOLD_", (128u64 << 20).to_string());
+            .env(
+                "MALLOC_MMAP_THRESHOLD_",
+                robustd::runtime::MALLOC_MMAP_THRESHOLD.to_string(),
+            )
+            .env(
+                "MALLOC_TRIM_THRESHOLD_",
+                robustd::runtime::MALLOC_TRIM_THRESHOLD.to_string(),
+            );
         self.run_child(cmd, model, w, "reference")
     }
 
     /// Runs one worker process with the workload's flags; its last stdout line is its JSON result.
     fn run_child(&self, mut cmd: Command, model: &Path, w: &Workload, side: &str) -> Result<Value> {
         cmd.arg("--model").arg(model);
-        if side == "robustd" {
-            cmd.args(["--threads", &self.threads.to_string()]);
-        }
         cmd.args(["--reps", &self.reps.to_string()]);
         for (k, v) in &w.flags {
             cmd.arg(format!("--{k}")).arg(v);
