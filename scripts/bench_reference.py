@@ -10,6 +10,7 @@ thread count, and computes the ratios.
     bench_reference.py epoch   --model DIR/NAME.onnx --method pgd-at|bat --samples N --batch B --reps R
     bench_reference.py forward --model DIR/NAME.onnx --batches 1,32,256 --iters I
     bench_reference.py square  --model DIR/NAME.onnx --n N --queries Q --eps E --p-init P --reps R
+    bench_reference.py autoattack --model DIR/NAME.onnx --n N --eps E --reps R
 
 Models (see MODELS): `small_cnn` is the demo model's shape (export_fixtures.SmallCNN, ~0.1 M parameters) and
 `resnet18` the ResNet-18 topology (BasicBlocks 2-2-2-2, widths 16-32-64-128, ~0.7 M parameters) on 1x28x28
@@ -253,13 +254,41 @@ def cmd_square(args):
          robust_acc=robust / args.n)
 
 
+def cmd_autoattack(args):
+    """torchattacks' AutoAttack(version='standard') at AutoAttack's published budgets (100 iterations for APGD, APGD-T
+    and FAB-T, Square's schedule unscaled: see reference_eval.py), on the model's own predictions."""
+    import torchattacks
+
+    model = build(args.model)
+    x = test_images(args.n)
+    y = own_predictions(model, x, 256)
+    walls, cpus, robust = [], [], 0
+    for rep in range(args.reps):
+        aa = torchattacks.AutoAttack(model, norm="Linf", eps=args.eps, version="standard", n_classes=10, seed=rep)
+        for attack in aa._autoattack.attacks:
+            if hasattr(attack, "steps"):
+                attack.steps = 100
+            if isinstance(attack, torchattacks.Square):
+                attack.rescale_schedule = False
+
+        def run():
+            x_adv = aa(x, y)
+            with torch.no_grad():
+                return (model(x_adv).argmax(1) == y).sum().item()
+
+        wall, cpu, robust = timed(run)
+        walls.append(wall)
+        cpus.append(cpu)
+    emit(workload="autoattack", wall_s=walls, cpu_s=cpus, samples=args.n, robust_acc=robust / args.n)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("export")
     p.add_argument("--out", required=True)
-    for name in ("pgd-eval", "epoch", "forward", "square"):
+    for name in ("pgd-eval", "epoch", "forward", "square", "autoattack"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True, help="DIR/NAME.onnx written by `export`")
         p.add_argument("--reps", type=int, default=3)
@@ -276,6 +305,8 @@ def main():
         if name == "forward":
             p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 32, 256])
             p.add_argument("--iters", type=int, default=30)
+        if name == "autoattack":
+            p.add_argument("--n", type=int, default=100)
         if name == "square":
             p.add_argument("--n", type=int, default=200)
             p.add_argument("--queries", type=int, default=300)
@@ -283,7 +314,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     {"export": cmd_export, "pgd-eval": cmd_pgd_eval, "epoch": cmd_epoch, "forward": cmd_forward,
-     "square": cmd_square}[args.cmd](args)
+     "square": cmd_square, "autoattack": cmd_autoattack}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
 """Cross-checks robustd's robust accuracies with an independent implementation (torchattacks).
 
-Runs torchattacks' PGD, APGD-CE, APGD-DLR and Square, each on every clean-correct sample ("standalone", what
-`robustd eval --mode standalone` does), on the first N Fashion-MNIST test images, with the same eps and budgets as
-robustd's defaults. The model is read from the ONNX file into PyTorch by a small interpreter in this script (torch
-functional ops, no robustd code), whose logits are checked against onnxruntime before any attack.
+Two protocols:
+- default: torchattacks' PGD, APGD-CE, APGD-DLR and Square, each on every clean-correct sample ("standalone", what
+  `robustd eval --mode standalone` does), with the same eps and budgets as robustd's `fast` preset;
+- --autoattack standard: torchattacks' `AutoAttack(version='standard')` (APGD-CE, APGD-T, FAB-T, Square as an
+  ensemble: each attack only on the points still robust), next to `robustd eval --preset autoattack-standard`.
+  torchattacks 3.5 builds that suite with its own defaults, 10 iterations for APGD, APGD-T and FAB-T and a rescaled
+  Square schedule, where AutoAttack itself (fra31/auto-attack) runs 100 iterations and Square's schedule unscaled:
+  --budgets published (the default) sets AutoAttack's budgets on torchattacks' attack objects, --budgets torchattacks
+  keeps the library's.
 
-With --robustd-npz (the per-sample file of a companion `robustd eval --mode standalone` run on the same model, N and
-eps) it prints both tools' robust accuracies side by side, the differences in percentage points, and on how many
-samples the two tools' verdicts differ. A measurement, not a test: `make crosscheck` runs it on a standard and an
-adversarially trained CNN.
+The first N Fashion-MNIST test images are used. The model is read from the ONNX file into PyTorch by a small
+interpreter in this script (torch functional ops, no robustd code), whose logits are checked against onnxruntime
+before any attack.
+
+With --robustd-npz (the per-sample file of a companion robustd run on the same model, N and eps) it prints both
+tools' robust accuracies side by side, the differences in percentage points, and on how many samples the two tools'
+verdicts differ. A measurement, not a test: `make crosscheck` runs it on a standard and an adversarially trained CNN.
 """
 import argparse
 import json
@@ -183,6 +191,83 @@ def make_attack(name, model, args):
     raise SystemExit(f"unknown attack {name}")
 
 
+# AutoAttack's budgets (fra31/auto-attack, autoattack.py, version 'standard'): 100 iterations for APGD-CE, APGD-T and
+# FAB-T, 9 target classes, one restart, Square with 5000 queries, p_init 0.8 and its schedule not rescaled.
+PUBLISHED_ITERATIONS = 100
+# torchattacks' attack classes -> robustd's names, in the order AutoAttack runs them.
+AUTOATTACK_NAMES = {"APGD": "apgd-ce", "APGDT": "apgd-t", "FAB": "fab-t", "Square": "square"}
+
+
+def autoattack_suite(model, args, classes):
+    """torchattacks' AutoAttack(version='standard') components, with AutoAttack's published budgets unless
+    --budgets torchattacks."""
+    aa = torchattacks.AutoAttack(model, norm="Linf" if args.norm == "linf" else "L2", eps=args.eps,
+                                 version=args.autoattack, n_classes=classes, seed=args.seed)
+    attacks = aa._autoattack.attacks
+    if args.budgets == "published":
+        for attack in attacks:
+            if hasattr(attack, "steps"):
+                attack.steps = PUBLISHED_ITERATIONS
+            if isinstance(attack, torchattacks.Square):
+                attack.rescale_schedule = False
+    return [(AUTOATTACK_NAMES[type(a).__name__], a) for a in attacks]
+
+
+def run_autoattack(model, x, y, clean_correct, args, classes):
+    """The suite as torchattacks' MultiAttack runs it (each attack on the points still robust, its examples judged by
+    the model), batch by batch, recording robust accuracy after each attack and its time."""
+    robust = clean_correct.clone()
+    after, seconds, budgets = {}, {}, {}
+    for name, attack in autoattack_suite(model, args, classes):
+        budgets[name] = {k: getattr(attack, k) for k in ("steps", "n_queries", "n_restarts", "n_target_classes",
+                                                          "p_init", "rescale_schedule") if hasattr(attack, k)}
+        started = time.time()
+        idx = robust.nonzero().flatten()
+        for i in range(0, len(idx), args.batch):
+            b = idx[i:i + args.batch]
+            adv = attack(x[b], y[b]).detach()
+            if args.norm == "linf":
+                assert float((adv - x[b]).abs().max()) <= args.eps + 1e-6
+            robust[b] = predict(model, adv, args.batch) == y[b]
+        after[name] = robust.float().mean().item()
+        seconds[name] = time.time() - started
+        print(f"[reference] {name:9s} robust acc after it {100 * after[name]:6.2f} %  ({seconds[name]:.0f} s)",
+              file=sys.stderr)
+    return robust, after, seconds, budgets
+
+
+def compare_autoattack(results, robust, y, args):
+    """Both tools' robust accuracy after each attack of the ensemble, from robustd's per-sample file."""
+    ours = np.load(args.robustd_npz)
+    if not np.array_equal(ours["index"], np.arange(args.n)) or not np.array_equal(ours["label"], y.numpy()):
+        raise SystemExit(f"{args.robustd_npz} is not an evaluation of the first {args.n} test images")
+    ours_robust = ours["clean_pred"] == ours["label"]
+    rows = [("clean", results["clean_acc"], ours_robust.mean())]
+    for name in results["attacks"]:
+        if f"attack_{name}" not in ours.files:
+            raise SystemExit(f"{args.robustd_npz} has no results for {name}: run robustd eval --preset "
+                             f"autoattack-{args.autoattack}")
+        ours_robust = ours_robust & (ours[f"attack_{name}"] != 1)
+        rows.append((name, results["attacks"][name], ours_robust.mean()))
+    differ = int((ours_robust != robust.numpy()).sum())
+    print(f"{'after':10s} {'torchattacks':>12s} {'robustd':>8s} {'diff (pts)':>10s}")
+    for name, ref, mine in rows:
+        print(f"{name:10s} {100 * ref:12.2f} {100 * mine:8.2f} {100 * (mine - ref):+10.2f}")
+    print(f"final verdicts differ on {differ} of {args.n} samples; "
+          f"time: torchattacks {results['total_seconds']:.0f} s"
+          + (f", robustd {args.robustd_seconds:.0f} s" if args.robustd_seconds else ""))
+    results["robustd"] = {name: float(mine) for name, _, mine in rows}
+    results["robustd_seconds"] = args.robustd_seconds
+    results["verdicts_differing"] = differ
+    gap = abs(rows[-1][2] - rows[-1][1])
+    print(f"robust accuracy difference {100 * gap:.2f} points (goal: within 1)")
+
+
+def predict_logits(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
 def predict(model, x, batch):
     with torch.no_grad():
         return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
@@ -195,6 +280,11 @@ def main():
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--norm", choices=["linf", "l2"], default="linf")
     ap.add_argument("--attacks", default="pgd,apgd-ce,apgd-dlr,square")
+    ap.add_argument("--autoattack", choices=["standard"],
+                    help="run torchattacks' AutoAttack of this version (ensemble) instead of --attacks")
+    ap.add_argument("--budgets", choices=["published", "torchattacks"], default="published",
+                    help="with --autoattack: AutoAttack's own budgets, or torchattacks' defaults (10 iterations)")
+    ap.add_argument("--robustd-seconds", type=float, help="wall time of the companion robustd run, for the table")
     # Budgets: robustd's defaults (configs/default.yaml, eval.*).
     ap.add_argument("--pgd-steps", type=int, default=20)
     ap.add_argument("--pgd-step-size-factor", type=float, default=0.125)
@@ -205,7 +295,8 @@ def main():
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--dataset-dir", default=fmnist.DEFAULT_DIR)
-    ap.add_argument("--robustd-npz", help="per_sample_before.npz of `robustd eval --mode standalone` on the same model")
+    ap.add_argument("--robustd-npz", help="per_sample_before.npz of the companion robustd run on the same model (`eval "
+                                          "--mode standalone`, or `eval --preset autoattack-standard` with --autoattack)")
     ap.add_argument("--out", help="write the numbers here as JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -219,6 +310,24 @@ def main():
     idx = clean_correct.nonzero().flatten()
     results = {"model": args.model, "n": args.n, "eps": args.eps, "norm": args.norm, "ort_parity": parity,
                "clean_acc": clean_correct.float().mean().item(), "attacks": {}, "seconds": {}}
+    if args.autoattack:
+        classes = int(predict_logits(model, x[:1]).shape[1])
+        started = time.time()
+        robust, after, seconds, budgets = run_autoattack(model, x, y, clean_correct, args, classes)
+        results.update(protocol=f"autoattack-{args.autoattack}", budgets_used=args.budgets, budgets=budgets,
+                       attacks=after, seconds=seconds, worst_case_acc=robust.float().mean().item(),
+                       total_seconds=time.time() - started, threads=args.threads)
+        print(f"model {args.model}: first {args.n} Fashion-MNIST test images, {args.norm} eps {args.eps}, "
+              f"torchattacks AutoAttack({args.autoattack}) with {args.budgets} budgets, {args.threads} threads")
+        if args.robustd_npz:
+            compare_autoattack(results, robust, y, args)
+        else:
+            for name, acc in after.items():
+                print(f"{name:10s} {100 * acc:6.2f}")
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
+        return
     held_all = clean_correct.clone()
     held_by = {}
     for name in args.attacks.split(","):

@@ -130,11 +130,20 @@ pub struct ThreatModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalSpec {
-    /// Attacks run in order; each later one only on points still robust (AutoAttack order).
+    /// The attack suite: `fast` (the attacks and budgets below) or one of AutoAttack's, whose attacks and budgets
+    /// are fixed (see `eval::preset`).
+    pub preset: EvalPreset,
+    /// Attacks run in order; each later one only on points still robust (AutoAttack order). `fast` only.
     pub attacks: Vec<String>,
     pub pgd: PgdSpec,
     /// APGD iterations (Croce & Hein 2020).
     pub apgd_steps: usize,
+    /// APGD runs per sample (per target for APGD-T); later ones only on samples not yet broken.
+    pub apgd_restarts: usize,
+    /// Target classes of APGD-T and FAB-T (the highest-ranked wrong classes), capped at classes − 1.
+    pub target_classes: usize,
+    /// FAB / FAB-T iterations.
+    pub fab_steps: usize,
     /// Square attack query budget per sample.
     pub square_queries: usize,
     /// Square attack initial fraction of pixels changed.
@@ -145,9 +154,46 @@ pub struct EvalSpec {
     pub batch_size: usize,
     /// Exit code 3 from `robustd eval` when worst-case robust accuracy is below this; null = never.
     pub min_robust_acc: Option<f64>,
+    /// What `min_robust_acc` is compared with: the measured accuracy (`point`) or the lower end of its 95 %
+    /// Clopper–Pearson interval (`lower-bound`).
+    pub gate: Gate,
     /// `ensemble` (AutoAttack: each attack only on points still robust) or `standalone` (every attack on every
     /// clean-correct point, so per-attack numbers compare with other tools').
     pub mode: EvalMode,
+    /// The adversarial examples kept (`adversarial.npz`) and drawn (`plots/adversarial.png`).
+    pub examples: ExamplesSpec,
+}
+
+/// Named attack suites (`eval.preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalPreset {
+    /// `eval.attacks` with the budgets of the `eval` block (defaults: PGD-20, APGD-CE, APGD-DLR, Square 1000).
+    Fast,
+    /// AutoAttack "standard" (RobustBench): APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square 5000 queries.
+    AutoattackStandard,
+    /// AutoAttack "plus": APGD-CE and APGD-DLR (5 restarts), FAB (5 restarts), Square 5000, APGD-T, FAB-T.
+    AutoattackPlus,
+    /// AutoAttack "rand", for randomized models: APGD-CE and APGD-DLR with EOT over 20 samples.
+    AutoattackRand,
+}
+
+/// What `eval.min_robust_acc` gates on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gate {
+    Point,
+    LowerBound,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExamplesSpec {
+    /// Broken samples whose adversarial example is saved in `adversarial.npz` (the lowest dataset indices); 0 =
+    /// no file.
+    pub max: usize,
+    /// Examples drawn in the PNG grid (one row each: original, magnified perturbation, adversarial); 0 = no grid.
+    pub grid: usize,
 }
 
 /// How the configured attacks share the samples (see `eval::Mode`, which this selects).
@@ -364,6 +410,7 @@ impl Default for ThreatModel {
 impl Default for EvalSpec {
     fn default() -> Self {
         Self {
+            preset: EvalPreset::Fast,
             attacks: vec![
                 "pgd".into(),
                 "apgd-ce".into(),
@@ -377,13 +424,50 @@ impl Default for EvalSpec {
                 random_start: true,
             },
             apgd_steps: 100,
+            apgd_restarts: 1,
+            target_classes: 9,
+            fab_steps: 100,
             square_queries: 1000,
             square_p_init: 0.3,
             eps_curve: vec![0.0, 0.025, 0.05, 0.1, 0.15],
             batch_size: 0,
             min_robust_acc: None,
+            gate: Gate::Point,
             mode: EvalMode::Ensemble,
+            examples: ExamplesSpec::default(),
         }
+    }
+}
+
+impl Default for ExamplesSpec {
+    fn default() -> Self {
+        Self { max: 500, grid: 8 }
+    }
+}
+
+impl EvalSpec {
+    /// The keys that choose attacks or budgets and apply to the `fast` preset only, with whether each differs from
+    /// its default (an AutoAttack preset fixes them: a changed one is a contradiction, not something to ignore).
+    fn fast_only_keys_changed(&self) -> Vec<&'static str> {
+        let d = Self::default();
+        [
+            ("eval.attacks", self.attacks != d.attacks),
+            ("eval.apgd_steps", self.apgd_steps != d.apgd_steps),
+            ("eval.apgd_restarts", self.apgd_restarts != d.apgd_restarts),
+            (
+                "eval.target_classes",
+                self.target_classes != d.target_classes,
+            ),
+            ("eval.fab_steps", self.fab_steps != d.fab_steps),
+            (
+                "eval.square_queries",
+                self.square_queries != d.square_queries,
+            ),
+            ("eval.square_p_init", self.square_p_init != d.square_p_init),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 }
 
@@ -626,6 +710,19 @@ impl Config {
                 ));
             }
         }
+        if self.eval.preset != EvalPreset::Fast {
+            if let Some(key) = self.eval.fast_only_keys_changed().first() {
+                return Err(bad(
+                    key,
+                    format!(
+                        "eval.preset {} fixes the attacks and their budgets; set eval.preset: fast to choose them",
+                        serde_norway::to_string(&self.eval.preset)
+                            .unwrap_or_default()
+                            .trim()
+                    ),
+                ));
+            }
+        }
         for (key, value, max) in self.work_bounds() {
             if value > max {
                 return Err(bad(
@@ -670,12 +767,17 @@ impl Config {
     /// Counts that set how much work a job does, with the most accepted of each: far above any useful setting,
     /// they keep a typo or a hostile sidecar from asking for years of computation (`limits.job_timeout_s` bounds
     /// the rest).
-    fn work_bounds(&self) -> [(&'static str, u64, u64); 12] {
+    fn work_bounds(&self) -> [(&'static str, u64, u64); 17] {
         let n = |v: usize| v as u64;
         [
             ("eval.pgd.steps", n(self.eval.pgd.steps), 10_000),
             ("eval.pgd.restarts", n(self.eval.pgd.restarts), 100),
             ("eval.apgd_steps", n(self.eval.apgd_steps), 10_000),
+            ("eval.apgd_restarts", n(self.eval.apgd_restarts), 100),
+            ("eval.target_classes", n(self.eval.target_classes), 1_000),
+            ("eval.fab_steps", n(self.eval.fab_steps), 10_000),
+            ("eval.examples.max", n(self.eval.examples.max), 100_000),
+            ("eval.examples.grid", n(self.eval.examples.grid), 256),
             (
                 "eval.square_queries",
                 n(self.eval.square_queries),
@@ -711,7 +813,7 @@ impl Config {
 
 /// Attack names accepted in `eval.attacks` and `--attacks`.
 pub const KNOWN_ATTACKS: &[&str] = &[
-    "fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "square",
+    "fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square",
 ];
 
 fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T, ConfigError> {

@@ -7,7 +7,7 @@ use common::{
     accuracy, correct, fashion_mnist, in_box, linear_linf_robust, max_distances, LinearModel,
     TchScorer, TinyCnn,
 };
-use robustd::attack::square::{p_schedule, square, SquareParams};
+use robustd::attack::square::{p_schedule, square, SquareParams, SquareSampling};
 use robustd::config::Norm;
 use robustd::model::{Classifier, Scorer};
 use tch::{Kind, Tensor};
@@ -23,6 +23,8 @@ fn params(norm: Norm, eps: f64, queries: usize) -> SquareParams {
         queries,
         p_init: 0.3,
         seed: 3,
+        sampling: SquareSampling::PerSample,
+        rescale_schedule: true,
     }
 }
 

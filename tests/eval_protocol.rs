@@ -67,7 +67,7 @@ fn plan_from_the_default_config_runs_the_configured_attacks_in_order() {
     );
     assert_eq!(plan.mode, Mode::Ensemble);
     let mut bad = cfg.clone();
-    bad.eval.attacks.push("fab".into());
+    bad.eval.attacks.push("deepfool".into());
     assert!(EvalPlan::from_config(&bad).is_err());
 }
 

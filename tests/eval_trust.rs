@@ -216,6 +216,7 @@ fn robust_accuracy_rising_with_eps_is_reported_and_a_monotone_curve_is_not() {
     let mut plan = EvalPlan {
         norm: Norm::Linf,
         eps: 0.035,
+        preset: robustd::config::EvalPreset::Fast,
         attacks: vec![],
         eps_curve: vec![0.0, 0.035, 0.2],
         curve_pgd: PgdSpec {
@@ -228,6 +229,7 @@ fn robust_accuracy_rising_with_eps_is_reported_and_a_monotone_curve_is_not() {
         batch: BatchSize::Fixed(20),
         mode: robustd::eval::Mode::Ensemble,
         thresholds: Default::default(),
+        examples: Default::default(),
     };
     let trap = Trap;
     let mut scorer = TchScorer::new(&trap);

@@ -79,12 +79,18 @@ curves: []
             },
             before: Some(AccuracySummary {
                 clean_acc: 0.9,
+                clean_acc_ci95: None,
                 robust_acc_worst: 0.04,
+                robust_acc_worst_ci95: None,
+                preset: None,
                 method: None,
             }),
             after: Some(AccuracySummary {
                 clean_acc: 0.8,
+                clean_acc_ci95: None,
                 robust_acc_worst: 0.6,
+                robust_acc_worst_ci95: None,
+                preset: None,
                 method: Some("bat".into()),
             }),
             atypical_share: Some(0.12),

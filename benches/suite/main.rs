@@ -4,7 +4,8 @@
 //! Workloads (issue "Benchmarks"): (a) PGD-20 robust-accuracy evaluation; (b) one PGD-AT and one BAT epoch;
 //! (c) forward throughput, onnxruntime vs libtorch (robustd's interpreter), at batch 1, 32, 256; (d) the Square
 //! attack on onnxruntime vs torchattacks' Square at an equal query budget; (e) the peak RSS of every process;
-//! (f) the daemon's drop-to-job-start latency. Every workload runs in its own process on each side (robustd:
+//! (f) the daemon's drop-to-job-start latency; (g) AutoAttack's standard suite (`eval.preset: autoattack-standard`)
+//! vs torchattacks' `AutoAttack(version='standard')` at AutoAttack's published budgets, on the small CNN. Every workload runs in its own process on each side (robustd:
 //! this binary's `worker` mode, `worker.rs`; reference: `scripts/bench_reference.py`), repeated, min and median
 //! kept; ratios are computed from medians of the same run.
 //!
@@ -228,6 +229,8 @@ struct Sizes {
     square_n: usize,
     square_queries: usize,
     forward_iters: usize,
+    /// Images for the AutoAttack standard suite (0: not run on this model).
+    autoattack_n: usize,
 }
 
 impl Sizes {
@@ -240,6 +243,7 @@ impl Sizes {
                 square_n: 10,
                 square_queries: 20,
                 forward_iters: 3,
+                autoattack_n: 8,
             },
             ("small_cnn", _) => Self {
                 pgd_n: 500,
@@ -248,6 +252,7 @@ impl Sizes {
                 square_n: 200,
                 square_queries: 500,
                 forward_iters: 30,
+                autoattack_n: 100,
             },
             _ => Self {
                 pgd_n: 100,
@@ -256,6 +261,7 @@ impl Sizes {
                 square_n: 100,
                 square_queries: 200,
                 forward_iters: 10,
+                autoattack_n: 0,
             },
         }
     }
@@ -265,7 +271,7 @@ impl Sizes {
             name,
             flags: flags.to_vec(),
         };
-        vec![
+        let mut all = vec![
             w(
                 "pgd-eval",
                 &[
@@ -308,7 +314,15 @@ impl Sizes {
                     ("p-init", "0.3".into()),
                 ],
             ),
-        ]
+        ];
+        // eps 0.03: about half the samples survive APGD-CE, so every attack of the suite does real work.
+        if self.autoattack_n > 0 {
+            all.push(w(
+                "autoattack",
+                &[("n", self.autoattack_n.to_string()), ("eps", "0.03".into())],
+            ));
+        }
+        all
     }
 }
 

@@ -294,6 +294,13 @@ impl Run<'_> {
             );
             row(
                 s,
+                "AutoAttack standard time ≤ 1.0× torchattacks",
+                self.time_ratio(m, "autoattack"),
+                "{}×",
+                &|v| v <= 1.0,
+            );
+            row(
+                s,
                 "Square ≥ 2× torchattacks queries/s",
                 self.square_qps(m).map(|(a, b)| a / b),
                 "{}×",

@@ -26,6 +26,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "epoch" => epoch(&model, threads, &flags),
         "forward" => forward(&model, threads, &flags),
         "square" => square(&model, threads, &flags),
+        "autoattack" => autoattack(&model, threads, &flags),
         other => bail!("unknown workload `{other}`"),
     }
 }
@@ -255,6 +256,45 @@ fn square(path: &Path, threads: usize, flags: &Flags) -> Result<()> {
         ("samples", n.to_string()),
         ("queries", queries.to_string()),
         ("robust_acc", (robust as f64 / n as f64).to_string()),
+    ]);
+    Ok(())
+}
+
+/// AutoAttack's standard suite as `robustd eval --preset autoattack-standard` runs it (the evaluation protocol:
+/// clean pass, trust checks, the four attacks as an ensemble, every verdict on onnxruntime), without the eps curve
+/// and the example files; labels are the model's own predictions, as on the reference side.
+fn autoattack(path: &Path, threads: usize, flags: &Flags) -> Result<()> {
+    let n: i64 = flags.get("n", 100)?;
+    let reps: usize = flags.get("reps", 3)?;
+    let eps: f64 = flags.get("eps", 0.03)?;
+    let mut subject = subject(path, threads, 1, n as usize)?;
+    subject.config.eval.preset = robustd::config::EvalPreset::AutoattackStandard;
+    subject.config.eval.eps_curve = vec![];
+    subject.config.eval.examples.max = 0;
+    subject.config.threat.eps = eps;
+    let mut model = subject.tch_model()?;
+    model.set_train(false);
+    let mut scorer = subject.scorer(path)?;
+    let (x, truth) = (&subject.dataset.test.x, &subject.dataset.test.y);
+    let (y, _) = own_predictions(&model, x, truth, 256)?;
+    let data = robustd::eval::EvalSet::first(x.shallow_clone(), y)?;
+    let (mut walls, mut cpus, mut robust) = (Vec::new(), Vec::new(), 0.0);
+    for rep in 0..reps {
+        subject.config.runtime.seed = rep as u64;
+        let plan = robustd::eval::EvalPlan::from_config(&subject.config)?;
+        let timer = Timer::start();
+        let e = robustd::eval::evaluate(&mut model, &mut scorer, &data, &plan, &mut |_| {})?;
+        let (wall, cpu) = timer.stop();
+        walls.push(wall);
+        cpus.push(cpu);
+        robust = e.result.worst_case_acc;
+    }
+    emit(&[
+        ("workload", json_str("autoattack")),
+        ("wall_s", json_list(&walls)),
+        ("cpu_s", json_list(&cpus)),
+        ("samples", n.to_string()),
+        ("robust_acc", robust.to_string()),
     ]);
     Ok(())
 }

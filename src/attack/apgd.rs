@@ -12,13 +12,19 @@
 //! The first oscillation window compares against the loss at the starting point (the reference code compares the
 //! first step with an unset entry). Returned per sample: a misclassified iterate if one was found, else the
 //! highest-loss iterate. Restarts and APGD-T's target classes run only on samples not yet fooled.
+//!
+//! With `eot > 1` every gradient is the mean over that many forward/backward passes (Expectation over
+//! Transformation, AutoAttack's `eot_iter`, for randomized models). Few classes: DLR needs 3 classes and targeted
+//! DLR 4; below that APGD-DLR runs on the margin `max_{k≠y} z_k − z_y` and APGD-T on `z_t − z_y` (the losses'
+//! numerators, see [`ApgdLoss::adapted_for`]), and APGD-T has at most `classes − 1` targets.
 
 use tch::{Kind, Tensor};
 
 use super::losses::{self, LossFn};
 use super::noise::{self, stream};
 use super::pgd::{
-    ascent_direction, loss_and_input_grad, on_model_device, per_row, project, random_start, Start,
+    ascent_direction, expected_loss_and_input_grad, on_model_device, per_row, project,
+    random_start, Start,
 };
 use super::AttackError;
 use crate::config::Norm;
@@ -46,6 +52,8 @@ pub struct ApgdParams {
     pub restarts: usize,
     pub seed: u64,
     pub loss: ApgdLoss,
+    /// Forward/backward passes averaged per gradient (1: plain gradients).
+    pub eot: usize,
     /// Momentum weight α.
     pub momentum: f64,
     /// Oscillation threshold ρ of condition 1.
@@ -53,7 +61,7 @@ pub struct ApgdParams {
 }
 
 impl ApgdParams {
-    /// The published configuration: α = 0.75, ρ = 0.75, one restart.
+    /// The published configuration: α = 0.75, ρ = 0.75, one restart, plain gradients.
     pub fn new(norm: Norm, eps: f64, steps: usize, loss: ApgdLoss, seed: u64) -> Self {
         Self {
             norm,
@@ -62,8 +70,41 @@ impl ApgdParams {
             restarts: 1,
             seed,
             loss,
+            eot: 1,
             momentum: 0.75,
             rho: 0.75,
+        }
+    }
+}
+
+impl ApgdLoss {
+    /// How a model with `classes` outputs changes this loss, in words for the report, or `None` when it runs as
+    /// published.
+    pub fn adapted_for(&self, classes: i64) -> Option<String> {
+        match *self {
+            ApgdLoss::Ce => None,
+            ApgdLoss::Dlr if classes < 3 => Some(format!(
+                "DLR needs at least 3 classes and the model has {classes}: ran on the margin max_{{k≠y}} z_k − z_y \
+                 (DLR's numerator)"
+            )),
+            ApgdLoss::Dlr => None,
+            ApgdLoss::TargetedDlr { targets } => {
+                let mut notes = Vec::new();
+                if targets as i64 > classes - 1 {
+                    notes.push(format!(
+                        "{} target classes instead of {targets} (a model with {classes} classes has {} wrong ones)",
+                        classes - 1,
+                        classes - 1
+                    ));
+                }
+                if classes < 4 {
+                    notes.push(format!(
+                        "targeted DLR needs at least 4 classes and the model has {classes}: ran on the targeted \
+                         margin z_t − z_y (its numerator)"
+                    ));
+                }
+                (!notes.is_empty()).then(|| notes.join("; "))
+            }
         }
     }
 }
@@ -108,16 +149,15 @@ pub fn apgd(
 
     // One objective per run family: the untargeted loss, or one targeted loss per ranked wrong class (targets
     // are kept for the whole batch and follow the rows still open).
+    let classes = model.num_classes();
     let targets: Vec<Option<Tensor>> = match params.loss {
         ApgdLoss::Ce | ApgdLoss::Dlr => vec![None],
         ApgdLoss::TargetedDlr { targets } => {
             let clean = tch::no_grad(|| model.forward(&x))?;
-            let classes = clean.size().get(1).copied().unwrap_or(0);
-            let (_, ranked) = clean.f_sort(1, true)?;
-            let last_rank = (targets as i64).min(classes - 1);
-            (1..=last_rank)
-                .map(|rank| Ok(Some(ranked.f_select(1, rank)?)))
-                .collect::<Result<_, AttackError>>()?
+            losses::ranked_targets(&clean, targets)?
+                .into_iter()
+                .map(Some)
+                .collect()
         }
     };
 
@@ -131,11 +171,14 @@ pub fn apgd(
             let open_keys = select_keys(&keys, &open)?;
             let loss: Box<LossFn> = match (params.loss, target) {
                 (ApgdLoss::Ce, _) => Box::new(losses::cross_entropy),
-                (ApgdLoss::Dlr, _) => Box::new(losses::dlr),
+                (ApgdLoss::Dlr, _) if classes < 3 => Box::new(losses::cw_margin),
+                (ApgdLoss::Dlr, _) | (ApgdLoss::TargetedDlr { .. }, None) => Box::new(losses::dlr),
+                (ApgdLoss::TargetedDlr { .. }, Some(t)) if classes < 4 => {
+                    Box::new(losses::targeted_margin(t.f_index_select(0, &open)?))
+                }
                 (ApgdLoss::TargetedDlr { .. }, Some(t)) => {
                     Box::new(losses::targeted_dlr(t.f_index_select(0, &open)?))
                 }
-                (ApgdLoss::TargetedDlr { .. }, None) => Box::new(losses::dlr),
             };
             let (adv, hit) = single_run(
                 model,
@@ -174,7 +217,7 @@ fn single_run(
     let (first_checkpoint, shrink, min_gap) = schedule(params.steps);
 
     let mut x_adv = random_start(x, norm, eps, Start::Boundary, params.seed, stream, keys)?;
-    let start = loss_and_input_grad(model, &x_adv, y, loss)?;
+    let start = expected_loss_and_input_grad(model, &x_adv, y, loss, params.eot)?;
     let mut fooled = start.logits.f_argmax(1, false)?.f_ne_tensor(y)?;
     let mut x_best_adv = x_adv.f_detach_copy()?;
     let mut x_best = x_adv.f_detach_copy()?;
@@ -205,7 +248,7 @@ fn single_run(
         x_prev = x_adv;
         x_adv = project(&combined, x, norm, eps)?;
 
-        let at = loss_and_input_grad(model, &x_adv, y, loss)?;
+        let at = expected_loss_and_input_grad(model, &x_adv, y, loss, params.eot)?;
         let fooled_now = at.logits.f_argmax(1, false)?.f_ne_tensor(y)?;
         x_best_adv = x_adv.f_where_self(&per_row(&fooled_now, &x_adv)?, &x_best_adv)?;
         fooled = fooled.f_logical_or(&fooled_now)?;

@@ -6,9 +6,11 @@
 //! - [`dlr`]: difference of logits ratio, `−(z_y − max_{k≠y} z_k) / (z_π1 − z_π3)` (Croce & Hein 2020), invariant
 //!   to shifts and scaling of the logits; needs at least 3 classes.
 //! - [`targeted_dlr`]: `−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2)` towards target `t`; needs at least 4 classes.
+//! - [`targeted_margin`]: `z_t − z_y` towards target `t` (FAB-T's objective; APGD-T's with fewer than 4 classes).
 //! - [`kl_from_clean`]: `KL(p(x) ‖ p(x'))` against fixed clean logits (the TRADES inner maximization).
 //!
-//! `π` sorts the logits in decreasing order. All functions are differentiable in the logits.
+//! `π` sorts the logits in decreasing order. All functions are differentiable in the logits. [`ranked_targets`]
+//! picks the target classes of the targeted attacks as AutoAttack does.
 
 use tch::{Kind, TchError, Tensor};
 
@@ -61,6 +63,22 @@ pub fn targeted_dlr(target: Tensor) -> impl Fn(&Tensor, &Tensor) -> Result<Tenso
             .f_div(&top1.f_sub(&mean34)?.f_add_scalar(DLR_EPS)?)?
             .f_neg()
     }
+}
+
+/// `z_t − z_y` towards `target` (`[N]`, int64): positive once the target outscores the true class. The numerator
+/// of [`targeted_dlr`] without its scale, so it works with any number of classes.
+pub fn targeted_margin(target: Tensor) -> impl Fn(&Tensor, &Tensor) -> Result<Tensor, TchError> {
+    move |logits: &Tensor, y: &Tensor| logit_of(logits, &target)?.f_sub(&logit_of(logits, y)?)
+}
+
+/// AutoAttack's target classes (APGD-T and FAB-T): per row, the classes ranked 2nd, 3rd, …, `(count + 1)`-th by
+/// the clean logits — for a correctly classified sample its `count` highest-scoring wrong classes — one tensor `[N]`
+/// per rank, best first. At most `classes − 1` ranks exist.
+pub fn ranked_targets(clean_logits: &Tensor, count: usize) -> Result<Vec<Tensor>, TchError> {
+    let classes = clean_logits.size().get(1).copied().unwrap_or(0);
+    let (_, ranked) = clean_logits.f_sort(1, true)?;
+    let last = (count as i64).min(classes - 1);
+    (1..=last).map(|rank| ranked.f_select(1, rank)).collect()
 }
 
 /// `KL(softmax(clean) ‖ softmax(logits))` per sample, with the clean logits fixed (detached): the TRADES inner

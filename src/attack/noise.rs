@@ -17,6 +17,8 @@ pub(crate) mod stream {
     pub const START: u64 = 0x1000;
     /// Square attack: initial stripes/patterns, square positions and signs.
     pub const SQUARE: u64 = 0x2000;
+    /// Square attack with windows shared per iteration: the iteration's position (and L∞ signs), keyed by iteration.
+    pub const SQUARE_SHARED: u64 = 0x2001;
 }
 
 /// The generator for one row: deterministic in `(seed, key, stream)`.

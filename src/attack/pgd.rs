@@ -5,7 +5,8 @@
 //! steepest-ascent steps of size `step_size` (sign of the gradient for L∞, the normalized gradient for L2), and
 //! `restarts` independent runs, keeping per sample the iterate chosen by [`Keep`]. FGSM is one step of size eps
 //! from `x` ([`PgdParams::fgsm`]); CW-PGD is PGD on [`super::losses::cw_margin`]. APGD ([`super::apgd`]) reuses the
-//! building blocks below: [`loss_and_input_grad`], [`ascent_direction`], [`project`], [`random_start`].
+//! building blocks below: [`loss_and_input_grad`] (and its EOT average), [`ascent_direction`], [`project`],
+//! [`random_start`]; FAB ([`super::fab`]) adds [`logit_jacobian`], every class's gradient in one batched pass.
 //!
 //! Gradients are taken with respect to the input only (`autograd.grad` semantics through
 //! `Tensor::f_run_backward`): the model's parameters never accumulate gradients during an attack, so a trainer can
@@ -190,6 +191,86 @@ pub fn loss_and_input_grad(
             grad,
         })
     })
+}
+
+/// [`loss_and_input_grad`] averaged over `samples` forward/backward passes at the same point: Expectation over
+/// Transformation (Athalye et al. 2018) for models with randomness. The logits and loss are the last pass's, as in
+/// AutoAttack's `eot_iter`. One sample is a plain [`loss_and_input_grad`].
+pub fn expected_loss_and_input_grad(
+    model: &dyn Classifier,
+    x_adv: &Tensor,
+    y: &Tensor,
+    loss: &LossFn,
+    samples: usize,
+) -> Result<Evaluated, AttackError> {
+    let mut at = loss_and_input_grad(model, x_adv, y, loss)?;
+    if samples <= 1 {
+        return Ok(at);
+    }
+    let mut sum = at.grad;
+    for _ in 1..samples {
+        at = loss_and_input_grad(model, x_adv, y, loss)?;
+        sum = sum.f_add(&at.grad)?;
+    }
+    at.grad = sum.f_div_scalar(samples as f64)?;
+    Ok(at)
+}
+
+/// Logits `[N, K]` at `x` and the input gradient of every logit, `[N, K, C, H, W]` (what FAB needs). The rows are
+/// replicated once per class and a single backward pass through the replicated batch gives all of them, instead of
+/// one backward pass per class; when `N · K` exceeds `max_rows` (what fits the job's memory), the classes go in
+/// groups of `max_rows / N` (at least one) per pass.
+pub fn logit_jacobian(
+    model: &dyn Classifier,
+    x: &Tensor,
+    max_rows: usize,
+) -> Result<(Tensor, Tensor), AttackError> {
+    let n = x.size()[0];
+    let classes = model.num_classes();
+    let per_pass = ((max_rows as i64) / n.max(1)).clamp(1, classes.max(1));
+    let sample_shape: Vec<i64> = x.size()[1..].to_vec();
+    let mut logits = None;
+    let mut parts = Vec::new();
+    let mut first = 0;
+    while first < classes {
+        let group = per_pass.min(classes - first);
+        let mut shape = vec![n * group];
+        shape.extend(&sample_shape);
+        let (values, grads) = tch::with_grad(|| -> Result<(Tensor, Tensor), AttackError> {
+            let mut wide = vec![n, group];
+            wide.extend(&sample_shape);
+            let input = x
+                .f_detach()?
+                .f_unsqueeze(1)?
+                .f_expand(wide.as_slice(), false)?
+                .f_reshape(shape.as_slice())?
+                .set_requires_grad(true);
+            let out = model.forward(&input)?;
+            let chosen =
+                Tensor::f_arange_start(first, first + group, (tch::Kind::Int64, x.device()))?
+                    .f_repeat([n])?
+                    .f_unsqueeze(1)?;
+            let total = out.f_gather(1, &chosen, false)?.f_sum(Kind::Float)?;
+            let mut grads = Tensor::f_run_backward(&[&total], &[&input], false, false)?;
+            let grad = grads.pop().ok_or(AttackError::Invalid {
+                what: "gradient",
+                message: "autograd returned no gradient for the input".into(),
+            })?;
+            Ok((out.f_detach()?, grad))
+        })?;
+        if logits.is_none() {
+            logits = Some(values.f_view([n, group, -1])?.f_select(1, 0)?);
+        }
+        let mut grouped = vec![n, group];
+        grouped.extend(&sample_shape);
+        parts.push(grads.f_view(grouped.as_slice())?);
+        first += group;
+    }
+    let logits = logits.ok_or(AttackError::Invalid {
+        what: "model",
+        message: "the model has no classes".into(),
+    })?;
+    Ok((logits, Tensor::f_cat(&parts, 1)?))
 }
 
 /// Logits and per-sample loss at `x_adv` without building a graph.

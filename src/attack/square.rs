@@ -13,7 +13,11 @@
 //!   scaled to norm ε; a candidate moves the mass of a second window into the first, re-normalized so the whole
 //!   perturbation keeps norm ε.
 //!
-//! Square positions and signs are drawn per sample from `(seed, row key)`, so results do not depend on batching.
+//! Randomness ([`SquareSampling`]): by default every sample draws its own window positions and signs from
+//! `(seed, row key)`. AutoAttack draws one window position per iteration for the whole batch (and for L∞ one sign per
+//! channel); `PerIteration` does that, drawing the shared values from `(seed, iteration)`, so every batch sees the
+//! same sequence and results still do not depend on how samples are batched. AutoAttack's Square also runs its
+//! schedule on absolute iterations (`resc_schedule=False`) where the standalone Square rescales it to the budget.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -37,6 +41,19 @@ pub struct SquareParams {
     /// Initial fraction of the image's pixels a window covers.
     pub p_init: f64,
     pub seed: u64,
+    pub sampling: SquareSampling,
+    /// Rescale the published 10 000-iteration schedule of `p` to `queries` (else run it on absolute iterations).
+    pub rescale_schedule: bool,
+}
+
+/// Who shares a Square iteration's random window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SquareSampling {
+    /// Each sample draws its own window position and signs.
+    PerSample,
+    /// AutoAttack's: one window position per iteration (L∞: and one sign per channel) for every sample attacked;
+    /// L2's per-channel signs stay per sample, as in AutoAttack.
+    PerIteration,
 }
 
 /// What Square returns: the best point per sample, its query count, and whether it fooled the scorer.
@@ -50,7 +67,14 @@ pub struct SquareOutcome {
 
 /// The fraction of pixels changed at iteration `it` of `budget` (published schedule, rescaled to 10 000).
 pub fn p_schedule(p_init: f64, it: usize, budget: usize) -> f64 {
-    let it = (it as f64 / budget.max(1) as f64 * 10_000.0) as usize;
+    p_on_published_schedule(
+        p_init,
+        (it as f64 / budget.max(1) as f64 * 10_000.0) as usize,
+    )
+}
+
+/// The fraction of pixels changed at iteration `it` of the published 10 000-iteration schedule.
+pub fn p_on_published_schedule(p_init: f64, it: usize) -> f64 {
     let halvings = match it {
         0..=10 => 0,
         11..=50 => 1,
@@ -126,15 +150,37 @@ pub fn square(
                 }
             }
         }
-        let p = p_schedule(params.p_init, it, params.queries);
+        let p = if params.rescale_schedule {
+            p_schedule(params.p_init, it, params.queries)
+        } else {
+            p_on_published_schedule(params.p_init, it)
+        };
         let side = ((p * features / c as f64).sqrt().round() as i64).max(1);
+        let mut shared = match params.sampling {
+            SquareSampling::PerSample => None,
+            SquareSampling::PerIteration => Some(noise::row_rng(
+                params.seed,
+                it as u64,
+                stream::SQUARE_SHARED,
+            )),
+        };
         let candidate = match params.norm {
-            Norm::Linf => {
-                window.linf_candidate(&x_curr, &best_curr, &mut open_rngs, side, params.eps)?
-            }
-            Norm::L2 => {
-                window.l2_candidate(&x_curr, &best_curr, &mut open_rngs, side, params.eps)?
-            }
+            Norm::Linf => window.linf_candidate(
+                &x_curr,
+                &best_curr,
+                &mut open_rngs,
+                shared.as_mut(),
+                side,
+                params.eps,
+            )?,
+            Norm::L2 => window.l2_candidate(
+                &x_curr,
+                &best_curr,
+                &mut open_rngs,
+                shared.as_mut(),
+                side,
+                params.eps,
+            )?,
         };
         let margin_new = margins(scorer, &candidate, &y.f_index_select(0, &idx)?)?;
         let margin_curr = margin_best.f_index_select(0, &idx)?;
@@ -198,21 +244,36 @@ impl Windows {
         Ok(x.f_add(&stripes.f_mul_scalar(eps)?)?.f_clamp(0.0, 1.0)?)
     }
 
-    /// L∞ candidate: the window of each row set to `x ± ε` (one sign per channel), the rest kept from the best.
+    /// L∞ candidate: the window of each row set to `x ± ε` (one sign per channel), the rest kept from the best. With
+    /// a `shared` generator every row gets the same window and signs.
     fn linf_candidate(
         &self,
         x: &Tensor,
         best: &Tensor,
         rngs: &mut [&mut ChaCha8Rng],
+        shared: Option<&mut ChaCha8Rng>,
         side: i64,
         eps: f64,
     ) -> Result<Tensor, AttackError> {
         let side = side.min(self.h).min(self.w);
         let mut corners = Vec::with_capacity(rngs.len());
         let mut signs = Vec::with_capacity(rngs.len() * self.c as usize);
-        for rng in rngs.iter_mut() {
-            corners.push(self.corner(rng, side));
-            signs.extend((0..self.c).map(|_| noise::random_sign(rng)));
+        match shared {
+            Some(rng) => {
+                let corner = self.corner(rng, side);
+                let channel_signs: Vec<f32> =
+                    (0..self.c).map(|_| noise::random_sign(rng)).collect();
+                for _ in 0..rngs.len() {
+                    corners.push(corner);
+                    signs.extend(&channel_signs);
+                }
+            }
+            None => {
+                for rng in rngs.iter_mut() {
+                    corners.push(self.corner(rng, side));
+                    signs.extend((0..self.c).map(|_| noise::random_sign(rng)));
+                }
+            }
         }
         let mask = self.masks(&corners, side)?;
         let signs = Tensor::f_from_slice(&signs)?.f_view([-1, self.c, 1, 1])?;
@@ -269,6 +330,7 @@ impl Windows {
         x: &Tensor,
         best: &Tensor,
         rngs: &mut [&mut ChaCha8Rng],
+        shared: Option<&mut ChaCha8Rng>,
         side: i64,
         eps: f64,
     ) -> Result<Tensor, AttackError> {
@@ -280,10 +342,25 @@ impl Windows {
         let n = rngs.len();
         let (mut first, mut second, mut flips) = (Vec::new(), Vec::new(), Vec::new());
         let mut signs = Vec::with_capacity(n * self.c as usize);
+        let common = shared.map(|rng| {
+            (
+                self.corner(rng, side),
+                self.corner(rng, side),
+                rng.random::<bool>(),
+            )
+        });
         for rng in rngs.iter_mut() {
-            first.push(self.corner(rng, side));
-            second.push(self.corner(rng, side));
-            flips.push(rng.random::<bool>());
+            let (a, b, flip) = match common {
+                Some(drawn) => drawn,
+                None => (
+                    self.corner(rng, side),
+                    self.corner(rng, side),
+                    rng.random::<bool>(),
+                ),
+            };
+            first.push(a);
+            second.push(b);
+            flips.push(flip);
             signs.extend((0..self.c).map(|_| noise::random_sign(rng)));
         }
         let mask1 = self.masks(&first, side)?.f_to_kind(Kind::Float)?;

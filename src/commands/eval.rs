@@ -1,15 +1,15 @@
 //! `robustd eval MODEL.onnx`: the pipeline's evaluation alone (method `none`): clean accuracy through
 //! onnxruntime, the configured attacks, the onnxruntime re-check, the robust-accuracy-vs-eps curve and the trust
 //! checks. Writes `report.yaml` (validated), the plots and the per-sample npz into the output directory, prints the
-//! summary block, and exits with code 3 when worst-case robust accuracy is below `--min-robust-acc`, so it can gate
-//! a CI pipeline.
+//! summary block, and exits with code 3 when worst-case robust accuracy (or, with `--gate lower-bound`, the lower end
+//! of its 95 % interval) is below `--min-robust-acc`, so it can gate a CI pipeline.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::experiment::{self, Clock, CommonArgs, EvalArgs, Target};
 use super::{interrupt, EXIT_BELOW_THRESHOLD};
-use crate::config::Method;
+use crate::config::{Gate, Method};
 use crate::daemon::CancelToken;
 use crate::pipeline;
 
@@ -24,6 +24,10 @@ pub struct Args {
     /// Exit with code 3 when worst-case robust accuracy is below this [eval.min_robust_acc].
     #[arg(long, value_name = "ACC")]
     pub min_robust_acc: Option<f64>,
+    /// What --min-robust-acc compares: the measured accuracy (`point`) or the lower end of its 95 % confidence
+    /// interval (`lower-bound`: fails unless the model is robust enough with 97.5 % confidence) [eval.gate].
+    #[arg(long, value_parser = ["point", "lower-bound"])]
+    pub gate: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -32,6 +36,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cfg.train.method = Method::None;
         if let Some(min) = args.min_robust_acc {
             cfg.eval.min_robust_acc = Some(min);
+        }
+        if let Some(gate) = &args.gate {
+            cfg.eval.gate = if gate == "lower-bound" {
+                Gate::LowerBound
+            } else {
+                Gate::Point
+            };
         }
     })?;
     let target = match Target::identify(&args.model) {
@@ -46,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The gate does not change the results: it is left out of the key of the output directory.
     let mut keyed = config.clone();
     keyed.eval.min_robust_acc = None;
+    keyed.eval.gate = Gate::Point;
     let key = target.run_key(&keyed, "eval");
     let out = target.out_dir(args.common.out.as_deref(), &config, &key, "eval");
     // An evaluation is not resumed: the pipeline's stage results go to a scratch directory removed at the end.
@@ -73,11 +85,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         experiment::write_report(outcome, &config, &out, original, &clock, &progress)?;
     experiment::print_summary(&report.summary, &path);
 
-    let worst = report.summary.before.as_ref().map(|b| b.robust_acc_worst);
-    if let (Some(min), Some(worst)) = (config.eval.min_robust_acc, worst) {
-        if worst < min {
+    let gated = report
+        .summary
+        .before
+        .as_ref()
+        .map(|b| match config.eval.gate {
+            Gate::Point => ("worst-case robust accuracy", b.robust_acc_worst),
+            Gate::LowerBound => (
+                "the 95 % lower bound of worst-case robust accuracy",
+                b.robust_acc_worst_ci95
+                    .map_or(b.robust_acc_worst, |ci| ci.lower),
+            ),
+        });
+    if let (Some(min), Some((what, value))) = (config.eval.min_robust_acc, gated) {
+        if value < min {
             eprintln!(
-                "robustd: worst-case robust accuracy {worst:.4} is below --min-robust-acc {min} (exit code {EXIT_BELOW_THRESHOLD})"
+                "robustd: {what} {value:.4} is below --min-robust-acc {min} (exit code {EXIT_BELOW_THRESHOLD})"
             );
             return Ok(ExitCode::from(EXIT_BELOW_THRESHOLD));
         }

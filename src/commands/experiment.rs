@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 
 use super::interrupt::Interrupts;
 use super::{ConfigArg, EXIT_FAILURE};
-use crate::config::{Config, EvalMode, Method, Norm};
+use crate::config::{Config, EvalMode, EvalPreset, Method, Norm};
 use crate::daemon::onnx_scan::scan_model;
 use crate::daemon::{CancelReason, JobError, JobOutcome, Progress};
 use crate::eval::progress::TerminalProgress;
@@ -78,8 +78,12 @@ pub struct TrainArgs {
 /// Flags that choose the evaluation.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
-    /// Attacks, comma-separated, run in this order: fgsm, pgd, cw, apgd-ce, apgd-dlr, apgd-t, square
-    /// [eval.attacks].
+    /// Attack suite: `fast` (--attacks with the config's budgets), or AutoAttack's `autoattack-standard`
+    /// (RobustBench's protocol), `autoattack-plus`, `autoattack-rand` with their published budgets [eval.preset].
+    #[arg(long, value_parser = ["fast", "autoattack-standard", "autoattack-plus", "autoattack-rand"])]
+    pub preset: Option<String>,
+    /// Attacks, comma-separated, run in this order: fgsm, pgd, cw, apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square
+    /// (preset `fast` only) [eval.attacks].
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub attacks: Option<Vec<String>>,
     /// `ensemble` (AutoAttack order, later attacks only on points still robust) or `standalone` (every attack on
@@ -139,6 +143,14 @@ impl TrainArgs {
 
 impl EvalArgs {
     pub fn apply(&self, cfg: &mut Config) {
+        if let Some(preset) = &self.preset {
+            cfg.eval.preset = match preset.as_str() {
+                "autoattack-standard" => EvalPreset::AutoattackStandard,
+                "autoattack-plus" => EvalPreset::AutoattackPlus,
+                "autoattack-rand" => EvalPreset::AutoattackRand,
+                _ => EvalPreset::Fast,
+            };
+        }
         if let Some(attacks) = &self.attacks {
             cfg.eval.attacks = attacks.iter().map(|a| a.trim().to_owned()).collect();
         }

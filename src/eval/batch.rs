@@ -32,14 +32,40 @@ pub enum BatchSize {
     },
 }
 
+/// The batch size, and the most rows one gradient pass may hold (FAB's per-class gradients replicate each sample
+/// once per class): with a fixed batch, the batch itself; automatic, what fits the memory budget, up to
+/// [`MAX_ROWS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub size: usize,
+    pub rows: usize,
+}
+
+/// Upper bound on the rows of one gradient pass.
+pub const MAX_ROWS: usize = 16 * MAX_BATCH;
+
 /// The batch size to use for `model` on inputs like `sample` (`[N, C, H, W]`, at least one row).
 pub fn resolve(
     batch: BatchSize,
     model: &dyn Classifier,
     sample: &Tensor,
 ) -> Result<usize, EvalError> {
+    Ok(batching(batch, model, sample)?.size)
+}
+
+/// [`resolve`] with the row budget of one gradient pass.
+pub fn batching(
+    batch: BatchSize,
+    model: &dyn Classifier,
+    sample: &Tensor,
+) -> Result<Batching, EvalError> {
     let memory_mb = match batch {
-        BatchSize::Fixed(n) => return Ok(n.max(1)),
+        BatchSize::Fixed(n) => {
+            return Ok(Batching {
+                size: n.max(1),
+                rows: n.max(1),
+            })
+        }
         BatchSize::Auto { memory_mb } => memory_mb,
     };
     let input_bytes = sample.size().iter().skip(1).product::<i64>().max(1) as u64 * 4;
@@ -55,9 +81,13 @@ pub fn resolve(
     };
     let per_sample = activation + input_bytes * ATTACK_COPIES;
     let budget = memory_mb.saturating_mul(1024 * 1024) / 2;
-    let size = ((budget / per_sample.max(1)) as usize).clamp(1, MAX_BATCH);
+    let fits = (budget / per_sample.max(1)) as usize;
+    let size = fits.clamp(1, MAX_BATCH);
     tracing::debug!(per_sample, memory_mb, size, "automatic batch size");
-    Ok(size)
+    Ok(Batching {
+        size,
+        rows: fits.clamp(size, MAX_ROWS),
+    })
 }
 
 /// Peak activation bytes per sample of one forward + input-gradient pass, if the platform can tell.

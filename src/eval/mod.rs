@@ -3,8 +3,11 @@
 //! accuracy vs eps curve, trust checks, and per-sample results.
 //!
 //! - [`evaluate`] (in `protocol`): runs the protocol for one model and returns an [`Evaluation`].
+//! - [`preset`]: the attack suites `eval.preset` names (`fast`, AutoAttack's standard, plus and rand).
 //! - [`result`]: [`EvalResult`], the serde block a report embeds under `evaluation.before`/`after`.
+//! - [`stats`]: Clopper–Pearson intervals on every accuracy.
 //! - [`per_sample`]: per-sample outcomes and their npz file.
+//! - [`examples`]: the adversarial examples of broken samples and their npz file.
 //! - [`trust`]: the warnings about results that may not be trustworthy.
 //! - [`batch`]: fixed or automatic batch size within the job's memory budget.
 //! - [`progress`]: an indicatif bar for the CLI's progress callback.
@@ -13,10 +16,13 @@
 //! scorer misclassifies the adversarial example. Gradient attacks run on the tch model; Square only on the scorer.
 
 pub mod batch;
+pub mod examples;
 pub mod per_sample;
+pub mod preset;
 pub mod progress;
 mod protocol;
 pub mod result;
+pub mod stats;
 pub mod trust;
 
 use std::fmt;
@@ -27,9 +33,10 @@ use tch::{Kind, Tensor};
 use thiserror::Error;
 
 use crate::attack::{Attack, AttackError};
-use crate::config::{Config, EvalMode, Norm, PgdSpec};
+use crate::config::{Config, EvalMode, EvalPreset, ExamplesSpec, Norm, PgdSpec};
 use crate::model::ModelError;
 pub use batch::BatchSize;
+pub use examples::AdversarialExamples;
 pub use per_sample::PerSample;
 pub use protocol::evaluate;
 pub use result::EvalResult;
@@ -130,6 +137,8 @@ pub enum Mode {
 pub struct EvalPlan {
     pub norm: Norm,
     pub eps: f64,
+    /// The suite the attacks come from (reported).
+    pub preset: EvalPreset,
     /// Run in this order.
     pub attacks: Vec<Attack>,
     /// Radii of the robust-accuracy curve, attacked with PGD configured by `curve_pgd`.
@@ -139,18 +148,16 @@ pub struct EvalPlan {
     pub batch: BatchSize,
     pub mode: Mode,
     pub thresholds: TrustThresholds,
+    /// How many adversarial examples to keep and draw.
+    pub examples: ExamplesSpec,
 }
 
 impl EvalPlan {
-    /// The plan a config describes: `threat`, `eval.*` (including `eval.mode`), `runtime.seed`, `limits.job_memory_mb`.
+    /// The plan a config describes: `threat`, `eval.*` (including `eval.preset` and `eval.mode`), `runtime.seed`,
+    /// `limits.job_memory_mb`.
     pub fn from_config(cfg: &Config) -> Result<Self, EvalError> {
         let (norm, eps, seed) = (cfg.threat.norm, cfg.threat.eps, cfg.runtime.seed);
-        let attacks = cfg
-            .eval
-            .attacks
-            .iter()
-            .map(|name| Attack::from_config(name, &cfg.eval, norm, eps, seed))
-            .collect::<Result<_, _>>()?;
+        let attacks = preset::attacks(&cfg.eval, norm, eps, seed)?;
         let batch = match cfg.eval.batch_size {
             0 => BatchSize::Auto {
                 memory_mb: cfg.limits.job_memory_mb,
@@ -160,6 +167,7 @@ impl EvalPlan {
         Ok(Self {
             norm,
             eps,
+            preset: cfg.eval.preset,
             attacks,
             eps_curve: cfg.eval.eps_curve.clone(),
             curve_pgd: cfg.eval.pgd.clone(),
@@ -170,6 +178,7 @@ impl EvalPlan {
                 EvalMode::Standalone => Mode::Standalone,
             },
             thresholds: TrustThresholds::default(),
+            examples: cfg.eval.examples.clone(),
         })
     }
 }
@@ -204,9 +213,10 @@ pub struct Progress {
     pub total: usize,
 }
 
-/// The result of [`evaluate`]: the report block and the per-sample outcomes.
-#[derive(Debug, Clone)]
+/// The result of [`evaluate`]: the report block, the per-sample outcomes and the adversarial examples kept.
+#[derive(Debug)]
 pub struct Evaluation {
     pub result: EvalResult,
     pub per_sample: PerSample,
+    pub examples: AdversarialExamples,
 }

@@ -1,15 +1,20 @@
 //! [`evaluate`]: the evaluation protocol, stage by stage (clean → trust checks → attacks → eps curve), batched,
-//! with every adversarial example judged by the scorer.
+//! with every adversarial example judged by the scorer, and the numbers the report gives (intervals, per class).
 
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
+use super::examples::{AdversarialExamples, Offer};
 use super::per_sample::{PerSample, BROKEN, HELD, NOT_ATTACKED};
 use super::result::{
-    AttackSummary, EvalResult, IndexRanges, OrderedMap, OrtRecheck, Reproducibility, Threat,
+    AttackSummary, ClassAccuracy, EvalResult, IndexRanges, OrderedMap, OrtRecheck, Reproducibility,
+    Threat,
 };
-use super::{batch, trust, EvalError, EvalPlan, EvalSet, Evaluation, Mode, Progress, Stage};
+use super::stats::clopper_pearson;
+use super::{
+    batch, preset, trust, EvalError, EvalPlan, EvalSet, Evaluation, Mode, Progress, Stage,
+};
 use crate::attack::noise::derive_seed;
 use crate::attack::pgd::{Keep, PgdParams};
 use crate::attack::Attack;
@@ -30,11 +35,25 @@ pub fn evaluate(
     let model: &dyn Classifier = model;
     check_inputs(model, data)?;
     let n = data.len();
-    let batch = if n == 0 {
-        1
+    let batching = if n == 0 {
+        batch::Batching { size: 1, rows: 1 }
     } else {
-        batch::resolve(plan.batch, model, &data.x)?
+        batch::batching(plan.batch, model, &data.x)?
     };
+    let batch = batching.size;
+    // The attacks as they run on this model: FAB's row budget, and what few classes change.
+    let classes = model.num_classes();
+    let attacks: Vec<(crate::attack::Attack, Option<String>)> = plan
+        .attacks
+        .iter()
+        .map(|a| {
+            let mut a = a.clone();
+            a.set_row_budget(batching.rows);
+            let note = a.adapted_for(classes);
+            (a, note)
+        })
+        .collect();
+    let mut examples = AdversarialExamples::new(plan.norm, plan.eps, plan.examples.max);
     let labels = Vec::<i64>::try_from(&data.y)?;
     let mut stages = StageReporter::new(2 + plan.attacks.len() + plan.eps_curve.len(), progress);
     let mut recheck = OrtRecheck::default();
@@ -101,7 +120,10 @@ pub fn evaluate(
     let mut robust = clean_correct.clone();
     let mut outcomes: Vec<(String, Vec<i8>)> = Vec::new();
     let mut summaries = Vec::new();
-    for attack in &plan.attacks {
+    for (attack, note) in &attacks {
+        if let Some(note) = note {
+            tracing::info!(attack = attack.name(), "{note}");
+        }
         let t0 = Instant::now();
         let targets: Vec<usize> = match plan.mode {
             Mode::Ensemble => all.iter().copied().filter(|&i| robust[i]).collect(),
@@ -111,11 +133,22 @@ pub fn evaluate(
         let mut outcome = vec![NOT_ATTACKED; n];
         let mut queries = 0usize;
         for chunk in targets.chunks(batch) {
-            let (broken, spent) = attack_chunk(attack, model, scorer, data, chunk, &mut recheck)?;
-            for (&i, b) in chunk.iter().zip(broken) {
+            let done = attack_chunk(attack, model, scorer, data, chunk, &mut recheck)?;
+            let indices: Vec<u64> = chunk.iter().map(|&i| data.indices[i]).collect();
+            let chunk_labels: Vec<i64> = chunk.iter().map(|&i| labels[i]).collect();
+            examples.offer(Offer {
+                attack: attack.name(),
+                indices: &indices,
+                labels: &chunk_labels,
+                preds: &done.preds,
+                broken: &done.broken,
+                x_adv: &done.x_adv,
+                x: &done.x,
+            })?;
+            for (&i, b) in chunk.iter().zip(done.broken) {
                 outcome[i] = if b { BROKEN } else { HELD };
             }
-            queries += spent;
+            queries += done.queries;
             stages.advance(chunk.len());
         }
         for (r, o) in robust.iter_mut().zip(&outcome) {
@@ -132,14 +165,19 @@ pub fn evaluate(
             attack.name().to_owned(),
             AttackSummary {
                 robust_acc: share(held, n),
+                robust_acc_ci95: clopper_pearson(held, n),
                 steps: budget.steps,
                 restarts: budget.restarts,
+                targets: budget.targets,
+                eot: budget.eot,
                 queries: budget.queries,
+                p_init: budget.p_init,
                 mean_queries: budget
                     .queries
                     .map(|_| queries as f64 / targets.len().max(1) as f64),
                 attacked: targets.len(),
                 broken: outcome.iter().filter(|o| **o == BROKEN).count(),
+                note: note.clone(),
                 seconds: t0.elapsed().as_secs_f64(),
             },
         ));
@@ -161,8 +199,8 @@ pub fn evaluate(
                 Keep::Adversarial,
             ));
             for chunk in correct_rows.chunks(batch) {
-                let (broken, _) = attack_chunk(&pgd, model, scorer, data, chunk, &mut recheck)?;
-                for (&i, b) in chunk.iter().zip(broken) {
+                let done = attack_chunk(&pgd, model, scorer, data, chunk, &mut recheck)?;
+                for (&i, b) in chunk.iter().zip(done.broken) {
                     held[i] &= !b;
                 }
                 stages.advance(chunk.len());
@@ -178,7 +216,7 @@ pub fn evaluate(
         .filter(|&i| {
             let mut by_square = false;
             let (mut gradient_tried, mut gradient_broke) = (false, false);
-            for (attack, (_, outcome)) in plan.attacks.iter().zip(&outcomes) {
+            for ((attack, _), (_, outcome)) in attacks.iter().zip(&outcomes) {
                 match (attack.uses_gradients(), outcome[i]) {
                     (false, BROKEN) => by_square = true,
                     (true, BROKEN) => gradient_broke = true,
@@ -193,6 +231,10 @@ pub fn evaluate(
     let curve_acc: Vec<(f64, f64)> = curve
         .iter()
         .map(|(e, held)| (*e, share(count(held), n)))
+        .collect();
+    let curve_ci = curve
+        .iter()
+        .map(|(e, held)| (*e, clopper_pearson(count(held), n)))
         .collect();
     warnings.extend(trust::non_monotone(&curve_acc, th.monotone_tolerance));
     for w in &warnings {
@@ -209,12 +251,18 @@ pub fn evaluate(
             norm: plan.norm,
             eps: plan.eps,
         },
+        preset: preset::name(plan.preset).to_owned(),
         mode: plan.mode,
         clean_acc: share(count(&clean_correct), n),
+        clean_acc_ci95: clopper_pearson(count(&clean_correct), n),
         attacks: OrderedMap(summaries),
         worst_case_acc: share(count(&robust), n),
+        worst_case_acc_ci95: clopper_pearson(count(&robust), n),
+        per_class: per_class(&labels, &clean_correct, &robust),
         ort_recheck: recheck,
         robust_acc_vs_eps: OrderedMap(curve_acc),
+        robust_acc_vs_eps_ci95: OrderedMap(curve_ci),
+        adversarial_examples: None,
         warnings,
         reproducibility: Reproducibility {
             seed: plan.seed,
@@ -238,11 +286,57 @@ pub fn evaluate(
         worst_case_robust: robust,
         curve,
     };
-    Ok(Evaluation { result, per_sample })
+    Ok(Evaluation {
+        result,
+        per_sample,
+        examples,
+    })
+}
+
+/// Clean and worst-case robust accuracy per true class, classes in ascending order.
+fn per_class(
+    labels: &[i64],
+    clean_correct: &[bool],
+    robust: &[bool],
+) -> OrderedMap<i64, ClassAccuracy> {
+    let mut classes: Vec<i64> = labels.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    OrderedMap(
+        classes
+            .into_iter()
+            .map(|class| {
+                let rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+                let clean = rows.iter().filter(|&&i| clean_correct[i]).count();
+                let held = rows.iter().filter(|&&i| robust[i]).count();
+                let samples = rows.len();
+                (
+                    class,
+                    ClassAccuracy {
+                        samples,
+                        clean: share(clean, samples),
+                        clean_ci95: clopper_pearson(clean, samples),
+                        robust: share(held, samples),
+                        robust_ci95: clopper_pearson(held, samples),
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+/// What one attack did to one chunk: which samples broke (on the scorer), the scorer's predictions, the
+/// adversarial and clean inputs (CPU), and the queries spent.
+struct ChunkOutcome {
+    broken: Vec<bool>,
+    preds: Vec<i64>,
+    x_adv: Tensor,
+    x: Tensor,
+    queries: usize,
 }
 
 /// Runs `attack` on the samples `chunk`, re-scores its examples on the scorer (and compares with tch for gradient
-/// attacks); returns which samples broke and the queries spent.
+/// attacks).
 fn attack_chunk(
     attack: &Attack,
     model: &dyn Classifier,
@@ -250,7 +344,7 @@ fn attack_chunk(
     data: &EvalSet,
     chunk: &[usize],
     recheck: &mut OrtRecheck,
-) -> Result<(Vec<bool>, usize), EvalError> {
+) -> Result<ChunkOutcome, EvalError> {
     let xb = rows(&data.x, chunk)?;
     let yb = rows(&data.y, chunk)?;
     let keys: Vec<u64> = chunk.iter().map(|&i| data.indices[i]).collect();
@@ -263,9 +357,15 @@ fn attack_chunk(
         recheck.disagreements += disagree;
         recheck.max_logit_diff = recheck.max_logit_diff.max(diff);
     }
-    let broken = Vec::<bool>::try_from(&ort.f_argmax(1, false)?.f_ne_tensor(&yb)?)?;
-    let spent = run.queries.map(|q| q.iter().sum()).unwrap_or(0);
-    Ok((broken, spent))
+    let preds = ort.f_argmax(1, false)?;
+    let broken = Vec::<bool>::try_from(&preds.f_ne_tensor(&yb)?)?;
+    Ok(ChunkOutcome {
+        broken,
+        preds: Vec::<i64>::try_from(&preds)?,
+        x_adv: run.x_adv,
+        x: xb,
+        queries: run.queries.map(|q| q.iter().sum()).unwrap_or(0),
+    })
 }
 
 fn check_inputs(model: &dyn Classifier, data: &EvalSet) -> Result<(), EvalError> {

@@ -1,6 +1,11 @@
 //! The evaluation's summary as it appears in `report.yaml` under `evaluation.before` / `evaluation.after`
-//! (schema in /work/shared/report-example.yaml): clean and per-attack robust accuracy, worst case, the onnxruntime
-//! re-check, the robust-accuracy-vs-eps curve, trust warnings and the reproducibility block.
+//! (schema in /work/shared/report-example.yaml): the preset, clean and per-attack robust accuracy with every
+//! budget, worst case, per class, the onnxruntime re-check, the robust-accuracy-vs-eps curve, trust warnings and the
+//! reproducibility block.
+//!
+//! Every accuracy comes with its 95 % Clopper–Pearson interval (`*_ci95: [lower, upper]`). Numbers are written
+//! rounded where people read them ([`rounded`]): accuracies to 4 decimals, times to milliseconds; the exact
+//! per-sample outcomes stay in the npz files.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -9,6 +14,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::stats::Interval;
 use super::trust::TrustWarning;
 use super::Mode;
 use crate::config::Norm;
@@ -18,22 +24,41 @@ pub struct EvalResult {
     /// Samples evaluated.
     pub samples: usize,
     pub threat: Threat,
+    /// The attack suite (`eval.preset`): `fast`, `autoattack-standard`, `autoattack-plus` or `autoattack-rand`.
+    #[serde(default = "fast_preset")]
+    pub preset: String,
     /// `ensemble`: each attack runs only on points still robust after the previous ones (AutoAttack order), and
     /// an attack's `robust_acc` is the accuracy left after it; `standalone`: every attack runs on every clean-correct
     /// point and `robust_acc` is its own.
     pub mode: Mode,
     /// Accuracy of the shipped file (the scorer) on the clean samples.
+    #[serde(serialize_with = "rounded::accuracy")]
     pub clean_acc: f64,
+    #[serde(default)]
+    pub clean_acc_ci95: Interval,
     /// Per attack, in the order run.
     pub attacks: OrderedMap<String, AttackSummary>,
     /// Share of samples classified correctly and not broken by any attack.
+    #[serde(serialize_with = "rounded::accuracy")]
     pub worst_case_acc: f64,
+    #[serde(default)]
+    pub worst_case_acc_ci95: Interval,
+    /// Clean and worst-case robust accuracy per true class.
+    #[serde(default)]
+    pub per_class: OrderedMap<i64, ClassAccuracy>,
     pub ort_recheck: OrtRecheck,
     /// PGD robust accuracy at each radius of `eval.eps_curve` (eps 0 = clean accuracy).
+    #[serde(serialize_with = "rounded::accuracy_curve")]
     pub robust_acc_vs_eps: OrderedMap<f64, f64>,
+    #[serde(default)]
+    pub robust_acc_vs_eps_ci95: OrderedMap<f64, Interval>,
+    /// The adversarial examples of broken samples (npz) and their picture, when written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial_examples: Option<ExamplesFiles>,
     pub warnings: Vec<TrustWarning>,
     pub reproducibility: Reproducibility,
     /// Wall-clock time of the whole evaluation.
+    #[serde(serialize_with = "rounded::seconds")]
     pub seconds: f64,
     /// Accuracy of typical vs atypical samples (set by the pipeline once memorization scores exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,22 +74,110 @@ pub struct Threat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttackSummary {
     /// See [`EvalResult::mode`].
+    #[serde(serialize_with = "rounded::accuracy")]
     pub robust_acc: f64,
+    #[serde(default)]
+    pub robust_acc_ci95: Interval,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<usize>,
+    /// Target classes per sample (APGD-T, FAB-T), as configured; see `note` when the model has fewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<usize>,
+    /// Forward/backward passes averaged per gradient (EOT), when more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eot: Option<usize>,
     /// Query budget per sample (Square).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queries: Option<usize>,
-    /// Mean queries spent per attacked sample (Square).
+    /// Square's initial window fraction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_init: Option<f64>,
+    /// Mean queries spent per attacked sample (Square).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rounded::tenths"
+    )]
     pub mean_queries: Option<f64>,
     /// Samples this attack ran on.
     pub attacked: usize,
     /// Samples it broke (verified on the scorer).
     pub broken: usize,
+    /// How the attack was adapted to the model (few classes), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(serialize_with = "rounded::seconds")]
     pub seconds: f64,
+}
+
+/// Accuracy on the samples of one true class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassAccuracy {
+    pub samples: usize,
+    #[serde(serialize_with = "rounded::accuracy")]
+    pub clean: f64,
+    pub clean_ci95: Interval,
+    /// Worst-case robust accuracy.
+    #[serde(serialize_with = "rounded::accuracy")]
+    pub robust: f64,
+    pub robust_ci95: Interval,
+}
+
+/// Where the adversarial examples were written, relative to the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExamplesFiles {
+    /// Broken samples whose example is in the file (at most `eval.examples.max`).
+    pub saved: usize,
+    /// Broken samples in all.
+    pub broken: usize,
+    pub file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<String>,
+}
+
+fn fast_preset() -> String {
+    "fast".to_owned()
+}
+
+/// Serde writers for numbers people read: accuracies to 4 decimals, seconds to milliseconds.
+pub mod rounded {
+    use serde::ser::SerializeMap;
+    use serde::Serializer;
+
+    use super::OrderedMap;
+
+    fn round(v: f64, decimals: i32) -> f64 {
+        let scale = 10f64.powi(decimals);
+        (v * scale).round() / scale
+    }
+
+    pub fn accuracy<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(round(*v, 4))
+    }
+
+    pub fn seconds<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(round(*v, 3))
+    }
+
+    pub fn tenths<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_f64(round(*v, 1)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn accuracy_curve<S: Serializer>(
+        curve: &OrderedMap<f64, f64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(curve.0.len()))?;
+        for (eps, acc) in &curve.0 {
+            map.serialize_entry(eps, &round(*acc, 4))?;
+        }
+        map.end()
+    }
 }
 
 /// The adversarial examples found with tch, re-scored by the shipped file.

@@ -198,7 +198,10 @@ pub fn run(
 fn accuracy(result: &EvalResult, method: Option<&str>) -> AccuracySummary {
     AccuracySummary {
         clean_acc: result.clean_acc,
+        clean_acc_ci95: Some(result.clean_acc_ci95),
         robust_acc_worst: result.worst_case_acc,
+        robust_acc_worst_ci95: Some(result.worst_case_acc_ci95),
+        preset: Some(result.preset.clone()),
         method: method.map(str::to_owned),
     }
 }
@@ -280,6 +283,10 @@ fn resumable_eval(
         if let Ok(result) = serde_norway::from_str::<EvalResult>(&text) {
             tracing::info!(stage = tag, "evaluation reused from the job's checkpoint");
             report::copy_atomic(&saved_npz, &out_dir.join(&npz))?;
+            for rel in example_files(&result) {
+                report::create_dir_all(out_dir.join(&rel).parent().unwrap_or(out_dir))?;
+                report::copy_atomic(&checkpoint_dir.join(&rel), &out_dir.join(&rel))?;
+            }
             return Ok(Evaluated { result, per_sample });
         }
     }
@@ -287,8 +294,21 @@ fn resumable_eval(
         report_eval_progress(progress, p)
     })?;
     report::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
+    for rel in example_files(&evaluated.result) {
+        report::create_dir_all(checkpoint_dir.join(&rel).parent().unwrap_or(checkpoint_dir))?;
+        report::copy_atomic(&out_dir.join(&rel), &checkpoint_dir.join(&rel))?;
+    }
     report::write_yaml_atomic(&saved_yaml, &evaluated.result)?;
     Ok(evaluated)
+}
+
+/// The adversarial-example files an evaluation wrote (relative to its output directory).
+fn example_files(result: &EvalResult) -> Vec<String> {
+    result
+        .adversarial_examples
+        .iter()
+        .flat_map(|e| std::iter::once(e.file.clone()).chain(e.grid.clone()))
+        .collect()
 }
 
 /// The atypicality flags as kept in the checkpoint directory.

@@ -26,6 +26,16 @@ pub mod files {
         format!("per_sample_{tag}.npz")
     }
 
+    /// `adversarial_before.npz` / `adversarial_after.npz`: the adversarial examples of broken samples.
+    pub fn adversarial(tag: &str) -> String {
+        format!("adversarial_{tag}.npz")
+    }
+
+    /// `plots/adversarial_before.png` / `plots/adversarial_after.png`: a grid of those examples.
+    pub fn adversarial_grid(tag: &str) -> String {
+        format!("plots/adversarial_{tag}.png")
+    }
+
     /// `<stem>.<method>.onnx`, e.g. `fmnist_cnn.bat.onnx`.
     pub fn fine_tuned(stem: &str, method: &str) -> String {
         format!("{stem}.{method}.onnx")
@@ -39,7 +49,9 @@ pub struct Evaluated {
 }
 
 /// Evaluates `model` (tch, gradients) against `file` (onnxruntime, verdicts) with the configured protocol, and
-/// saves per-sample results as `per_sample_<tag>.npz` in `out_dir`.
+/// saves per-sample results as `per_sample_<tag>.npz` in `out_dir`, the adversarial examples as
+/// `adversarial_<tag>.npz` and their grid as `plots/adversarial_<tag>.png` (a grid that cannot be drawn is a
+/// warning in the log, not a failure).
 pub fn evaluate(
     subject: &Subject,
     model: &mut TchModel,
@@ -54,10 +66,39 @@ pub fn evaluate(
     let eval::Evaluation {
         mut result,
         per_sample,
+        examples,
     } = eval::evaluate(model, &mut scorer, &set, &plan, progress)?;
     let rel = files::per_sample(tag);
     per_sample.save_npz(&out_dir.join(&rel))?;
     result.reproducibility.per_sample_file = Some(rel);
+    if plan.examples.max > 0 {
+        let rel = files::adversarial(tag);
+        examples.save_npz(&out_dir.join(&rel))?;
+        let grid_rel = files::adversarial_grid(tag);
+        let grid = match plots::adversarial_grid(
+            &out_dir.join(&grid_rel),
+            &examples,
+            plan.examples.grid,
+        ) {
+            Ok(()) => Some(grid_rel),
+            Err(e) => {
+                tracing::info!("{grid_rel} not drawn: {e}");
+                None
+            }
+        };
+        let broken = per_sample
+            .clean_correct()
+            .iter()
+            .zip(&per_sample.worst_case_robust)
+            .filter(|(correct, robust)| **correct && !**robust)
+            .count();
+        result.adversarial_examples = Some(eval::result::ExamplesFiles {
+            saved: examples.len(),
+            broken,
+            file: rel,
+            grid,
+        });
+    }
     Ok(Evaluated { result, per_sample })
 }
 
@@ -281,7 +322,11 @@ pub fn plots(
     after: Option<(&EvalResult, &str)>,
     training: Option<&TrainResult>,
 ) -> (Vec<String>, Vec<String>) {
-    let mut written = Vec::new();
+    // The adversarial-example grids were drawn with the evaluation (they need its tensors); listed here.
+    let mut written: Vec<String> = std::iter::once(before)
+        .chain(after.map(|(a, _)| a))
+        .filter_map(|r| r.adversarial_examples.as_ref().and_then(|e| e.grid.clone()))
+        .collect();
     let mut warnings = Vec::new();
     let mut attempt = |rel: &str, result: Result<(), plots::PlotError>| match result {
         Ok(()) => written.push(rel.to_owned()),

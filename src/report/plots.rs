@@ -1,5 +1,6 @@
 //! The report's PNG plots, drawn with `plotters` into a memory buffer, encoded with `png` and written atomically:
-//! robust accuracy vs eps, training curves, the memorization-score histogram, and the clean-vs-robust trade-off.
+//! robust accuracy vs eps, training curves, the memorization-score histogram, the clean-vs-robust trade-off, and
+//! the grid of adversarial examples.
 //!
 //! Text is rendered in pure Rust (plotters' `ab_glyph` feature) — no fontconfig/freetype. The font file is read
 //! once at run time: `$ROBUSTD_FONT` if set, else DejaVu Sans from Debian's `fonts-dejavu-core` (installed by
@@ -101,6 +102,136 @@ pub fn robust_acc_vs_eps(out: &Path, series: &[Series]) -> Result<(), PlotError>
         }
         legend(&mut chart)
     })
+}
+
+/// Side of one image in the adversarial-example grid, in pixels.
+const EXAMPLE_TILE: u32 = 112;
+const EXAMPLE_PAD: u32 = 10;
+const EXAMPLE_TEXT: u32 = 16;
+
+/// The first `rows` kept adversarial examples, one row each: the clean image with its label, the perturbation
+/// magnified to the full gray range (mid-gray = unchanged; the factor is printed), and the adversarial image with
+/// the prediction, the attack and the perturbation's norm.
+pub fn adversarial_grid(
+    out: &Path,
+    examples: &crate::eval::AdversarialExamples,
+    rows: usize,
+) -> Result<(), PlotError> {
+    const PLOT: &str = "adversarial examples";
+    let shown: Vec<(&u64, &crate::eval::examples::Example)> =
+        examples.kept.iter().take(rows).collect();
+    if shown.is_empty() {
+        return Err(PlotError::NoData {
+            plot: PLOT,
+            why: "no broken sample (or eval.examples.grid is 0)".into(),
+        });
+    }
+    let tensor_error = |e: tch::TchError| PlotError::Draw {
+        plot: PLOT,
+        message: e.to_string(),
+    };
+    let mut tiles = Vec::with_capacity(shown.len());
+    for (_, e) in &shown {
+        let delta = e.x_adv.f_sub(&e.x).map_err(tensor_error)?;
+        let peak = delta
+            .f_abs()
+            .and_then(|d| d.f_max())
+            .map_err(tensor_error)?
+            .double_value(&[])
+            .max(1e-12);
+        let magnified = delta
+            .f_div_scalar(2.0 * peak)
+            .and_then(|d| d.f_add_scalar(0.5))
+            .map_err(tensor_error)?;
+        let mut row = Vec::with_capacity(3);
+        for image in [&e.x, &magnified, &e.x_adv] {
+            row.push(image_tile(image, EXAMPLE_TILE).map_err(tensor_error)?);
+        }
+        tiles.push((row, 0.5 / peak));
+    }
+    let cell_h = EXAMPLE_TILE + 2 * EXAMPLE_TEXT + EXAMPLE_PAD;
+    let width = 3 * (EXAMPLE_TILE + 3 * EXAMPLE_PAD) + EXAMPLE_PAD;
+    let title = 40;
+    let size = (
+        width.max(420),
+        title + shown.len() as u32 * cell_h + EXAMPLE_PAD,
+    );
+    let norm = match examples.threat_norm {
+        crate::config::Norm::Linf => "L∞",
+        crate::config::Norm::L2 => "L2",
+    };
+    render_sized(out, PLOT, size, |root| -> DrawResult {
+        root.draw(&Text::new(
+            format!("Adversarial examples ({norm}, eps {})", examples.eps),
+            (EXAMPLE_PAD as i32, 12),
+            ("sans-serif", 18).into_font(),
+        ))?;
+        let caption = ("sans-serif", 13).into_font();
+        for (k, ((index, e), (row, factor))) in shown.iter().zip(tiles).enumerate() {
+            let y0 = title + k as u32 * cell_h;
+            let captions = [
+                format!("#{index} label {}", e.label),
+                format!("perturbation x{factor:.1}"),
+                format!("pred {} by {}", e.pred, e.attack),
+            ];
+            for (col, (pixels, text)) in row.into_iter().zip(captions).enumerate() {
+                let x0 = EXAMPLE_PAD + col as u32 * (EXAMPLE_TILE + 3 * EXAMPLE_PAD);
+                let image: BitMapElement<(i32, i32)> = BitMapElement::with_owned_buffer(
+                    (x0 as i32, y0 as i32),
+                    (EXAMPLE_TILE, EXAMPLE_TILE),
+                    pixels,
+                )
+                .ok_or("image buffer does not match the tile size")?;
+                root.draw(&image)?;
+                root.draw(&Text::new(
+                    text,
+                    (x0 as i32, (y0 + EXAMPLE_TILE + 2) as i32),
+                    caption.clone(),
+                ))?;
+            }
+            root.draw(&Text::new(
+                format!("{norm} {:.4}", e.norm),
+                (
+                    (EXAMPLE_PAD + 2 * (EXAMPLE_TILE + 3 * EXAMPLE_PAD)) as i32,
+                    (y0 + EXAMPLE_TILE + 2 + EXAMPLE_TEXT) as i32,
+                ),
+                caption.clone(),
+            ))?;
+        }
+        Ok(())
+    })
+}
+
+/// An image `[C, H, W]` in [0,1] as `tile × tile` RGB bytes: nearest-neighbour scaling, one channel shown as gray.
+pub fn image_tile(image: &tch::Tensor, tile: u32) -> Result<Vec<u8>, tch::TchError> {
+    let size = image.size();
+    let [c, h, w] = size.as_slice() else {
+        return Err(tch::TchError::Shape(format!(
+            "image of shape {size:?}, expected [C, H, W]"
+        )));
+    };
+    let (c, h, w) = (*c as usize, *h as usize, *w as usize);
+    let values = Vec::<f32>::try_from(
+        &image
+            .f_to_device(tch::Device::Cpu)?
+            .f_to_kind(tch::Kind::Float)?
+            .f_contiguous()?
+            .f_flatten(0, -1)?,
+    )?;
+    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    let tile = tile as usize;
+    let mut out = Vec::with_capacity(tile * tile * 3);
+    for ty in 0..tile {
+        let y = ty * h / tile;
+        for tx in 0..tile {
+            let x = tx * w / tile;
+            for ch in 0..3 {
+                let src = if c == 3 { ch } else { 0 };
+                out.push(byte(values[src * h * w + y * w + x]));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Training curves: losses on the left panel, accuracies on the right, against epoch.

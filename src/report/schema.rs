@@ -86,8 +86,19 @@ pub struct ThreatModelInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccuracySummary {
+    #[serde(serialize_with = "crate::eval::result::rounded::accuracy")]
     pub clean_acc: f64,
+    /// 95 % Clopper–Pearson interval of `clean_acc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_acc_ci95: Option<crate::eval::stats::Interval>,
+    #[serde(serialize_with = "crate::eval::result::rounded::accuracy")]
     pub robust_acc_worst: f64,
+    /// 95 % Clopper–Pearson interval of `robust_acc_worst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robust_acc_worst_ci95: Option<crate::eval::stats::Interval>,
+    /// The attack suite (`eval.preset`) the robust accuracy comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// Fine-tuning method (the `after` block only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
