@@ -205,6 +205,8 @@ ARCHS = {
     "vgg_bn": (VGGBN, (3, 32, 32)),
     "lenet_nhwc": (LeNetNHWC, (28, 28, 1)),
     "mlp_flat": (FlatMLP, (784,)),
+    # A binary classifier (two logits): the evaluation's few-class path (no DLR, one target class).
+    "mlp_binary": (lambda: MLP(classes=2), (1, 28, 28)),
 }
 
 # (arch, file suffix, exporter, options). Eval-mode exports fold BatchNorm into the convolutions; the `bnkept`

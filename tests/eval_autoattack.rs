@@ -40,6 +40,9 @@ fn clopper_pearson_matches_published_values() {
     assert_eq!((none.lower, none.upper), (0.0, 1.0));
 }
 
+/// An attack's name, steps (or queries), restarts and targets.
+type BudgetRow = (String, Option<usize>, Option<usize>, Option<usize>);
+
 #[test]
 fn presets_run_autoattacks_attacks_with_its_budgets() {
     let plan = |preset| {
@@ -47,21 +50,20 @@ fn presets_run_autoattacks_attacks_with_its_budgets() {
         cfg.eval.preset = preset;
         EvalPlan::from_config(&cfg).unwrap().attacks
     };
-    let summary =
-        |attacks: &[Attack]| -> Vec<(String, Option<usize>, Option<usize>, Option<usize>)> {
-            attacks
-                .iter()
-                .map(|a| {
-                    let b = a.budget();
-                    (
-                        a.name().to_owned(),
-                        b.steps.or(b.queries),
-                        b.restarts,
-                        b.targets,
-                    )
-                })
-                .collect()
-        };
+    let summary = |attacks: &[Attack]| -> Vec<BudgetRow> {
+        attacks
+            .iter()
+            .map(|a| {
+                let b = a.budget();
+                (
+                    a.name().to_owned(),
+                    b.steps.or(b.queries),
+                    b.restarts,
+                    b.targets,
+                )
+            })
+            .collect()
+    };
     let s = |n: &str, budget, restarts, targets| (n.to_owned(), Some(budget), restarts, targets);
     assert_eq!(
         summary(&plan(EvalPreset::AutoattackStandard)),
