@@ -285,13 +285,29 @@ fn eval_with_the_autoattack_preset_on_a_binary_model_notes_adaptations_and_keeps
         e.per_class.0.iter().map(|(_, a)| a.samples).sum::<usize>(),
         24
     );
-    for key in ["clean_acc", "robust_acc", "worst_case_acc"] {
+    // The evaluation block: from `evaluation:` to the next top-level key.
+    let block = text
+        .split("\nevaluation:\n")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for key in [
+        "clean_acc",
+        "robust_acc",
+        "worst_case_acc",
+        "clean",
+        "robust",
+    ] {
         assert!(
-            most_decimals(&text, key) <= 4,
+            most_decimals(&block, key) <= 4,
             "{key} has more than 4 decimals"
         );
     }
-    assert!(most_decimals(&text, "seconds") <= 3);
+    assert!(most_decimals(&block, "seconds") <= 3, "{block}");
+    assert!(most_decimals(&text, "robust_acc_worst") <= 4);
     let before = report.summary.before.as_ref().unwrap();
     assert_eq!(before.preset.as_deref(), Some("autoattack-standard"));
     let ci = before.robust_acc_worst_ci95.expect("summary interval");
