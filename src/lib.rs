@@ -20,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod data;
+pub mod durable;
 pub mod eval;
 pub mod memo;
 pub mod model;

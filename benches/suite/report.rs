@@ -141,7 +141,7 @@ impl Run<'_> {
         let md = out.join("RESULTS.md");
         let png = out.join("results.png");
         self.chart(&png)?;
-        robustd::report::write_atomic(&md, self.markdown().as_bytes())?;
+        robustd::durable::write_atomic(&md, self.markdown().as_bytes())?;
         Ok((md, png))
     }
 

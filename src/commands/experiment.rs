@@ -20,6 +20,7 @@ use super::{ConfigArg, EXIT_FAILURE};
 use crate::config::{Config, EvalMode, Method, Norm};
 use crate::daemon::onnx_scan::scan_model;
 use crate::daemon::{CancelReason, JobError, JobOutcome, Progress};
+use crate::durable;
 use crate::eval::progress::TerminalProgress;
 use crate::pipeline::stages::method_name;
 use crate::pipeline::PipelineError;
@@ -285,7 +286,7 @@ fn copy_unless_same(src: &Path, dst: &Path) -> anyhow::Result<u64> {
     if same {
         return Ok(std::fs::metadata(src)?.len());
     }
-    Ok(report::copy_atomic(src, dst)?)
+    Ok(durable::copy_atomic(src, dst)?)
 }
 
 /// `<paths.state>/cli/<command>-<key12>`: checkpoints that let the same command resume.
@@ -356,7 +357,7 @@ pub fn write_report(
     let report = crate::pipeline::report::assemble(outcome, config, dir, original, None, timing)
         .map_err(|e| anyhow::anyhow!("assembling the report in {}: {e}", dir.display()))?;
     let path = dir.join(REPORT_FILE);
-    report::write_yaml_atomic(&path, &report)?;
+    durable::write_yaml_atomic(&path, &report)?;
     report::validate_report_file(&path)
         .with_context(|| format!("{} is not a valid report (a robustd bug)", path.display()))?;
     Ok((report, path))

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use crate::config::Config;
 use crate::daemon::names::{classify, is_safe_companion, DropKind};
 use crate::daemon::onnx_scan::scan_model;
-use crate::report::copy_atomic;
+use crate::durable::copy_atomic;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

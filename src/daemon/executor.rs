@@ -15,6 +15,7 @@ use super::runner::{
 };
 use super::spool::{IndexEntry, Spool};
 use crate::config::Config;
+use crate::durable;
 use crate::report::{self, error_chain, ErrorReport, FileRef, JobInfo, Report};
 
 /// How a job ended.
@@ -98,7 +99,7 @@ impl Executor {
             progress: progress.clone(),
             attempt: record.attempts,
         };
-        report::create_dir_all(&ctx.checkpoint_dir)
+        durable::create_dir_all(&ctx.checkpoint_dir)
             .map_err(|e| Failure::new("checkpoint", &e, None))?;
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.runner.run(job, &ctx)));
@@ -163,7 +164,7 @@ impl Executor {
             )
             .map_err(|e| Failure::from_chain("report", vec![e], None))?;
         let report_path = staging.join(REPORT_FILE);
-        report::write_yaml_atomic(&report_path, &report)
+        durable::write_yaml_atomic(&report_path, &report)
             .map_err(|e| Failure::new("report", &e, None))?;
         report::validate_report_file(&report_path).map_err(|e| {
             Failure::new(
@@ -251,11 +252,11 @@ impl Executor {
     /// Copies the dropped model (and companions) next to the report.
     fn copy_original(&self, job: &Job, staging: &Path) -> Result<FileRef, Failure> {
         for companion in &job.record.companions {
-            report::copy_atomic(&job.dir.join(companion), &staging.join(companion))
+            durable::copy_atomic(&job.dir.join(companion), &staging.join(companion))
                 .map_err(|e| Failure::new("publish", &e, None))?;
         }
         let dest = staging.join(&job.record.model_file);
-        let bytes = report::copy_atomic(&job.model_path(), &dest)
+        let bytes = durable::copy_atomic(&job.model_path(), &dest)
             .map_err(|e| Failure::new("publish", &e, None))?;
         Ok(FileRef {
             path: job.record.model_file.clone(),

@@ -328,7 +328,7 @@ pub fn throughput_probe(
         );
     }
     let save = |state: &ProbeCheckpoint| {
-        crate::report::write_yaml_atomic(&checkpoint_path, state)
+        crate::durable::write_yaml_atomic(&checkpoint_path, state)
             .map_err(|e| JobError::failed("checkpoint", e))
     };
     let started = Instant::now();

@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::job::JobRecord;
-use crate::report::atomic::{
-    create_dir_all, is_temp_name, rename_durable, symlink_atomic, WriteError,
-};
+use crate::durable::{create_dir_all, is_temp_name, rename_durable, symlink_atomic, WriteError};
 
 /// Name of the symlink to the newest result of a model.
 pub const LATEST: &str = "latest";

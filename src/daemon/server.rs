@@ -22,7 +22,7 @@ use super::service::{self, ActiveJob, ActiveJobs};
 use super::spool::{Spool, SpoolError};
 use super::watcher;
 use crate::config::{Config, ConfigError};
-use crate::report::WriteError;
+use crate::durable::WriteError;
 
 /// How long running jobs get to checkpoint and return after a shutdown request (systemd's default stop timeout
 /// is 90 s; we promise 10 s).
@@ -57,7 +57,7 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let mut config = options.config;
     let paths = config.paths.clone();
-    crate::report::create_dir_all(&paths.watch)?;
+    crate::durable::create_dir_all(&paths.watch)?;
     warn_if_world_writable(&paths.watch);
     let spool = Spool::open(&paths.state)?;
     let recovery = spool.recover(&paths.watch)?;

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::job::{now_rfc3339, Job, JobRecord, JobState, CONFIG_FILE, ERROR_FILE, JOB_FILE};
-use crate::report::atomic::{self, create_dir_all, rename_durable, write_yaml_atomic, WriteError};
+use crate::durable::{
+    self, create_dir_all, move_file, rename_durable, write_yaml_atomic, WriteError,
+};
 use crate::report::ErrorReport;
 
 #[derive(Debug, Error)]
@@ -117,7 +119,7 @@ impl Spool {
                 let name = entry.file_name();
                 let meta = name == JOB_FILE
                     || name == CONFIG_FILE
-                    || atomic::is_temp_name(&name.to_string_lossy());
+                    || durable::is_temp_name(&name.to_string_lossy());
                 if !meta {
                     let back = inbox.join(&name);
                     move_file(&entry.path(), &back)?;
@@ -192,7 +194,7 @@ impl Spool {
         let building = self.root.join(INCOMING).join(&record.id);
         create_dir_all(&building)?;
         if let Some(cfg) = config_yaml {
-            atomic::write_atomic(&building.join(CONFIG_FILE), cfg.as_bytes())?;
+            durable::write_atomic(&building.join(CONFIG_FILE), cfg.as_bytes())?;
         }
         if let Some(err) = error {
             err.write(&building.join(ERROR_FILE))?;
@@ -208,7 +210,7 @@ impl Spool {
                 move_file(src, &dst)?;
                 moved.push((src, dst));
             }
-            atomic::sync_dir(&building).map_err(io_err(&building))?;
+            durable::sync_dir(&building).map_err(io_err(&building))?;
             let dir = self.state_dir(state).join(&record.id);
             rename_durable(&building, &dir)?;
             Ok(dir)
@@ -280,21 +282,6 @@ impl Spool {
 
     fn index_path(&self, key: &str) -> PathBuf {
         self.root.join(INDEX).join(format!("{key}.yaml"))
-    }
-}
-
-/// Moves a file, across filesystems too (copy + fsync + remove when rename says EXDEV).
-pub fn move_file(src: &Path, dst: &Path) -> Result<(), SpoolError> {
-    match std::fs::rename(src, dst) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(18) => {
-            atomic::copy_atomic(src, dst)?;
-            std::fs::remove_file(src).map_err(io_err(src))
-        }
-        Err(e) => Err(SpoolError::Io {
-            path: dst.to_path_buf(),
-            source: e,
-        }),
     }
 }
 

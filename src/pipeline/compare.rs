@@ -19,11 +19,12 @@ use super::stages::{self, method_name};
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
 use crate::daemon::{CancelToken, JobError, Progress};
+use crate::durable;
 use crate::eval::result::OrderedMap;
 use crate::report::comparison::{
     Budget, Comparison, MethodSummary, RunRecord, Scores, SharedAtypicality, COMPARISON_SCHEMA,
 };
-use crate::report::{self, FileRef, ThreatModelInfo};
+use crate::report::{FileRef, ThreatModelInfo};
 use crate::train::{self, Atypicality};
 
 /// What `robustd compare` varies: the methods, and the seed of each repetition.
@@ -49,7 +50,7 @@ pub fn run(
     progress.stage("prepare");
     let mut subject = Subject::load(model, config).map_err(failed("prepare"))?;
     for dir in [out_dir, checkpoint_dir] {
-        report::create_dir_all(dir).map_err(|e| failed("prepare")(e.into()))?;
+        durable::create_dir_all(dir).map_err(|e| failed("prepare")(e.into()))?;
     }
     let mut original_model = subject.tch_model().map_err(failed("prepare"))?;
     let classes = stages::classes(&original_model);
@@ -120,7 +121,7 @@ pub fn run(
                         cancel,
                         progress,
                     )?;
-                    report::write_yaml_atomic(&saved, &record)
+                    durable::write_yaml_atomic(&saved, &record)
                         .map_err(|e| failed("finetune")(e.into()))?;
                     record
                 }
@@ -190,7 +191,7 @@ pub fn run_method(
     let name = method_name(method);
     let rel_dir = format!("runs/{name}/seed{seed}");
     let run_dir = out_dir.join(&rel_dir);
-    report::create_dir_all(&run_dir).map_err(|e| failed("prepare")(e.into()))?;
+    durable::create_dir_all(&run_dir).map_err(|e| failed("prepare")(e.into()))?;
 
     let mut model = subject.tch_model().map_err(failed("prepare"))?;
     let needs_flags = train::Objective::from_spec(&subject.config.train)
@@ -287,7 +288,7 @@ fn cached<T: Serialize + DeserializeOwned>(
         return Ok(value);
     }
     let value = compute()?;
-    report::write_yaml_atomic(path, &value)?;
+    durable::write_yaml_atomic(path, &value)?;
     Ok(value)
 }
 

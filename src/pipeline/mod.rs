@@ -42,7 +42,7 @@ pub enum PipelineError {
     #[error("memorization: {0}")]
     Memo(#[from] crate::memo::MemoError),
     #[error(transparent)]
-    Write(#[from] crate::report::WriteError),
+    Write(#[from] crate::durable::WriteError),
     #[error("plot: {0}")]
     Plot(#[from] crate::report::plots::PlotError),
     #[error("libtorch: {0}")]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{write_yaml_atomic, WriteError};
+use crate::durable::{write_yaml_atomic, WriteError};
 
 /// The value of the `schema` key of every error file.
 pub const ERROR_SCHEMA: &str = "robustd.error/v1";

@@ -13,7 +13,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use thiserror::Error;
 
-use super::atomic::{write_atomic_with, WriteError};
+use crate::durable::{write_atomic_with, WriteError};
 
 /// Environment variable naming a TrueType/OpenType font file for plot text.
 pub const FONT_ENV: &str = "ROBUSTD_FONT";
