@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod data;
 pub mod durable;
 pub mod eval;
+pub mod job;
 pub mod memo;
 pub mod model;
 pub mod onnx;

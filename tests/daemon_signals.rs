@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 
 /// A job long enough to interrupt: the inspect runner's throughput probe over many samples.
 const LONG_JOB_SAMPLES: u64 = 150_000;

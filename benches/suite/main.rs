@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use robustd::config::Config;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 use serde_norway::Value;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");

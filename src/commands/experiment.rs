@@ -19,9 +19,9 @@ use super::interrupt::Interrupts;
 use super::{ConfigArg, EXIT_FAILURE};
 use crate::config::{Config, EvalMode, Method, Norm};
 use crate::daemon::onnx_scan::scan_model;
-use crate::daemon::{CancelReason, JobError, JobOutcome, Progress};
 use crate::durable;
 use crate::eval::progress::TerminalProgress;
+use crate::job::{CancelReason, JobError, JobOutcome, Progress};
 use crate::pipeline::stages::method_name;
 use crate::pipeline::PipelineError;
 use crate::report::{self, sha256_hex, FileRef, Report, Summary};
@@ -328,7 +328,7 @@ pub struct Clock {
 impl Clock {
     pub fn start() -> Self {
         Self {
-            started_at: crate::daemon::job::now_rfc3339(),
+            started_at: crate::job::now_rfc3339(),
             started: Instant::now(),
         }
     }

@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::ConfigArg;
 use crate::config::JobRunnerKind;
 use crate::daemon::{self, DaemonOptions, InspectRunner};
+use crate::job::JobRunner;
 use crate::pipeline::PipelineRunner;
 
 #[derive(Debug, clap::Args)]
@@ -27,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let runner: Arc<dyn daemon::JobRunner> = match config.daemon.runner {
+    let runner: Arc<dyn JobRunner> = match config.daemon.runner {
         JobRunnerKind::Pipeline => Arc::new(PipelineRunner),
         JobRunnerKind::Inspect => Arc::new(InspectRunner),
     };

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use super::ConfigArg;
 use crate::daemon::outputs::REPORT_FILE;
-use crate::daemon::{Job, JobState, Spool};
+use crate::daemon::Spool;
+use crate::job::{Job, JobState};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::job::{now_rfc3339, Job, JobState, ERROR_FILE};
 use super::outputs::{Outputs, REPORT_FILE};
-use super::runner::{
-    CancelReason, CancelToken, JobContext, JobError, JobOutcome, JobRunner, Progress,
-};
 use super::spool::{IndexEntry, Spool};
 use crate::config::Config;
 use crate::durable;
+use crate::job::{
+    now_rfc3339, CancelReason, CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner,
+    JobState, Progress, ERROR_FILE,
+};
 use crate::report::{self, error_chain, ErrorReport, FileRef, JobInfo, Report};
 
 /// How a job ended.

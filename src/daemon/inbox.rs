@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::job::{now_rfc3339, Job, JobKind, JobRecord, JobState, JOB_SCHEMA, SIDECAR_FILE};
 use super::names::{classify, display_name, is_safe_companion, sanitize_model_name, DropKind};
 use super::onnx_scan::scan_model;
 use super::spool::{DropFiles, Spool, SpoolError};
 use crate::config::Config;
+use crate::job::{now_rfc3339, Job, JobKind, JobRecord, JobState, JOB_SCHEMA, SIDECAR_FILE};
 use crate::report::{sha256_hex, ErrorReport};
 
 /// Largest sidecar read (bytes); bigger ones are rejected before parsing.

@@ -14,10 +14,9 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
-use super::job::Job;
 use super::onnx_scan::{scan_model, ModelScan};
-use super::runner::{JobContext, JobError, JobOutcome, JobRunner};
 use crate::config::{Config, Norm};
+use crate::job::{Job, JobContext, JobError, JobOutcome, JobRunner};
 use crate::report::{
     sha256_hex, Dim, FileRef, ForwardCheck, ModelInfo, Summary, SummaryArtifacts, TensorSpec,
     ThreatModelInfo, Verdict,

@@ -1,10 +1,10 @@
 //! The daemon: a watched inbox (`paths.watch`), a crash-safe job spool (`paths.state`), a service loop that runs
-//! jobs on dedicated threads through a pluggable [`JobRunner`], results in `paths.models`, and systemd
+//! jobs on dedicated threads through a pluggable [`crate::job::JobRunner`], results in `paths.models`, and systemd
 //! integration (READY/STATUS/STOPPING/WATCHDOG, SIGTERM checkpoints, SIGHUP reload).
 //!
 //! Modules: [`names`] (which files, safe names), [`onnx_scan`] (external data and metadata from the protobuf),
-//! [`inbox`] (stability and intake), [`watcher`] (notify → channel), [`job`] (the record), [`spool`] (the job
-//! directories), [`outputs`] (the results tree), [`runner`] (the pipeline boundary), [`inspect`] (the runner that
+//! [`inbox`] (stability and intake), [`watcher`] (notify → channel), [`spool`] (the job
+//! directories), [`outputs`] (the results tree), [`inspect`] (the runner that
 //! exists today), [`executor`] (one job from claim to done/failed), [`service`] (sd_notify), [`server`] (the loop).
 
 // Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
@@ -13,11 +13,9 @@
 pub mod executor;
 pub mod inbox;
 pub mod inspect;
-pub mod job;
 pub mod names;
 pub mod onnx_scan;
 pub mod outputs;
-pub mod runner;
 pub mod server;
 pub mod service;
 pub mod spool;
@@ -25,10 +23,5 @@ pub mod watcher;
 
 pub use executor::{Executor, Finished};
 pub use inspect::InspectRunner;
-pub use job::{Job, JobKind, JobRecord, JobState};
-pub use runner::{
-    CancelReason, CancelToken, JobContext, JobError, JobOutcome, JobRunner, Progress,
-    ProgressUpdate,
-};
 pub use server::{run, DaemonError, DaemonOptions, SHUTDOWN_GRACE};
 pub use spool::Spool;

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::job::JobRecord;
 use crate::durable::{create_dir_all, is_temp_name, rename_durable, symlink_atomic, WriteError};
+use crate::job::JobRecord;
 
 /// Name of the symlink to the newest result of a model.
 pub const LATEST: &str = "latest";

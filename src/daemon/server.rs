@@ -15,14 +15,13 @@ use tokio::sync::mpsc;
 
 use super::executor::{Executor, Finished};
 use super::inbox::{intake, warn_if_world_writable, Inbox, Intake};
-use super::job::{Job, JobKind};
 use super::outputs::Outputs;
-use super::runner::{CancelReason, CancelToken, JobRunner, Progress, ProgressUpdate};
 use super::service::{self, ActiveJob, ActiveJobs};
 use super::spool::{Spool, SpoolError};
 use super::watcher;
 use crate::config::{Config, ConfigError};
 use crate::durable::WriteError;
+use crate::job::{CancelReason, CancelToken, Job, JobKind, JobRunner, Progress, ProgressUpdate};
 
 /// How long running jobs get to checkpoint and return after a shutdown request (systemd's default stop timeout
 /// is 90 s; we promise 10 s).
@@ -110,7 +109,7 @@ pub async fn run(
     let mut state = Loop {
         exec,
         inbox: Inbox::new(&paths.watch),
-        queue: spool.list(super::job::JobState::Queued).into(),
+        queue: spool.list(crate::job::JobState::Queued).into(),
         running: HashMap::new(),
         active: Arc::new(Mutex::new(Default::default())),
         done_tx,

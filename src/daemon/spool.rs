@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::job::{now_rfc3339, Job, JobRecord, JobState, CONFIG_FILE, ERROR_FILE, JOB_FILE};
 use crate::durable::{
     self, create_dir_all, move_file, rename_durable, write_yaml_atomic, WriteError,
 };
+use crate::job::{now_rfc3339, Job, JobRecord, JobState, CONFIG_FILE, ERROR_FILE, JOB_FILE};
 use crate::report::ErrorReport;
 
 #[derive(Debug, Error)]
@@ -306,7 +306,7 @@ fn file_name(path: &Path) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::daemon::job::{JobKind, JOB_SCHEMA};
+    use crate::job::{JobKind, JOB_SCHEMA};
 
     fn record(id: &str) -> JobRecord {
         JobRecord {

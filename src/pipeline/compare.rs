@@ -18,9 +18,9 @@ use super::runner::{report_eval_progress, stage_error};
 use super::stages::{self, method_name};
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
-use crate::daemon::{CancelToken, JobError, Progress};
 use crate::durable;
 use crate::eval::result::OrderedMap;
+use crate::job::{CancelToken, JobError, Progress};
 use crate::report::comparison::{
     Budget, Comparison, MethodSummary, RunRecord, Scores, SharedAtypicality, COMPARISON_SCHEMA,
 };

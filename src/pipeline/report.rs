@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::daemon::{JobOutcome, Progress};
+use crate::job::{JobOutcome, Progress};
 use crate::report::{
     sha256_hex, Artifacts, EnvironmentInfo, FileRef, JobInfo, Report, Timing, REPORT_SCHEMA,
 };
@@ -63,7 +63,7 @@ pub fn timing(queued_at: String, started_at: String, seconds: f64, progress: &Pr
     Timing {
         queued_at,
         started_at,
-        finished_at: crate::daemon::job::now_rfc3339(),
+        finished_at: crate::job::now_rfc3339(),
         seconds,
         stages: progress.stage_times(),
     }

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::stages::{self, method_name, Evaluated};
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
-use crate::daemon::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
 use crate::durable;
 use crate::eval::{self, EvalResult, PerSample};
+use crate::job::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
 use crate::report::{AccuracySummary, Evaluation, Summary, ThreatModelInfo, Verdict};
 use crate::train::{Atypicality, TrainError};
 

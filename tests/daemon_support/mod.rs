@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use robustd::daemon::{Job, JobState};
+use robustd::job::{Job, JobState};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_robustd");
 

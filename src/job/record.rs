@@ -1,6 +1,7 @@
-//! A job and its record: the YAML file (`job.yaml`) kept in the job's spool directory, updated at every state
-//! change and as the runner reports progress. The directory a job sits in (`queued/`, `running/`, `done/`,
-//! `failed/`) is authoritative; the record's `state` mirrors it for readers.
+//! A job and its record: the YAML file (`job.yaml`) kept in the job's directory beside its inputs (the model, its
+//! external data, the sidecar and the resolved config), updated at every state change and as the runner reports
+//! progress. The queue that holds the job is authoritative for its state (the folder spool: the directory it sits
+//! in, `queued/`, `running/`, `done/` or `failed/`); the record's `state` mirrors it for readers.
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,25 @@
+//! The job contract, shared by whoever schedules work (the daemon's service loop, the CLI commands) and whoever
+//! does it (the pipeline, the triage runner); it depends on neither side.
+//!
+//! - [`record`]: a job and its record (`job.yaml`): identity, inputs, content digests, state, attempts, times.
+//! - [`runner`]: the [`JobRunner`] trait, the [`JobContext`] a run gets, and [`JobError`].
+//! - [`outcome`]: [`JobOutcome`], the report sections a successful run returns.
+//! - [`cancel`]: [`CancelToken`] and [`CancelReason`]; [`progress`]: [`Progress`] and stage timing.
+
+// Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod cancel;
+pub mod outcome;
+pub mod progress;
+pub mod record;
+pub mod runner;
+
+pub use cancel::{CancelReason, CancelToken};
+pub use outcome::JobOutcome;
+pub use progress::{Progress, ProgressUpdate};
+pub use record::{
+    now_rfc3339, Job, JobKind, JobRecord, JobState, CONFIG_FILE, ERROR_FILE, JOB_FILE, JOB_SCHEMA,
+    SIDECAR_FILE,
+};
+pub use runner::{JobContext, JobError, JobRunner};
