@@ -348,14 +348,14 @@ pub fn write_report(
     clock: &Clock,
     progress: &Progress,
 ) -> anyhow::Result<(Report, PathBuf)> {
-    let timing = crate::pipeline::report::timing(
+    let timing = progress.timing(
         clock.started_at.clone(),
         clock.started_at.clone(),
         clock.seconds(),
-        progress,
     );
-    let report = crate::pipeline::report::assemble(outcome, config, dir, original, None, timing)
-        .map_err(|e| anyhow::anyhow!("assembling the report in {}: {e}", dir.display()))?;
+    let report = outcome
+        .into_report(config, dir, original, None, timing)
+        .with_context(|| format!("assembling the report in {}", dir.display()))?;
     let path = dir.join(REPORT_FILE);
     durable::write_yaml_atomic(&path, &report)?;
     report::validate_report_file(&path)

@@ -12,6 +12,7 @@ use super::outputs::{Outputs, REPORT_FILE};
 use super::spool::{IndexEntry, Spool};
 use crate::config::Config;
 use crate::durable;
+use crate::job::outcome::ArtifactError;
 use crate::job::{
     now_rfc3339, CancelReason, CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner,
     JobState, Progress, ERROR_FILE,
@@ -162,7 +163,7 @@ impl Executor {
                 &progress,
                 started,
             )
-            .map_err(|e| Failure::from_chain("report", vec![e], None))?;
+            .map_err(|e| Failure::new("report", &e, None))?;
         let report_path = staging.join(REPORT_FILE);
         durable::write_yaml_atomic(&report_path, &report)
             .map_err(|e| Failure::new("report", &e, None))?;
@@ -275,7 +276,7 @@ impl Executor {
         staging: &Path,
         progress: &Progress,
         started: Instant,
-    ) -> Result<Report, String> {
+    ) -> Result<Report, ArtifactError> {
         let record = &job.record;
         let job_info = JobInfo {
             id: record.id.clone(),
@@ -283,20 +284,12 @@ impl Executor {
             attempts: record.attempts,
             runner: self.runner.name().to_owned(),
         };
-        let timing = crate::pipeline::report::timing(
+        let timing = progress.timing(
             record.queued_at.clone(),
             record.started_at.clone().unwrap_or_else(now_rfc3339),
             started.elapsed().as_secs_f64(),
-            progress,
         );
-        crate::pipeline::report::assemble(
-            outcome,
-            config,
-            staging,
-            original_model,
-            Some(job_info),
-            timing,
-        )
+        outcome.into_report(config, staging, original_model, Some(job_info), timing)
     }
 
     /// Files the job in `failed/` with its error.yaml.

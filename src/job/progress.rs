@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::report::StageTime;
+use super::record::now_rfc3339;
+use crate::report::{StageTime, Timing};
 
 /// One progress update as the daemon sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +112,17 @@ impl Progress {
             });
         }
         out
+    }
+
+    /// The report's timing block: the job's times, and the seconds per stage so far (finished now).
+    pub fn timing(&self, queued_at: String, started_at: String, seconds: f64) -> Timing {
+        Timing {
+            queued_at,
+            started_at,
+            finished_at: now_rfc3339(),
+            seconds,
+            stages: self.stage_times(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ProgressState> {

@@ -163,7 +163,7 @@ pub fn run(
         atypicality,
         runs,
         dataset: Some(subject.dataset_info()),
-        environment: super::report::environment(config),
+        environment: crate::job::outcome::environment(config),
         warnings,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -220,10 +220,10 @@ pub fn run_method(
     .map_err(failed("eval_after"))?;
 
     let rel = |file: &str| format!("{rel_dir}/{file}");
-    let fine_tuned_model = super::report::file_ref(out_dir, &rel(&tuned)).map_err(|message| {
-        failed("write_back")(PipelineError::Mismatch {
-            model: run_dir.join(&tuned),
-            message,
+    let fine_tuned_model = crate::job::outcome::file_ref(out_dir, &rel(&tuned)).map_err(|e| {
+        failed("write_back")(PipelineError::Read {
+            path: run_dir.join(&tuned),
+            source: e.source,
         })
     })?;
     let result = &after.result;

@@ -7,12 +7,10 @@
 //! - [`subject`]: the model, its dataset and its input adapter, loaded and checked against each other.
 //! - [`stages`]: one function per stage; each returns the report section it owns.
 //! - [`runner`]: the stages in order as a [`crate::job::JobRunner`], producing a `JobOutcome`.
-//! - [`report`]: turning an outcome into a complete `report.yaml` outside the daemon (CLI commands).
 //! - [`compare`]: several methods and seeds on one model under one budget (`robustd compare`), built from the same
 //!   stages.
 
 pub mod compare;
-pub mod report;
 pub mod runner;
 pub mod stages;
 pub mod subject;
