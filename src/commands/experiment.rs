@@ -21,7 +21,7 @@ use crate::config::{Config, EvalMode, Method, Norm};
 use crate::daemon::onnx_scan::scan_model;
 use crate::durable;
 use crate::eval::progress::TerminalProgress;
-use crate::job::{CancelReason, JobError, JobOutcome, Progress};
+use crate::job::{content_key, key12, CancelReason, JobError, JobOutcome, Progress};
 use crate::pipeline::stages::method_name;
 use crate::pipeline::PipelineError;
 use crate::report::{self, sha256_hex, FileRef, Report, Summary};
@@ -225,18 +225,15 @@ impl Target {
             .unwrap_or_else(|| "model".into())
     }
 
-    /// sha256 over the model, its external data, the resolved config and `settings` (what else the command
-    /// varies, e.g. compare's methods and seeds).
+    /// The content key ([`crate::job::key`]) of the model, its external data, the resolved config and `settings`
+    /// (what else the command varies, e.g. compare's methods and seeds).
     pub fn run_key(&self, config: &Config, settings: &str) -> String {
         let companions: Vec<&str> = self.companions.iter().map(|(_, d)| d.as_str()).collect();
-        sha256_hex(
-            format!(
-                "{}:{}:{}:{settings}",
-                self.sha256,
-                companions.join(","),
-                config.hash_hex()
-            )
-            .as_bytes(),
+        content_key(
+            &self.sha256,
+            &companions,
+            &config.hash_hex(),
+            Some(settings),
         )
     }
 
@@ -254,7 +251,7 @@ impl Target {
                 .paths
                 .models
                 .join(self.stem())
-                .join(format!("{}-{command}", &key[..12])),
+                .join(format!("{}-{command}", key12(key))),
         }
     }
 
@@ -295,7 +292,7 @@ pub fn checkpoint_dir(config: &Config, command: &str, key: &str) -> PathBuf {
         .paths
         .state
         .join("cli")
-        .join(format!("{command}-{}", &key[..12]))
+        .join(format!("{command}-{}", key12(key)))
 }
 
 /// A progress reporter for the pipeline that draws the evaluation's progress bar on a terminal (nothing when

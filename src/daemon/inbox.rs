@@ -19,7 +19,9 @@ use super::names::{classify, display_name, is_safe_companion, sanitize_model_nam
 use super::onnx_scan::scan_model;
 use super::spool::{DropFiles, Spool, SpoolError};
 use crate::config::Config;
-use crate::job::{now_rfc3339, Job, JobKind, JobRecord, JobState, JOB_SCHEMA, SIDECAR_FILE};
+use crate::job::{
+    content_key, now_rfc3339, Job, JobKind, JobRecord, JobState, JOB_SCHEMA, SIDECAR_FILE,
+};
 use crate::report::{sha256_hex, ErrorReport};
 
 /// Largest sidecar read (bytes); bigger ones are rejected before parsing.
@@ -233,14 +235,7 @@ pub fn intake(
     let config_yaml = config.to_yaml();
     let r = &mut drop.record;
     r.config_sha256 = config.hash_hex();
-    r.key = sha256_hex(
-        format!(
-            "{model_sha256}:{}:{}",
-            companion_digests.join(","),
-            r.config_sha256
-        )
-        .as_bytes(),
-    );
+    r.key = content_key(&model_sha256, &companion_digests, &r.config_sha256, None);
     r.model_sha256 = model_sha256;
     r.kind = JobKind::of(&config);
     drop.files.push((path, drop.record.model_file.clone()));

@@ -2,6 +2,7 @@
 //! does it (the pipeline, the triage runner); it depends on neither side.
 //!
 //! - [`record`]: a job and its record (`job.yaml`): identity, inputs, content digests, state, attempts, times.
+//! - [`key`]: the content key that names a run's result and dedupes identical drops.
 //! - [`runner`]: the [`JobRunner`] trait, the [`JobContext`] a run gets, and [`JobError`].
 //! - [`outcome`]: [`JobOutcome`], the report sections a successful run returns.
 //! - [`cancel`]: [`CancelToken`] and [`CancelReason`]; [`progress`]: [`Progress`] and stage timing.
@@ -10,12 +11,14 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod cancel;
+pub mod key;
 pub mod outcome;
 pub mod progress;
 pub mod record;
 pub mod runner;
 
 pub use cancel::{CancelReason, CancelToken};
+pub use key::{content_key, key12};
 pub use outcome::JobOutcome;
 pub use progress::{Progress, ProgressUpdate};
 pub use record::{

@@ -114,7 +114,7 @@ pub struct JobRecord {
 impl JobRecord {
     /// First 12 hex digits of the key: the `<key12>` of `models/<name>/<key12>/`.
     pub fn key12(&self) -> &str {
-        &self.key[..12.min(self.key.len())]
+        super::key::key12(&self.key)
     }
 }
 
