@@ -18,10 +18,10 @@ use anyhow::{bail, Context};
 use super::interrupt::Interrupts;
 use super::{ConfigArg, EXIT_FAILURE};
 use crate::config::{Config, EvalMode, Method, Norm};
-use crate::daemon::onnx_scan::scan_model;
 use crate::durable;
 use crate::eval::progress::TerminalProgress;
 use crate::job::{content_key, key12, CancelReason, JobError, JobOutcome, Progress};
+use crate::onnx::scan_model;
 use crate::pipeline::stages::method_name;
 use crate::pipeline::PipelineError;
 use crate::report::{self, sha256_hex, FileRef, Report, Summary};
@@ -192,10 +192,11 @@ impl Target {
         if !path.is_file() {
             bail!("{}: no such model file", path.display());
         }
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .map(bytes::Bytes::from)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        let locations = scan_model(&bytes)
+        let locations = scan_model(bytes.clone())
             .map(|s| s.external_locations)
             .map_err(|e| anyhow::anyhow!("{}: not an ONNX model ({e})", path.display()))?;
         let mut companions = Vec::new();

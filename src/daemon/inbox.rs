@@ -7,6 +7,8 @@
 //! FIFO, a socket or a device file is moved, unopened, into `failed/` with an error.yaml.
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
 use std::io::Read;
@@ -16,12 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::names::{classify, display_name, is_safe_companion, sanitize_model_name, DropKind};
-use super::onnx_scan::scan_model;
 use super::spool::{DropFiles, Spool, SpoolError};
 use crate::config::Config;
 use crate::job::{
     content_key, now_rfc3339, Job, JobKind, JobRecord, JobState, JOB_SCHEMA, SIDECAR_FILE,
 };
+use crate::onnx::scan_model;
 use crate::report::{sha256_hex, ErrorReport};
 
 /// Largest sidecar read (bytes); bigger ones are rejected before parsing.
@@ -290,7 +292,7 @@ impl Examination<'_> {
         self.check_file(meta)?;
         let config = self.sidecar_config(drop)?;
         let bytes = match read_limited(self.path, self.base.limits.max_model_bytes) {
-            Ok(b) => b,
+            Ok(b) => Bytes::from(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Stop::Gone),
             Err(e) => {
                 return Err(refuse(
@@ -390,11 +392,11 @@ impl Examination<'_> {
     /// Returns their SHA-256 digests in reference order.
     fn companions(
         &self,
-        bytes: &[u8],
+        bytes: &Bytes,
         config: &Config,
         drop: &mut Drop,
     ) -> Result<Vec<String>, Stop> {
-        let locations = scan_model(bytes)
+        let locations = scan_model(bytes.clone())
             .map(|s| s.external_locations)
             .unwrap_or_default();
         let shown = self.shown;

@@ -14,9 +14,9 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
-use super::onnx_scan::{scan_model, ModelScan};
 use crate::config::{Config, Norm};
 use crate::job::{Job, JobContext, JobError, JobOutcome, JobRunner};
+use crate::onnx::{scan_model, ModelScan};
 use crate::report::{
     sha256_hex, Dim, FileRef, ForwardCheck, ModelInfo, Summary, SummaryArtifacts, TensorSpec,
     ThreatModelInfo, Verdict,
@@ -62,9 +62,11 @@ impl JobRunner for InspectRunner {
             return Err(JobError::failed("load", e)
                 .with_hint("the daemon's config `limits` sets what is accepted"));
         }
-        let bytes = std::fs::read(&path).map_err(|e| JobError::failed("load", e))?;
+        let bytes = std::fs::read(&path)
+            .map(bytes::Bytes::from)
+            .map_err(|e| JobError::failed("load", e))?;
         // The scan only adds metadata (opset, parameters); onnxruntime is the judge of loadability.
-        let scan = scan_model(&bytes).ok();
+        let scan = scan_model(bytes.clone()).ok();
         let mut session = open_session(&path, cfg)?;
         ctx.cancel.check()?;
         ctx.progress.stage("validate");

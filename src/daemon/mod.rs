@@ -2,8 +2,7 @@
 //! jobs on dedicated threads through a pluggable [`crate::job::JobRunner`], results in `paths.models`, and systemd
 //! integration (READY/STATUS/STOPPING/WATCHDOG, SIGTERM checkpoints, SIGHUP reload).
 //!
-//! Modules: [`names`] (which files, safe names), [`onnx_scan`] (external data and metadata from the protobuf),
-//! [`inbox`] (stability and intake), [`watcher`] (notify → channel), [`spool`] (the job
+//! Modules: [`names`] (which files, safe names), [`inbox`] (stability and intake), [`watcher`] (notify → channel), [`spool`] (the job
 //! directories), [`outputs`] (the results tree), [`inspect`] (the runner that
 //! exists today), [`executor`] (one job from claim to done/failed), [`service`] (sd_notify), [`server`] (the loop).
 
@@ -14,7 +13,6 @@ pub mod executor;
 pub mod inbox;
 pub mod inspect;
 pub mod names;
-pub mod onnx_scan;
 pub mod outputs;
 pub mod server;
 pub mod service;

@@ -3,7 +3,8 @@
 //! and writing trained weights back into the original graph ([`write_back`]).
 //!
 //! Submodules, each owning one thing:
-//! - `proto`: the ONNX protobuf messages (prost derives, no protoc);
+//! - `proto`: the ONNX protobuf messages (prost derives, no protoc), the one protobuf reader; `scan`: a cheap look
+//!   (opset, parameters, external-data files) before loading;
 //! - `tensor_data`: initializer payloads ↔ bytes ↔ tch tensors; `external`: external-data files, confined;
 //! - `node`: nodes and typed attributes; `constants`: values carried in nodes;
 //! - `model`: loading, validation, topological order, structure hash;
@@ -23,6 +24,7 @@ pub mod ops;
 mod ort_scorer;
 mod params;
 pub mod proto;
+pub mod scan;
 mod tch_model;
 pub mod tensor_data;
 mod write_back;
@@ -33,5 +35,6 @@ pub use layout::{infer_input_chw, resolve_layout};
 pub use model::{Dim, Initializer, OnnxModel, ValueInfo, MAX_OPSET, MIN_OPSET};
 pub use ort_scorer::OrtScorer;
 pub use params::Role;
+pub use scan::{scan_model, ModelScan, ScanError};
 pub use tch_model::{Interrupt, TchModel};
 pub use write_back::{write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY};

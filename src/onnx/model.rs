@@ -454,7 +454,7 @@ fn check_limit(path: &Path, what: &'static str, value: u64, limit: u64) -> Resul
     Ok(())
 }
 
-fn default_opset(imports: &[proto::OperatorSetIdProto]) -> Option<i64> {
+pub(super) fn default_opset(imports: &[proto::OperatorSetIdProto]) -> Option<i64> {
     imports
         .iter()
         .find(|o| is_default_domain(&o.domain))
