@@ -16,17 +16,14 @@ use thiserror::Error;
 
 use crate::config::{Config, Norm};
 use crate::job::{Job, JobContext, JobError, JobOutcome, JobRunner};
-use crate::onnx::{scan_model, ModelScan};
+use crate::onnx::{ort_session, scan_model, ModelScan, SessionError};
 use crate::report::{
     sha256_hex, Dim, FileRef, ForwardCheck, ModelInfo, Summary, SummaryArtifacts, TensorSpec,
     ThreatModelInfo, Verdict,
 };
-use crate::runtime;
 
 #[derive(Debug, Error)]
 pub enum InspectError {
-    #[error("{path}: onnxruntime cannot load the model: {message}")]
-    Load { path: String, message: String },
     #[error("not an image classifier: {0}")]
     NotClassifier(String),
     #[error("onnxruntime forward pass failed: {0}")]
@@ -129,28 +126,13 @@ pub fn threat_model(cfg: &Config) -> ThreatModelInfo {
 
 /// An onnxruntime session for `path` with the configured thread count; load errors carry a hint.
 pub fn open_session(path: &Path, cfg: &Config) -> Result<Session, JobError> {
-    let (_, env) = runtime::ort_environment(cfg.runtime.ort_library.as_deref()).map_err(|e| {
-        JobError::failed("load", e).with_hint("run `make setup`, or set runtime.ort_library")
-    })?;
-    let load_err = |message: String| {
-        JobError::failed(
-            "load",
-            InspectError::Load {
-                path: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                message,
-            },
-        )
-        .with_hint("check that the file is a complete ONNX model (and its .onnx.data companion, if it has one) that onnxruntime 1.31 loads")
-    };
-    let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
-    if cfg.runtime.threads > 0 {
-        builder = builder
-            .with_intra_threads(cfg.runtime.threads)
-            .map_err(|e| load_err(e.to_string()))?;
-    }
-    builder
-        .commit_from_file(path)
-        .map_err(|e| load_err(e.to_string()))
+    ort_session(path, cfg.runtime.ort_library.as_deref(), cfg.runtime.threads).map_err(|e| {
+        let hint = match e {
+            SessionError::Runtime(_) => "run `make setup`, or set runtime.ort_library",
+            SessionError::Load { .. } => "check that the file is a complete ONNX model (and its .onnx.data companion, if it has one) that onnxruntime 1.31 loads",
+        };
+        JobError::failed("load", e).with_hint(hint)
+    })
 }
 
 /// The classifier's input and output as the checks found them.

@@ -11,7 +11,8 @@
 //! - `ops`: the operator registry; `params`: what each initializer is (weight, bias, BN statistic…);
 //! - `interpreter`: the plan and its evaluation; `tch_model`: the classifier on top; `layout`: input layout and
 //!   image size;
-//! - `ort_scorer`: onnxruntime sessions; `write_back`: trained weights into a new file.
+//! - `session`: the one onnxruntime session builder; `ort_scorer`: the classifier on a session; `write_back`:
+//!   trained weights into a new file.
 
 pub(crate) mod constants;
 mod error;
@@ -25,6 +26,7 @@ mod ort_scorer;
 mod params;
 pub mod proto;
 pub mod scan;
+mod session;
 mod tch_model;
 pub mod tensor_data;
 mod write_back;
@@ -36,5 +38,6 @@ pub use model::{Dim, Initializer, OnnxModel, ValueInfo, MAX_OPSET, MIN_OPSET};
 pub use ort_scorer::OrtScorer;
 pub use params::Role;
 pub use scan::{scan_model, ModelScan, ScanError};
+pub use session::{ort_session, SessionError};
 pub use tch_model::{Interrupt, TchModel};
 pub use write_back::{write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY};

@@ -9,9 +9,9 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use tch::{Device, Kind, Tensor};
 
 use super::error::OnnxError;
+use super::session::{ort_session, SessionError};
 use super::tch_model::Interrupt;
 use crate::model::{InputAdapter, ModelError, Scorer};
-use crate::runtime;
 
 /// A forward-only classifier on onnxruntime. See the module docs.
 pub struct OrtScorer {
@@ -31,18 +31,13 @@ impl OrtScorer {
         intra_threads: usize,
     ) -> Result<Self, OnnxError> {
         let file = path.to_path_buf();
-        let ort_err = |e: &dyn std::fmt::Display| OnnxError::Ort {
+        let session = ort_session(path, None, intra_threads).map_err(|e| OnnxError::Ort {
             file: file.clone(),
-            message: e.to_string(),
-        };
-        let (_, env) = runtime::ort_environment(None).map_err(|e| ort_err(&e))?;
-        let mut builder = Session::builder(env).map_err(|e| ort_err(&e))?;
-        if intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(intra_threads)
-                .map_err(|e| ort_err(&e))?;
-        }
-        let session = builder.commit_from_file(path).map_err(|e| ort_err(&e))?;
+            message: match e {
+                SessionError::Load { message, .. } => message,
+                SessionError::Runtime(e) => e.to_string(),
+            },
+        })?;
         let input_names = session
             .inputs()
             .iter()
