@@ -10,9 +10,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::ConfigArg;
 use crate::config::JobRunnerKind;
-use crate::daemon::{self, DaemonOptions, InspectRunner};
+use crate::daemon::{self, DaemonOptions};
 use crate::job::JobRunner;
-use crate::pipeline::PipelineRunner;
+use crate::pipeline::{PipelineRunner, TriageRunner};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,7 +30,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let runner: Arc<dyn JobRunner> = match config.daemon.runner {
         JobRunnerKind::Pipeline => Arc::new(PipelineRunner),
-        JobRunnerKind::Inspect => Arc::new(InspectRunner),
+        JobRunnerKind::Triage => Arc::new(TriageRunner),
     };
     let options = DaemonOptions {
         config,

@@ -3,15 +3,13 @@
 //! integration (READY/STATUS/STOPPING/WATCHDOG, SIGTERM checkpoints, SIGHUP reload).
 //!
 //! Modules: [`names`] (which files, safe names), [`inbox`] (stability and intake), [`watcher`] (notify → channel), [`spool`] (the job
-//! directories), [`outputs`] (the results tree), [`inspect`] (the runner that
-//! exists today), [`executor`] (one job from claim to done/failed), [`service`] (sd_notify), [`server`] (the loop).
+//! directories), [`outputs`] (the results tree), [`executor`] (one job from claim to done/failed), [`service`] (sd_notify), [`server`] (the loop).
 
 // Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod executor;
 pub mod inbox;
-pub mod inspect;
 pub mod names;
 pub mod outputs;
 pub mod server;
@@ -20,6 +18,5 @@ pub mod spool;
 pub mod watcher;
 
 pub use executor::{Executor, Finished};
-pub use inspect::InspectRunner;
 pub use server::{run, DaemonError, DaemonOptions, SHUTDOWN_GRACE};
 pub use spool::Spool;

@@ -17,7 +17,7 @@ use crate::config::Config;
 /// `run`). Implementations check [`JobContext::cancel`] between batches/epochs and return
 /// [`JobError::Cancelled`] promptly (the daemon gives a running job 10 s to checkpoint after SIGTERM).
 pub trait JobRunner: Send + Sync + 'static {
-    /// Short name recorded in reports (`inspect`, `pipeline`).
+    /// Short name recorded in reports (`triage`, `pipeline`).
     fn name(&self) -> &'static str;
     fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutcome, JobError>;
 }

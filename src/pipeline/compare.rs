@@ -24,7 +24,7 @@ use crate::job::{CancelToken, JobError, Progress};
 use crate::report::comparison::{
     Budget, Comparison, MethodSummary, RunRecord, Scores, SharedAtypicality, COMPARISON_SCHEMA,
 };
-use crate::report::{FileRef, ThreatModelInfo};
+use crate::report::FileRef;
 use crate::train::{self, Atypicality};
 
 /// What `robustd compare` varies: the methods, and the seed of each repetition.
@@ -150,13 +150,7 @@ pub fn run(
             sha256: info.sha256,
             bytes: None,
         },
-        threat_model: ThreatModelInfo {
-            norm: match config.threat.norm {
-                crate::config::Norm::Linf => "linf".into(),
-                crate::config::Norm::L2 => "l2".into(),
-            },
-            eps: config.threat.eps,
-        },
+        threat_model: stages::threat_model(config),
         budget,
         methods,
         original,

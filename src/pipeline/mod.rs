@@ -9,11 +9,13 @@
 //! - [`runner`]: the stages in order as a [`crate::job::JobRunner`], producing a `JobOutcome`.
 //! - [`compare`]: several methods and seeds on one model under one budget (`robustd compare`), built from the same
 //!   stages.
+//! - [`triage`]: the cheap runner that only loads and checks a model (`daemon.runner: triage`).
 
 pub mod compare;
 pub mod runner;
 pub mod stages;
 pub mod subject;
+pub mod triage;
 
 use std::path::PathBuf;
 
@@ -21,6 +23,7 @@ use thiserror::Error;
 
 pub use runner::PipelineRunner;
 pub use subject::Subject;
+pub use triage::TriageRunner;
 
 /// Largest |logit| difference accepted between tch and onnxruntime on the written-back model (issue: ≤ 1e-4).
 pub const WRITE_BACK_PARITY_TOLERANCE: f64 = 1e-4;

@@ -13,7 +13,7 @@ use crate::config::{Config, Method};
 use crate::durable;
 use crate::eval::{self, EvalResult, PerSample};
 use crate::job::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
-use crate::report::{AccuracySummary, Evaluation, Summary, ThreatModelInfo, Verdict};
+use crate::report::{AccuracySummary, Evaluation, Summary, Verdict};
 use crate::train::{Atypicality, TrainError};
 
 /// Robust-accuracy change below which a fine-tuning counts as `unchanged`.
@@ -94,10 +94,7 @@ pub fn run(
         Summary {
             model: subject.file_name(),
             verdict: Verdict::EvaluationOnly,
-            threat_model: ThreatModelInfo {
-                norm: norm_name(config),
-                eps: config.threat.eps,
-            },
+            threat_model: stages::threat_model(config),
             before: Some(accuracy(&before.result, None)),
             after: None,
             atypical_share: None,
@@ -201,13 +198,6 @@ fn accuracy(result: &EvalResult, method: Option<&str>) -> AccuracySummary {
         clean_acc: result.clean_acc,
         robust_acc_worst: result.worst_case_acc,
         method: method.map(str::to_owned),
-    }
-}
-
-fn norm_name(config: &Config) -> String {
-    match config.threat.norm {
-        crate::config::Norm::Linf => "linf".into(),
-        crate::config::Norm::L2 => "l2".into(),
     }
 }
 

@@ -347,7 +347,7 @@ pub struct JobInfo {
     /// sha256 of the resolved config (with the sidecar applied); with the model's sha256 it is the dedupe key.
     pub config_sha256: String,
     pub attempts: u32,
-    /// The runner that produced the report (`inspect`, `pipeline`, ...).
+    /// The runner that produced the report (`triage`, `pipeline`, ...).
     pub runner: String,
 }
 
