@@ -2,7 +2,7 @@
 //! jobs on dedicated threads through a pluggable [`crate::job::JobRunner`], results in `paths.models`, and systemd
 //! integration (READY/STATUS/STOPPING/WATCHDOG, SIGTERM checkpoints, SIGHUP reload).
 //!
-//! Modules: [`names`] (which files, safe names), [`inbox`] (stability and intake), [`watcher`] (notify → channel), [`spool`] (the job
+//! Modules: [`names`] (which files, safe names), [`inbox`] (when a drop is complete), [`intake`] (what a complete drop becomes), [`watcher`] (notify → channel), [`spool`] (the job
 //! directories), [`outputs`] (the results tree), [`executor`] (one job from claim to done/failed), [`service`] (sd_notify), [`server`] (the loop).
 
 // Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
@@ -10,6 +10,7 @@
 
 pub mod executor;
 pub mod inbox;
+pub mod intake;
 pub mod names;
 pub mod outputs;
 pub mod server;

@@ -14,7 +14,8 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use super::executor::{Executor, Finished};
-use super::inbox::{intake, warn_if_world_writable, Inbox, Intake};
+use super::inbox::{warn_if_world_writable, Inbox};
+use super::intake::{intake, Intake};
 use super::outputs::Outputs;
 use super::service::{self, ActiveJob, ActiveJobs};
 use super::spool::{Spool, SpoolError};
@@ -154,7 +155,7 @@ pub async fn run(
                 }
             }
             Some((name, outcome)) = intake_done_rx.recv() => {
-                state.inbox.settled(&name, &outcome);
+                state.inbox.settled(&name, outcome.waiting());
                 if let Intake::Queued(job) = outcome {
                     state.queue.push_back(job);
                     state.dispatch(&config);
