@@ -1,8 +1,8 @@
 //! Durable file writing, the file-system layer under everything robustd writes (reports, checkpoints, written-back
-//! models, the job spool, published results): every file goes through here. A file is written to a temporary name in the
-//! same directory, flushed to disk (fsync), renamed over the target, and the directory is fsynced, so a reader (or
-//! a restart after power loss) sees either the old file or the complete new one, never a torn one. Files get mode
-//! 0644 and directories 0755 whatever the umask, so results are readable by other users of the machine.
+//! models, the job spool, published results): every file goes through here. A file is written to a temporary name
+//! in the same directory, flushed to disk (fsync), renamed over the target, and the directory is fsynced, so a
+//! reader (or a restart after power loss) sees either the old file or the complete new one, never a torn one. Files
+//! get mode 0644 and directories 0755 whatever the umask, so results are readable by other users of the machine.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
