@@ -29,4 +29,5 @@ pub mod onnx;
 pub mod pipeline;
 pub mod report;
 pub mod runtime;
+pub mod store;
 pub mod train;

@@ -24,11 +24,8 @@ use crate::job::{content_key, key12, CancelReason, JobError, JobOutcome, Progres
 use crate::onnx::scan_model;
 use crate::pipeline::stages::method_name;
 use crate::pipeline::PipelineError;
-use crate::report::{self, sha256_hex, FileRef, Report, Summary};
+use crate::report::{self, sha256_hex, FileRef, Report, Summary, REPORT_FILE};
 use crate::train::TrainError;
-
-/// The report's file name inside an output directory.
-pub const REPORT_FILE: &str = "report.yaml";
 
 /// Flags every experiment command takes; each overrides the config key named in its help.
 #[derive(Debug, Clone, clap::Args)]

@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use super::ConfigArg;
-use crate::daemon::outputs::REPORT_FILE;
 use crate::daemon::Spool;
 use crate::job::{Job, JobState};
+use crate::report::REPORT_FILE;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::outputs::{Outputs, REPORT_FILE};
 use super::spool::{IndexEntry, Spool};
 use crate::config::Config;
 use crate::durable;
@@ -17,7 +16,8 @@ use crate::job::{
     now_rfc3339, CancelReason, CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner,
     JobState, Progress, ERROR_FILE,
 };
-use crate::report::{self, error_chain, ErrorReport, FileRef, JobInfo, Report};
+use crate::report::{self, error_chain, ErrorReport, FileRef, JobInfo, Report, REPORT_FILE};
+use crate::store::Store;
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +47,7 @@ pub enum Finished {
 #[derive(Clone)]
 pub struct Executor {
     pub spool: Spool,
-    pub outputs: Outputs,
+    pub store: Store,
     pub runner: Arc<dyn JobRunner>,
 }
 
@@ -88,14 +88,14 @@ impl Executor {
         })?;
         let record = &job.record;
         let staging = self
-            .outputs
+            .store
             .prepare_staging(record)
             .map_err(|e| Failure::new("publish", &e, None))?;
         let original = self.copy_original(job, &staging)?;
         let ctx = JobContext {
             config,
             output_dir: staging.clone(),
-            checkpoint_dir: self.spool.checkpoint_dir(&record.key),
+            checkpoint_dir: self.store.checkpoint_dir(&record.key),
             cancel: cancel.clone(),
             progress: progress.clone(),
             attempt: record.attempts,
@@ -175,12 +175,10 @@ impl Executor {
             )
         })?;
         let result_dir = self
-            .outputs
+            .store
             .publish(record)
             .map_err(|e| Failure::new("publish", &e, None))?;
-        if let Err(e) = std::fs::remove_dir_all(&ctx.checkpoint_dir) {
-            tracing::warn!("cannot remove {}: {e}", ctx.checkpoint_dir.display());
-        }
+        self.store.remove_checkpoints(&record.key);
         self.finish_done(job, &result_dir, None)
             .map_err(|e| Failure::new("spool", &*e, None))?;
         Ok(Finished::Done {
@@ -192,12 +190,12 @@ impl Executor {
     /// A published result with this job's key: its own (the daemon stopped between publishing and filing the
     /// job) or an identical earlier job's.
     fn existing_result(&self, job: &Job) -> Option<(PathBuf, String)> {
-        let own = self.outputs.result_dir(&job.record);
-        if let Some(owner) = report_job_id(&own) {
+        let own = self.store.result_dir(&job.record);
+        if let Some(owner) = self.store.published_by(&own) {
             return Some((own, owner));
         }
         let entry = self.spool.index_lookup(&job.record.key)?;
-        let owner = report_job_id(&entry.result_dir)?;
+        let owner = self.store.published_by(&entry.result_dir)?;
         Some((entry.result_dir, owner))
     }
 
@@ -207,7 +205,7 @@ impl Executor {
         (existing, owner): (PathBuf, String),
     ) -> Result<Finished, Box<dyn std::error::Error>> {
         let id = job.id().to_owned();
-        let result_dir = self.outputs.link_existing(&job.record, &existing)?;
+        let result_dir = self.store.link_existing(&job.record, &existing)?;
         if owner == id {
             self.finish_done(job, &result_dir, None)?;
             return Ok(Finished::Done { id, result_dir });
@@ -296,11 +294,8 @@ impl Executor {
     fn fail(&self, job: &Job, failure: Failure) -> Result<Finished, Box<dyn std::error::Error>> {
         let record = &job.record;
         tracing::warn!(job = %record.id, stage = %failure.stage, "job failed: {}", failure.chain.join(": "));
-        self.outputs.discard_staging(record);
-        let checkpoints = self.spool.checkpoint_dir(&record.key);
-        if !record.key.is_empty() && checkpoints.exists() {
-            let _ = std::fs::remove_dir_all(&checkpoints);
-        }
+        self.store.discard_staging(record);
+        self.store.remove_checkpoints(&record.key);
         // The cause names the file, whichever layer failed (a dataset or evaluation error does not know it).
         let mut chain = failure.chain;
         let names_file = chain
@@ -332,13 +327,6 @@ impl Executor {
             cause: error.cause,
         })
     }
-}
-
-/// The `job.id` of the report in `dir`, if a complete result is there.
-fn report_job_id(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(REPORT_FILE)).ok()?;
-    let report: Report = serde_norway::from_str(&text).ok()?;
-    report.job.map(|j| j.id)
 }
 
 /// A failure on its way to error.yaml.

@@ -3,7 +3,7 @@
 //! integration (READY/STATUS/STOPPING/WATCHDOG, SIGTERM checkpoints, SIGHUP reload).
 //!
 //! Modules: [`names`] (which files, safe names), [`inbox`] (when a drop is complete), [`intake`] (what a complete drop becomes), [`watcher`] (notify → channel), [`spool`] (the job
-//! directories), [`outputs`] (the results tree), [`executor`] (one job from claim to done/failed), [`service`] (sd_notify), [`server`] (the loop).
+//! directories), [`executor`] (one job from claim to done/failed), [`service`] (sd_notify), [`server`] (the loop).
 
 // Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,7 +12,6 @@ pub mod executor;
 pub mod inbox;
 pub mod intake;
 pub mod names;
-pub mod outputs;
 pub mod server;
 pub mod service;
 pub mod spool;

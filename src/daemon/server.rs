@@ -16,13 +16,13 @@ use tokio::sync::mpsc;
 use super::executor::{Executor, Finished};
 use super::inbox::{warn_if_world_writable, Inbox};
 use super::intake::{intake, Intake};
-use super::outputs::Outputs;
 use super::service::{self, ActiveJob, ActiveJobs};
 use super::spool::{Spool, SpoolError};
 use super::watcher;
 use crate::config::{Config, ConfigError};
 use crate::durable::WriteError;
 use crate::job::{CancelReason, CancelToken, Job, JobKind, JobRunner, Progress, ProgressUpdate};
+use crate::store::Store;
 
 /// How long running jobs get to checkpoint and return after a shutdown request (systemd's default stop timeout
 /// is 90 s; we promise 10 s).
@@ -32,8 +32,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 pub enum DaemonError {
     #[error("cannot set up the job spool: {0}")]
     Spool(#[from] SpoolError),
-    #[error("cannot set up the output directory: {0}")]
-    Outputs(#[from] WriteError),
+    #[error("cannot set up the artifact store: {0}")]
+    Store(#[from] WriteError),
     #[error("cannot watch the inbox {path}: {message}")]
     Watch { path: PathBuf, message: String },
     #[error("cannot start a thread: {0}")]
@@ -68,11 +68,11 @@ pub async fn run(
             recovery.resumed.join(", ")
         );
     }
-    let outputs = Outputs::open(&paths.models)?;
-    outputs.sweep_stale();
+    let store = Store::local(&paths)?;
+    store.sweep_stale();
     let exec = Executor {
         spool: spool.clone(),
-        outputs,
+        store,
         runner,
     };
 

@@ -1,7 +1,7 @@
 //! The crash-safe job spool in `paths.state`: one directory per job under `queued/`, `running/`, `done/` or
 //! `failed/`, moved between them by atomic renames (a job is claimed by renaming it into `running/`). New jobs are
 //! assembled in `incoming/` and renamed into `queued/` only when complete. `index/<key>.yaml` maps a dedupe key to
-//! the finished result; `checkpoints/<key>/` keeps a job's checkpoints across restarts.
+//! the finished result.
 //!
 //! At startup [`Spool::recover`] puts jobs left in `running/` back in `queued/` (they resume from their
 //! checkpoints) and finishes or undoes half-built `incoming/` jobs.
@@ -39,7 +39,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 
 const INCOMING: &str = "incoming";
 const INDEX: &str = "index";
-const CHECKPOINTS: &str = "checkpoints";
 
 /// Where a finished key's result lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,7 +69,7 @@ pub struct Recovery {
 impl Spool {
     /// Opens (creating) the spool under `state`.
     pub fn open(state: &Path) -> Result<Self, SpoolError> {
-        for sub in [INCOMING, INDEX, CHECKPOINTS]
+        for sub in [INCOMING, INDEX]
             .into_iter()
             .chain(JobState::ALL.iter().map(|s| s.dir_name()))
         {
@@ -97,10 +96,6 @@ impl Spool {
 
     pub fn state_dir(&self, state: JobState) -> PathBuf {
         self.root.join(state.dir_name())
-    }
-
-    pub fn checkpoint_dir(&self, key: &str) -> PathBuf {
-        self.root.join(CHECKPOINTS).join(key)
     }
 
     /// Startup: resume `running/`, settle `incoming/`.

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// The value of the `schema` key of every report this version writes.
 pub const REPORT_SCHEMA: &str = "robustd.report/v1";
+/// The report's file name inside a result directory.
+pub const REPORT_FILE: &str = "report.yaml";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
