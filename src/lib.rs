@@ -27,6 +27,7 @@ pub mod memo;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
+pub mod queue;
 pub mod report;
 pub mod runtime;
 pub mod store;

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use super::ConfigArg;
-use crate::daemon::Spool;
 use crate::job::{Job, JobState};
+use crate::queue::{Queue, Spool};
 use crate::report::REPORT_FILE;
 
 #[derive(Debug, clap::Args)]
@@ -28,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     println!("spool    {}", state.display());
-    let queued = spool.list(JobState::Queued);
+    let queued = spool.list(JobState::Queued)?;
     println!("queued   {}", queued.len());
     for job in queued.iter().take(args.last) {
         println!(
@@ -38,7 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             job.record.kind
         );
     }
-    let running = spool.list(JobState::Running);
+    let running = spool.list(JobState::Running)?;
     println!("running  {}", running.len());
     for job in &running {
         let r = &job.record;
@@ -55,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     for (state, title) in [(JobState::Done, "done"), (JobState::Failed, "failed")] {
-        let mut jobs = spool.list(state);
+        let mut jobs = spool.list(state)?;
         jobs.sort_by(|a, b| b.record.finished_at.cmp(&a.record.finished_at));
         println!(
             "{title:<8} {}{}",

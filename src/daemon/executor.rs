@@ -1,21 +1,21 @@
 //! Runs one claimed job to its end, on the blocking thread the daemon gives it: links to an existing identical
-//! result (dedupe, or a resume that finds its own result already published), else prepares the staging directory,
-//! calls the [`JobRunner`], assembles and validates `report.yaml`, publishes the result and files the job in
-//! `done/`; a failure files it in `failed/` with `error.yaml`; a shutdown leaves it in `running/` to resume.
+//! result (dedupe, or a resume that finds its own result already published), else prepares the staging directory in
+//! the store, calls the [`JobRunner`], assembles and validates `report.yaml`, publishes the result and completes the
+//! job in the queue; a failure fails it there with its `error.yaml`; a shutdown leaves it running, to resume.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::spool::{IndexEntry, Spool};
 use crate::config::Config;
 use crate::durable;
 use crate::job::outcome::ArtifactError;
 use crate::job::{
     now_rfc3339, CancelReason, CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner,
-    JobState, Progress, ERROR_FILE,
+    Progress,
 };
+use crate::queue::{Queue, QueueError};
 use crate::report::{self, error_chain, ErrorReport, FileRef, JobInfo, Report, REPORT_FILE};
 use crate::store::Store;
 
@@ -37,7 +37,7 @@ pub enum Finished {
         stage: String,
         cause: String,
     },
-    /// Stopped for a shutdown; still in `running/`, resumed at the next start.
+    /// Stopped for a shutdown; still running in the queue, resumed at the next start.
     Interrupted {
         id: String,
     },
@@ -46,13 +46,13 @@ pub enum Finished {
 /// The shared pieces every job needs.
 #[derive(Clone)]
 pub struct Executor {
-    pub spool: Spool,
+    pub queue: Arc<dyn Queue>,
     pub store: Store,
     pub runner: Arc<dyn JobRunner>,
 }
 
 impl Executor {
-    /// Runs a job already claimed into `running/`. Never panics: a panicking runner is a failed job.
+    /// Runs a job already claimed from the queue. Never panics: a panicking runner is a failed job.
     pub fn execute(&self, job: Job, cancel: CancelToken, progress: Progress) -> Finished {
         let id = job.id().to_owned();
         match self.try_execute(&job, cancel, progress) {
@@ -61,7 +61,7 @@ impl Executor {
                 tracing::error!(job = %id, "cannot file the failed job: {e}");
                 Finished::Failed {
                     id,
-                    stage: "spool".into(),
+                    stage: "queue".into(),
                     cause: e.to_string(),
                 }
             }),
@@ -75,15 +75,13 @@ impl Executor {
         progress: Progress,
     ) -> Result<Finished, Failure> {
         if let Some(existing) = self.existing_result(job) {
-            return self
-                .link(job, existing)
-                .map_err(|e| Failure::new("publish", &*e, None));
+            return self.link(job, existing);
         }
         let config = job.load_config().map_err(|e| {
             Failure::new(
                 "config",
                 &e,
-                Some("the job's config.yaml in the spool is unreadable".into()),
+                Some("the job's config.yaml in the queue is unreadable".into()),
             )
         })?;
         let record = &job.record;
@@ -179,8 +177,9 @@ impl Executor {
             .publish(record)
             .map_err(|e| Failure::new("publish", &e, None))?;
         self.store.remove_checkpoints(&record.key);
-        self.finish_done(job, &result_dir, None)
-            .map_err(|e| Failure::new("spool", &*e, None))?;
+        self.queue
+            .complete(job, &result_dir, None)
+            .map_err(|e| Failure::new("queue", &e, None))?;
         Ok(Finished::Done {
             id: record.id.clone(),
             result_dir,
@@ -194,58 +193,30 @@ impl Executor {
         if let Some(owner) = self.store.published_by(&own) {
             return Some((own, owner));
         }
-        let entry = self.spool.index_lookup(&job.record.key)?;
+        let entry = self.queue.published(&job.record.key)?;
         let owner = self.store.published_by(&entry.result_dir)?;
         Some((entry.result_dir, owner))
     }
 
-    fn link(
-        &self,
-        job: &Job,
-        (existing, owner): (PathBuf, String),
-    ) -> Result<Finished, Box<dyn std::error::Error>> {
+    fn link(&self, job: &Job, (existing, owner): (PathBuf, String)) -> Result<Finished, Failure> {
+        let publish_failed =
+            |e: &(dyn std::error::Error + 'static)| Failure::new("publish", e, None);
         let id = job.id().to_owned();
-        let result_dir = self.store.link_existing(&job.record, &existing)?;
-        if owner == id {
-            self.finish_done(job, &result_dir, None)?;
-            return Ok(Finished::Done { id, result_dir });
+        let result_dir = self
+            .store
+            .link_existing(&job.record, &existing)
+            .map_err(|e| publish_failed(&e))?;
+        let dedup_of = (owner != id).then_some(owner);
+        if let Some(of) = &dedup_of {
+            tracing::info!(job = %id, of = %of, "identical to an earlier job: linked to its result");
         }
-        tracing::info!(job = %id, of = %owner, "identical to an earlier job: linked to its result");
-        self.finish_done(job, &result_dir, Some(owner.clone()))?;
-        Ok(Finished::Deduplicated {
-            id,
-            of: owner,
-            result_dir,
+        self.queue
+            .complete(job, &result_dir, dedup_of.as_deref())
+            .map_err(|e| publish_failed(&e))?;
+        Ok(match dedup_of {
+            None => Finished::Done { id, result_dir },
+            Some(of) => Finished::Deduplicated { id, of, result_dir },
         })
-    }
-
-    fn finish_done(
-        &self,
-        job: &Job,
-        result_dir: &Path,
-        dedup_of: Option<String>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let mut record = job.record.clone();
-        record.result_dir = Some(result_dir.to_path_buf());
-        record.stage = None;
-        record.progress = Some(1.0);
-        record.dedup_of = dedup_of.clone();
-        if dedup_of.is_none() {
-            self.spool.index_store(
-                &record.key,
-                &IndexEntry {
-                    job: record.id.clone(),
-                    result_dir: result_dir.to_path_buf(),
-                },
-            )?;
-        }
-        // The model is kept once, in the result directory (published before this point, so a crash here still
-        // finds the result at the next start and needs no model).
-        for path in std::iter::once(job.model_path()).chain(job.companion_paths()) {
-            let _ = std::fs::remove_file(path);
-        }
-        self.spool.finish(job, record, JobState::Done)?;
-        Ok(())
     }
 
     /// Copies the dropped model (and companions) next to the report.
@@ -290,8 +261,8 @@ impl Executor {
         outcome.into_report(config, staging, original_model, Some(job_info), timing)
     }
 
-    /// Files the job in `failed/` with its error.yaml.
-    fn fail(&self, job: &Job, failure: Failure) -> Result<Finished, Box<dyn std::error::Error>> {
+    /// Fails the job in the queue with its error.yaml.
+    fn fail(&self, job: &Job, failure: Failure) -> Result<Finished, QueueError> {
         let record = &job.record;
         tracing::warn!(job = %record.id, stage = %failure.stage, "job failed: {}", failure.chain.join(": "));
         self.store.discard_staging(record);
@@ -317,10 +288,7 @@ impl Executor {
             chain,
             Some(hint),
         );
-        error.write(&job.dir.join(ERROR_FILE))?;
-        let mut rec = record.clone();
-        rec.error = Some(error.cause.clone());
-        self.spool.finish(job, rec, JobState::Failed)?;
+        self.queue.fail(job, &error)?;
         Ok(Finished::Failed {
             id: record.id.clone(),
             stage: error.stage,

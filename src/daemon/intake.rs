@@ -14,18 +14,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use thiserror::Error;
 
 use super::names::{display_name, is_safe_companion, sanitize_model_name, sidecar_path};
-use super::spool::{DropFiles, Spool, SpoolError};
 use crate::config::Config;
 use crate::job::{
     content_key, now_rfc3339, Job, JobKind, JobRecord, JobState, JOB_SCHEMA, SIDECAR_FILE,
 };
 use crate::onnx::scan_model;
+use crate::queue::{DropFiles, Queue, QueueError};
 use crate::report::{sha256_hex, ErrorReport};
 
 /// Largest sidecar read (bytes); bigger ones are rejected before parsing.
 pub const MAX_SIDECAR_BYTES: u64 = 1 << 20;
+
+/// Why intake could not settle a drop either way.
+#[derive(Debug, Error)]
+pub enum IntakeError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 /// What intake did with a drop.
 #[derive(Debug)]
@@ -48,15 +61,15 @@ impl Intake {
     }
 }
 
-/// Takes one stable drop from the inbox into the spool.
+/// Takes one stable drop from the inbox into the queue.
 pub fn intake(
     inbox: &Path,
     name: &OsStr,
     seen_at: SystemTime,
-    spool: &Spool,
+    queue: &dyn Queue,
     base: &Config,
     stable: Duration,
-) -> Result<Intake, SpoolError> {
+) -> Result<Intake, IntakeError> {
     let path = inbox.join(name);
     let shown = display_name(name);
     let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -77,11 +90,11 @@ pub fn intake(
         Ok(accepted) => accepted,
         Err(Stop::Gone) => return Ok(Intake::Gone),
         Err(Stop::Waiting(why)) => return Ok(Intake::Waiting(why)),
-        Err(Stop::Spool(e)) => return Err(e),
+        Err(Stop::Error(e)) => return Err(e),
         Err(Stop::Refused { stage, cause, hint }) => {
             // The model goes to failed/ with whatever else was taken so far (sidecar, companions).
             drop.files.push((path, drop.record.model_file.clone()));
-            return reject(spool, drop, stage, cause, hint);
+            return reject(queue, drop, stage, cause, hint);
         }
     };
     let Accepted {
@@ -96,7 +109,7 @@ pub fn intake(
     r.model_sha256 = model_sha256;
     r.kind = JobKind::of(&config);
     drop.files.push((path, drop.record.model_file.clone()));
-    let job = spool.enqueue(drop.record, &config_yaml, drop.files)?;
+    let job = queue.enqueue(drop.record, &config_yaml, drop.files)?;
     tracing::info!(job = %job.id(), "queued {shown} ({:?})", job.record.kind);
     Ok(Intake::Queued(job))
 }
@@ -113,7 +126,8 @@ enum Stop {
         cause: String,
         hint: &'static str,
     },
-    Spool(SpoolError),
+    /// Intake itself failed (the queue, reading a file): the drop stays in the inbox and is tried again.
+    Error(IntakeError),
 }
 
 fn refuse(stage: &'static str, cause: String, hint: &'static str) -> Stop {
@@ -324,7 +338,7 @@ impl Examination<'_> {
                 ));
             }
             let digest = sha256_file(&companion).map_err(|e| {
-                Stop::Spool(SpoolError::Io {
+                Stop::Error(IntakeError::Read {
                     path: companion.clone(),
                     source: e,
                 })
@@ -377,12 +391,12 @@ impl Drop {
 }
 
 fn reject(
-    spool: &Spool,
+    queue: &dyn Queue,
     drop: Drop,
     stage: &str,
     cause: String,
     hint: &str,
-) -> Result<Intake, SpoolError> {
+) -> Result<Intake, IntakeError> {
     tracing::warn!("rejected {}: {cause}", drop.record.dropped_as);
     let error = ErrorReport::from_chain(
         &drop.record.dropped_as,
@@ -391,14 +405,14 @@ fn reject(
         vec![cause],
         Some(hint.into()),
     );
-    Ok(Intake::Rejected(spool.reject(
+    Ok(Intake::Rejected(queue.reject(
         drop.record,
         drop.files,
         &error,
     )?))
 }
 
-/// Keys a sidecar may not set: they belong to the daemon, not to one job (where results and the spool live,
+/// Keys a sidecar may not set: they belong to the daemon, not to one job (where results and the queue live,
 /// how the inbox is watched, the resource limits, and which shared library is loaded into the process).
 pub const DAEMON_WIDE_KEYS: &[&str] = &["paths", "daemon", "limits", "runtime.ort_library"];
 

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use crate::config::{Config, Method};
 
@@ -153,17 +154,34 @@ impl Job {
     }
 
     /// Reads a job from its directory.
-    pub fn read(dir: &Path) -> Result<Self, String> {
+    pub fn read(dir: &Path) -> Result<Self, ReadJobError> {
         let path = dir.join(JOB_FILE);
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ReadJobError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let record: JobRecord =
-            serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            serde_norway::from_str(&text).map_err(|source| ReadJobError::Yaml { path, source })?;
         Ok(Self {
             record,
             dir: dir.to_path_buf(),
         })
     }
+}
+
+/// A job record that cannot be read.
+#[derive(Debug, Error)]
+pub enum ReadJobError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_norway::Error,
+    },
 }
 
 /// Now as RFC 3339 UTC with milliseconds.
