@@ -48,6 +48,30 @@ pub fn write_yaml_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     write_atomic(path, text.as_bytes())
 }
 
+/// A YAML file that cannot be read back.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_norway::Error,
+    },
+}
+
+/// Reads back a YAML file written by [`write_yaml_atomic`] (records, indexes, error and report files).
+pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_norway::from_str(&text).map_err(|source| ReadError::Yaml {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Atomically writes whatever `fill` produces (buffered); on any error the temporary file is removed and the
 /// target is untouched (the disk-full case included).
 pub fn write_atomic_with(

@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Paths;
-use crate::durable::{create_dir_all, is_temp_name, rename_durable, symlink_atomic, WriteError};
+use crate::durable::{
+    create_dir_all, is_temp_name, read_yaml, rename_durable, symlink_atomic, WriteError,
+};
 use crate::job::JobRecord;
 use crate::report::{Report, REPORT_FILE};
 
@@ -60,8 +62,7 @@ impl Store {
 
     /// The `job.id` of the report in `dir`, if a complete result is there.
     pub fn published_by(&self, dir: &Path) -> Option<String> {
-        let text = std::fs::read_to_string(dir.join(REPORT_FILE)).ok()?;
-        let report: Report = serde_norway::from_str(&text).ok()?;
+        let report: Report = read_yaml(&dir.join(REPORT_FILE)).ok()?;
         report.job.map(|j| j.id)
     }
 

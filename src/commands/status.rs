@@ -4,9 +4,10 @@
 use std::process::ExitCode;
 
 use super::ConfigArg;
+use crate::durable::read_yaml;
 use crate::job::{Job, JobState};
 use crate::queue::{Queue, Spool};
-use crate::report::REPORT_FILE;
+use crate::report::{Report, REPORT_FILE};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -85,8 +86,7 @@ fn finished_line(job: &Job) -> String {
         _ => {
             let dir = r.result_dir.as_deref();
             let verdict = dir
-                .and_then(|d| std::fs::read_to_string(d.join(REPORT_FILE)).ok())
-                .and_then(|t| serde_norway::from_str::<crate::report::Report>(&t).ok())
+                .and_then(|d| read_yaml::<Report>(&d.join(REPORT_FILE)).ok())
                 .and_then(|rep| serde_norway::to_string(&rep.summary.verdict).ok())
                 .map(|v| v.trim().to_owned())
                 .unwrap_or_else(|| "?".into());

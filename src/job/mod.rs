@@ -22,7 +22,7 @@ pub use key::{content_key, key12};
 pub use outcome::JobOutcome;
 pub use progress::{Progress, ProgressUpdate};
 pub use record::{
-    now_rfc3339, Job, JobKind, JobRecord, JobState, ReadJobError, CONFIG_FILE, ERROR_FILE,
-    JOB_FILE, JOB_SCHEMA, SIDECAR_FILE,
+    now_rfc3339, Job, JobKind, JobRecord, JobState, CONFIG_FILE, ERROR_FILE, JOB_FILE, JOB_SCHEMA,
+    SIDECAR_FILE,
 };
 pub use runner::{JobContext, JobError, JobRunner};

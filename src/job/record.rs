@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::config::{Config, Method};
+use crate::durable::{read_yaml, ReadError};
 
 /// The value of the `schema` key of every job record.
 pub const JOB_SCHEMA: &str = "robustd.job/v1";
@@ -154,34 +154,13 @@ impl Job {
     }
 
     /// Reads a job from its directory.
-    pub fn read(dir: &Path) -> Result<Self, ReadJobError> {
-        let path = dir.join(JOB_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ReadJobError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let record: JobRecord =
-            serde_norway::from_str(&text).map_err(|source| ReadJobError::Yaml { path, source })?;
+    pub fn read(dir: &Path) -> Result<Self, ReadError> {
+        let record: JobRecord = read_yaml(&dir.join(JOB_FILE))?;
         Ok(Self {
             record,
             dir: dir.to_path_buf(),
         })
     }
-}
-
-/// A job record that cannot be read.
-#[derive(Debug, Error)]
-pub enum ReadJobError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Yaml {
-        path: PathBuf,
-        source: serde_norway::Error,
-    },
 }
 
 /// Now as RFC 3339 UTC with milliseconds.

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::durable::WriteError;
-use crate::job::{Job, JobKind, JobRecord, JobState, ReadJobError};
+use crate::durable::{ReadError, WriteError};
+use crate::job::{Job, JobKind, JobRecord, JobState};
 use crate::report::ErrorReport;
 
 pub use spool::Spool;
@@ -35,7 +35,7 @@ pub enum QueueError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Record(#[from] ReadJobError),
+    Read(#[from] ReadError),
     #[error("job {id} is not in {dir}/")]
     Missing { id: String, dir: &'static str },
 }

@@ -284,8 +284,7 @@ impl Queue for Spool {
     }
 
     fn published(&self, key: &str) -> Option<Published> {
-        let text = std::fs::read_to_string(self.index_path(key)).ok()?;
-        serde_norway::from_str(&text).ok()
+        durable::read_yaml(&self.index_path(key)).ok()
     }
 
     /// Oldest first (ids start with their intake time); unreadable records are skipped with a warning.
