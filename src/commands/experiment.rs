@@ -160,18 +160,29 @@ pub const FINE_TUNING_METHODS: &[Method] = &[
     Method::Standard,
 ];
 
+/// A method name no fine-tuning method has.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown method `{name}` (known: {})", known_methods())]
+pub struct UnknownMethod {
+    pub name: String,
+}
+
+fn known_methods() -> String {
+    let names: Vec<&str> = FINE_TUNING_METHODS
+        .iter()
+        .map(|m| method_name(*m))
+        .collect();
+    names.join(", ")
+}
+
 /// `bat` → `Method::Bat`, for the names [`method_name`] gives.
-pub fn parse_method(name: &str) -> Result<Method, String> {
+pub fn parse_method(name: &str) -> Result<Method, UnknownMethod> {
     FINE_TUNING_METHODS
         .iter()
         .copied()
         .find(|m| method_name(*m) == name.trim())
-        .ok_or_else(|| {
-            let known: Vec<&str> = FINE_TUNING_METHODS
-                .iter()
-                .map(|m| method_name(*m))
-                .collect();
-            format!("unknown method `{name}` (known: {})", known.join(", "))
+        .ok_or_else(|| UnknownMethod {
+            name: name.to_owned(),
         })
 }
 
@@ -450,7 +461,7 @@ mod tests {
         for &m in FINE_TUNING_METHODS {
             assert_eq!(parse_method(method_name(m)), Ok(m));
         }
-        let err = parse_method("madry").unwrap_err();
+        let err = parse_method("madry").unwrap_err().to_string();
         assert!(err.contains("madry") && err.contains("pgd-at"), "{err}");
     }
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::names::{display_name, is_safe_companion, sanitize_model_name, sidecar_path};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::job::{
     content_key, now_rfc3339, Job, JobKind, JobRecord, JobState, JOB_SCHEMA, SIDECAR_FILE,
 };
@@ -248,7 +248,7 @@ impl Examination<'_> {
         })?;
         self.base
             .with_overrides(&text, Path::new(&sidecar_name))
-            .map_err(|e| e.to_string())
+            .map_err(SidecarError::from)
             .and_then(|c| daemon_wide_keys(&text, &sidecar_name).map(|()| c))
             .and_then(|c| sidecar_paths(&c, self.base, &sidecar_name).map(|()| c))
             .map_err(|e| refuse("sidecar", format!("invalid sidecar: {e}"),
@@ -416,9 +416,36 @@ fn reject(
 /// how the inbox is watched, the resource limits, and which shared library is loaded into the process).
 pub const DAEMON_WIDE_KEYS: &[&str] = &["paths", "daemon", "limits", "runtime.ort_library"];
 
-fn daemon_wide_keys(text: &str, sidecar: &str) -> Result<(), String> {
-    let doc: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
-    let found: Vec<&str> = DAEMON_WIDE_KEYS
+/// Why a sidecar is refused.
+#[derive(Debug, Error)]
+pub enum SidecarError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Yaml(#[from] serde_norway::Error),
+    #[error("{sidecar}: a sidecar may not set {} (daemon-wide settings; only the daemon's config sets them)", keys.join(", "))]
+    DaemonWide {
+        sidecar: String,
+        keys: Vec<&'static str>,
+    },
+    #[error("{sidecar}: `{key}`: {} is not a regular file or directory", path.display())]
+    NotAFile {
+        sidecar: String,
+        key: &'static str,
+        path: PathBuf,
+    },
+    #[error("{sidecar}: `{key}`: {}: {source}", path.display())]
+    Missing {
+        sidecar: String,
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn daemon_wide_keys(text: &str, sidecar: &str) -> Result<(), SidecarError> {
+    let doc: serde_norway::Value = serde_norway::from_str(text)?;
+    let found: Vec<&'static str> = DAEMON_WIDE_KEYS
         .iter()
         .copied()
         .filter(|key| {
@@ -432,19 +459,19 @@ fn daemon_wide_keys(text: &str, sidecar: &str) -> Result<(), String> {
     if found.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "{sidecar}: a sidecar may not set {} (daemon-wide settings; only the daemon's config sets them)",
-            found.join(", ")
-        ))
+        Err(SidecarError::DaemonWide {
+            sidecar: sidecar.to_owned(),
+            keys: found,
+        })
     }
 }
 
 /// Files a sidecar may point the job at (`dataset.path`, a scores file in `train.bat.atypicality`) must exist and
 /// be regular files or directories, checked at intake: the drop fails at once with the sidecar's name and key,
 /// and no loader ever opens a FIFO (which blocks) or a device such as /dev/zero (which never ends).
-fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), String> {
+fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), SidecarError> {
     use crate::train::AtypicalitySetting;
-    let mut paths: Vec<(&str, PathBuf)> = Vec::new();
+    let mut paths: Vec<(&'static str, PathBuf)> = Vec::new();
     if config.dataset.path != base.dataset.path {
         if let Some(p) = &config.dataset.path {
             paths.push(("dataset.path", p.clone()));
@@ -461,12 +488,20 @@ fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), St
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() || m.is_dir() => {}
             Ok(_) => {
-                return Err(format!(
-                    "{sidecar}: `{key}`: {} is not a regular file or directory",
-                    path.display()
-                ))
+                return Err(SidecarError::NotAFile {
+                    sidecar: sidecar.to_owned(),
+                    key,
+                    path,
+                })
             }
-            Err(e) => return Err(format!("{sidecar}: `{key}`: {}: {e}", path.display())),
+            Err(source) => {
+                return Err(SidecarError::Missing {
+                    sidecar: sidecar.to_owned(),
+                    key,
+                    path,
+                    source,
+                })
+            }
         }
     }
     Ok(())

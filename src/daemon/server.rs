@@ -17,7 +17,7 @@ use super::executor::{Executor, Finished};
 use super::inbox::{warn_if_world_writable, Inbox};
 use super::intake::{intake, Intake};
 use super::service::{self, ActiveJob, ActiveJobs};
-use super::watcher;
+use super::watcher::{self, WatchError};
 use crate::config::{Config, ConfigError};
 use crate::durable::WriteError;
 use crate::job::{CancelReason, CancelToken, Job, JobKind, JobRunner, Progress, ProgressUpdate};
@@ -36,8 +36,8 @@ pub enum DaemonError {
     Inbox(WriteError),
     #[error("cannot set up the artifact store: {0}")]
     Store(#[from] WriteError),
-    #[error("cannot watch the inbox {path}: {message}")]
-    Watch { path: PathBuf, message: String },
+    #[error("cannot watch the inbox {path}: {source}")]
+    Watch { path: PathBuf, source: WatchError },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
 }
@@ -81,9 +81,9 @@ pub async fn run(
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<OsString>();
     let poll_interval = Duration::from_millis(config.daemon.stable_ms.clamp(50, 1000));
     let watcher = watcher::watch(&paths.watch, config.daemon.poll, poll_interval, event_tx)
-        .map_err(|message| DaemonError::Watch {
+        .map_err(|source| DaemonError::Watch {
             path: paths.watch.clone(),
-            message,
+            source,
         })?;
     let (intake_tx, intake_rx) = std::sync::mpsc::channel::<(OsString, SystemTime, Arc<Config>)>();
     let (intake_done_tx, mut intake_done_rx) = mpsc::unbounded_channel::<(OsString, Intake)>();
