@@ -33,7 +33,7 @@ mod write_back;
 
 pub use error::OnnxError;
 pub use interpreter::{Interpreter, TchOptions};
-pub use layout::{infer_input_chw, resolve_layout};
+pub use layout::{infer_input_chw, resolve_layout, LayoutError};
 pub use model::{Dim, Initializer, OnnxModel, ValueInfo, MAX_OPSET, MIN_OPSET};
 pub use ort_scorer::OrtScorer;
 pub use params::Role;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use prost::Message;
 use thiserror::Error;
 
-use super::external::ExternalRef;
+use super::external::{ExternalError, ExternalRef};
 use super::model::default_opset;
 use super::proto::{ModelProto, TensorProto, DATA_LOCATION_EXTERNAL};
 
@@ -21,8 +21,11 @@ pub enum ScanError {
     NotAModel,
     #[error("initializer `{tensor}` has a negative dimension {dim}")]
     NegativeDim { tensor: String, dim: i64 },
-    #[error("initializer `{tensor}` is stored externally, but {message}")]
-    External { tensor: String, message: String },
+    #[error("initializer `{tensor}`: {source}")]
+    External {
+        tensor: String,
+        source: ExternalError,
+    },
 }
 
 /// What the scan found.
@@ -57,9 +60,9 @@ pub fn scan_model(bytes: Bytes) -> Result<ModelScan, ScanError> {
         scan.parameters = scan.parameters.saturating_add(elements(tensor)?);
         if tensor.data_location == DATA_LOCATION_EXTERNAL {
             let location = ExternalRef::from_proto(tensor)
-                .map_err(|message| ScanError::External {
+                .map_err(|source| ScanError::External {
                     tensor: tensor.name.clone(),
-                    message,
+                    source,
                 })?
                 .location;
             if !scan.external_locations.contains(&location) {
