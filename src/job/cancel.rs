@@ -4,24 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use super::runner::JobError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelReason {
-    /// The daemon is stopping (SIGTERM/SIGINT): checkpoint, the job resumes at the next start.
-    Shutdown,
-    /// `limits.job_timeout_s` passed: the job fails.
-    Timeout,
-}
-
-impl std::fmt::Display for CancelReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Shutdown => "daemon shutting down",
-            Self::Timeout => "job timeout (limits.job_timeout_s)",
-        })
-    }
-}
+use super::error::{CancelReason, JobError};
 
 /// A cheap, cloneable cancellation flag checked by runners between batches and epochs. [`CancelToken::flag`]
 /// exposes it as the plain `AtomicBool` the training loop polls.

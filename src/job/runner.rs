@@ -1,13 +1,11 @@
-//! The runner boundary: the [`JobRunner`] trait a scheduler (the daemon) calls on a dedicated blocking thread, the
-//! [`JobContext`] it hands over (resolved config, output and checkpoint directories, cancellation, progress),
-//! and how a run fails. A runner does the science and fills report sections; the scheduler does the bookkeeping
+//! The runner boundary: the [`JobRunner`] trait a scheduler (the daemon) calls on a dedicated blocking thread, and
+//! the [`JobContext`] it hands over (resolved config, output and checkpoint directories, cancellation, progress). A runner does the science and fills report sections; the scheduler does the bookkeeping
 //! (copying the model, environment, artifacts digests, timing, publishing, the queue).
 
 use std::path::PathBuf;
 
-use thiserror::Error;
-
-use super::cancel::{CancelReason, CancelToken};
+use super::cancel::CancelToken;
+use super::error::JobError;
 use super::outcome::JobOutcome;
 use super::progress::Progress;
 use super::record::Job;
@@ -37,47 +35,4 @@ pub struct JobContext {
     pub progress: Progress,
     /// 1 on the first run; higher when resumed after a restart.
     pub attempt: u32,
-}
-
-#[derive(Debug, Error)]
-pub enum JobError {
-    /// The cancel token fired; on shutdown the job stays in `running/` and resumes at the next start.
-    #[error("job cancelled ({0})")]
-    Cancelled(CancelReason),
-    #[error("{source}")]
-    Failed {
-        /// Stage that failed (`load`, `validate`, `forward`, `eval_before`, ...).
-        stage: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
-        /// What the user can do about it.
-        hint: Option<String>,
-    },
-}
-
-impl JobError {
-    pub fn failed(
-        stage: &str,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
-    ) -> Self {
-        Self::Failed {
-            stage: stage.to_owned(),
-            source: source.into(),
-            hint: None,
-        }
-    }
-
-    pub fn with_hint(mut self, text: impl Into<String>) -> Self {
-        if let Self::Failed { hint, .. } = &mut self {
-            *hint = Some(text.into());
-        }
-        self
-    }
-
-    pub fn stage(&self) -> &str {
-        match self {
-            Self::Cancelled(_) => "cancelled",
-            Self::Failed { stage, .. } => stage,
-        }
-    }
 }

@@ -3,7 +3,6 @@
 
 use thiserror::Error;
 
-use super::ops::OpError;
 use super::proto::{attribute_type as at, AttributeProto, TensorProto};
 
 /// A present attribute of another type than the op reads it as.
@@ -13,12 +12,6 @@ pub struct AttrError {
     pub name: String,
     pub expected: &'static str,
     pub found: i32,
-}
-
-impl From<AttrError> for OpError {
-    fn from(e: AttrError) -> Self {
-        Self::Invalid(e.to_string())
-    }
 }
 
 /// One ONNX node. An empty input name means an omitted optional input.
