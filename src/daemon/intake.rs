@@ -18,9 +18,7 @@ use thiserror::Error;
 
 use super::names::{display_name, is_safe_companion, sanitize_model_name, sidecar_path};
 use crate::config::{Config, ConfigError};
-use crate::job::{
-    content_key, now_rfc3339, Job, JobKind, JobRecord, JobState, JOB_SCHEMA, SIDECAR_FILE,
-};
+use crate::job::{content_key, Job, JobKind, JobRecord, SIDECAR_FILE};
 use crate::onnx::scan_model;
 use crate::queue::{DropFiles, Queue, QueueError};
 use crate::report::{sha256_hex, ErrorReport};
@@ -361,30 +359,7 @@ impl Drop {
     fn new(name: &OsStr, shown: &str) -> Self {
         let model_name = sanitize_model_name(name);
         Self {
-            record: JobRecord {
-                schema: JOB_SCHEMA.into(),
-                id: new_job_id(&model_name),
-                model_file: format!("{model_name}.onnx"),
-                name: model_name,
-                dropped_as: shown.to_owned(),
-                companions: Vec::new(),
-                sidecar: false,
-                model_sha256: String::new(),
-                config_sha256: String::new(),
-                key: String::new(),
-                kind: JobKind::Eval,
-                state: JobState::Queued,
-                attempts: 0,
-                detected_at: None,
-                queued_at: now_rfc3339(),
-                started_at: None,
-                finished_at: None,
-                stage: None,
-                progress: None,
-                result_dir: None,
-                dedup_of: None,
-                error: None,
-            },
+            record: JobRecord::new(new_job_id(&model_name), model_name, shown.to_owned()),
             files: Vec::new(),
         }
     }

@@ -113,6 +113,35 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A new queued job `id` for the model `name` (`<name>.onnx` in the job), dropped as `dropped_as`; its digests,
+    /// key and kind are filled in once intake has read the files.
+    pub fn new(id: String, name: String, dropped_as: String) -> Self {
+        Self {
+            schema: JOB_SCHEMA.into(),
+            id,
+            model_file: format!("{name}.onnx"),
+            name,
+            dropped_as,
+            companions: Vec::new(),
+            sidecar: false,
+            model_sha256: String::new(),
+            config_sha256: String::new(),
+            key: String::new(),
+            kind: JobKind::Eval,
+            state: JobState::Queued,
+            attempts: 0,
+            detected_at: None,
+            queued_at: now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            stage: None,
+            progress: None,
+            result_dir: None,
+            dedup_of: None,
+            error: None,
+        }
+    }
+
     /// First 12 hex digits of the key: the `<key12>` of `models/<name>/<key12>/`.
     pub fn key12(&self) -> &str {
         super::key::key12(&self.key)

@@ -332,32 +332,14 @@ fn file_name(path: &Path) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::job::{JobKind, JOB_SCHEMA};
+    use crate::job::JobKind;
 
     fn record(id: &str) -> JobRecord {
         JobRecord {
-            schema: JOB_SCHEMA.into(),
-            id: id.into(),
-            name: "m".into(),
-            dropped_as: "m.onnx".into(),
-            model_file: "m.onnx".into(),
-            companions: vec![],
-            sidecar: false,
             model_sha256: "a".repeat(64),
             config_sha256: "b".repeat(64),
             key: "c".repeat(64),
-            kind: JobKind::Eval,
-            state: JobState::Queued,
-            attempts: 0,
-            detected_at: None,
-            queued_at: now_rfc3339(),
-            started_at: None,
-            finished_at: None,
-            stage: None,
-            progress: None,
-            result_dir: None,
-            dedup_of: None,
-            error: None,
+            ..JobRecord::new(id.into(), "m".into(), "m.onnx".into())
         }
     }
 
