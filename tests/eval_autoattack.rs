@@ -12,7 +12,7 @@ use robustd::attack::losses::ranked_targets;
 use robustd::attack::square::{square, SquareParams, SquareSampling};
 use robustd::attack::Attack;
 use robustd::config::{Config, EvalPreset, Norm};
-use robustd::eval::stats::clopper_pearson;
+use robustd::eval::stats::{clopper_pearson, Interval};
 use robustd::eval::{evaluate, BatchSize, EvalPlan, EvalSet};
 use robustd::model::{Classifier, ModelError};
 use tch::{Device, Kind, Tensor};
@@ -38,6 +38,17 @@ fn clopper_pearson_matches_published_values() {
     }
     let none = clopper_pearson(0, 0);
     assert_eq!((none.lower, none.upper), (0.0, 1.0));
+}
+
+/// Intervals are written to 4 decimals outwards; bounds already on that grid (as read back from a report) stay put.
+#[test]
+fn intervals_round_outwards_and_rewriting_keeps_them() {
+    let write = |lower: f64, upper: f64| <[f64; 2]>::from(Interval { lower, upper });
+    assert_eq!(write(0.839_057_2, 0.882_786_1), [0.839, 0.8828]);
+    for k in 0..=10_000 {
+        let v = k as f64 / 1e4;
+        assert_eq!(write(v, v), [v, v], "{v} moved");
+    }
 }
 
 /// An attack's name, steps (or queries), restarts and targets.

@@ -24,7 +24,20 @@ impl From<[f64; 2]> for Interval {
 impl From<Interval> for [f64; 2] {
     /// Written rounded to 4 decimals, outwards, so the printed interval still covers the exact one.
     fn from(i: Interval) -> Self {
-        [(i.lower * 1e4).floor() / 1e4, (i.upper * 1e4).ceil() / 1e4]
+        [outwards(i.lower, f64::floor), outwards(i.upper, f64::ceil)]
+    }
+}
+
+/// `v` on the 4-decimal grid by `direction` (floor or ceil); a value already on the grid up to float error (as one
+/// read back from a report is: `0.0003 * 1e4` is `2.9999999999999996`) stays where it is, so rewriting a report
+/// does not move its bounds.
+fn outwards(v: f64, direction: fn(f64) -> f64) -> f64 {
+    let scaled = v * 1e4;
+    let nearest = scaled.round();
+    if (scaled - nearest).abs() < 1e-6 {
+        nearest / 1e4
+    } else {
+        direction(scaled) / 1e4
     }
 }
 
