@@ -70,7 +70,7 @@ impl Store {
     /// (`models/<name>/.<key12>[.<lease>].partial`; a resumed job builds its own again from its checkpoints)
     /// and temporary files of interrupted atomic writes (`.<file>.tmp-<pid>-<n>`, e.g. a `latest` link being
     /// replaced). In a store shared by several workers (`live_leases` given) other workers are busy in it: only
-    /// staging directories of leases no longer live go, and temporary files older than [`SHARED_TEMP_AGE`].
+    /// staging directories of leases no longer live and temporary files, both older than [`SHARED_TEMP_AGE`], go.
     /// Returns how many entries went.
     pub fn sweep_stale(&self, live_leases: Option<&[i64]>) -> usize {
         let mut removed = 0;
@@ -175,7 +175,8 @@ impl Store {
     }
 }
 
-/// In a shared store, temporary files younger than this may be another worker's write in progress.
+/// In a shared store, temporary files and staging directories younger than this may be another worker's work in
+/// progress.
 pub const SHARED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Removes `path` when it is a staging directory (not of a live lease) or an atomic writer's temporary file (in a
@@ -190,17 +191,18 @@ fn remove_if_stale(path: &Path, live_leases: Option<&[i64]>) -> bool {
         Err(_) => return false,
     };
     let staging = name.starts_with('.') && name.ends_with(".partial");
+    // In a shared store a claim made after `live_leases` was read may have just created its staging directory:
+    // only old entries go.
+    let old = || {
+        meta.modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > SHARED_TEMP_AGE)
+    };
     let stale = match live_leases {
         None => staging || is_temp_name(&name),
-        Some(live) if staging => staging_lease(&name).is_none_or(|l| !live.contains(&l)),
-        Some(_) => {
-            is_temp_name(&name)
-                && meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > SHARED_TEMP_AGE)
-        }
+        Some(live) if staging => staging_lease(&name).is_none_or(|l| !live.contains(&l)) && old(),
+        Some(_) => is_temp_name(&name) && old(),
     };
     if !stale {
         return false;

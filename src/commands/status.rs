@@ -8,7 +8,7 @@ use super::ConfigArg;
 use crate::config::QueueBackend;
 use crate::durable::read_yaml;
 use crate::job::{Job, JobState};
-use crate::queue::{self, Queue, WorkerInfo};
+use crate::queue::{self, WorkerInfo};
 use crate::report::{Report, REPORT_FILE};
 
 #[derive(Debug, clap::Args)]

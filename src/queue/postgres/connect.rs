@@ -215,15 +215,6 @@ impl Db {
             }
         }
     }
-
-    /// Whether the database was reachable at the last call.
-    pub fn reachable(&self) -> bool {
-        self.backoff
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .down_since
-            .is_none()
-    }
 }
 
 /// `Some(wait)` while calls must back off.

@@ -291,7 +291,7 @@ impl PgQueue {
             let (id, key, dir, dedup_of) = (id.clone(), key.clone(), dir.clone(), dedup_of.clone());
             self.db.with_client(move |mut client| async move {
                 let tx = client.transaction().await?;
-                let done = sql::record_done(&tx, &id, token, &key, &dir, dedup_of.as_deref()).await?;
+                let done = sql::record_done(&*tx, &id, token, &key, &dir, dedup_of.as_deref()).await?;
                 tx.commit().await?;
                 Ok(done)
             })
