@@ -733,7 +733,9 @@ impl Config {
     /// password redacted.
     pub fn to_display_yaml(&self) -> String {
         let mut value = serde_norway::to_value(self).unwrap_or(serde_norway::Value::Null);
-        if let (Some(map), Ok(mut queue)) = (value.as_mapping_mut(), serde_norway::to_value(&self.queue)) {
+        if let (Some(map), Ok(mut queue)) =
+            (value.as_mapping_mut(), serde_norway::to_value(&self.queue))
+        {
             if let (Some(q), Some(url)) = (queue.as_mapping_mut(), &self.queue.url) {
                 q.insert("url".into(), url.redacted().into());
             }

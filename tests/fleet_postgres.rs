@@ -25,12 +25,11 @@ fn worker_config(base: &Path, name: &str, url: &str, ingest: bool, extra: &str) 
     let extra = if extra.contains("daemon: {") {
         extra.to_owned()
     } else {
-        format!("{extra}\ndaemon: {{runner: triage, stable_ms: 100, rescan_ms: 1000}}")
+        format!("{extra}\ntrain: {{method: none}}\ndaemon: {{runner: triage, stable_ms: 100, rescan_ms: 1000}}")
     };
     format!(
         "paths: {{watch: {b}/{name}/watch, models: {b}/models, state: {b}/{name}/state}}\n\
          runtime: {{threads: 1, device: cpu}}\n\
-         train: {{method: none}}\n\
          queue: {{backend: postgres, url: '{url}', shared: {b}/store, ingest: {ingest}, worker: {name}, \
                   poll_ms: 500, lease_s: 3}}\n\
          {extra}\n",
@@ -69,7 +68,8 @@ impl Fleet {
         std::fs::create_dir_all(&root).unwrap();
         let yaml = worker_config(&self.base, name, &self.url, ingest, extra)
             .replace("lease_s: 3}", &format!("lease_s: {}}}", self.lease_s));
-        self.workers.insert(name.to_owned(), Daemon::start(&root, &yaml));
+        self.workers
+            .insert(name.to_owned(), Daemon::start(&root, &yaml));
     }
 
     fn worker(&mut self, name: &str) -> &mut Daemon {
@@ -139,7 +139,11 @@ impl Fleet {
             if f(&running) {
                 return running;
             }
-            assert!(Instant::now() < deadline, "{what} within {timeout:?}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{what} within {timeout:?}\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -180,12 +184,20 @@ fn three_workers_and_an_ingesting_node_run_thirty_drops_each_exactly_once() {
     assert_eq!(queue.workers().unwrap().len(), 4);
     let watch = fleet.worker("ingest").watch();
     for i in 0..N {
-        drop_bytes(&watch, &format!("m{i:02}.onnx"), &model_variant("resdw_legacy.onnx", &format!("fleet{i}")));
+        drop_bytes(
+            &watch,
+            &format!("m{i:02}.onnx"),
+            &model_variant("resdw_legacy.onnx", &format!("fleet{i}")),
+        );
     }
     fleet.wait_finished(&*queue, N as u64, Duration::from_secs(400));
 
     let done = queue.list(JobState::Done).unwrap();
-    assert!(queue.list(JobState::Failed).unwrap().is_empty(), "{}", fleet.logs());
+    assert!(
+        queue.list(JobState::Failed).unwrap().is_empty(),
+        "{}",
+        fleet.logs()
+    );
     assert_eq!(done.len(), N);
     let ids: HashSet<_> = done.iter().map(|j| j.record.id.clone()).collect();
     let keys: HashSet<_> = done.iter().map(|j| j.record.key.clone()).collect();
@@ -193,17 +205,31 @@ fn three_workers_and_an_ingesting_node_run_thirty_drops_each_exactly_once() {
     assert_eq!((ids.len(), keys.len(), names.len()), (N, N, N));
     let mut by_worker: HashMap<String, usize> = HashMap::new();
     for job in &done {
-        assert_eq!(job.record.attempts, 1, "{} ran more than once", job.record.id);
-        *by_worker.entry(job.record.worker.clone().unwrap()).or_default() += 1;
+        assert_eq!(
+            job.record.attempts, 1,
+            "{} ran more than once",
+            job.record.id
+        );
+        *by_worker
+            .entry(job.record.worker.clone().unwrap())
+            .or_default() += 1;
         let report = job_report(&job);
         assert_eq!(report.job.unwrap().id, job.record.id);
         assert_eq!(results_of(&base.join("models"), &job.record.name).len(), 1);
         // The inputs in the shared store went with the job.
-        assert!(!job.dir.exists(), "{} left {}", job.record.id, job.dir.display());
+        assert!(
+            !job.dir.exists(),
+            "{} left {}",
+            job.record.id,
+            job.dir.display()
+        );
     }
     let started: usize = fleet.workers.values().map(|d| starts(&d.log_text())).sum();
     assert_eq!(started, N, "a job started twice\n{}", fleet.logs());
-    assert!(by_worker.len() >= 2, "one worker ran everything: {by_worker:?}");
+    assert!(
+        by_worker.len() >= 2,
+        "one worker ran everything: {by_worker:?}"
+    );
     assert!(entries(&watch).is_empty());
 
     // `robustd status` shows the fleet.
@@ -232,14 +258,27 @@ fn a_worker_killed_mid_training_is_replaced_and_its_job_resumes_from_the_shared_
     fleet.start("a", true, PIPELINE);
     fleet.start("b", false, PIPELINE);
     let queue = fleet.queue();
-    drop_fixture(&fleet.worker("a").watch(), "cnn_bn_legacy.onnx", "victim.onnx");
+    drop_fixture(
+        &fleet.worker("a").watch(),
+        "cnn_bn_legacy.onnx",
+        "victim.onnx",
+    );
 
     // Kill the worker running the job once its first fine-tuning epoch is checkpointed in the shared store.
     let store = base.join("store/checkpoints");
-    let running = fleet.wait_running(&*queue, Duration::from_secs(400), "no fine-tuning checkpoint", |r| {
-        r.first()
-            .is_some_and(|j| store.join(&j.record.key).join("finetune/checkpoint.yaml").is_file())
-    });
+    let running = fleet.wait_running(
+        &*queue,
+        Duration::from_secs(400),
+        "no fine-tuning checkpoint",
+        |r| {
+            r.first().is_some_and(|j| {
+                store
+                    .join(&j.record.key)
+                    .join("finetune/checkpoint.yaml")
+                    .is_file()
+            })
+        },
+    );
     let victim = running[0].record.worker.clone().unwrap();
     let survivor = if victim == "a" { "b" } else { "a" };
     fleet.worker(&victim).kill9();
@@ -253,7 +292,10 @@ fn a_worker_killed_mid_training_is_replaced_and_its_job_resumes_from_the_shared_
     assert_eq!(job.record.worker.as_deref(), Some(survivor));
     let report = job_report(job);
     let training = report.training.as_ref().unwrap();
-    assert!(training.resumed_from.is_some(), "training did not resume: {training:?}");
+    assert!(
+        training.resumed_from.is_some(),
+        "training did not resume: {training:?}"
+    );
     assert_eq!(training.epochs, 3);
     let log = fleet.worker(survivor).log_text();
     assert!(log.contains("reused from the job's checkpoint"), "{log}");
@@ -278,19 +320,31 @@ fn the_database_stopped_for_ten_seconds_mid_run_loses_and_doubles_nothing() {
     let queue = fleet.queue();
     let watch = fleet.worker("a").watch();
     for i in 0..FIRST {
-        drop_bytes(&watch, &format!("m{i:02}.onnx"), &model_variant("resdw_legacy.onnx", &format!("outage{i}")));
+        drop_bytes(
+            &watch,
+            &format!("m{i:02}.onnx"),
+            &model_variant("resdw_legacy.onnx", &format!("outage{i}")),
+        );
     }
     // Stop the database once the fleet is busy.
     let deadline = Instant::now() + Duration::from_secs(120);
     while queue.counts().map(|c| c.done).unwrap_or(0) < 2 {
         fleet.assert_alive();
-        assert!(Instant::now() < deadline, "no job finished\n{}", fleet.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no job finished\n{}",
+            fleet.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     cluster.pause();
     let stopped = Instant::now();
     for i in 0..DURING {
-        drop_bytes(&watch, &format!("late{i}.onnx"), &model_variant("resdw_legacy.onnx", &format!("late{i}")));
+        drop_bytes(
+            &watch,
+            &format!("late{i}.onnx"),
+            &model_variant("resdw_legacy.onnx", &format!("late{i}")),
+        );
     }
     while stopped.elapsed() < Duration::from_secs(10) {
         fleet.assert_alive();
@@ -301,12 +355,21 @@ fn the_database_stopped_for_ten_seconds_mid_run_loses_and_doubles_nothing() {
     let n = FIRST + DURING;
     fleet.wait_finished(&*queue, n as u64, Duration::from_secs(300));
     let done = queue.list(JobState::Done).unwrap();
-    assert!(queue.list(JobState::Failed).unwrap().is_empty(), "{}", fleet.logs());
+    assert!(
+        queue.list(JobState::Failed).unwrap().is_empty(),
+        "{}",
+        fleet.logs()
+    );
     assert_eq!(done.len(), n, "{}", fleet.logs());
     let keys: HashSet<_> = done.iter().map(|j| j.record.key.clone()).collect();
     assert_eq!(keys.len(), n);
     for job in &done {
-        assert_eq!(results_of(&base.join("models"), &job.record.name).len(), 1, "{}", job.record.name);
+        assert_eq!(
+            results_of(&base.join("models"), &job.record.name).len(),
+            1,
+            "{}",
+            job.record.name
+        );
         job_report(job);
     }
     let logs = fleet.logs();
@@ -324,18 +387,37 @@ fn a_worker_frozen_past_its_lease_loses_the_job_and_cannot_publish() {
     let mut fleet = Fleet::new(base, &cluster);
     fleet.start("frozen-a", true, PIPELINE);
     let queue = fleet.queue();
-    drop_fixture(&fleet.worker("frozen-a").watch(), "cnn_bn_legacy.onnx", "victim.onnx");
+    drop_fixture(
+        &fleet.worker("frozen-a").watch(),
+        "cnn_bn_legacy.onnx",
+        "victim.onnx",
+    );
     // The job runs on the only worker; freeze it in fine-tuning, then let a second worker join.
     let store = base.join("store/checkpoints");
-    fleet.wait_running(&*queue, Duration::from_secs(400), "no fine-tuning checkpoint", |r| {
-        r.first()
-            .is_some_and(|j| store.join(&j.record.key).join("finetune/checkpoint.yaml").is_file())
-    });
+    fleet.wait_running(
+        &*queue,
+        Duration::from_secs(400),
+        "no fine-tuning checkpoint",
+        |r| {
+            r.first().is_some_and(|j| {
+                store
+                    .join(&j.record.key)
+                    .join("finetune/checkpoint.yaml")
+                    .is_file()
+            })
+        },
+    );
     fleet.worker("frozen-a").signal(libc::SIGSTOP);
     fleet.start("b", false, PIPELINE);
-    let taken = fleet.wait_running(&*queue, Duration::from_secs(60), "the job did not move on", |r| {
-        r.first().is_some_and(|j| j.record.worker.as_deref() == Some("b"))
-    });
+    let taken = fleet.wait_running(
+        &*queue,
+        Duration::from_secs(60),
+        "the job did not move on",
+        |r| {
+            r.first()
+                .is_some_and(|j| j.record.worker.as_deref() == Some("b"))
+        },
+    );
     assert_eq!(taken[0].record.attempts, 2);
     fleet.worker("frozen-a").signal(libc::SIGCONT);
 
@@ -347,9 +429,16 @@ fn a_worker_frozen_past_its_lease_loses_the_job_and_cannot_publish() {
     assert_eq!(results_of(&base.join("models"), "victim").len(), 1);
     let thawed = fleet.worker("frozen-a").log_text();
     assert!(thawed.contains("lease lost"), "{thawed}");
-    assert!(!thawed.contains("done: "), "the thawed worker published\n{thawed}");
+    assert!(
+        !thawed.contains("done: "),
+        "the thawed worker published\n{thawed}"
+    );
     // It keeps serving: a new drop is taken by the fleet.
-    drop_bytes(&fleet.worker("frozen-a").watch(), "after.onnx", &model_variant("resdw_legacy.onnx", "after"));
+    drop_bytes(
+        &fleet.worker("frozen-a").watch(),
+        "after.onnx",
+        &model_variant("resdw_legacy.onnx", "after"),
+    );
     fleet.wait_finished(&*queue, 2, Duration::from_secs(200));
     fleet.terminate_all();
 }
@@ -374,8 +463,15 @@ fn refused_start_with(base: &Path, name: &str, yaml: &str) -> String {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{name}: started anyway\n{stderr}");
-    assert!(t.elapsed() < Duration::from_secs(60), "{name}: took {:?}", t.elapsed());
-    assert!(!stderr.contains("daemon ready"), "{name}: half-started\n{stderr}");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "{name}: took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        !stderr.contains("daemon ready"),
+        "{name}: half-started\n{stderr}"
+    );
     stderr
 }
 
@@ -385,13 +481,23 @@ fn a_bad_database_stops_the_worker_at_start_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
 
-    let e = refused_start(base, "malformed", "postgresql://robustd:s3cret@127.0.0.1:notaport/postgres");
+    let e = refused_start(
+        base,
+        "malformed",
+        "postgresql://robustd:s3cret@127.0.0.1:notaport/postgres",
+    );
     assert!(e.contains("malformed database URL"), "{e}");
     assert!(!e.contains("s3cret"), "the password was printed: {e}");
 
-    let url = format!("postgresql://robustd:s3cret@127.0.0.1:{}/postgres", pg_support::free_port());
+    let url = format!(
+        "postgresql://robustd:s3cret@127.0.0.1:{}/postgres",
+        pg_support::free_port()
+    );
     let e = refused_start(base, "refused", &url);
-    assert!(e.contains("cannot connect to") && e.contains("robustd:***@127.0.0.1"), "{e}");
+    assert!(
+        e.contains("cannot connect to") && e.contains("robustd:***@127.0.0.1"),
+        "{e}"
+    );
     assert!(!e.contains("s3cret"), "{e}");
 
     let e = refused_start(base, "password", &cluster.tcp_url("Wr0ngPassw0rd"));
@@ -406,9 +512,17 @@ fn a_bad_database_stops_the_worker_at_start_with_a_clear_error() {
         .replace("poll_ms: 500", "poll_ms: 500, migrate: manual");
     std::fs::write(&config, &yaml).unwrap();
     let migrate = |expect: &str| {
-        let out = Command::new(BIN).args(["queue", "migrate", "--config"]).arg(&config).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["queue", "migrate", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains(expect), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && text.contains(expect),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     // Before the migration a worker under queue.migrate: manual refuses the empty database.
     let e = refused_start_with(base, "migrate", &yaml);
@@ -420,7 +534,9 @@ fn a_bad_database_stops_the_worker_at_start_with_a_clear_error() {
     assert!(clean);
 
     // A schema from a newer robustd.
-    cluster.psql("INSERT INTO robustd.schema_version (version, robustd) VALUES (99, 'from the future')");
+    cluster.psql(
+        "INSERT INTO robustd.schema_version (version, robustd) VALUES (99, 'from the future')",
+    );
     let e = refused_start(base, "newer", &cluster.url());
     assert!(e.contains("newer than this robustd knows"), "{e}");
     assert_eq!(cluster.psql("SELECT count(*) FROM robustd.workers"), "0");

@@ -77,12 +77,18 @@ fn two_hundred_jobs_and_eight_racing_workers_claim_each_job_once() {
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(120);
                 while q.counts().unwrap().done < JOBS as u64 {
-                    assert!(Instant::now() < deadline, "worker {w}: the queue did not drain");
+                    assert!(
+                        Instant::now() < deadline,
+                        "worker {w}: the queue did not drain"
+                    );
                     let Some(job) = q.claim(&any()).unwrap() else {
                         std::thread::sleep(Duration::from_millis(5));
                         continue;
                     };
-                    claims.lock().unwrap().push((job.id().to_owned(), format!("w{w}")));
+                    claims
+                        .lock()
+                        .unwrap()
+                        .push((job.id().to_owned(), format!("w{w}")));
                     let dir = base.join("models").join(job.id());
                     let done = q.complete(&job, &mut || Ok(dir.clone()), None).unwrap();
                     assert_eq!(done.record.state, JobState::Done);
@@ -128,7 +134,10 @@ fn a_worker_whose_lease_was_taken_over_cannot_publish() {
     let b = worker(base, &cluster, "b", ", lease_s: 3");
     enqueue(&a, base, 1);
     let held_by_a = a.claim(&any()).unwrap().unwrap();
-    assert!(b.claim(&any()).unwrap().is_none(), "a running job was claimed twice");
+    assert!(
+        b.claim(&any()).unwrap().is_none(),
+        "a running job was claimed twice"
+    );
     a.heartbeat(&held_by_a).unwrap();
 
     // Worker a stalls (its renewals stop, as under SIGSTOP): its lease expires and b takes the job.
@@ -155,16 +164,36 @@ fn a_worker_whose_lease_was_taken_over_cannot_publish() {
         },
         None,
     );
-    assert!(matches!(refused, Err(QueueError::LeaseLost { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(QueueError::LeaseLost { .. })),
+        "{refused:?}"
+    );
     assert!(!published_by_a, "a worker without the lease published");
-    assert!(matches!(a.heartbeat(&held_by_a), Err(QueueError::LeaseLost { .. })));
-    let report = robustd::report::ErrorReport::from_chain("m0.onnx", Some(held_by_a.id()), "run", vec!["x".into()], None);
-    assert!(matches!(a.fail(&held_by_a, &report), Err(QueueError::LeaseLost { .. })));
-    assert!(matches!(a.requeue(&held_by_a), Err(QueueError::LeaseLost { .. })));
+    assert!(matches!(
+        a.heartbeat(&held_by_a),
+        Err(QueueError::LeaseLost { .. })
+    ));
+    let report = robustd::report::ErrorReport::from_chain(
+        "m0.onnx",
+        Some(held_by_a.id()),
+        "run",
+        vec!["x".into()],
+        None,
+    );
+    assert!(matches!(
+        a.fail(&held_by_a, &report),
+        Err(QueueError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        a.requeue(&held_by_a),
+        Err(QueueError::LeaseLost { .. })
+    ));
 
     // b, the holder, completes.
     let result = base.join("models/m0/result");
-    let done = b.complete(&held_by_b, &mut || Ok(result.clone()), None).unwrap();
+    let done = b
+        .complete(&held_by_b, &mut || Ok(result.clone()), None)
+        .unwrap();
     assert_eq!(done.record.state, JobState::Done);
     assert_eq!(done.record.worker.as_deref(), Some("b"));
     assert_eq!(b.published(&done.record.key).unwrap().result_dir, result);
@@ -186,7 +215,10 @@ fn a_job_whose_workers_keep_vanishing_fails_after_max_attempts() {
             if let Some(job) = a.claim(&any()).unwrap() {
                 break job;
             }
-            assert!(Instant::now() < deadline, "attempt {attempt}: not claimable");
+            assert!(
+                Instant::now() < deadline,
+                "attempt {attempt}: not claimable"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         assert_eq!(job.record.attempts, attempt);

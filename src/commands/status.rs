@@ -32,7 +32,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match cfg.queue.backend {
         QueueBackend::Spool => println!("spool    {}", cfg.paths.state.display()),
         QueueBackend::Postgres => {
-            let url = cfg.queue.database_url().map(|u| u.redacted()).unwrap_or_default();
+            let url = cfg
+                .queue
+                .database_url()
+                .map(|u| u.redacted())
+                .unwrap_or_default();
             println!("queue    postgres {url}");
             let workers = queue.workers()?;
             println!("workers  {}", workers.len());

@@ -144,7 +144,12 @@ fn enqueue(
     )?;
     match outcome {
         Intake::Queued(job) => {
-            println!("queued   {} as job {} ({:?})", model.display(), job.id(), job.record.kind);
+            println!(
+                "queued   {} as job {} ({:?})",
+                model.display(),
+                job.id(),
+                job.record.kind
+            );
             Ok(ExitCode::SUCCESS)
         }
         Intake::Rejected(job) => bail!(

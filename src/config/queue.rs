@@ -92,14 +92,21 @@ impl QueueSpec {
         if self.backend == QueueBackend::Postgres && self.shared.is_none() {
             return Err((
                 "queue.shared",
-                "queue.backend: postgres needs the shared store (a directory every worker mounts)".into(),
+                "queue.backend: postgres needs the shared store (a directory every worker mounts)"
+                    .into(),
             ));
         }
         if self.lease_s < 3 {
-            return Err(("queue.lease_s", format!("{} is below 3 seconds", self.lease_s)));
+            return Err((
+                "queue.lease_s",
+                format!("{} is below 3 seconds", self.lease_s),
+            ));
         }
         if !(50..=600_000).contains(&self.poll_ms) {
-            return Err(("queue.poll_ms", format!("{} is not in [50, 600000]", self.poll_ms)));
+            return Err((
+                "queue.poll_ms",
+                format!("{} is not in [50, 600000]", self.poll_ms),
+            ));
         }
         if self.max_attempts == 0 {
             return Err(("queue.max_attempts", "must be at least 1".into()));
@@ -196,11 +203,26 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         let cases = [
-            ("postgresql://robustd:s3cret@db.lan:5432/jobs", "postgresql://robustd:***@db.lan:5432/jobs"),
-            ("postgres://u:p%40ss@h/db?sslmode=require", "postgres://u:***@h/db?sslmode=require"),
-            ("postgresql://u@h/db?password=s3cret&x=1", "postgresql://u@h/db?password=***&x=1"),
-            ("postgresql:///db?host=/run/pg", "postgresql:///db?host=/run/pg"),
-            ("host=/tmp user=u password=s3cret dbname=d", "host=/tmp user=u password=*** dbname=d"),
+            (
+                "postgresql://robustd:s3cret@db.lan:5432/jobs",
+                "postgresql://robustd:***@db.lan:5432/jobs",
+            ),
+            (
+                "postgres://u:p%40ss@h/db?sslmode=require",
+                "postgres://u:***@h/db?sslmode=require",
+            ),
+            (
+                "postgresql://u@h/db?password=s3cret&x=1",
+                "postgresql://u@h/db?password=***&x=1",
+            ),
+            (
+                "postgresql:///db?host=/run/pg",
+                "postgresql:///db?host=/run/pg",
+            ),
+            (
+                "host=/tmp user=u password=s3cret dbname=d",
+                "host=/tmp user=u password=*** dbname=d",
+            ),
         ];
         for (url, shown) in cases {
             let u = DatabaseUrl(url.into());

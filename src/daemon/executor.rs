@@ -206,8 +206,14 @@ impl Executor {
                 Some("the runner produced an inconsistent report: a robustd bug".into()),
             )
         })?;
-        let result_dir = match self.queue.complete(job, &mut || self.store.publish(job), None) {
-            Ok(done) => done.record.result_dir.unwrap_or_else(|| self.store.result_dir(record)),
+        let result_dir = match self
+            .queue
+            .complete(job, &mut || self.store.publish(job), None)
+        {
+            Ok(done) => done
+                .record
+                .result_dir
+                .unwrap_or_else(|| self.store.result_dir(record)),
             Err(e) if abandons(&e) => return Ok(self.abandon(job, &e)),
             Err(QueueError::Publish(e)) => return Err(Failure::new("publish", &e, None)),
             Err(e) => return Err(Failure::new("queue", &e, None)),
@@ -240,7 +246,10 @@ impl Executor {
             dedup_of.as_deref(),
         );
         let result_dir = match linked {
-            Ok(done) => done.record.result_dir.unwrap_or_else(|| self.store.result_dir(&job.record)),
+            Ok(done) => done
+                .record
+                .result_dir
+                .unwrap_or_else(|| self.store.result_dir(&job.record)),
             Err(e) if abandons(&e) => return Ok(self.abandon(job, &e)),
             Err(QueueError::Publish(e)) => return Err(Failure::new("publish", &e, None)),
             Err(e) => return Err(Failure::new("publish", &e, None)),
@@ -338,7 +347,10 @@ impl Executor {
 /// could not be reached to record the end. The job is then left to the queue (another worker, or this one later,
 /// takes it up again and finds a result already published).
 fn abandons(error: &QueueError) -> bool {
-    matches!(error, QueueError::LeaseLost { .. } | QueueError::Postgres(_))
+    matches!(
+        error,
+        QueueError::LeaseLost { .. } | QueueError::Postgres(_)
+    )
 }
 
 /// A failure on its way to error.yaml.

@@ -390,7 +390,8 @@ fn reject(
 
 /// Keys a sidecar may not set: they belong to the daemon, not to one job (where results and the queue live,
 /// how the inbox is watched, the resource limits, and which shared library is loaded into the process).
-pub const DAEMON_WIDE_KEYS: &[&str] = &["paths", "daemon", "limits", "queue", "runtime.ort_library"];
+pub const DAEMON_WIDE_KEYS: &[&str] =
+    &["paths", "daemon", "limits", "queue", "runtime.ort_library"];
 
 /// Why a sidecar is refused.
 #[derive(Debug, Error)]

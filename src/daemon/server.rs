@@ -71,7 +71,11 @@ pub async fn run(
     }
     let store = queue::store(&config)?;
     let shared = config.queue.backend != QueueBackend::Spool;
-    let live = if shared { Some(queue.live_leases()?) } else { None };
+    let live = if shared {
+        Some(queue.live_leases()?)
+    } else {
+        None
+    };
     store.sweep_stale(live.as_deref());
     let exec = Executor {
         queue: queue.clone(),
@@ -85,11 +89,12 @@ pub async fn run(
     let ingest = !shared || config.queue.ingest;
     let watcher = if ingest {
         Some(
-            watcher::watch(&paths.watch, config.daemon.poll, poll_interval, event_tx)
-                .map_err(|source| DaemonError::Watch {
+            watcher::watch(&paths.watch, config.daemon.poll, poll_interval, event_tx).map_err(
+                |source| DaemonError::Watch {
                     path: paths.watch.clone(),
                     source,
-                })?,
+                },
+            )?,
         )
     } else {
         None

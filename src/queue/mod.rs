@@ -211,7 +211,9 @@ pub fn open(config: &Config, devices: &[String]) -> Result<Arc<dyn Queue>, Queue
 /// never created (nothing ran with this config); the PostgreSQL queue must exist with a current schema.
 pub fn connect(config: &Config) -> Result<Option<Arc<dyn Queue>>, QueueError> {
     match config.queue.backend {
-        QueueBackend::Spool => Ok(Spool::existing(&config.paths.state).map(|s| Arc::new(s) as Arc<dyn Queue>)),
+        QueueBackend::Spool => {
+            Ok(Spool::existing(&config.paths.state).map(|s| Arc::new(s) as Arc<dyn Queue>))
+        }
         QueueBackend::Postgres => Ok(Some(Arc::new(PgQueue::open_client(config)?))),
     }
 }
@@ -221,9 +223,10 @@ pub fn connect(config: &Config) -> Result<Option<Arc<dyn Queue>>, QueueError> {
 /// mount every worker sees.
 pub fn store(config: &Config) -> Result<Store, WriteError> {
     match (&config.queue.backend, &config.queue.shared) {
-        (QueueBackend::Postgres, Some(shared)) => {
-            Store::open(&config.paths.models, &shared.join(postgres::CHECKPOINTS_DIR))
-        }
+        (QueueBackend::Postgres, Some(shared)) => Store::open(
+            &config.paths.models,
+            &shared.join(postgres::CHECKPOINTS_DIR),
+        ),
         _ => Store::local(&config.paths),
     }
 }

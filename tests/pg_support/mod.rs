@@ -25,7 +25,11 @@ pub struct Cluster {
 impl Cluster {
     /// A new cluster, started, with fsync off (tests: speed over durability).
     pub fn start() -> Self {
-        Self::start_with(&["fsync=off", "synchronous_commit=off", "full_page_writes=off"])
+        Self::start_with(&[
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ])
     }
 
     /// A new cluster started with extra `name=value` server settings.
@@ -60,7 +64,14 @@ impl Cluster {
         let out = cluster.server_cmd("initdb", |c| {
             c.arg("-D")
                 .arg(cluster.data_dir())
-                .args(["-U", USER, "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"])
+                .args([
+                    "-U",
+                    USER,
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                ])
                 .arg(format!("--pwfile={}", pwfile.display()))
                 .arg("--no-instructions");
         });
@@ -114,7 +125,10 @@ impl Cluster {
     /// Stops the server (fast shutdown: connections are closed), keeping the data.
     pub fn pause(&mut self) {
         let out = self.server_cmd("pg_ctl", |c| {
-            c.arg("stop").arg("-D").arg(self.data_dir()).args(["-m", "fast", "-w"]);
+            c.arg("stop")
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-m", "fast", "-w"]);
         });
         assert!(out.status.success(), "pg_ctl stop failed:\n{}", text(&out));
         self.running = false;
@@ -145,7 +159,16 @@ impl Cluster {
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .arg("-h")
             .arg(self.socket_dir())
-            .args(["-p", &self.port.to_string(), "-U", USER, "-d", "postgres", "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                USER,
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -171,7 +194,10 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
             let _ = self.server_cmd("pg_ctl", |c| {
-                c.arg("stop").arg("-D").arg(self.data_dir()).args(["-m", "immediate", "-w"]);
+                c.arg("stop")
+                    .arg("-D")
+                    .arg(self.data_dir())
+                    .args(["-m", "immediate", "-w"]);
             });
         }
     }

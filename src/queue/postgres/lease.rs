@@ -27,7 +27,8 @@ struct Held {
 
 impl Leases {
     pub fn hold(&self, id: &str, token: i64) {
-        self.lock().insert(id.to_owned(), Held { token, lost: false });
+        self.lock()
+            .insert(id.to_owned(), Held { token, lost: false });
     }
 
     pub fn release(&self, id: &str) {

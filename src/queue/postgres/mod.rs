@@ -48,7 +48,10 @@ const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Error)]
 pub enum PgError {
-    #[error("queue.backend is postgres but no database URL is set (queue.url or ${})", crate::config::DATABASE_URL_ENV)]
+    #[error(
+        "queue.backend is postgres but no database URL is set (queue.url or ${})",
+        crate::config::DATABASE_URL_ENV
+    )]
     NoUrl,
     #[error("malformed database URL {url}: {cause}")]
     BadUrl { url: String, cause: String },
@@ -139,7 +142,14 @@ impl PgQueue {
             client
                 .execute(
                     sql::REGISTER_WORKER,
-                    &[&id, &host, &pid, &devices, &ingest, &env!("CARGO_PKG_VERSION")],
+                    &[
+                        &id,
+                        &host,
+                        &pid,
+                        &devices,
+                        &ingest,
+                        &env!("CARGO_PKG_VERSION"),
+                    ],
                 )
                 .await?;
             Ok(())
@@ -282,7 +292,12 @@ impl PgQueue {
 
     /// Records a published result in a transaction of its own (after the publish's own transaction was lost),
     /// retrying while the database is away: the result is in place, only its record is missing.
-    fn record_done(&self, job: &Job, result_dir: &Path, dedup_of: Option<&str>) -> Result<Option<Job>, PgError> {
+    fn record_done(
+        &self,
+        job: &Job,
+        result_dir: &Path,
+        dedup_of: Option<&str>,
+    ) -> Result<Option<Job>, PgError> {
         let token = Self::token(job).map_err(|_| PgError::Stopped)?;
         let (id, key) = (job.id().to_owned(), job.record.key.clone());
         let dir = result_dir.to_string_lossy().into_owned();
@@ -291,7 +306,8 @@ impl PgQueue {
             let (id, key, dir, dedup_of) = (id.clone(), key.clone(), dir.clone(), dedup_of.clone());
             self.db.with_client(move |mut client| async move {
                 let tx = client.transaction().await?;
-                let done = sql::record_done(&*tx, &id, token, &key, &dir, dedup_of.as_deref()).await?;
+                let done =
+                    sql::record_done(&*tx, &id, token, &key, &dir, dedup_of.as_deref()).await?;
                 tx.commit().await?;
                 Ok(done)
             })
@@ -391,7 +407,9 @@ impl PgQueue {
             let p = &params;
             tx.execute(
                 sql::INSERT_JOB,
-                &[&p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7], &cause, &report],
+                &[
+                    &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7], &cause, &report,
+                ],
             )
             .await?;
             tx.execute(sql::NOTIFY, &[&id]).await?;
@@ -447,12 +465,19 @@ impl Queue for PgQueue {
         create_dir_all(&self.inputs())?;
         let swept = self.sweep_orphan_inputs();
         if swept > 0 {
-            tracing::info!("removed {swept} input director(ies) left without a job by an interrupted intake");
+            tracing::info!(
+                "removed {swept} input director(ies) left without a job by an interrupted intake"
+            );
         }
         Ok(rec)
     }
 
-    fn enqueue(&self, mut record: JobRecord, config_yaml: &str, files: DropFiles) -> Result<Job, QueueError> {
+    fn enqueue(
+        &self,
+        mut record: JobRecord,
+        config_yaml: &str,
+        files: DropFiles,
+    ) -> Result<Job, QueueError> {
         record.state = JobState::Queued;
         let dir = self.stage_inputs(&record, config_yaml, &files)?;
         let job = Job::new(record, dir);
@@ -463,13 +488,21 @@ impl Queue for PgQueue {
         }
         for (src, _) in &files {
             if let Err(e) = std::fs::remove_file(src) {
-                tracing::warn!("queued, but cannot remove {} from the inbox: {e}", src.display());
+                tracing::warn!(
+                    "queued, but cannot remove {} from the inbox: {e}",
+                    src.display()
+                );
             }
         }
         Ok(job)
     }
 
-    fn reject(&self, mut record: JobRecord, files: DropFiles, error: &ErrorReport) -> Result<Job, QueueError> {
+    fn reject(
+        &self,
+        mut record: JobRecord,
+        files: DropFiles,
+        error: &ErrorReport,
+    ) -> Result<Job, QueueError> {
         let job = match &self.local {
             // A worker's inbox: the refused files stay on this machine, in `paths.state/failed/<id>/`.
             Some(local) => local.reject(record, files, error)?,
@@ -495,7 +528,11 @@ impl Queue for PgQueue {
         if can.kinds.is_empty() || !self.gate.should_query(can) {
             return Ok(None);
         }
-        let kinds: Vec<String> = can.kinds.iter().map(|k| sql::kind_name(*k).to_owned()).collect();
+        let kinds: Vec<String> = can
+            .kinds
+            .iter()
+            .map(|k| sql::kind_name(*k).to_owned())
+            .collect();
         let busy = can.busy_keys.clone();
         let worker = self.worker.clone();
         let token: i64 = rand::random();
@@ -503,7 +540,10 @@ impl Queue for PgQueue {
         let max = self.max_attempts as i32;
         let claimed = self.db.with_client(move |client| async move {
             let row = client
-                .query_opt(sql::CLAIM, &[&kinds, &busy, &worker, &token, &lease_s, &max])
+                .query_opt(
+                    sql::CLAIM,
+                    &[&kinds, &busy, &worker, &token, &lease_s, &max],
+                )
                 .await?;
             row.map(|r| sql::job_from_row(&r)).transpose()
         });
@@ -553,7 +593,12 @@ impl Queue for PgQueue {
         }
     }
 
-    fn complete(&self, job: &Job, publish: Publish<'_>, dedup_of: Option<&str>) -> Result<Job, QueueError> {
+    fn complete(
+        &self,
+        job: &Job,
+        publish: Publish<'_>,
+        dedup_of: Option<&str>,
+    ) -> Result<Job, QueueError> {
         let token = Self::token(job)?;
         // Lock the job under this worker's lease; the publish happens while the lock is held, so no other worker
         // can take the job over in between, and a worker that lost the lease never publishes.
@@ -626,7 +671,11 @@ impl Queue for PgQueue {
 
     fn fail(&self, job: &Job, error: &ErrorReport) -> Result<Job, QueueError> {
         let report = serde_norway::to_string(error).unwrap_or_default();
-        let failed = self.fenced(job, sql::FAIL, vec![Some(error.cause.clone()), Some(report)])?;
+        let failed = self.fenced(
+            job,
+            sql::FAIL,
+            vec![Some(error.cause.clone()), Some(report)],
+        )?;
         // Next to the inputs as well, like the spool's failed/<id>/error.yaml.
         if let Err(e) = error.write(&job.dir.join(ERROR_FILE)) {
             tracing::warn!(job = %job.id(), "cannot write its error.yaml: {e}");
@@ -646,10 +695,13 @@ impl Queue for PgQueue {
         let key = key.to_owned();
         self.db
             .with_client(move |client| async move {
-                Ok(client.query_opt(sql::GET_PUBLISHED, &[&key]).await?.map(|r| Published {
-                    job: r.get(0),
-                    result_dir: PathBuf::from(r.get::<_, String>(1)),
-                }))
+                Ok(client
+                    .query_opt(sql::GET_PUBLISHED, &[&key])
+                    .await?
+                    .map(|r| Published {
+                        job: r.get(0),
+                        result_dir: PathBuf::from(r.get::<_, String>(1)),
+                    }))
             })
             .ok()
             .flatten()
@@ -695,7 +747,10 @@ impl Queue for PgQueue {
         })?;
         let mut counts = Counts::default();
         for (state, n) in rows {
-            if let Some(s) = JobState::ALL.into_iter().find(|s| sql::state_name(*s) == state) {
+            if let Some(s) = JobState::ALL
+                .into_iter()
+                .find(|s| sql::state_name(*s) == state)
+            {
                 counts.set(s, n.max(0) as u64);
             }
         }

@@ -13,8 +13,8 @@ pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_jobs.sql")];
 /// The schema version this robustd writes and reads.
 pub const LATEST: i32 = MIGRATIONS.len() as i32;
 
-/// Any fixed number: the key of the advisory lock migrations take.
-const MIGRATION_LOCK: i64 = 0x726f_6275_7374_64;
+/// The key of the advisory lock migrations take (any fixed number: "robustd" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0072_6f62_7573_7464;
 
 /// The schema version in the database; 0 when robustd's schema does not exist yet.
 pub async fn version(client: &Client) -> Result<i32, PgError> {

@@ -21,7 +21,8 @@ macro_rules! job_columns {
     };
 }
 
-pub const INSERT_JOB: &str = "INSERT INTO robustd.jobs (id, key, kind, state, name, dropped_as, record, input_dir, \
+pub const INSERT_JOB: &str =
+    "INSERT INTO robustd.jobs (id, key, kind, state, name, dropped_as, record, input_dir, \
      error, error_report, finished_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $4 = 'failed' THEN now() END) \
      ON CONFLICT (id) DO NOTHING";
@@ -50,7 +51,8 @@ pub const CLAIM: &str = concat!(
 );
 
 /// Renews the leases `$1` ids / `$2` tokens by `$3` seconds; returns the ids still held.
-pub const RENEW: &str = "UPDATE robustd.jobs j SET lease_expires_at = now() + make_interval(secs => $3) \
+pub const RENEW: &str =
+    "UPDATE robustd.jobs j SET lease_expires_at = now() + make_interval(secs => $3) \
      FROM unnest($1::text[], $2::bigint[]) AS h(id, token) \
      WHERE j.id = h.id AND j.lease_token = h.token AND j.state = 'running' \
      RETURNING j.id";
@@ -157,11 +159,10 @@ pub fn kind_name(kind: JobKind) -> &'static str {
 pub fn job_from_row(row: &Row) -> Result<Job, PgError> {
     let id: String = row.try_get(0)?;
     let text: String = row.try_get(4)?;
-    let mut record: JobRecord =
-        serde_norway::from_str(&text).map_err(|e| PgError::BadRecord {
-            id: id.clone(),
-            cause: e.to_string(),
-        })?;
+    let mut record: JobRecord = serde_norway::from_str(&text).map_err(|e| PgError::BadRecord {
+        id: id.clone(),
+        cause: e.to_string(),
+    })?;
     record.id = id;
     record.key = row.try_get(1)?;
     let kind: String = row.try_get(2)?;
@@ -206,7 +207,10 @@ pub async fn record_done(
     dir: &str,
     dedup_of: Option<&str>,
 ) -> Result<Option<Job>, PgError> {
-    let Some(row) = client.query_opt(COMPLETE, &[&id, &token, &dir, &dedup_of]).await? else {
+    let Some(row) = client
+        .query_opt(COMPLETE, &[&id, &token, &dir, &dedup_of])
+        .await?
+    else {
         return Ok(None);
     };
     if dedup_of.is_none() {
