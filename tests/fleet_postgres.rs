@@ -148,6 +148,31 @@ impl Fleet {
         }
     }
 
+    /// Drops a model for fine-tuning into `ingester`'s inbox and waits until its first epoch is checkpointed in the
+    /// shared store; returns the running job.
+    fn run_until_checkpointed(&mut self, queue: &dyn Queue, ingester: &str) -> Job {
+        drop_fixture(
+            &self.worker(ingester).watch(),
+            "cnn_bn_legacy.onnx",
+            "victim.onnx",
+        );
+        let store = self.base.join("store/checkpoints");
+        let running = self.wait_running(
+            queue,
+            Duration::from_secs(400),
+            "no fine-tuning checkpoint",
+            |r| {
+                r.first().is_some_and(|j| {
+                    store
+                        .join(&j.record.key)
+                        .join("finetune/checkpoint.yaml")
+                        .is_file()
+                })
+            },
+        );
+        running[0].clone()
+    }
+
     fn terminate_all(&mut self) {
         for (name, d) in self.workers.iter_mut() {
             let (ok, _) = d.terminate();
@@ -258,28 +283,10 @@ fn a_worker_killed_mid_training_is_replaced_and_its_job_resumes_from_the_shared_
     fleet.start("a", true, PIPELINE);
     fleet.start("b", false, PIPELINE);
     let queue = fleet.queue();
-    drop_fixture(
-        &fleet.worker("a").watch(),
-        "cnn_bn_legacy.onnx",
-        "victim.onnx",
-    );
-
     // Kill the worker running the job once its first fine-tuning epoch is checkpointed in the shared store.
+    let running = fleet.run_until_checkpointed(&*queue, "a");
     let store = base.join("store/checkpoints");
-    let running = fleet.wait_running(
-        &*queue,
-        Duration::from_secs(400),
-        "no fine-tuning checkpoint",
-        |r| {
-            r.first().is_some_and(|j| {
-                store
-                    .join(&j.record.key)
-                    .join("finetune/checkpoint.yaml")
-                    .is_file()
-            })
-        },
-    );
-    let victim = running[0].record.worker.clone().unwrap();
+    let victim = running.record.worker.clone().unwrap();
     let survivor = if victim == "a" { "b" } else { "a" };
     fleet.worker(&victim).kill9();
     let dead = fleet.workers.remove(&victim).unwrap();
@@ -387,26 +394,8 @@ fn a_worker_frozen_past_its_lease_loses_the_job_and_cannot_publish() {
     let mut fleet = Fleet::new(base, &cluster);
     fleet.start("frozen-a", true, PIPELINE);
     let queue = fleet.queue();
-    drop_fixture(
-        &fleet.worker("frozen-a").watch(),
-        "cnn_bn_legacy.onnx",
-        "victim.onnx",
-    );
     // The job runs on the only worker; freeze it in fine-tuning, then let a second worker join.
-    let store = base.join("store/checkpoints");
-    fleet.wait_running(
-        &*queue,
-        Duration::from_secs(400),
-        "no fine-tuning checkpoint",
-        |r| {
-            r.first().is_some_and(|j| {
-                store
-                    .join(&j.record.key)
-                    .join("finetune/checkpoint.yaml")
-                    .is_file()
-            })
-        },
-    );
+    fleet.run_until_checkpointed(&*queue, "frozen-a");
     fleet.worker("frozen-a").signal(libc::SIGSTOP);
     fleet.start("b", false, PIPELINE);
     let taken = fleet.wait_running(
