@@ -129,6 +129,7 @@ fn infer_gives_the_same_logits_through_both_engines_and_the_input_gradient() {
     assert_eq!(got.size(), vec![8, 1, 28, 28]);
     // The same engine in another process, which may split its work over another number of threads: only the
     // summation order differs (the fixture inputs are away from ReLU ties, where that could move the gradient).
-    assert_engines_agree("robustd infer --grad-out", &got, &expected);
+    let ulps = assert_engines_agree("robustd infer --grad-out", &got, &expected);
+    println!("robustd infer --grad-out vs in-process: {ulps:.1} ulp");
     assert!(got.abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }
