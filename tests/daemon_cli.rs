@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 
 fn robustd(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
