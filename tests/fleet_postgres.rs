@@ -238,7 +238,7 @@ fn three_workers_and_an_ingesting_node_run_thirty_drops_each_exactly_once() {
         *by_worker
             .entry(job.record.worker.clone().unwrap())
             .or_default() += 1;
-        let report = job_report(&job);
+        let report = job_report(job);
         assert_eq!(report.job.unwrap().id, job.record.id);
         assert_eq!(results_of(&base.join("models"), &job.record.name).len(), 1);
         // The inputs in the shared store went with the job.
