@@ -5,6 +5,7 @@ scripts/bench_reference.py (the benchmark's PyTorch side). Importing this module
 import `reproducible` first; the benchmark measures PyTorch as users run it.
 """
 import contextlib
+import copy
 import io
 import warnings
 
@@ -226,6 +227,9 @@ def export(model, x, path, exporter, options=None):
         warnings.simplefilter("ignore")
         if exporter == "legacy":
             kw = {"opset_version": 17, **options}
+            if kw.get("do_constant_folding", True) and any(
+                    isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                model = fold_batchnorm_exactly(model)
             torch.onnx.export(model, (x,), path, dynamo=False,
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **names, **kw)
         else:
@@ -233,6 +237,44 @@ def export(model, x, path, exporter, options=None):
             torch.onnx.export(model, (x,), path, dynamo=True, external_data=True,
                               dynamic_shapes={"x": {0: batch}}, verbose=False, **names, **options)
             strip_node_metadata(path, MACHINE_DEPENDENT_NODE_METADATA)
+
+
+def fold_batchnorm_exactly(model):
+    """A copy of `model` with every BatchNorm that follows a Conv folded into that Conv's weight and bias, computed
+    in float64 with numpy and rounded once to float32.
+
+    The legacy exporter folds these pairs itself when constant folding is on, but its float32 arithmetic (ATen/MKL
+    kernels chosen per CPU, outside what reproducible.py can pin) gave other last bits on another x86-64 machine,
+    so the legacy files' digests differed between machines (issue 21). IEEE float64 multiply, divide and sqrt are
+    exact-rounded on every CPU, so this fold gives the same bytes everywhere; the exported graph is the one the
+    exporter would have written (a Conv with the folded parameters, no BatchNormalization node)."""
+    import numpy as np
+    import torch.fx as fx
+
+    gm = fx.symbolic_trace(copy.deepcopy(model).eval())
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and isinstance(modules[src.target], nn.Conv2d)):
+            continue
+        conv, bn = modules[src.target], modules[node.target]
+        f64 = lambda t: t.detach().to(torch.float64).numpy()  # noqa: E731
+        channels = conv.out_channels
+        w = f64(conv.weight)
+        b = f64(conv.bias) if conv.bias is not None else np.zeros(channels)
+        gamma = f64(bn.weight) if bn.affine else np.ones(channels)
+        beta = f64(bn.bias) if bn.affine else np.zeros(channels)
+        scale = gamma / np.sqrt(f64(bn.running_var) + bn.eps)
+        conv.weight = nn.Parameter(torch.from_numpy((w * scale.reshape(-1, 1, 1, 1)).astype(np.float32)))
+        conv.bias = nn.Parameter(torch.from_numpy(((b - f64(bn.running_mean)) * scale + beta).astype(np.float32)))
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
 
 
 def strip_node_metadata(path, keys):
