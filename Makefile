@@ -2,7 +2,8 @@
 #   make demo   set up, build, train + export a small CNN, run the daemon on it, print the report summary
 #   make test   set up, build, generate fixtures, run every test
 #   make crosscheck  robustd's robust accuracies vs torchattacks (scripts/reference_eval.py), ~30 min on 2 cores
-#   make bench  robustd vs PyTorch eager / torchattacks, writes benches/RESULTS.md + results.png (~4 min on 2 cores)
+#   make bench  robustd vs PyTorch eager / torchattacks and torchvision's image loading, writes benches/RESULTS.md
+#               + results.png (~5 min on 2 cores)
 #   make fuzz   run the cargo-fuzz targets (nightly) for FUZZ_SECONDS (default 600) in total
 SHELL := /bin/bash
 VENV := .venv
@@ -24,6 +25,7 @@ build: setup
 
 fixtures: setup
 	@$(PY) scripts/export_fixtures.py --out $(FIXTURES)
+	@$(PY) scripts/image_fixtures.py --out $(FIXTURES)/images
 	@$(MAKE) --no-print-directory $(TRAINED_FIXTURE)
 
 $(TRAINED_FIXTURE): scripts/train_demo_cnn.py scripts/export_fixtures.py scripts/fmnist.py

@@ -61,6 +61,9 @@ pub struct Paths {
     pub models: PathBuf,
     /// Job spool, checkpoints and caches.
     pub state: PathBuf,
+    /// Daemon-wide allow-list of directories a sidecar's `dataset.path` must lie inside (after resolving
+    /// symlinks); empty = a sidecar may not name a dataset path at all.
+    pub datasets: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,12 +83,54 @@ pub struct Runtime {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSpec {
-    /// Per-channel mean subtracted inside the model's forward path; null = the dataset profile's (or none).
+    /// Per-channel mean subtracted inside the model's forward path; null = the dataset profile's (or none). A
+    /// preset name (`imagenet`, `cifar10`, ...: [`crate::data::normalization_preset`]) is read as its values.
+    #[serde(deserialize_with = "preset_or_values::mean")]
     pub mean: Option<Vec<f32>>,
-    /// Per-channel std; null = the dataset profile's (or none).
+    /// Per-channel std; null = the dataset profile's (or none); a preset name as for `mean`.
+    #[serde(deserialize_with = "preset_or_values::std")]
     pub std: Option<Vec<f32>>,
     /// `auto` (from the ONNX input shape), `nchw`, `nhwc`, or `flat` (an MLP taking N x C*H*W).
     pub input_layout: InputLayout,
+    /// How image files (`dataset.name: folder | manifest`) are brought to the model's input size.
+    pub preprocess: PreprocessSpec,
+}
+
+/// Image-file preprocessing, as the model's own training code did it (torchvision's `Resize` + `CenterCrop` on
+/// PIL images); applied before the [0,1] pixel tensor that attacks perturb. In-RAM formats (IDX, CIFAR, npz) are
+/// stored at their size and do not use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreprocessSpec {
+    /// `shorter-side` (resize the shorter side to `resize_size`, keep the aspect, center-crop to the input size),
+    /// `exact` (resize to the input size, aspect not kept), or `none` (files must already have the input size).
+    pub resize: ResizeMode,
+    /// Shorter side after resizing, before the center crop (torchvision `Resize(256)` + `CenterCrop(224)`);
+    /// null = the larger input side (no margin cropped beyond the aspect).
+    pub resize_size: Option<u32>,
+    /// `bilinear` or `bicubic`, antialiased when shrinking (Pillow's resampling, as torchvision on PIL images).
+    pub interpolation: Interpolation,
+    /// `[H, W]` the images are brought to; null = the model's input size (from the ONNX input).
+    pub size: Option<[u32; 2]>,
+    /// Area range of `train.augmentation: random-resized-crop` (torchvision `RandomResizedCrop(scale=...)`).
+    pub random_crop_scale: [f64; 2],
+    /// Aspect-ratio range of the random resized crop (`ratio=...`).
+    pub random_crop_ratio: [f64; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizeMode {
+    ShorterSide,
+    Exact,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    Bilinear,
+    Bicubic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,16 +145,33 @@ pub enum InputLayout {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatasetSpec {
-    /// `fashion-mnist`, `mnist`, `cifar10`, `cifar100`, or `npz`.
+    /// `fashion-mnist`, `mnist`, `cifar10`, `cifar100`, `npz`, `folder` or `manifest`.
     pub name: String,
-    /// Directory (IDX, CIFAR) or file (npz); null = the standard location for the name.
+    /// Directory (IDX, CIFAR, folder, manifest) or file (npz); null = the standard location for the name.
     pub path: Option<PathBuf>,
+    /// Folder/manifest class names in label order; null = the sorted class folder names (torchvision
+    /// `ImageFolder`), or numbered classes for a manifest.
+    pub classes: Option<Vec<String>>,
+    /// What an unreadable or corrupt image file does: `fail` the job naming the file, or `skip` it (counted in the
+    /// report).
+    pub corrupt: CorruptPolicy,
+    /// Directory for decoded, preprocessed images keyed by file content (folder/manifest); null = no cache.
+    pub cache: Option<PathBuf>,
+    /// Image decode threads (folder/manifest); 0 = `runtime.threads`, or one per core.
+    pub loader_threads: usize,
     /// Training samples used for fine-tuning and memorization; 0 = all.
     pub train_samples: usize,
     /// Test samples evaluated (first N of the test split); 0 = all.
     pub eval_samples: usize,
     /// Take a seeded random subset instead of the first N.
     pub random_subset: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorruptPolicy {
+    Fail,
+    Skip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +363,7 @@ impl Default for Paths {
             watch: "watch".into(),
             models: "models".into(),
             state: "state".into(),
+            datasets: Vec::new(),
         }
     }
 }
@@ -322,6 +385,20 @@ impl Default for ModelSpec {
             mean: None,
             std: None,
             input_layout: InputLayout::Auto,
+            preprocess: PreprocessSpec::default(),
+        }
+    }
+}
+
+impl Default for PreprocessSpec {
+    fn default() -> Self {
+        Self {
+            resize: ResizeMode::ShorterSide,
+            resize_size: None,
+            interpolation: Interpolation::Bilinear,
+            size: None,
+            random_crop_scale: [0.08, 1.0],
+            random_crop_ratio: [0.75, 4.0 / 3.0],
         }
     }
 }
@@ -336,6 +413,7 @@ impl DatasetSpec {
             train_samples,
             eval_samples,
             random_subset: false,
+            ..Self::default()
         }
     }
 }
@@ -345,6 +423,10 @@ impl Default for DatasetSpec {
         Self {
             name: "fashion-mnist".into(),
             path: None,
+            classes: None,
+            corrupt: CorruptPolicy::Fail,
+            cache: None,
+            loader_threads: 0,
             train_samples: 10_000,
             eval_samples: 1000,
             random_subset: false,
@@ -655,14 +737,67 @@ impl Config {
                 ),
             ));
         }
-        if !["auto", "none", "crop-flip"].contains(&self.train.augmentation.as_str()) {
+        if !crate::data::AUGMENTATIONS.contains(&self.train.augmentation.as_str()) {
             return Err(bad(
                 "train.augmentation",
                 format!(
-                    "`{}`: expected auto, none or crop-flip",
-                    self.train.augmentation
+                    "`{}`: expected {}",
+                    self.train.augmentation,
+                    crate::data::AUGMENTATIONS.join(", ")
                 ),
             ));
+        }
+        self.validate_preprocess(origin)?;
+        Ok(())
+    }
+
+    /// The image-file preprocessing keys: sizes, the random-crop ranges, and class names.
+    fn validate_preprocess(&self, origin: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            key,
+            message,
+        };
+        let p = &self.model.preprocess;
+        if p.resize_size.is_some_and(|s| s == 0 || s > MAX_IMAGE_SIDE) {
+            return Err(bad(
+                "model.preprocess.resize_size",
+                format!("must be in 1..={MAX_IMAGE_SIDE}"),
+            ));
+        }
+        if p.size
+            .is_some_and(|s| s.iter().any(|&v| v == 0 || v > MAX_IMAGE_SIDE))
+        {
+            return Err(bad(
+                "model.preprocess.size",
+                format!("both sides must be in 1..={MAX_IMAGE_SIDE}"),
+            ));
+        }
+        let [lo, hi] = p.random_crop_scale;
+        if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+            return Err(bad(
+                "model.preprocess.random_crop_scale",
+                format!("[{lo}, {hi}] is not a range inside (0, 1]"),
+            ));
+        }
+        let [lo, hi] = p.random_crop_ratio;
+        if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
+            return Err(bad(
+                "model.preprocess.random_crop_ratio",
+                format!("[{lo}, {hi}] is not a positive range"),
+            ));
+        }
+        if let Some(classes) = &self.dataset.classes {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = classes.iter().find(|c| !seen.insert(c.as_str())) {
+                return Err(bad(
+                    "dataset.classes",
+                    format!("class `{dup}` is listed twice"),
+                ));
+            }
+            if classes.is_empty() {
+                return Err(bad("dataset.classes", "the list is empty".into()));
+            }
         }
         Ok(())
     }
@@ -706,6 +841,43 @@ impl Config {
     /// The resolved config as YAML (what `robustd check-config` prints).
     pub fn to_yaml(&self) -> String {
         serde_norway::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Largest image side `model.preprocess` accepts (pixels).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// `model.mean`/`model.std`: a list of numbers, null, or the name of a normalization preset.
+mod preset_or_values {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Setting {
+        Preset(String),
+        Values(Vec<f32>),
+    }
+
+    fn read<'de, D: Deserializer<'de>>(d: D, std: bool) -> Result<Option<Vec<f32>>, D::Error> {
+        match Option::<Setting>::deserialize(d)? {
+            None => Ok(None),
+            Some(Setting::Values(v)) => Ok(Some(v)),
+            Some(Setting::Preset(name)) => match crate::data::normalization_preset(&name) {
+                Some((mean, sd)) => Ok(Some(if std { sd } else { mean })),
+                None => Err(D::Error::custom(format!(
+                    "unknown normalization preset `{name}` (known: {}; or a list of numbers)",
+                    crate::data::normalization_presets().join(", ")
+                ))),
+            },
+        }
+    }
+
+    pub fn mean<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
+        read(d, false)
+    }
+
+    pub fn std<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
+        read(d, true)
     }
 }
 

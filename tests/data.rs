@@ -1129,6 +1129,7 @@ fn synthetic_split(n: i64) -> Split {
         y: Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(10),
         indices: (100..100 + n).collect(),
         source_len: n as usize,
+        source: None,
     }
 }
 

@@ -152,6 +152,7 @@ fn deciles_histogram_and_flags_follow_the_scores() {
         y: Tensor::zeros([10], (tch::Kind::Int64, tch::Device::Cpu)),
         indices: (95..105).collect(),
         source_len: 200,
+        source: None,
     };
     let flags = s.atypicality(&split, 0.0);
     assert_eq!(flags.scored, 5);

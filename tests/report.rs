@@ -127,6 +127,7 @@ curves: []
             eval_samples: Some("first 1000 of test".into()),
             sha256: None,
             normalization: None,
+            files: None,
         }),
         environment: EnvironmentInfo {
             robustd: "0.1.0".into(),
@@ -153,6 +154,7 @@ curves: []
             },
             harmful_atypical: vec![HarmfulSample {
                 index: 7,
+                file: None,
                 label: 3,
                 score: 0.8,
                 adv_confidence: 0.03,

@@ -141,6 +141,7 @@ fn holdout_flags_flipped_labels_more_often_than_clean_ones() {
         y: Tensor::from_slice(&labels),
         indices: data.train.indices.clone(),
         source_len: data.train.source_len,
+        source: None,
     };
     let mut options = HoldoutOptions::from_config(&Config::default(), Augmentation::None);
     assert_eq!(options.spec.method, Method::Standard);

@@ -107,6 +107,7 @@ fn as_rgb32(split: &Split) -> Split {
         y: split.y.shallow_clone(),
         indices: split.indices.clone(),
         source_len: split.source_len,
+        source: None,
     }
 }
 

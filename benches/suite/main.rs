@@ -4,13 +4,15 @@
 //! Workloads (issue "Benchmarks"): (a) PGD-20 robust-accuracy evaluation; (b) one PGD-AT and one BAT epoch;
 //! (c) forward throughput, onnxruntime vs libtorch (robustd's interpreter), at batch 1, 32, 256; (d) the Square
 //! attack on onnxruntime vs torchattacks' Square at an equal query budget; (e) the peak RSS of every process;
-//! (f) the daemon's drop-to-job-start latency. Every workload runs in its own process on each side (robustd:
+//! (f) the daemon's drop-to-job-start latency; (g) image loading: a folder of JPEGs decoded and preprocessed to
+//! 224x224 by robustd's streaming loader vs torchvision's DataLoader (`images.rs`). Every workload runs in its own process on each side (robustd:
 //! this binary's `worker` mode, `worker.rs`; reference: `scripts/bench_reference.py`), repeated, min and median
 //! kept; ratios are computed from medians of the same run.
 //!
 //! Environment: `BENCH_THREADS` (default: the machine's cores) intra-op threads for every engine; `BENCH_REPS`
 //! (default 3); `BENCH_QUICK=1` tiny sizes, results under `target/bench/quick/` (a smoke run of the harness).
 
+mod images;
 mod report;
 mod worker;
 
@@ -71,6 +73,8 @@ fn main() -> Result<()> {
         (default_stable, daemon_latency(default_stable, drops)?),
         (100, daemon_latency(100, drops)?),
     ];
+    eprintln!("[bench] image loading");
+    let image_loading = images::measure(&settings)?;
     let run = report::Run {
         settings: &settings,
         machine_before,
@@ -79,6 +83,7 @@ fn main() -> Result<()> {
         models: &models,
         results: &results,
         latency: &latency,
+        images: &image_loading,
     };
     let (md, png) = run.write(&settings.out)?;
     eprintln!("[bench] wrote {} and {}", md.display(), png.display());

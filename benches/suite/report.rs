@@ -26,6 +26,7 @@ pub struct Run<'a> {
     pub results: &'a [Measured],
     /// (`daemon.stable_ms`, latencies in seconds).
     pub latency: &'a [(u64, Vec<f64>)],
+    pub images: &'a crate::images::ImageLoading,
 }
 
 /// What the machine was while the suite ran.
@@ -441,6 +442,7 @@ impl Run<'_> {
             let list: Vec<String> = lat.iter().map(|v| format!("{:.0}", v * 1e3)).collect();
             let _ = writeln!(s, "- stable_ms {stable}: {} ms", list.join(", "));
         }
+        s.push_str(&self.images.markdown());
         let _ = writeln!(s, "\n![robustd vs references](results.png)");
     }
 }

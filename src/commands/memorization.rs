@@ -62,8 +62,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = configure(&args)?;
     runtime::set_torch_threads(config.runtime.threads);
     let device = runtime::parse_device(&config.runtime.device)?;
-    let dataset = Dataset::load(&config.dataset, config.runtime.seed)?;
     let onnx = OnnxModel::load(&args.model, &config.limits)?;
+    let model_chw = onnx
+        .inputs()
+        .first()
+        .and_then(|input| crate::onnx::infer_input_chw(input, Layout::Nchw));
+    let dataset = Dataset::open(&config, model_chw)?;
     let adapter = input_adapter(&config, &dataset);
     let out = match &args.out {
         Some(dir) => dir.clone(),

@@ -575,7 +575,8 @@ fn daemon_wide_keys(text: &str, sidecar: &str) -> Result<(), String> {
 
 /// Files a sidecar may point the job at (`dataset.path`, a scores file in `train.bat.atypicality`) must exist and
 /// be regular files or directories, checked at intake: the drop fails at once with the sidecar's name and key,
-/// and no loader ever opens a FIFO (which blocks) or a device such as /dev/zero (which never ends).
+/// and no loader ever opens a FIFO (which blocks) or a device such as /dev/zero (which never ends). A dataset path
+/// must also lie inside `paths.datasets` (symlinks resolved); the loader then keeps every image file inside it.
 fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), String> {
     use crate::train::AtypicalitySetting;
     let mut paths: Vec<(&str, PathBuf)> = Vec::new();
@@ -601,6 +602,11 @@ fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), St
                 ))
             }
             Err(e) => return Err(format!("{sidecar}: `{key}`: {}: {e}", path.display())),
+        }
+        // A job's data must come from where the daemon's owner allows (`paths.datasets`).
+        if key == "dataset.path" {
+            crate::data::check_allowed(&path, &base.paths.datasets)
+                .map_err(|e| format!("{sidecar}: `{key}`: {e}"))?;
         }
     }
     Ok(())

@@ -295,10 +295,14 @@ fn check_inputs(model: &dyn Classifier, data: &EvalSet) -> Result<(), EvalError>
     Ok(())
 }
 
-/// Rows `idx` of a CPU tensor.
+/// Rows `idx` of a CPU tensor; 8-bit pixels come back as float32 in [0,1].
 fn rows(t: &Tensor, idx: &[usize]) -> Result<Tensor, EvalError> {
     let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-    Ok(t.f_index_select(0, &Tensor::f_from_slice(&idx)?)?)
+    let picked = t.f_index_select(0, &Tensor::f_from_slice(&idx)?)?;
+    if picked.kind() == Kind::Uint8 {
+        return Ok(picked.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?);
+    }
+    Ok(picked)
 }
 
 /// The scorer's logits as CPU float32, checked to be `[N, classes]`.

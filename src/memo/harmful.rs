@@ -1,7 +1,8 @@
 //! Harmful atypical samples: atypical training samples (score above τ) whose adversarial examples the model
 //! still does not fit — ranked by the lowest `p(y | x')` under the given model (ties: higher score first). These
 //! are the samples BAT down-weights most (`w_i = p(y_i | x'_i)^β`). The top N go into the report with their
-//! source index, label, score and adversarial confidence, and into a PNG grid of their images.
+//! source index (and file, for image-file datasets), label, score and adversarial confidence, and into a PNG grid of
+//! their images.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -49,6 +50,7 @@ pub fn harmful_atypical(
         .filter(|&i| atypical[i])
         .map(|i| HarmfulSample {
             index: scored.indices[i] as u64,
+            file: scored.file(i).map(|p| p.display().to_string()),
             label: labels[i],
             score: scores.scores[i].unwrap_or(0.0),
             adv_confidence: outcome.adv_confidence[i],
@@ -157,8 +159,8 @@ fn probability(p: f64) -> String {
 /// One image of the split as `TILE × TILE` RGB bytes (nearest-neighbour scaling; one channel shown as gray).
 fn tile_pixels(split: &Split, position: usize) -> Result<Vec<u8>, MemoError> {
     let image = split
-        .x
-        .f_get(position as i64)?
+        .images(&[position as i64])?
+        .f_get(0)?
         .f_to_device(Device::Cpu)?
         .f_to_kind(Kind::Float)?
         .f_contiguous()?;

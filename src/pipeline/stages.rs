@@ -233,7 +233,9 @@ pub fn write_back(
     model.set_train(false);
     let test = &subject.dataset.test;
     let n = test.len().min(64) as i64;
-    let x = test.x.f_narrow(0, 0, n)?;
+    let x = test
+        .images(&(0..n).collect::<Vec<_>>())?
+        .f_to_device(tch::Device::Cpu)?;
     let tch_logits = {
         let _guard = tch::no_grad_guard();
         model

@@ -8,11 +8,13 @@ use tch::Device;
 
 use super::PipelineError;
 use crate::config::Config;
-use crate::data::Dataset;
+use crate::data::{Dataset, ImageFiles};
 use crate::eval::EvalSet;
 use crate::model::{InputAdapter, Layout};
 use crate::onnx::{self, OnnxModel, OrtScorer, TchModel, TchOptions};
-use crate::report::{DatasetInfo, FileRef, ModelInfo, Normalization, TensorSpec};
+use crate::report::{
+    DatasetFiles, DatasetInfo, FileRef, ModelInfo, Normalization, SkippedFiles, TensorSpec,
+};
 use crate::runtime;
 
 pub struct Subject {
@@ -38,7 +40,6 @@ impl Subject {
         runtime::set_torch_threads(config.runtime.threads);
         let device = runtime::parse_device(&config.runtime.device)?;
         let onnx = OnnxModel::load(path, &config.limits)?;
-        let dataset = Dataset::load(&config.dataset, config.runtime.seed)?;
         let input = onnx
             .inputs()
             .first()
@@ -52,7 +53,9 @@ impl Subject {
                 message,
             }
         })?;
-        if let Some(chw) = onnx::infer_input_chw(input, layout) {
+        let model_chw = onnx::infer_input_chw(input, layout);
+        let dataset = Dataset::open(config, model_chw)?;
+        if let Some(chw) = model_chw {
             if chw != dataset.chw {
                 return Err(PipelineError::Mismatch {
                     model: path.to_path_buf(),
@@ -117,7 +120,7 @@ impl Subject {
         let test = &self.dataset.test;
         let indices = test.indices.iter().map(|&i| i as u64).collect();
         Ok(EvalSet::new(
-            test.x.shallow_clone(),
+            test.eval_pixels()?,
             test.y.shallow_clone(),
             indices,
         )?)
@@ -214,11 +217,22 @@ impl Subject {
                 self.dataset.test.len(),
                 self.dataset.test.source_len
             )),
-            sha256: Some(self.dataset.sha256.clone()),
+            // Image files have no content digest (reading every file would cost a pass); `files` holds their
+            // fingerprint instead.
+            sha256: self
+                .dataset
+                .files
+                .is_none()
+                .then(|| self.dataset.sha256.clone()),
             normalization: self.adapter.normalizes().then(|| Normalization {
                 mean: self.adapter.mean.clone(),
                 std: self.adapter.std.clone(),
             }),
+            files: self
+                .dataset
+                .files
+                .as_ref()
+                .map(|f| files_report(f, &self.dataset)),
         }
     }
 
@@ -229,5 +243,27 @@ impl Subject {
             Layout::Nhwc => "nhwc",
             Layout::Flat => "flat",
         }
+    }
+}
+
+/// The report's record of an image-file dataset.
+fn files_report(files: &ImageFiles, dataset: &Dataset) -> DatasetFiles {
+    let skipped = files.skipped();
+    DatasetFiles {
+        format: files.format.into(),
+        root: files.root.display().to_string(),
+        fingerprint: files.fingerprint.clone(),
+        train_source: files.train_source.clone(),
+        test_source: files.test_source.clone(),
+        classes: dataset.class_names.clone(),
+        preprocessing: files.preprocess.clone(),
+        decoder: crate::data::DECODER.into(),
+        decode_threads: files.decode_threads,
+        prefetch_batches: files.prefetch_batches,
+        cache: files.cache.as_ref().map(|c| c.display().to_string()),
+        skipped: SkippedFiles {
+            count: skipped.count as u64,
+            files: skipped.files,
+        },
     }
 }

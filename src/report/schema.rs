@@ -189,6 +189,46 @@ pub struct DatasetInfo {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalization: Option<Normalization>,
+    /// Image-file datasets (`folder`, `manifest`): where the files are, the fingerprint, the whole preprocessing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<DatasetFiles>,
+}
+
+/// The record of an image-file dataset: enough to find the same files and turn them into the same tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetFiles {
+    /// `folder` or `manifest`.
+    pub format: String,
+    pub root: String,
+    /// SHA-256 over the class names and every file's relative path, size and label, split by split in index
+    /// order: the same fingerprint means the same samples under the same indices.
+    pub fingerprint: String,
+    /// The folder or manifest of each split.
+    pub train_source: String,
+    pub test_source: String,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// Resize, crop, interpolation and output size, applied before the [0,1] pixels the attacks perturb; the
+    /// normalization is `normalization` above.
+    pub preprocessing: crate::data::Preprocess,
+    /// Decoder: the crates and versions that read the files.
+    pub decoder: String,
+    pub decode_threads: usize,
+    pub prefetch_batches: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// Files left out as unreadable or corrupt (`dataset.corrupt: skip`).
+    pub skipped: SkippedFiles,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedFiles {
+    pub count: u64,
+    /// The first few, relative to the root, with the cause.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,6 +354,9 @@ pub struct Histogram {
 pub struct HarmfulSample {
     /// Source index in the training split.
     pub index: u64,
+    /// The image file, relative to the dataset root (image-file datasets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     pub label: i64,
     pub score: f64,
     pub adv_confidence: f64,

@@ -34,6 +34,7 @@ pub fn flip_labels(split: &Split, every: usize) -> (Split, Vec<usize>) {
         y: Tensor::from_slice(&labels),
         indices: split.indices.clone(),
         source_len: split.source_len,
+        source: None,
     };
     (noisy, flipped)
 }
@@ -147,5 +148,6 @@ pub fn synthetic(n: usize, seed: u64, first_index: i64) -> Split {
         y: Tensor::from_slice(&labels),
         indices: (0..n as i64).map(|i| i + first_index).collect(),
         source_len: n,
+        source: None,
     }
 }
