@@ -107,6 +107,14 @@ fn memorization_names_the_harmful_image_files() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let config = image_config(root);
+    // Every scored sample counts as atypical (a 1-epoch tiny model memorizes nothing measurable), so the harmful
+    // list is filled and this checks how it names the files, not what the estimator finds.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("harmful_top: 5", "harmful_top: 5, threshold: -2.0"),
+    )
+    .unwrap();
     let model = fixture("images/tiny224.onnx");
     let run = robustd(
         root,

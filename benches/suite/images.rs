@@ -7,11 +7,11 @@
 //! worker as RSS would. Goal: >= 1.0x torchvision's throughput at <= 0.5x its memory.
 //!
 //! `BENCH_IMAGES` sets the folder size (default 2000; 200 with BENCH_QUICK), `BENCH_IMAGE_WORKERS` the workers
-//! (default: the machine's cores).
+//! (default: the machine's cores); `BENCH_ONLY=images` runs this section alone and prints it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_norway::Value;

@@ -10,7 +10,8 @@
 //! kept; ratios are computed from medians of the same run.
 //!
 //! Environment: `BENCH_THREADS` (default: the machine's cores) intra-op threads for every engine; `BENCH_REPS`
-//! (default 3); `BENCH_QUICK=1` tiny sizes, results under `target/bench/quick/` (a smoke run of the harness).
+//! (default 3); `BENCH_QUICK=1` tiny sizes, results under `target/bench/quick/` (a smoke run of the harness);
+//! `BENCH_ONLY=images` only the image-loading section, printed.
 
 mod images;
 mod report;
@@ -41,6 +42,19 @@ fn main() -> Result<()> {
     }
     let settings = Settings::from_env();
     std::fs::create_dir_all(&settings.work)?;
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("images") {
+        let machine = report::Machine::read();
+        let measured = images::measure(&settings)?;
+        println!(
+            "{} ({} cores), load before: {}, after: {}{}",
+            machine.cpu,
+            machine.cores,
+            machine.load,
+            report::Machine::read().load,
+            measured.markdown()
+        );
+        return Ok(());
+    }
     let machine_before = report::Machine::read();
     let started = Instant::now();
     eprintln!(
