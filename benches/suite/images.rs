@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_norway::Value;
 
+use crate::report::{median, min};
 use crate::{Settings, MANIFEST};
 
 /// Both sides' results.
@@ -68,15 +69,8 @@ pub fn measure(settings: &Settings) -> Result<ImageLoading> {
         .args(["run", "--root"])
         .arg(&root)
         .args(["--workers", &workers.to_string()])
-        .args(["--batch", &batch.to_string(), "--reps", &reps])
-        .env(
-            "MALLOC_MMAP_THRESHOLD_",
-            robustd::runtime::MALLOC_MMAP_THRESHOLD.to_string(),
-        )
-        .env(
-            "MALLOC_TRIM_THRESHOLD_",
-            robustd::runtime::MALLOC_TRIM_THRESHOLD.to_string(),
-        );
+        .args(["--batch", &batch.to_string(), "--reps", &reps]);
+    crate::with_robustd_allocator(&mut theirs);
     let robustd = run_sampled(ours, &settings.work, "images-robustd")?;
     let reference = run_sampled(theirs, &settings.work, "images-reference")?;
     Ok(ImageLoading {
@@ -167,16 +161,6 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 impl ImageLoading {
     /// The RESULTS.md section.
     pub fn markdown(&self) -> String {
@@ -208,8 +192,4 @@ impl ImageLoading {
             w = self.workers,
         )
     }
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
 }

@@ -147,17 +147,8 @@ impl Settings {
     fn run_reference(&self, model: &Path, w: &Workload) -> Result<Value> {
         let mut cmd = Command::new(Path::new(MANIFEST).join(".venv/bin/python"));
         cmd.arg(Path::new(MANIFEST).join("scripts/bench_reference.py"))
-            .args(["--threads", &self.threads.to_string(), w.name])
-            // The same glibc allocator settings robustd applies to itself (runtime::tune_allocator), so the
-            // reference is not slowed by page faults that depend on how much else its heap happens to hold.
-            .env(
-                "MALLOC_MMAP_THRESHOLD_",
-                robustd::runtime::MALLOC_MMAP_THRESHOLD.to_string(),
-            )
-            .env(
-                "MALLOC_TRIM_THRESHOLD_",
-                robustd::runtime::MALLOC_TRIM_THRESHOLD.to_string(),
-            );
+            .args(["--threads", &self.threads.to_string(), w.name]);
+        with_robustd_allocator(&mut cmd);
         self.run_child(cmd, model, w, "reference")
     }
 
@@ -202,6 +193,19 @@ impl Settings {
         let line = stdout.lines().last().context("no output")?;
         serde_norway::from_str(line).with_context(|| format!("{side} printed `{line}`"))
     }
+}
+
+/// The same glibc allocator settings robustd applies to itself (runtime::tune_allocator), so a Python reference is
+/// not slowed by page faults that depend on how much else its heap happens to hold.
+pub fn with_robustd_allocator(cmd: &mut Command) {
+    cmd.env(
+        "MALLOC_MMAP_THRESHOLD_",
+        robustd::runtime::MALLOC_MMAP_THRESHOLD.to_string(),
+    )
+    .env(
+        "MALLOC_TRIM_THRESHOLD_",
+        robustd::runtime::MALLOC_TRIM_THRESHOLD.to_string(),
+    );
 }
 
 #[derive(Debug, Clone)]

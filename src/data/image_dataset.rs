@@ -203,17 +203,7 @@ impl Dataset {
             augmentation: Augmentation::RandomResizedCrop,
             files: Some(files),
         };
-        tracing::info!(
-            dataset = %dataset.name,
-            root = %dataset.root.display(),
-            train = dataset.train.len(),
-            train_source = dataset.train.source_len,
-            test = dataset.test.len(),
-            test_source = dataset.test.source_len,
-            fingerprint = %&dataset.sha256[..12],
-            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-            "image dataset opened"
-        );
+        dataset.log_loaded(started);
         Ok(dataset)
     }
 }

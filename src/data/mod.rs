@@ -178,18 +178,23 @@ impl Dataset {
             augmentation,
             files: None,
         };
+        dataset.log_loaded(started);
+        Ok(dataset)
+    }
+
+    /// The one log line saying what was loaded (for image files, `sha256` is the fingerprint).
+    fn log_loaded(&self, started: Instant) {
         tracing::info!(
-            dataset = %dataset.name,
-            root = %dataset.root.display(),
-            train = dataset.train.len(),
-            train_source = dataset.train.source_len,
-            test = dataset.test.len(),
-            test_source = dataset.test.source_len,
-            sha256 = %&dataset.sha256[..12],
-            seconds = started.elapsed().as_secs_f64(),
+            dataset = %self.name,
+            root = %self.root.display(),
+            train = self.train.len(),
+            train_source = self.train.source_len,
+            test = self.test.len(),
+            test_source = self.test.source_len,
+            sha256 = %&self.sha256[..12],
+            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
             "dataset loaded"
         );
-        Ok(dataset)
     }
 }
 
