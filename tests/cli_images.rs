@@ -1,6 +1,6 @@
 //! The commands on a user's own image folder (Fashion-MNIST test images as PNG/JPEG in class folders, generated at
 //! setup) with a 3x224x224 model: `robustd eval` and `robustd finetune` (BAT, random-resized-crop augmentation)
-//! end to end, and `robustd memorization`, whose harmful-atypical list names the image files. Tiny sizes: a few
+//! end to end, and `robustd memorization`, whose harmful-atypical list and `files.csv` name the image files. Tiny sizes: a few
 //! dozen images, one epoch, two PGD steps.
 
 mod cli_support;
@@ -139,11 +139,42 @@ fn memorization_names_the_harmful_image_files() {
         !harmful.is_empty(),
         "no harmful sample named a file:\n{summary}"
     );
+    // files.csv maps every scored source index (the npz `index`) to its file and label.
+    let table = std::fs::read_to_string(root.join("memo/files.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows[0], ["index", "file", "label"]);
+    assert_eq!(
+        rows.len(),
+        41,
+        "a header and the 40 scored samples:\n{table}"
+    );
+    let classes = sorted_class_names();
+    for row in &rows[1..] {
+        let file = row[1];
+        let label: usize = row[2].parse().unwrap();
+        assert!(folder().join(file).is_file(), "{file}");
+        assert_eq!(
+            file.split('/').nth(1),
+            Some(classes[label].as_str()),
+            "{file}"
+        );
+    }
     for file in harmful {
         assert!(
             file.starts_with("train/") && file.ends_with(".png"),
             "{file}"
         );
         assert!(folder().join(file).is_file(), "{file}");
+        assert!(rows.iter().any(|r| r[1] == file), "{file} not in files.csv");
     }
+}
+
+/// The class folders of the training split, sorted (torchvision's label order).
+fn sorted_class_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder().join("train"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
 }

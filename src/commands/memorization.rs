@@ -2,7 +2,8 @@
 //! re-initialized copies of the model's own graph (cached in `paths.state/memo`, resumable), or imported scores —
 //! then measures the given model per typical/atypical group and lists its harmful atypical samples. Writes
 //! `scores.npy`, `memorization.npz`, `memorization.yaml` (the report's `memorization:` section plus the model's
-//! groups), `memorization_hist.png` and `harmful_atypical.png` into `--out`.
+//! groups), `memorization_hist.png`, `harmful_atypical.png` and, for image files, `files.csv` (index → file) into
+//! `--out`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -102,6 +103,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     ];
     output::write_scores_npy(&out.join(output::SCORES_NPY), &scores)?;
     output::write_details_npz(&out.join(output::DETAILS_NPZ), &scores, estimate.as_ref())?;
+    if output::write_files_csv(&out.join(output::FILES_CSV), &scored)? {
+        files.push(output::FILES_CSV.into());
+    }
     match output::write_histogram(&out.join(output::HISTOGRAM_PNG), &scores, threshold) {
         Ok(()) => files.push(output::HISTOGRAM_PNG.into()),
         Err(e) => tracing::warn!(error = %e, "no histogram plot"),

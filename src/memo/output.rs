@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `scores.npy` | float64 `[max index + 1]`: score by source index (0 = unscored or undefined) — importable again with `train.bat.atypicality: PATH/scores.npy` |
 //! | `memorization.npz` | `index` int64 `[N]`, `score` float64 `[N]` (0 where undefined), `defined` bool `[N]`; for the estimator also `in_seen`, `in_correct`, `out_seen`, `out_correct` uint32 `[N]`, `test_index` int64 `[M]`, `consistency` float64 `[M]` |
+//! | `files.csv` | image-file datasets only: `index,file,label` of each scored sample (`index` as in `memorization.npz` and the position in `scores.npy`, `file` relative to the dataset root) |
 //! | `memorization.yaml` | [`Summary`]: the report's `memorization:` section, the model's `groups:`, the subset models' fit |
 //! | `memorization_hist.png` | histogram of the scores with the threshold |
 //! | `harmful_atypical.png` | image grid of the harmful atypical samples |
@@ -17,12 +18,14 @@ use serde::{Deserialize, Serialize};
 use super::estimator::{Estimate, ModelFit};
 use super::scores::TrainScores;
 use super::MemoError;
+use crate::data::Split;
 use crate::durable::{write_atomic, write_atomic_with, write_yaml_atomic};
 use crate::report::plots::memorization_histogram;
 use crate::report::{Groups, Memorization};
 
 pub const SCORES_NPY: &str = "scores.npy";
 pub const DETAILS_NPZ: &str = "memorization.npz";
+pub const FILES_CSV: &str = "files.csv";
 pub const SUMMARY_YAML: &str = "memorization.yaml";
 pub const HISTOGRAM_PNG: &str = "memorization_hist.png";
 pub const HARMFUL_PNG: &str = "harmful_atypical.png";
@@ -123,6 +126,37 @@ pub fn write_details_npz(
     }
     write_atomic(path, buffer.get_ref())?;
     Ok(())
+}
+
+/// `files.csv`: the scored samples of an image-file split as `index,file,label`, so the source indices of
+/// `scores.npy` and `memorization.npz` name their image files. Returns false (writing nothing) for an in-RAM split.
+pub fn write_files_csv(path: &Path, scored: &Split) -> Result<bool, MemoError> {
+    if scored.source.is_none() {
+        return Ok(false);
+    }
+    let labels = Vec::<i64>::try_from(&scored.y.f_to_kind(tch::Kind::Int64)?)?;
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let bad = |e: csv::Error| MemoError::Cache {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    writer
+        .write_record(["index", "file", "label"])
+        .map_err(bad)?;
+    for (position, (&index, label)) in scored.indices.iter().zip(&labels).enumerate() {
+        let file = scored
+            .file(position)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        writer
+            .write_record([index.to_string(), file, label.to_string()])
+            .map_err(bad)?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| bad(csv::Error::from(e.into_error())))?;
+    write_atomic(path, &bytes)?;
+    Ok(true)
 }
 
 /// `memorization_hist.png`.
