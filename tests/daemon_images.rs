@@ -8,20 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use daemon_support::*;
-use robustd::daemon::JobState;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+use robustd::job::JobState;
 
 #[test]
 fn a_sidecar_may_name_an_image_folder_inside_the_allow_list_only() {

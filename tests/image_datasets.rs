@@ -14,6 +14,8 @@ use robustd::data::{Augmentation, BatchOptions, DataError, Dataset};
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
+use fixtures::copy_dir;
+
 fn images_dir() -> PathBuf {
     fixtures::generated("images/parity.json")
         .parent()
@@ -638,19 +640,6 @@ fn the_allow_list_takes_only_paths_inside_it() {
             .is_err()
     );
     assert!(robustd::data::check_allowed(&data, &[]).is_err());
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn count_files(dir: &Path) -> usize {
