@@ -419,7 +419,8 @@ pub enum SidecarError {
     #[error("{sidecar}: `dataset.path`: {source}")]
     DatasetNotAllowed {
         sidecar: String,
-        source: crate::data::DataError,
+        // Boxed: a DataError is large, and every intake result carries this enum.
+        source: Box<crate::data::DataError>,
     },
 }
 
@@ -489,7 +490,7 @@ fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), Si
             crate::data::check_allowed(&path, &base.paths.datasets).map_err(|source| {
                 SidecarError::DatasetNotAllowed {
                     sidecar: sidecar.to_owned(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         }
