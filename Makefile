@@ -4,6 +4,7 @@
 #   make crosscheck  robustd's robust accuracies vs torchattacks (scripts/reference_eval.py), ~30 min on 2 cores
 #   make bench  robustd vs PyTorch eager / torchattacks, writes benches/RESULTS.md + results.png (~4 min on 2 cores)
 #   make fuzz   run the cargo-fuzz targets (nightly) for FUZZ_SECONDS (default 600) in total
+#   make fixtures  the test models: exports, the trained CNN, and their shipped forms (optimized, fp16, quantized)
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -25,6 +26,7 @@ build: setup
 fixtures: setup
 	@$(PY) scripts/export_fixtures.py --out $(FIXTURES)
 	@$(MAKE) --no-print-directory $(TRAINED_FIXTURE)
+	@$(PY) scripts/export_shipped_fixtures.py --fixtures $(FIXTURES)
 
 $(TRAINED_FIXTURE): scripts/train_demo_cnn.py scripts/export_fixtures.py scripts/fmnist.py
 	@$(PY) scripts/train_demo_cnn.py --out $@ --train-samples 3000 --epochs 1

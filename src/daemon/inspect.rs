@@ -104,6 +104,7 @@ impl JobRunner for InspectRunner {
             before: None,
             after: None,
             atypical_share: None,
+            scope: None,
             warnings: vec![
                 "inspection only: the model was loaded and checked, no dataset evaluation ran (runner `inspect`)"
                     .into(),
@@ -461,6 +462,7 @@ pub fn model_info(
         classes,
         external_data,
         forward_check: forward,
+        form: None,
     }
 }
 

@@ -1,7 +1,9 @@
 //! A graph node in robustd's own form (inputs/outputs by name, attributes kept as protos) and typed attribute
 //! access: one small trait per attribute kind, with errors naming the attribute.
 
-use super::proto::{attribute_type as at, AttributeProto, TensorProto};
+use std::collections::HashSet;
+
+use super::proto::{attribute_type as at, AttributeProto, GraphProto, NodeProto, TensorProto};
 
 /// One ONNX node. An empty input name means an omitted optional input.
 #[derive(Debug, Clone)]
@@ -67,7 +69,48 @@ impl AttrValue for TensorProto {
     }
 }
 
+impl AttrValue for GraphProto {
+    const EXPECTED: &'static str = "GRAPH";
+    fn read(a: &AttributeProto) -> Option<Self> {
+        if a.r#type == at::GRAPH {
+            a.g.as_deref().cloned()
+        } else {
+            None
+        }
+    }
+}
+
 impl Node {
+    pub fn from_proto(n: &NodeProto) -> Self {
+        Self {
+            name: n.name.clone(),
+            op_type: n.op_type.clone(),
+            domain: n.domain.clone(),
+            inputs: n.input.clone(),
+            outputs: n.output.clone(),
+            attributes: n.attribute.clone(),
+        }
+    }
+
+    /// The graphs in this node's attributes (If branches, Loop and Scan bodies).
+    pub fn subgraphs(&self) -> impl Iterator<Item = &GraphProto> {
+        self.attributes
+            .iter()
+            .flat_map(|a| a.g.as_deref().into_iter().chain(a.graphs.iter()))
+    }
+
+    /// Values this node's subgraphs read from enclosing graphs: names neither produced inside a subgraph nor
+    /// its own inputs or initializers (at any nesting depth). They order the node after their producers.
+    pub fn outer_references(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in self.subgraphs() {
+            collect_outer(g, &HashSet::new(), &mut out);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn attribute(&self, name: &str) -> Option<&AttributeProto> {
         self.attributes.iter().find(|a| a.name == name)
     }
@@ -124,4 +167,28 @@ impl Node {
 /// The default ONNX operator domain (`""` or `ai.onnx`).
 pub fn is_default_domain(domain: &str) -> bool {
     domain.is_empty() || domain == "ai.onnx"
+}
+
+fn collect_outer(g: &GraphProto, enclosing_local: &HashSet<String>, out: &mut Vec<String>) {
+    let mut local: HashSet<String> = enclosing_local.clone();
+    local.extend(g.input.iter().map(|v| v.name.clone()));
+    local.extend(g.initializer.iter().map(|t| t.name.clone()));
+    local.extend(g.node.iter().flat_map(|n| n.output.iter().cloned()));
+    for n in &g.node {
+        for input in n.input.iter().filter(|s| !s.is_empty()) {
+            if !local.contains(input) {
+                out.push(input.clone());
+            }
+        }
+        for a in &n.attribute {
+            for sub in a.g.as_deref().into_iter().chain(a.graphs.iter()) {
+                collect_outer(sub, &local, out);
+            }
+        }
+    }
+    for o in &g.output {
+        if !local.contains(&o.name) {
+            out.push(o.name.clone());
+        }
+    }
 }
