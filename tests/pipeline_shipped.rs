@@ -201,3 +201,36 @@ fn a_dynamically_quantized_model_is_evaluated_and_its_fine_tuning_refused_with_t
         Some("dynamic")
     );
 }
+
+#[test]
+fn a_transformer_optimized_by_onnxruntime_is_evaluated_white_box_through_its_fused_ops() {
+    let (report, _, _tmp) = run("eval", &shipped("vit_transformers"), &["--attacks", "pgd"]);
+    let form = report.model.form.as_ref().unwrap();
+    for op in [
+        "Attention",
+        "SkipLayerNormalization",
+        "BiasGelu",
+        "FastGelu",
+        "QuickGelu",
+    ] {
+        assert!(
+            form.contrib_ops
+                .iter()
+                .any(|c| c.starts_with(&format!("com.microsoft::{op} ("))),
+            "{op} not in {:?}",
+            form.contrib_ops
+        );
+    }
+    assert!(
+        form.unsupported_ops.is_empty() && report.summary.scope.is_none(),
+        "{form:?}"
+    );
+    let before = report.evaluation.as_ref().unwrap().before.as_ref().unwrap();
+    assert!(before.attacks.0.iter().any(|(n, _)| n == "pgd"));
+    // Every adversarial example was re-checked on onnxruntime, and both engines agreed on the clean images.
+    assert!(
+        before.ort_recheck.clean_max_logit_diff <= 1e-4,
+        "{:?}",
+        before.ort_recheck
+    );
+}

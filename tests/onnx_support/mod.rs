@@ -11,7 +11,8 @@ use robustd::config::Limits;
 use robustd::onnx::OnnxModel;
 
 /// Every exported fixture (scripts/export_fixtures.py `VARIANTS`): each architecture through both exporters, the
-/// VGG with BatchNorm kept, and older-opset legacy exports.
+/// VGG with BatchNorm kept, older-opset legacy exports, and the ViTs (the opset-23 one with the ONNX Attention and
+/// RMSNormalization ops).
 pub const FIXTURES: &[&str] = &[
     "mlp_legacy",
     "mlp_dynamo",
@@ -32,6 +33,9 @@ pub const FIXTURES: &[&str] = &[
     "vgg_bn_dynamo",
     "vgg_bn_bnkept_legacy",
     "vgg_bn_bnkept_dynamo",
+    "vit_legacy",
+    "vit_dynamo",
+    "vit_sdpa_dynamo_opset23",
 ];
 
 pub fn generated_dir() -> PathBuf {

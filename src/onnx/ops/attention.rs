@@ -84,6 +84,13 @@ fn attention(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
             "the nonpad_kv_seqlen input is not supported".into(),
         ));
     }
+    for window in ["left_window_size", "right_window_size"] {
+        if c.attr_or(window, -1i64)? != -1 {
+            return Err(OpError::Invalid(format!(
+                "sliding-window attention (`{window}`) is not supported"
+            )));
+        }
+    }
     let three_d = q.dim() == 3;
     let (q, k, v) = if three_d {
         let heads = |name: &str| -> Result<i64, OpError> {

@@ -122,9 +122,10 @@ fn top_k(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
         )));
     }
     let largest = c.attr_or("largest", 1i64)? != 0;
-    // Unsorted output may come in any order (ONNX): sorted is one such order.
-    let (values, indices) = x.f_topk(k, a, largest, true)?;
-    Ok(vec![values, indices])
+    // A stable sort puts equal values in index order, as ONNX and onnxruntime want; unsorted output may come in
+    // any order, so sorted is fine.
+    let (values, indices) = x.f_sort_stable(true, a, largest)?;
+    Ok(vec![values.f_narrow(a, 0, k)?, indices.f_narrow(a, 0, k)?])
 }
 
 /// CumSum along the axis given as a tensor; `exclusive` leaves out the element itself, `reverse` sums from the end.
@@ -178,6 +179,7 @@ fn depth_to_space(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     one(y.f_reshape([n, out_c, h * b, w * b])?)
 }
 
+/// SpaceToDepth: the inverse of DepthToSpace, DCR (the default) or CRD ordering.
 fn space_to_depth(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let x = c.input(i, 0)?;
     let (b, [n, ch, h, w]) = block_size(c, x, "SpaceToDepth")?;
@@ -186,9 +188,14 @@ fn space_to_depth(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
             "SpaceToDepth: spatial size {h}x{w} is not divisible by blocksize {b}"
         )));
     }
+    let perm = if c.attr_or("mode", "DCR".to_owned())? == "CRD" {
+        [0, 1, 3, 5, 2, 4]
+    } else {
+        [0, 3, 5, 1, 2, 4]
+    };
     one(x
         .f_reshape([n, ch, h / b, b, w / b, b])?
-        .f_permute([0, 3, 5, 1, 2, 4])?
+        .f_permute(perm)?
         .f_reshape([n, ch * b * b, h / b, w / b])?)
 }
 
