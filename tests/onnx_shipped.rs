@@ -12,8 +12,8 @@ mod onnx_support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use onnx_support::{generated_dir, max_abs_diff, npz_f32};
-use robustd::config::{InputLayout, Limits};
+use onnx_support::{generated_dir, max_abs_diff, npz_f32, sgd, tch_model};
+use robustd::config::Limits;
 use robustd::model::{Classifier, InputAdapter, Scorer};
 use robustd::onnx::{
     write_back, GraphForm, Interpreter, OnnxError, OnnxModel, OrtScorer, Quantization, TchModel,
@@ -64,17 +64,6 @@ fn shipped(name: &str) -> PathBuf {
 
 fn load(path: &std::path::Path) -> OnnxModel {
     OnnxModel::load(path, &Limits::default()).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn tch_model(model: &OnnxModel) -> TchModel {
-    TchModel::with_layout(
-        model,
-        InputAdapter::identity(),
-        InputLayout::Auto,
-        Device::Cpu,
-        TchOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn ort_logits(path: &std::path::Path, x: &Tensor) -> Tensor {
@@ -238,34 +227,6 @@ fn op_counts(model: &OnnxModel) -> BTreeMap<String, usize> {
     counts
 }
 
-/// A few SGD steps on Fashion-MNIST-shaped noise with fixed random labels (a learnable memorization task).
-fn sgd_steps(model: &mut TchModel, x: &Tensor, steps: usize, lr: f64) -> (f64, f64) {
-    let y = Tensor::arange(x.size()[0], (Kind::Int64, Device::Cpu)).remainder(model.num_classes());
-    let loss = |m: &TchModel| m.forward(x).unwrap().cross_entropy_for_logits(&y);
-    model.set_train(false);
-    let before = tch::no_grad(|| loss(model).double_value(&[]));
-    model.set_train(true);
-    let mut params = model.trainable_parameters();
-    assert!(!params.is_empty());
-    for _ in 0..steps {
-        let l = loss(model);
-        for p in params.iter_mut() {
-            p.zero_grad();
-        }
-        l.backward();
-        tch::no_grad(|| {
-            for p in &params {
-                let g = p.grad();
-                if g.defined() {
-                    let _ = p.shallow_clone().f_sub_(&(g * lr)).unwrap();
-                }
-            }
-        });
-    }
-    model.set_train(false);
-    (before, tch::no_grad(|| loss(model).double_value(&[])))
-}
-
 /// Fine-tuning keeps the shipped form: the same nodes (fused, QDQ, QOperator), every initializer in its original
 /// element type, quantization scales untouched, and onnxruntime on the written file agrees with the trained model.
 #[test]
@@ -290,7 +251,10 @@ fn fine_tuned_models_are_written_back_in_their_shipped_form() {
         );
         let mut tch = tch_model(&model);
         let (x, _) = inputs(name);
-        let (before, after) = sgd_steps(&mut tch, &x, 8, 0.02);
+        // A learnable task: fixed labels for the fixture's inputs.
+        let y =
+            Tensor::arange(x.size()[0], (Kind::Int64, Device::Cpu)).remainder(tch.num_classes());
+        let (before, after) = sgd(&mut tch, &x, &y, 8, 0.02);
         println!("{name}: loss {before:.4} -> {after:.4}");
         assert!(after < before, "{name}: loss {before} -> {after}");
         let out = dir.path().join(format!("{name}.pgd-at.onnx"));

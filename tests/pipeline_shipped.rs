@@ -34,6 +34,22 @@ fn run(command: &str, model: &Path, extra: &[&str]) -> (Report, PathBuf, tempfil
     (report, out, tmp)
 }
 
+/// `robustd finetune MODEL --method pgd-at --epochs 1 --train-samples N` (see [`run`]).
+fn finetune(model: &Path, train_samples: &str) -> (Report, PathBuf, tempfile::TempDir) {
+    run(
+        "finetune",
+        model,
+        &[
+            "--method",
+            "pgd-at",
+            "--epochs",
+            "1",
+            "--train-samples",
+            train_samples,
+        ],
+    )
+}
+
 fn op_counts(path: &Path) -> BTreeMap<String, usize> {
     let model = OnnxModel::load(path, &Limits::default()).unwrap();
     let mut counts = BTreeMap::new();
@@ -46,18 +62,7 @@ fn op_counts(path: &Path) -> BTreeMap<String, usize> {
 #[test]
 fn a_graph_robustd_cannot_interpret_is_evaluated_score_based_and_labelled() {
     // finetune asked for, but there are no gradients: evaluated, not failed, and said plainly.
-    let (report, _, _tmp) = run(
-        "finetune",
-        &shipped("fmnist_cnn_small_ort_all"),
-        &[
-            "--method",
-            "pgd-at",
-            "--epochs",
-            "1",
-            "--train-samples",
-            "100",
-        ],
-    );
+    let (report, _, _tmp) = finetune(&shipped("fmnist_cnn_small_ort_all"), "100");
     let scope = report.summary.scope.as_deref().unwrap_or("");
     assert!(
         scope.starts_with("score-based evaluation only:")
@@ -88,18 +93,7 @@ fn a_graph_robustd_cannot_interpret_is_evaluated_score_based_and_labelled() {
 #[test]
 fn a_qdq_model_is_attacked_straight_through_and_fine_tuned_into_the_same_qdq_graph() {
     let model = shipped("fmnist_cnn_small_qdq");
-    let (report, out, _tmp) = run(
-        "finetune",
-        &model,
-        &[
-            "--method",
-            "pgd-at",
-            "--epochs",
-            "1",
-            "--train-samples",
-            "400",
-        ],
-    );
+    let (report, out, _tmp) = finetune(&model, "400");
     let form = report.model.form.as_ref().unwrap();
     assert_eq!(form.quantization.as_deref(), Some("qdq"));
     assert!(form.gradients.contains("straight-through"), "{form:?}");
@@ -137,18 +131,7 @@ fn a_qdq_model_is_attacked_straight_through_and_fine_tuned_into_the_same_qdq_gra
 #[test]
 fn a_float16_model_is_fine_tuned_in_float32_and_written_back_as_float16() {
     let model = shipped("fmnist_cnn_small_fp16");
-    let (report, out, _tmp) = run(
-        "finetune",
-        &model,
-        &[
-            "--method",
-            "pgd-at",
-            "--epochs",
-            "1",
-            "--train-samples",
-            "400",
-        ],
-    );
+    let (report, out, _tmp) = finetune(&model, "400");
     let form = report.model.form.as_ref().unwrap();
     assert_eq!(form.precision, "float16");
     assert!(
@@ -175,18 +158,7 @@ fn a_float16_model_is_fine_tuned_in_float32_and_written_back_as_float16() {
 
 #[test]
 fn a_dynamically_quantized_model_is_evaluated_and_its_fine_tuning_refused_with_the_reason() {
-    let (report, _, _tmp) = run(
-        "finetune",
-        &shipped("cnn_bn_dynamic"),
-        &[
-            "--method",
-            "pgd-at",
-            "--epochs",
-            "1",
-            "--train-samples",
-            "100",
-        ],
-    );
+    let (report, _, _tmp) = finetune(&shipped("cnn_bn_dynamic"), "100");
     assert_eq!(report.summary.verdict, Verdict::EvaluationOnly);
     assert!(report.training.is_none());
     let refusal = report

@@ -78,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let quantized = form
         .quantization
         .map_or(String::new(), |q| format!(", {} quantized", q.name()));
-    println!("form       {}{quantized}", form.precision.name());
+    println!("form       {}{quantized}", form.precision_name());
     for (op, n) in &form.contrib_ops {
         println!(
             "contrib    {op} ({n} node{})",

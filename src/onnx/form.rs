@@ -104,6 +104,15 @@ impl GraphForm {
         }
     }
 
+    /// The precision as people write it: `float32`, `float16`, `bfloat16`, `float64`.
+    pub fn precision_name(&self) -> &'static str {
+        match self.precision {
+            DType::F32 => "float32",
+            DType::F64 => "float64",
+            other => other.name(),
+        }
+    }
+
     /// Whether the weights are stored in a half-precision type (computed in float32 by the interpreter).
     pub fn half_precision(&self) -> bool {
         matches!(self.precision, DType::F16 | DType::BF16)

@@ -815,7 +815,7 @@ mod tests {
                 outputs: Vec::new(),
                 attributes: Vec::new(),
             },
-            op: ops::lookup("Identity").unwrap(),
+            op: ops::lookup("", "Identity").unwrap(),
             inputs,
             outputs,
             release: Vec::new(),

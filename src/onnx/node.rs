@@ -192,3 +192,57 @@ fn collect_outer(g: &GraphProto, enclosing_local: &HashSet<String>, out: &mut Ve
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto::{AttributeProto, ValueInfoProto};
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    /// An If branch reading `x` and `w` from the enclosing graph, its own `t`, and a nested branch reading `y`.
+    #[test]
+    fn subgraph_reads_from_enclosing_graphs_are_found_at_any_depth() {
+        let inner = GraphProto {
+            node: vec![node("Relu", &["y", "t"], "u")],
+            output: vec![ValueInfoProto {
+                name: "u".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let nested = node("If", &["c"], "v");
+        let nested = NodeProto {
+            attribute: vec![AttributeProto {
+                name: "then_branch".into(),
+                r#type: at::GRAPH,
+                g: Some(Box::new(inner)),
+                ..Default::default()
+            }],
+            ..nested
+        };
+        let branch = GraphProto {
+            node: vec![node("Add", &["x", "w"], "t"), nested],
+            output: vec![ValueInfoProto {
+                name: "v".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut outer = Node::from_proto(&node("If", &["cond"], "out"));
+        outer.attributes.push(AttributeProto {
+            name: "then_branch".into(),
+            r#type: at::GRAPH,
+            g: Some(Box::new(branch)),
+            ..Default::default()
+        });
+        assert_eq!(outer.outer_references(), ["c", "w", "x", "y"]);
+    }
+}

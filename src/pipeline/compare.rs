@@ -47,7 +47,7 @@ fn fine_tunable(subject: &Subject) -> Result<crate::onnx::TchModel, PipelineErro
             ops.join(", ")
         ))),
         Engine::WhiteBox(model) => match subject.form().fine_tuning() {
-            Ok(_) => Ok(model),
+            Ok(_) => Ok(*model),
             Err(refusal) => Err(refuse(format!("for this model fine-tuning is {refusal}"))),
         },
     }

@@ -62,7 +62,7 @@ pub fn run(
     let token = cancel.clone();
     subject.interrupt = Some(std::sync::Arc::new(move || token.is_cancelled()));
     let (mut tch_model, score_based) = match subject.engine().map_err(failed("prepare"))? {
-        Engine::WhiteBox(model) => (Some(model), None),
+        Engine::WhiteBox(model) => (Some(*model), None),
         Engine::ScoreBased(ops) => {
             tracing::info!(ops = %ops.join(", "), "score-based evaluation only");
             (None, Some(ops))

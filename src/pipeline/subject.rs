@@ -37,7 +37,7 @@ pub struct Subject {
 /// How robustd can run a subject's model.
 pub enum Engine {
     /// The trainable interpreter: gradient attacks and fine-tuning.
-    WhiteBox(TchModel),
+    WhiteBox(Box<TchModel>),
     /// onnxruntime only, because the graph holds ops robustd cannot interpret or differentiate (listed).
     ScoreBased(Vec<String>),
 }
@@ -131,7 +131,7 @@ impl Subject {
             return Ok(Engine::ScoreBased(self.unsupported.clone()));
         }
         match self.tch_model() {
-            Ok(model) => Ok(Engine::WhiteBox(model)),
+            Ok(model) => Ok(Engine::WhiteBox(Box::new(model))),
             Err(PipelineError::Onnx(OnnxError::UnsupportedOps { ops, .. })) => {
                 Ok(Engine::ScoreBased(describe_ops(&ops)))
             }
@@ -215,7 +215,7 @@ impl Subject {
     /// ops that kept it from white-box evaluation).
     pub fn model_form(&self, score_based: Option<&[String]>) -> ModelForm {
         let form = self.form();
-        let precision = form.precision.name().to_owned();
+        let precision = form.precision_name().to_owned();
         let quantized = form
             .quantization
             .map_or(String::new(), |q| format!(", {} quantized", q.name()));

@@ -433,3 +433,23 @@ fn qlinear_concat(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     )?;
     one(Tensor::f_cat(&parts, a)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forward: onnxruntime's integers (round half to even, then clamp); backward: the identity scaled by
+    /// 1/scale inside the integer range, nothing where the clamp cut.
+    #[test]
+    fn rounding_passes_gradients_straight_through_inside_the_range_only() {
+        let x = Tensor::from_slice(&[0.26f32, 0.75, 1.0, 10.0]).set_requires_grad(true);
+        let scale = Tensor::from(0.5f32);
+        let range = QuantRange { lo: 0.0, hi: 4.0 };
+        let q = fake_quantize(&x, &scale, None, 0, range).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&q).unwrap(), [1.0, 2.0, 2.0, 4.0]);
+        let grad = Tensor::run_backward(&[q.sum(Kind::Float)], &[&x], false, false).remove(0);
+        assert_eq!(Vec::<f32>::try_from(&grad).unwrap(), [2.0, 2.0, 2.0, 0.0]);
+        let back = dequantize(&q, &scale, None, 0).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&back).unwrap(), [0.5, 1.0, 1.0, 2.0]);
+    }
+}

@@ -311,8 +311,11 @@ fn nearest_index(r: &Resampling, x: f32, downsampling: bool) -> Result<i64, OpEr
     })
 }
 
-/// Taps (input indices, clamped to the axis) and their weights for each output position.
-fn taps(r: &Resampling, p: &AxisPlan) -> Result<(Vec<Vec<i64>>, Vec<Vec<f32>>), OpError> {
+/// Per output position: the input indices it reads (clamped to the axis) and their weights.
+type Taps = (Vec<Vec<i64>>, Vec<Vec<f32>>);
+
+/// The taps of every output position along one axis.
+fn taps(r: &Resampling, p: &AxisPlan) -> Result<Taps, OpError> {
     let coords = source_coordinates(r, p)?;
     let last = p.input - 1;
     let clamp = |k: i64| k.clamp(0, last.max(0));
