@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(dir) => dir.clone(),
         None => PathBuf::from(format!("memorization-{}", stem(&args.model))),
     };
-    crate::report::create_dir_all(&out)?;
+    crate::durable::create_dir_all(&out)?;
     let threshold = config.memorization.threshold;
 
     let (scored, scores, estimate) = match &args.import {

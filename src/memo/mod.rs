@@ -35,8 +35,8 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::data::{DataError, Dataset, Split};
+use crate::durable::WriteError;
 use crate::report::plots::PlotError;
-use crate::report::WriteError;
 use crate::train::{Atypicality, TrainError};
 
 pub use design::SubsetDesign;

@@ -688,7 +688,7 @@ impl Planner<'_> {
         };
         let branch: GraphProto = node
             .attr(which)
-            .map_err(|e| node_error(self.file, node, ops::OpError::Invalid(e)))?
+            .map_err(|e| node_error(self.file, node, e.into()))?
             .ok_or_else(|| {
                 node_error(
                     self.file,
@@ -698,10 +698,10 @@ impl Planner<'_> {
             })?;
         for t in &branch.initializer {
             let value = TensorData::from_proto(t, None)
-                .map_err(|message| OnnxError::Tensor {
+                .map_err(|e| OnnxError::Tensor {
                     file: self.file.to_path_buf(),
                     tensor: t.name.clone(),
-                    message,
+                    message: e.to_string(),
                 })?
                 .to_tch_compute()
                 .and_then(|v| v.f_to_device(self.device))

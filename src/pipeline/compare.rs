@@ -19,12 +19,13 @@ use super::stages::{self, method_name, Evaluee};
 use super::subject::Engine;
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
-use crate::daemon::{CancelToken, JobError, Progress};
+use crate::durable;
 use crate::eval::result::OrderedMap;
+use crate::job::{CancelToken, JobError, Progress};
 use crate::report::comparison::{
     Budget, Comparison, MethodSummary, RunRecord, Scores, SharedAtypicality, COMPARISON_SCHEMA,
 };
-use crate::report::{self, FileRef, ThreatModelInfo};
+use crate::report::FileRef;
 use crate::train::{self, Atypicality};
 
 /// What `robustd compare` varies: the methods, and the seed of each repetition.
@@ -69,7 +70,7 @@ pub fn run(
     progress.stage("prepare");
     let mut subject = Subject::load(model, config).map_err(failed("prepare"))?;
     for dir in [out_dir, checkpoint_dir] {
-        report::create_dir_all(dir).map_err(|e| failed("prepare")(e.into()))?;
+        durable::create_dir_all(dir).map_err(|e| failed("prepare")(e.into()))?;
     }
     let mut original_model = fine_tunable(&subject).map_err(failed("prepare"))?;
     let classes = stages::classes(&original_model);
@@ -140,7 +141,7 @@ pub fn run(
                         cancel,
                         progress,
                     )?;
-                    report::write_yaml_atomic(&saved, &record)
+                    durable::write_yaml_atomic(&saved, &record)
                         .map_err(|e| failed("finetune")(e.into()))?;
                     record
                 }
@@ -169,20 +170,14 @@ pub fn run(
             sha256: info.sha256,
             bytes: None,
         },
-        threat_model: ThreatModelInfo {
-            norm: match config.threat.norm {
-                crate::config::Norm::Linf => "linf".into(),
-                crate::config::Norm::L2 => "l2".into(),
-            },
-            eps: config.threat.eps,
-        },
+        threat_model: stages::threat_model(config),
         budget,
         methods,
         original,
         atypicality,
         runs,
         dataset: Some(subject.dataset_info()),
-        environment: super::report::environment(config),
+        environment: crate::job::outcome::environment(config),
         warnings,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -210,7 +205,7 @@ pub fn run_method(
     let name = method_name(method);
     let rel_dir = format!("runs/{name}/seed{seed}");
     let run_dir = out_dir.join(&rel_dir);
-    report::create_dir_all(&run_dir).map_err(|e| failed("prepare")(e.into()))?;
+    durable::create_dir_all(&run_dir).map_err(|e| failed("prepare")(e.into()))?;
 
     let mut model = subject.tch_model().map_err(failed("prepare"))?;
     let needs_flags = train::Objective::from_spec(&subject.config.train)
@@ -239,10 +234,10 @@ pub fn run_method(
     .map_err(failed("eval_after"))?;
 
     let rel = |file: &str| format!("{rel_dir}/{file}");
-    let fine_tuned_model = super::report::file_ref(out_dir, &rel(&tuned)).map_err(|message| {
-        failed("write_back")(PipelineError::Mismatch {
-            model: run_dir.join(&tuned),
-            message,
+    let fine_tuned_model = crate::job::outcome::file_ref(out_dir, &rel(&tuned)).map_err(|e| {
+        failed("write_back")(PipelineError::Read {
+            path: run_dir.join(&tuned),
+            source: e.source,
         })
     })?;
     let result = &after.result;
@@ -307,7 +302,7 @@ fn cached<T: Serialize + DeserializeOwned>(
         return Ok(value);
     }
     let value = compute()?;
-    report::write_yaml_atomic(path, &value)?;
+    durable::write_yaml_atomic(path, &value)?;
     Ok(value)
 }
 

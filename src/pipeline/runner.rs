@@ -11,9 +11,10 @@ use super::stages::{self, method_name, Evaluated, Evaluee};
 use super::subject::Engine;
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
-use crate::daemon::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
+use crate::durable;
 use crate::eval::{self, EvalResult, PerSample};
-use crate::report::{self, AccuracySummary, Evaluation, Summary, ThreatModelInfo, Verdict};
+use crate::job::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
+use crate::report::{AccuracySummary, Evaluation, Summary, Verdict};
 use crate::train::{Atypicality, TrainError};
 
 /// Robust-accuracy change below which a fine-tuning counts as `unchanged`.
@@ -120,10 +121,7 @@ pub fn run(
         Summary {
             model: subject.file_name(),
             verdict: Verdict::EvaluationOnly,
-            threat_model: ThreatModelInfo {
-                norm: norm_name(config),
-                eps: config.threat.eps,
-            },
+            threat_model: stages::threat_model(config),
             before: Some(accuracy(&before.result, None)),
             after: None,
             atypical_share: None,
@@ -251,13 +249,6 @@ fn accuracy(result: &EvalResult, method: Option<&str>) -> AccuracySummary {
     }
 }
 
-fn norm_name(config: &Config) -> String {
-    match config.threat.norm {
-        crate::config::Norm::Linf => "linf".into(),
-        crate::config::Norm::L2 => "l2".into(),
-    }
-}
-
 /// Evaluation progress as a fraction of the whole evaluation (all its stages), and as is to the detail sink.
 pub fn report_eval_progress(progress: &Progress, p: &eval::Progress) {
     progress.eval_detail(p);
@@ -327,15 +318,15 @@ fn resumable_eval(
     ) {
         if let Ok(result) = serde_norway::from_str::<EvalResult>(&text) {
             tracing::info!(stage = tag, "evaluation reused from the job's checkpoint");
-            report::copy_atomic(&saved_npz, &out_dir.join(&npz))?;
+            durable::copy_atomic(&saved_npz, &out_dir.join(&npz))?;
             return Ok(Evaluated { result, per_sample });
         }
     }
     let evaluated = stages::evaluate(subject, model, file, out_dir, tag, &mut |p| {
         report_eval_progress(progress, p)
     })?;
-    report::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
-    report::write_yaml_atomic(&saved_yaml, &evaluated.result)?;
+    durable::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
+    durable::write_yaml_atomic(&saved_yaml, &evaluated.result)?;
     Ok(evaluated)
 }
 
@@ -387,7 +378,7 @@ fn resumable_atypicality(
             warning: outcome.warning.clone(),
             flags: a.flags.iter().map(|&f| if f { '1' } else { '0' }).collect(),
         };
-        report::write_yaml_atomic(&path, &saved)?;
+        durable::write_yaml_atomic(&path, &saved)?;
     }
     Ok(found)
 }

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use super::{parity_tolerance, PipelineError, Subject};
-use crate::config::Method;
+use crate::config::{Config, Method, Norm};
 use crate::eval::{self, EvalPlan, EvalResult, PerSample};
 use crate::model::{Classifier, Scorer};
 use crate::onnx::TchModel;
 use crate::report::plots::{self, Series, TradeoffPoint};
+use crate::report::ThreatModelInfo;
 use crate::train::{
     self, Atypicality, AtypicalitySetting, HoldoutOptions, ScoreTable, TrainResult, TrainRun,
 };
@@ -274,6 +275,18 @@ pub fn write_back(
         });
     }
     Ok((rel, diff))
+}
+
+/// The report's threat model (norm and radius) from the config.
+pub fn threat_model(config: &Config) -> ThreatModelInfo {
+    ThreatModelInfo {
+        norm: match config.threat.norm {
+            Norm::Linf => "linf",
+            Norm::L2 => "l2",
+        }
+        .into(),
+        eps: config.threat.eps,
+    }
 }
 
 /// The config name of a method (`bat`, `pgd-at`, ...).

@@ -22,7 +22,7 @@ pub use quant::{dequantize, fake_quantize, QuantRange};
 
 use tch::{Kind, Tensor};
 
-use super::node::{is_default_domain, AttrValue, Node};
+use super::node::{is_default_domain, AttrError, AttrValue, Node};
 
 /// An error inside one op; the interpreter adds the file, node name and op type.
 #[derive(Debug)]
@@ -40,6 +40,12 @@ impl From<tch::TchError> for OpError {
 impl From<String> for OpError {
     fn from(s: String) -> Self {
         Self::Invalid(s)
+    }
+}
+
+impl From<AttrError> for OpError {
+    fn from(e: AttrError) -> Self {
+        Self::Invalid(e.to_string())
     }
 }
 
