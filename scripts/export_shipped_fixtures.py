@@ -6,7 +6,8 @@
                                     `all` level, whose NCHWc layout ops robustd does not interpret (the
                                     score-based fallback's fixture);
   onnxruntime.transformers          optimizer.optimize_model on the small ViT (Attention or MultiHeadAttention,
-                                    SkipLayerNormalization, BiasGelu, FastGelu, QuickGelu);
+                                    SkipLayerNormalization, BiasGelu, FastGelu, QuickGelu; at opset 14 the
+                                    contrib LayerNormalization onnxruntime registers in the default domain);
   onnxconverter-common              float16.convert_float_to_float16, with float32 or float16 graph inputs;
   a bfloat16 storage conversion     initializers stored as bfloat16 and cast to float32 where they are read (what
                                     onnxruntime's CPU provider runs: it has no bfloat16 arithmetic kernels);
@@ -130,6 +131,7 @@ def derived(fixtures):
         (f"{TRAINED}_ort_all", TRAINED, lambda s, d: ort_optimized(s, d, "all")),
         ("vit_transformers", "vit_legacy", lambda s, d: transformers_optimized(s, d, False)),
         ("vit_transformers_mha", "vit_legacy", lambda s, d: transformers_optimized(s, d, True)),
+        ("vit_opset14_transformers", "vit_legacy_opset14", lambda s, d: transformers_optimized(s, d, False)),
         ("cnn_bn_fp16", "cnn_bn_legacy", lambda s, d: fp16(s, d, keep_io_types=True)),
         ("resnet18_fp16_io", "resnet18_legacy", lambda s, d: fp16(s, d, keep_io_types=False)),
         ("vit_fp16", "vit_legacy", lambda s, d: fp16(s, d, keep_io_types=True)),

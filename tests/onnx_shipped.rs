@@ -32,6 +32,7 @@ const OPTIMIZED: &[(&str, &str)] = &[
     ("vit_ort_extended", "vit_legacy"),
     ("vit_transformers", "vit_legacy"),
     ("vit_transformers_mha", "vit_legacy"),
+    ("vit_opset14_transformers", "vit_legacy_opset14"),
 ];
 /// Half-precision models and the float32 model each was converted from.
 const HALF: &[(&str, &str)] = &[
@@ -141,6 +142,13 @@ fn the_optimizers_wrote_their_fused_contrib_ops() {
             "{op} not among {seen:?}"
         );
     }
+    // Below opset 17, LayerNormalization is onnxruntime's contrib op (registered in the default domain).
+    let opset14 = load(&shipped("vit_opset14_transformers"));
+    assert_eq!(opset14.opset(), 14);
+    assert!(opset14
+        .nodes()
+        .iter()
+        .any(|n| n.qualified_op() == "LayerNormalization"));
 }
 
 /// d/dx of Σ logits·w, by tch's autograd through the fused ops, against two references: PyTorch's autograd on

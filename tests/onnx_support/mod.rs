@@ -36,6 +36,7 @@ pub const FIXTURES: &[&str] = &[
     "vgg_bn_bnkept_dynamo",
     "vit_legacy",
     "vit_dynamo",
+    "vit_legacy_opset14",
     "vit_sdpa_dynamo_opset23",
 ];
 
