@@ -61,7 +61,8 @@ def build(case):
             graph_inputs.append(helper.make_tensor_value_info(name, dtype, item.shape))
             feeds.append(item)
     outs = ["" if k in case.skip else f"out{k}" for k in range(case.outputs)]
-    node = helper.make_node(case.op, names, outs, name=f"{case.op}_node", domain=case.domain, **case.attrs)
+    # domain=None for the default domain: the field stays unset, as in the files written before contrib cases.
+    node = helper.make_node(case.op, names, outs, name=f"{case.op}_node", domain=case.domain or None, **case.attrs)
     named = [o for o in outs if o]
     if case.out_types is None:
         # Output types are left to ONNX shape inference (declared as tensors of unknown element type first).

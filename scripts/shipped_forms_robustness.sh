@@ -45,7 +45,7 @@ for line in sys.stdin:
     d = np.load(path)
     correct = d["clean_pred"] == d["label"]
     robust = [(correct & (d["attack_" + a] != 1)).mean() for a in attacks]
-    cells = [f"{100 * correct.mean():.1f}"] + [f"{100 * r:.1f}" for r in robust]
-    cells.append(f"{100 * d[\"worst_case_robust\"].mean():.1f}")
+    worst = d["worst_case_robust"].mean()
+    cells = [f"{100 * v:.1f}" for v in [correct.mean(), *robust, worst]]
     print(f"| {label} | " + " | ".join(cells) + " |")
 '
