@@ -5,6 +5,7 @@
 #   make bench  robustd vs PyTorch eager / torchattacks and torchvision's image loading, writes benches/RESULTS.md
 #               + results.png (~5 min on 2 cores)
 #   make fuzz   run the cargo-fuzz targets (nightly) for FUZZ_SECONDS (default 600) in total
+#   make fixtures  the test models: exports, the trained CNN, and their shipped forms (optimized, fp16, quantized)
 #   make fixture-digests  regenerate the fixtures from scratch and rewrite tests/fixtures/DIGESTS.sha256
 SHELL := /bin/bash
 VENV := .venv
@@ -28,6 +29,7 @@ fixtures: setup
 	@$(PY) scripts/export_fixtures.py --out $(FIXTURES)
 	@$(PY) scripts/image_fixtures.py --out $(FIXTURES)/images
 	@$(MAKE) --no-print-directory $(TRAINED_FIXTURE)
+	@$(PY) scripts/export_shipped_fixtures.py --fixtures $(FIXTURES)
 
 $(TRAINED_FIXTURE): scripts/train_demo_cnn.py scripts/fixture_models.py scripts/reproducible.py scripts/fmnist.py
 	@$(PY) scripts/train_demo_cnn.py --out $@ --train-samples 3000 --epochs 1

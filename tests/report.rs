@@ -89,6 +89,7 @@ curves: []
                 method: Some("bat".into()),
             }),
             atypical_share: Some(0.12),
+            scope: None,
             warnings: vec![],
             artifacts: SummaryArtifacts {
                 fine_tuned_model: Some("m.bat.onnx".into()),
@@ -120,6 +121,7 @@ curves: []
             classes: Some(10),
             external_data: vec![],
             forward_check: None,
+            form: None,
         },
         dataset: Some(DatasetInfo {
             name: "fashion-mnist".into(),

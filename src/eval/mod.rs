@@ -31,7 +31,7 @@ use crate::config::{Config, EvalMode, Norm, PgdSpec};
 use crate::model::ModelError;
 pub use batch::BatchSize;
 pub use per_sample::PerSample;
-pub use protocol::evaluate;
+pub use protocol::{evaluate, evaluate_score_based, Shape};
 pub use result::EvalResult;
 pub use trust::{TrustThresholds, TrustWarning, WarningKind};
 

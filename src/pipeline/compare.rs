@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::runner::{report_eval_progress, stage_error};
-use super::stages::{self, method_name};
+use super::stages::{self, method_name, Evaluee};
+use super::subject::Engine;
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
 use crate::durable;
@@ -32,6 +33,25 @@ use crate::train::{self, Atypicality};
 pub struct CompareSettings {
     pub methods: Vec<Method>,
     pub seeds: Vec<u64>,
+}
+
+/// The interpreter of a model that can be fine-tuned; a clear error for one that cannot (a graph robustd cannot
+/// differentiate, a dynamically quantized model).
+fn fine_tunable(subject: &Subject) -> Result<crate::onnx::TchModel, PipelineError> {
+    let refuse = |message: String| PipelineError::Mismatch {
+        model: subject.path.clone(),
+        message: format!("compare fine-tunes the model, and {message}"),
+    };
+    match subject.engine()? {
+        Engine::ScoreBased(ops) => Err(refuse(format!(
+            "this one allows score-based evaluation only: {} not supported",
+            ops.join(", ")
+        ))),
+        Engine::WhiteBox(model) => match subject.form().fine_tuning() {
+            Ok(_) => Ok(*model),
+            Err(refusal) => Err(refuse(format!("for this model fine-tuning is {refusal}"))),
+        },
+    }
 }
 
 /// Runs the comparison of `settings` on `model` with `config` (its `train.method` is ignored). Files go under
@@ -52,7 +72,7 @@ pub fn run(
     for dir in [out_dir, checkpoint_dir] {
         durable::create_dir_all(dir).map_err(|e| failed("prepare")(e.into()))?;
     }
-    let mut original_model = subject.tch_model().map_err(failed("prepare"))?;
+    let mut original_model = fine_tunable(&subject).map_err(failed("prepare"))?;
     let classes = stages::classes(&original_model);
     let info = subject.model_info(classes).map_err(failed("prepare"))?;
     let budget = budget(&subject, settings);
@@ -61,7 +81,7 @@ pub fn run(
     let original = cached(&checkpoint_dir.join("original.yaml"), || {
         let evaluated = stages::evaluate(
             &subject,
-            &mut original_model,
+            Evaluee::WhiteBox(&mut original_model),
             model,
             out_dir,
             "original",
@@ -205,7 +225,7 @@ pub fn run_method(
         stages::write_back(subject, &mut model, method, &run_dir).map_err(failed("write_back"))?;
     let after = stages::evaluate(
         subject,
-        &mut model,
+        Evaluee::WhiteBox(&mut model),
         &run_dir.join(&tuned),
         &run_dir,
         "after",

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::stages::{self, method_name, Evaluated};
+use super::stages::{self, method_name, Evaluated, Evaluee};
+use super::subject::Engine;
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
 use crate::durable;
@@ -61,10 +62,33 @@ pub fn run(
     // Forward passes stop once the job is cancelled (SIGTERM, limits.job_timeout_s), even inside an attack.
     let token = cancel.clone();
     subject.interrupt = Some(std::sync::Arc::new(move || token.is_cancelled()));
-    let mut tch_model = subject.tch_model().map_err(failed("prepare"))?;
-    let classes = stages::classes(&tch_model);
+    let (mut tch_model, score_based) = match subject.engine().map_err(failed("prepare"))? {
+        Engine::WhiteBox(model) => (Some(*model), None),
+        Engine::ScoreBased(ops) => {
+            tracing::info!(ops = %ops.join(", "), "score-based evaluation only");
+            (None, Some(ops))
+        }
+    };
+    let classes = match &tch_model {
+        Some(model) => stages::classes(model),
+        None => subject
+            .scorer(model)
+            .and_then(|mut scorer| subject.probe_classes(&mut scorer))
+            .map_err(|e| PipelineError::Mismatch {
+                model: model.to_path_buf(),
+                message: format!(
+                    "unsupported operators for robustd's interpreter ({}), and onnxruntime cannot run the \
+                     model either, so not even a score-based evaluation is possible: {e}",
+                    score_based.as_deref().unwrap_or_default().join(", ")
+                ),
+            })
+            .map_err(failed("prepare"))?,
+    };
     let mut model_info = subject.model_info(classes).map_err(failed("prepare"))?;
     model_info.file = subject.file_name();
+    let form = subject.model_form(score_based.as_deref());
+    let scope = subject.scope(&form);
+    model_info.form = Some(form);
     std::fs::create_dir_all(out_dir)
         .and_then(|_| std::fs::create_dir_all(checkpoint_dir))
         .map_err(|source| {
@@ -78,7 +102,10 @@ pub fn run(
     progress.stage("eval_before");
     let before = resumable_eval(
         &subject,
-        &mut tch_model,
+        match &mut tch_model {
+            Some(m) => Evaluee::WhiteBox(m),
+            None => Evaluee::ScoreBased { classes },
+        },
         model,
         out_dir,
         checkpoint_dir,
@@ -98,6 +125,7 @@ pub fn run(
             before: Some(accuracy(&before.result, None)),
             after: None,
             atypical_share: None,
+            scope,
             warnings: Vec::new(),
             artifacts: Default::default(),
         },
@@ -106,7 +134,27 @@ pub fn run(
     outcome.dataset = Some(subject.dataset_info());
     outcome.per_sample = before.result.reproducibility.per_sample_file.clone();
 
-    if method == Method::None {
+    // Fine-tuning needs the interpreter and a form that allows it; otherwise the job ends evaluated.
+    let tuning = match tch_model {
+        Some(model) if method != Method::None => match subject.form().fine_tuning() {
+            Ok(_) => Some(model),
+            Err(refusal) => {
+                warnings.push(format!("fine-tuning ({}) {refusal}", method_name(method)));
+                None
+            }
+        },
+        _ => {
+            if method != Method::None {
+                warnings.push(format!(
+                    "fine-tuning ({}) skipped: score-based evaluation only, there are no gradients through \
+                     this graph",
+                    method_name(method)
+                ));
+            }
+            None
+        }
+    };
+    let Some(mut tch_model) = tuning else {
         let (plots, plot_warnings) = stages::plots(out_dir, &before.result, None, None);
         outcome.plots = plots;
         warnings.extend(plot_warnings);
@@ -116,7 +164,7 @@ pub fn run(
         });
         outcome.summary.warnings = warnings;
         return Ok(outcome);
-    }
+    };
 
     progress.stage("atypicality");
     let atypicality =
@@ -148,7 +196,7 @@ pub fn run(
     progress.stage("eval_after");
     let after = stages::evaluate(
         &subject,
-        &mut tch_model,
+        Evaluee::WhiteBox(&mut tch_model),
         &out_dir.join(&tuned),
         out_dir,
         "after",
@@ -254,7 +302,7 @@ fn hint_for(error: &PipelineError) -> Option<String> {
 /// The first evaluation, reused from the checkpoint directory when a resumed job already ran it.
 fn resumable_eval(
     subject: &Subject,
-    model: &mut crate::onnx::TchModel,
+    model: Evaluee<'_>,
     file: &Path,
     out_dir: &Path,
     checkpoint_dir: &Path,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use super::{PipelineError, Subject, WRITE_BACK_PARITY_TOLERANCE};
+use super::{parity_tolerance, PipelineError, Subject};
 use crate::config::{Config, Method, Norm};
 use crate::eval::{self, EvalPlan, EvalResult, PerSample};
 use crate::model::{Classifier, Scorer};
@@ -39,11 +39,18 @@ pub struct Evaluated {
     pub per_sample: PerSample,
 }
 
-/// Evaluates `model` (tch, gradients) against `file` (onnxruntime, verdicts) with the configured protocol, and
-/// saves per-sample results as `per_sample_<tag>.npz` in `out_dir`.
+/// What an evaluation runs on: the interpreter (gradient attacks), or onnxruntime alone (score-based, for a graph
+/// robustd cannot differentiate; the class count from [`Subject::probe_classes`]).
+pub enum Evaluee<'m> {
+    WhiteBox(&'m mut TchModel),
+    ScoreBased { classes: i64 },
+}
+
+/// Evaluates the model (tch for gradients, when white-box) against `file` (onnxruntime, verdicts) with the
+/// configured protocol, and saves per-sample results as `per_sample_<tag>.npz` in `out_dir`.
 pub fn evaluate(
     subject: &Subject,
-    model: &mut TchModel,
+    model: Evaluee<'_>,
     file: &Path,
     out_dir: &Path,
     tag: &str,
@@ -55,7 +62,16 @@ pub fn evaluate(
     let eval::Evaluation {
         mut result,
         per_sample,
-    } = eval::evaluate(model, &mut scorer, &set, &plan, progress)?;
+    } = match model {
+        Evaluee::WhiteBox(model) => eval::evaluate(model, &mut scorer, &set, &plan, progress)?,
+        Evaluee::ScoreBased { classes } => {
+            let shape = eval::Shape {
+                chw: subject.dataset.chw,
+                classes,
+            };
+            eval::evaluate_score_based(shape, &mut scorer, &set, &plan, progress)?
+        }
+    };
     let rel = files::per_sample(tag);
     per_sample.save_npz(&out_dir.join(&rel))?;
     result.reproducibility.per_sample_file = Some(rel);
@@ -214,8 +230,8 @@ pub fn finetune(
 }
 
 /// Writes the trained weights back into the original graph (`<stem>.<method>.onnx` in `out_dir`) and checks that
-/// onnxruntime on the new file gives tch's logits within [`WRITE_BACK_PARITY_TOLERANCE`]. Returns the file name
-/// (relative to `out_dir`) and the measured max |logit diff|.
+/// onnxruntime on the new file gives tch's logits within the tolerance of the model's form
+/// ([`parity_tolerance`]). Returns the file name (relative to `out_dir`) and the measured max |logit diff|.
 pub fn write_back(
     subject: &Subject,
     model: &mut TchModel,
@@ -252,11 +268,12 @@ pub fn write_back(
         .f_abs()?
         .f_max()?
         .f_double_value(&[])?;
-    if diff.is_nan() || diff > WRITE_BACK_PARITY_TOLERANCE {
+    let tolerance = parity_tolerance(&subject.form(), &tch_logits);
+    if diff.is_nan() || diff > tolerance {
         return Err(PipelineError::Parity {
             model: out,
             diff,
-            tolerance: WRITE_BACK_PARITY_TOLERANCE,
+            tolerance,
         });
     }
     Ok((rel, diff))

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub const REPORT_SCHEMA: &str = "robustd.report/v1";
 /// The report's file name inside a result directory.
 pub const REPORT_FILE: &str = "report.yaml";
+/// How `summary.scope` begins for a model robustd could only evaluate through onnxruntime's scores.
+pub const SCORE_BASED_SCOPE: &str = "score-based evaluation only:";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +47,11 @@ pub struct Summary {
     /// Share of training samples with memorization score above the threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub atypical_share: Option<f64>,
+    /// How far robustd could go with this model, when not all the way (a float16 or quantized model: how it was
+    /// attacked and fine-tuned; a graph it cannot differentiate: `score-based evaluation only: <ops> not
+    /// supported`). Absent for a float32 model evaluated white-box.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     #[serde(default)]
     pub warnings: Vec<String>,
     #[serde(default)]
@@ -128,6 +135,33 @@ pub struct ModelInfo {
     /// The forward pass the daemon ran to check the model before any evaluation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_check: Option<ForwardCheck>,
+    /// The shipped form of the graph and what robustd did with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<ModelForm>,
+}
+
+/// The shipped form of a graph (precision, quantization, onnxruntime contrib ops) and how robustd worked with
+/// it: where gradients came from, who gave the verdicts, how (or whether) it was fine-tuned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelForm {
+    /// Element type of the weights: `float32`, `float16`, `bfloat16`.
+    pub precision: String,
+    /// `qdq`, `qoperator` or `dynamic` (onnxruntime.quantization's formats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
+    /// Non-default-domain ops with their node counts, e.g. `com.microsoft::FusedConv (2 nodes)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contrib_ops: Vec<String>,
+    /// Ops robustd cannot interpret or differentiate; non-empty means score-based evaluation only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_ops: Vec<String>,
+    /// Where attack gradients came from (`none` for score-based evaluation).
+    pub gradients: String,
+    /// Which engine judged every sample.
+    pub verdicts: String,
+    /// How the model was (or would be) fine-tuned, or why it is not.
+    pub fine_tuning: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
