@@ -313,8 +313,8 @@ pub struct DaemonSpec {
     pub eval_concurrency: usize,
     /// Use a polling watcher instead of inotify.
     pub poll: bool,
-    /// What a job does: `pipeline` (evaluate, fine-tune, evaluate again) or `inspect` (a quick triage: load through
-    /// onnxruntime, check it is a classifier, measure forward throughput).
+    /// What a job does: `pipeline` (evaluate, fine-tune, evaluate again) or `triage` (a quick look: load through
+    /// onnxruntime, check it is a classifier, measure forward throughput; `inspect` is its former name).
     pub runner: JobRunnerKind,
     /// How long a dropped model waits for an external-data file it references before it fails (seconds).
     pub companion_wait_s: u64,
@@ -324,7 +324,8 @@ pub struct DaemonSpec {
 #[serde(rename_all = "lowercase")]
 pub enum JobRunnerKind {
     Pipeline,
-    Inspect,
+    #[serde(alias = "inspect")]
+    Triage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

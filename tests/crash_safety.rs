@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use daemon_support::*;
 use rand::{Rng, SeedableRng};
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 use robustd::report::{validate_report_file, ErrorReport};
 
 const JOBS: usize = 6;

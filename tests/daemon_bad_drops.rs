@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use daemon_support::*;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 use robustd::report::ErrorReport;
 
 #[test]

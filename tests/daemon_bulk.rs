@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 
 #[test]
 fn fifty_models_dropped_at_once_give_fifty_results() {

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use daemon_support::*;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 use robustd::report::{validate_report_file, Verdict};
 
 #[test]

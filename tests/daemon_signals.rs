@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 
-/// A job long enough to interrupt: the inspect runner's throughput probe over many samples.
+/// A job long enough to interrupt: the triage runner's throughput probe over many samples.
 const LONG_JOB_SAMPLES: u64 = 150_000;
 const LONG_JOB_SIDECAR: &str = "dataset: {eval_samples: 150000}\n";
 
@@ -31,7 +31,7 @@ fn wait_for_checkpoint(d: &mut Daemon) -> std::path::PathBuf {
                 .state()
                 .join("checkpoints")
                 .join(&job.record.key)
-                .join("inspect.yaml");
+                .join("triage.yaml");
             if job.record.stage.as_deref() == Some("forward") && checkpoint.is_file() {
                 return checkpoint;
             }

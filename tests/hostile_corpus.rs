@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 use robustd::report::ErrorReport;
 use serde::Deserialize;
 

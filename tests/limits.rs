@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 use robustd::config::Limits;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 use robustd::onnx::proto::{
     attribute_type, data_type, AttributeProto, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, TensorProto, TensorShapeDimension, TensorShapeProto, TypeProto, TypeTensor,

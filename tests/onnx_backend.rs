@@ -20,7 +20,8 @@ const PASS_LIST: &str = "tests/onnx_backend_pass.txt";
 fn read_pb(path: &Path) -> Result<Tensor, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let proto = TensorProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
-    TensorData::from_proto(&proto, None)?
+    TensorData::from_proto(&proto, None)
+        .map_err(|e| e.to_string())?
         .to_tch()
         .map_err(|e| e.to_string())
 }

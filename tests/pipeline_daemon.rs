@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 use robustd::model::{InputAdapter, Scorer};
 use robustd::onnx::OrtScorer;
 use robustd::report::Verdict;

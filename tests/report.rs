@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use robustd::durable::{write_atomic, write_yaml_atomic};
 use robustd::report::plots::{self, Series, TradeoffPoint};
 use robustd::report::*;
 

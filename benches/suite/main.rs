@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use robustd::config::Config;
-use robustd::daemon::JobState;
+use robustd::job::JobState;
 use serde_norway::Value;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
@@ -334,7 +334,7 @@ impl Workload {
 }
 
 /// Drop-to-job-start latency (seconds) of `drops` models dropped one after another into a real daemon with
-/// `daemon.stable_ms` = `stable_ms` (evaluation-only `inspect` runner, so each job ends quickly).
+/// `daemon.stable_ms` = `stable_ms` (the `triage` runner, so each job ends quickly).
 fn daemon_latency(stable_ms: u64, drops: usize) -> Result<Vec<f64>> {
     use daemon_support::{base_config, drop_bytes, model_variant, parse_time, Daemon};
     let tmp = tempfile::tempdir()?;

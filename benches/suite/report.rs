@@ -141,7 +141,7 @@ impl Run<'_> {
         let md = out.join("RESULTS.md");
         let png = out.join("results.png");
         self.chart(&png)?;
-        robustd::report::write_atomic(&md, self.markdown().as_bytes())?;
+        robustd::durable::write_atomic(&md, self.markdown().as_bytes())?;
         Ok((md, png))
     }
 
@@ -436,7 +436,7 @@ impl Run<'_> {
             );
         }
         let _ = writeln!(s, "\n## Daemon drop-to-job-start latency\n");
-        let _ = writeln!(s, "A real `robustd run` (inspect runner), models dropped one after another the careful way (temp name, then rename); latency = the job record's `started_at` − the rename. A file is taken once its size and mtime have been stable for `daemon.stable_ms`, which dominates.\n");
+        let _ = writeln!(s, "A real `robustd run` (triage runner), models dropped one after another the careful way (temp name, then rename); latency = the job record's `started_at` − the rename. A file is taken once its size and mtime have been stable for `daemon.stable_ms`, which dominates.\n");
         for (stable, lat) in self.latency {
             let list: Vec<String> = lat.iter().map(|v| format!("{:.0}", v * 1e3)).collect();
             let _ = writeln!(s, "- stable_ms {stable}: {} ms", list.join(", "));

@@ -15,10 +15,11 @@ use anyhow::bail;
 use super::experiment::{self, CommonArgs, EvalArgs, Target, TrainArgs};
 use super::interrupt;
 use crate::config::Method;
-use crate::daemon::CancelToken;
+use crate::durable;
+use crate::job::CancelToken;
 use crate::pipeline::compare::{self, CompareSettings};
 use crate::pipeline::stages::method_name;
-use crate::report::{self, plots};
+use crate::report::plots;
 
 /// The comparison's files, relative to its output directory.
 pub const COMPARISON_YAML: &str = "comparison.yaml";
@@ -72,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let out = target.out_dir(args.common.out.as_deref(), &config, &key, "compare");
     let checkpoints = experiment::checkpoint_dir(&config, "compare", &key);
-    report::create_dir_all(&out)?;
+    durable::create_dir_all(&out)?;
 
     let cancel = CancelToken::new();
     let interrupts = interrupt::install(cancel.clone())?;
@@ -97,8 +98,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .push(format!("plot {plot} not drawn: {e}"));
     }
     let markdown = comparison.to_markdown();
-    report::write_yaml_atomic(&out.join(COMPARISON_YAML), &comparison)?;
-    report::write_atomic(&out.join(COMPARISON_MD), markdown.as_bytes())?;
+    durable::write_yaml_atomic(&out.join(COMPARISON_YAML), &comparison)?;
+    durable::write_atomic(&out.join(COMPARISON_MD), markdown.as_bytes())?;
     if let Err(e) = std::fs::remove_dir_all(&checkpoints) {
         tracing::warn!("cannot remove {}: {e}", checkpoints.display());
     }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use super::experiment::{self, Clock, CommonArgs, EvalArgs, Target};
 use super::{interrupt, EXIT_BELOW_THRESHOLD};
 use crate::config::Method;
-use crate::daemon::CancelToken;
+use crate::job::CancelToken;
 use crate::pipeline;
 
 #[derive(Debug, clap::Args)]

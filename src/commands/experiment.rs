@@ -18,16 +18,14 @@ use anyhow::{bail, Context};
 use super::interrupt::Interrupts;
 use super::{ConfigArg, EXIT_FAILURE};
 use crate::config::{Config, EvalMode, Method, Norm};
-use crate::daemon::onnx_scan::scan_model;
-use crate::daemon::{CancelReason, JobError, JobOutcome, Progress};
+use crate::durable;
 use crate::eval::progress::TerminalProgress;
+use crate::job::{content_key, key12, CancelReason, JobError, JobOutcome, Progress};
+use crate::onnx::scan_model;
 use crate::pipeline::stages::method_name;
 use crate::pipeline::PipelineError;
-use crate::report::{self, sha256_hex, FileRef, Report, Summary};
+use crate::report::{self, sha256_hex, FileRef, Report, Summary, REPORT_FILE};
 use crate::train::TrainError;
-
-/// The report's file name inside an output directory.
-pub const REPORT_FILE: &str = "report.yaml";
 
 /// Flags every experiment command takes; each overrides the config key named in its help.
 #[derive(Debug, Clone, clap::Args)]
@@ -162,18 +160,29 @@ pub const FINE_TUNING_METHODS: &[Method] = &[
     Method::Standard,
 ];
 
+/// A method name no fine-tuning method has.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown method `{name}` (known: {})", known_methods())]
+pub struct UnknownMethod {
+    pub name: String,
+}
+
+fn known_methods() -> String {
+    let names: Vec<&str> = FINE_TUNING_METHODS
+        .iter()
+        .map(|m| method_name(*m))
+        .collect();
+    names.join(", ")
+}
+
 /// `bat` → `Method::Bat`, for the names [`method_name`] gives.
-pub fn parse_method(name: &str) -> Result<Method, String> {
+pub fn parse_method(name: &str) -> Result<Method, UnknownMethod> {
     FINE_TUNING_METHODS
         .iter()
         .copied()
         .find(|m| method_name(*m) == name.trim())
-        .ok_or_else(|| {
-            let known: Vec<&str> = FINE_TUNING_METHODS
-                .iter()
-                .map(|m| method_name(*m))
-                .collect();
-            format!("unknown method `{name}` (known: {})", known.join(", "))
+        .ok_or_else(|| UnknownMethod {
+            name: name.to_owned(),
         })
 }
 
@@ -191,10 +200,11 @@ impl Target {
         if !path.is_file() {
             bail!("{}: no such model file", path.display());
         }
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .map(bytes::Bytes::from)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        let locations = scan_model(&bytes)
+        let locations = scan_model(bytes.clone())
             .map(|s| s.external_locations)
             .map_err(|e| anyhow::anyhow!("{}: not an ONNX model ({e})", path.display()))?;
         let mut companions = Vec::new();
@@ -224,18 +234,15 @@ impl Target {
             .unwrap_or_else(|| "model".into())
     }
 
-    /// sha256 over the model, its external data, the resolved config and `settings` (what else the command
-    /// varies, e.g. compare's methods and seeds).
+    /// The content key ([`crate::job::key`]) of the model, its external data, the resolved config and `settings`
+    /// (what else the command varies, e.g. compare's methods and seeds).
     pub fn run_key(&self, config: &Config, settings: &str) -> String {
         let companions: Vec<&str> = self.companions.iter().map(|(_, d)| d.as_str()).collect();
-        sha256_hex(
-            format!(
-                "{}:{}:{}:{settings}",
-                self.sha256,
-                companions.join(","),
-                config.hash_hex()
-            )
-            .as_bytes(),
+        content_key(
+            &self.sha256,
+            &companions,
+            &config.hash_hex(),
+            Some(settings),
         )
     }
 
@@ -253,7 +260,7 @@ impl Target {
                 .paths
                 .models
                 .join(self.stem())
-                .join(format!("{}-{command}", &key[..12])),
+                .join(format!("{}-{command}", key12(key))),
         }
     }
 
@@ -285,7 +292,7 @@ fn copy_unless_same(src: &Path, dst: &Path) -> anyhow::Result<u64> {
     if same {
         return Ok(std::fs::metadata(src)?.len());
     }
-    Ok(report::copy_atomic(src, dst)?)
+    Ok(durable::copy_atomic(src, dst)?)
 }
 
 /// `<paths.state>/cli/<command>-<key12>`: checkpoints that let the same command resume.
@@ -294,7 +301,7 @@ pub fn checkpoint_dir(config: &Config, command: &str, key: &str) -> PathBuf {
         .paths
         .state
         .join("cli")
-        .join(format!("{command}-{}", &key[..12]))
+        .join(format!("{command}-{}", key12(key)))
 }
 
 /// A progress reporter for the pipeline that draws the evaluation's progress bar on a terminal (nothing when
@@ -327,7 +334,7 @@ pub struct Clock {
 impl Clock {
     pub fn start() -> Self {
         Self {
-            started_at: crate::daemon::job::now_rfc3339(),
+            started_at: crate::job::now_rfc3339(),
             started: Instant::now(),
         }
     }
@@ -347,16 +354,16 @@ pub fn write_report(
     clock: &Clock,
     progress: &Progress,
 ) -> anyhow::Result<(Report, PathBuf)> {
-    let timing = crate::pipeline::report::timing(
+    let timing = progress.timing(
         clock.started_at.clone(),
         clock.started_at.clone(),
         clock.seconds(),
-        progress,
     );
-    let report = crate::pipeline::report::assemble(outcome, config, dir, original, None, timing)
-        .map_err(|e| anyhow::anyhow!("assembling the report in {}: {e}", dir.display()))?;
+    let report = outcome
+        .into_report(config, dir, original, None, timing)
+        .with_context(|| format!("assembling the report in {}", dir.display()))?;
     let path = dir.join(REPORT_FILE);
-    report::write_yaml_atomic(&path, &report)?;
+    durable::write_yaml_atomic(&path, &report)?;
     report::validate_report_file(&path)
         .with_context(|| format!("{} is not a valid report (a robustd bug)", path.display()))?;
     Ok((report, path))
@@ -454,7 +461,7 @@ mod tests {
         for &m in FINE_TUNING_METHODS {
             assert_eq!(parse_method(method_name(m)), Ok(m));
         }
-        let err = parse_method("madry").unwrap_err();
+        let err = parse_method("madry").unwrap_err().to_string();
         assert!(err.contains("madry") && err.contains("pgd-at"), "{err}");
     }
 

@@ -14,7 +14,7 @@ use anyhow::bail;
 use super::experiment::{self, Clock, CommonArgs, EvalArgs, Target, TrainArgs};
 use super::interrupt;
 use crate::config::Method;
-use crate::daemon::CancelToken;
+use crate::job::CancelToken;
 use crate::pipeline;
 
 #[derive(Debug, clap::Args)]

@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::ConfigArg;
-use crate::onnx::OnnxModel;
-use crate::runtime;
+use crate::onnx::{ort_session, OnnxModel};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,15 +20,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = args.config.load()?;
-    let (_, env) = runtime::ort_environment(cfg.runtime.ort_library.as_deref())?;
-    let session = ort::session::Session::builder(env)
-        .and_then(|mut b| b.commit_from_file(&args.model))
-        .with_context(|| {
-            format!(
-                "{}: onnxruntime cannot load the model",
-                args.model.display()
-            )
-        })?;
+    let session = ort_session(
+        &args.model,
+        cfg.runtime.ort_library.as_deref(),
+        cfg.runtime.threads,
+    )
+    .with_context(|| format!("inspecting {}", args.model.display()))?;
     let (model, unsupported) = OnnxModel::load_lenient(&args.model, &cfg.limits)?;
     let ort_inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
     println!("model      {}", args.model.display());

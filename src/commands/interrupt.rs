@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::daemon::{CancelReason, CancelToken};
+use crate::job::{CancelReason, CancelToken};
 
 const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;

@@ -79,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(dir) => dir.clone(),
         None => PathBuf::from(format!("memorization-{}", stem(&args.model))),
     };
-    crate::report::create_dir_all(&out)?;
+    crate::durable::create_dir_all(&out)?;
     let mut factory = onnx_factory(&onnx, adapter.clone(), config.model.input_layout, device);
     let (scored, estimate) =
         estimate_from_config(&config, &dataset, onnx.structure_hash(), &mut factory, None)?;

@@ -10,8 +10,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::ConfigArg;
 use crate::config::JobRunnerKind;
-use crate::daemon::{self, DaemonOptions, InspectRunner};
-use crate::pipeline::PipelineRunner;
+use crate::daemon::{self, DaemonOptions};
+use crate::job::JobRunner;
+use crate::pipeline::{PipelineRunner, TriageRunner};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,9 +28,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let runner: Arc<dyn daemon::JobRunner> = match config.daemon.runner {
+    let runner: Arc<dyn JobRunner> = match config.daemon.runner {
         JobRunnerKind::Pipeline => Arc::new(PipelineRunner),
-        JobRunnerKind::Inspect => Arc::new(InspectRunner),
+        JobRunnerKind::Triage => Arc::new(TriageRunner),
     };
     let options = DaemonOptions {
         config,

@@ -4,8 +4,10 @@
 use std::process::ExitCode;
 
 use super::ConfigArg;
-use crate::daemon::outputs::REPORT_FILE;
-use crate::daemon::{Job, JobState, Spool};
+use crate::durable::read_yaml;
+use crate::job::{Job, JobState};
+use crate::queue::{Queue, Spool};
+use crate::report::{Report, REPORT_FILE};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,7 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     println!("spool    {}", state.display());
-    let queued = spool.list(JobState::Queued);
+    let queued = spool.list(JobState::Queued)?;
     println!("queued   {}", queued.len());
     for job in queued.iter().take(args.last) {
         println!(
@@ -37,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             job.record.kind
         );
     }
-    let running = spool.list(JobState::Running);
+    let running = spool.list(JobState::Running)?;
     println!("running  {}", running.len());
     for job in &running {
         let r = &job.record;
@@ -54,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     for (state, title) in [(JobState::Done, "done"), (JobState::Failed, "failed")] {
-        let mut jobs = spool.list(state);
+        let mut jobs = spool.list(state)?;
         jobs.sort_by(|a, b| b.record.finished_at.cmp(&a.record.finished_at));
         println!(
             "{title:<8} {}{}",
@@ -84,8 +86,7 @@ fn finished_line(job: &Job) -> String {
         _ => {
             let dir = r.result_dir.as_deref();
             let verdict = dir
-                .and_then(|d| std::fs::read_to_string(d.join(REPORT_FILE)).ok())
-                .and_then(|t| serde_norway::from_str::<crate::report::Report>(&t).ok())
+                .and_then(|d| read_yaml::<Report>(&d.join(REPORT_FILE)).ok())
                 .and_then(|rep| serde_norway::to_string(&rep.summary.verdict).ok())
                 .map(|v| v.trim().to_owned())
                 .unwrap_or_else(|| "?".into());

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 
 use crate::config::Config;
 use crate::daemon::names::{classify, is_safe_companion, DropKind};
-use crate::daemon::onnx_scan::scan_model;
-use crate::report::copy_atomic;
+use crate::durable::copy_atomic;
+use crate::onnx::scan_model;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -52,6 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let bytes = std::fs::read(&args.model)
+        .map(bytes::Bytes::from)
         .with_context(|| format!("cannot read {}", args.model.display()))?;
     let target = watch.join(&name);
     if target.exists() {
@@ -65,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         daemon_cfg.with_overrides(&text, sidecar)?;
     }
     let source_dir = args.model.parent().unwrap_or(Path::new("."));
-    let locations = scan_model(&bytes)
+    let locations = scan_model(bytes)
         .map(|s| s.external_locations)
         .unwrap_or_default();
     for location in &locations {

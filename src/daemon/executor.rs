@@ -1,21 +1,23 @@
 //! Runs one claimed job to its end, on the blocking thread the daemon gives it: links to an existing identical
-//! result (dedupe, or a resume that finds its own result already published), else prepares the staging directory,
-//! calls the [`JobRunner`], assembles and validates `report.yaml`, publishes the result and files the job in
-//! `done/`; a failure files it in `failed/` with `error.yaml`; a shutdown leaves it in `running/` to resume.
+//! result (dedupe, or a resume that finds its own result already published), else prepares the staging directory in
+//! the store, calls the [`JobRunner`], assembles and validates `report.yaml`, publishes the result and completes the
+//! job in the queue; a failure fails it there with its `error.yaml`; a shutdown leaves it running, to resume.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::job::{now_rfc3339, Job, JobState, ERROR_FILE};
-use super::outputs::{Outputs, REPORT_FILE};
-use super::runner::{
-    CancelReason, CancelToken, JobContext, JobError, JobOutcome, JobRunner, Progress,
-};
-use super::spool::{IndexEntry, Spool};
 use crate::config::Config;
-use crate::report::{self, error_chain, ErrorReport, FileRef, JobInfo, Report};
+use crate::durable;
+use crate::job::outcome::ArtifactError;
+use crate::job::{
+    now_rfc3339, CancelReason, CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner,
+    Progress,
+};
+use crate::queue::{Queue, QueueError};
+use crate::report::{self, error_chain, ErrorReport, FileRef, JobInfo, Report, REPORT_FILE};
+use crate::store::Store;
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +37,7 @@ pub enum Finished {
         stage: String,
         cause: String,
     },
-    /// Stopped for a shutdown; still in `running/`, resumed at the next start.
+    /// Stopped for a shutdown; still running in the queue, resumed at the next start.
     Interrupted {
         id: String,
     },
@@ -44,13 +46,13 @@ pub enum Finished {
 /// The shared pieces every job needs.
 #[derive(Clone)]
 pub struct Executor {
-    pub spool: Spool,
-    pub outputs: Outputs,
+    pub queue: Arc<dyn Queue>,
+    pub store: Store,
     pub runner: Arc<dyn JobRunner>,
 }
 
 impl Executor {
-    /// Runs a job already claimed into `running/`. Never panics: a panicking runner is a failed job.
+    /// Runs a job already claimed from the queue. Never panics: a panicking runner is a failed job.
     pub fn execute(&self, job: Job, cancel: CancelToken, progress: Progress) -> Finished {
         let id = job.id().to_owned();
         match self.try_execute(&job, cancel, progress) {
@@ -59,7 +61,7 @@ impl Executor {
                 tracing::error!(job = %id, "cannot file the failed job: {e}");
                 Finished::Failed {
                     id,
-                    stage: "spool".into(),
+                    stage: "queue".into(),
                     cause: e.to_string(),
                 }
             }),
@@ -73,32 +75,30 @@ impl Executor {
         progress: Progress,
     ) -> Result<Finished, Failure> {
         if let Some(existing) = self.existing_result(job) {
-            return self
-                .link(job, existing)
-                .map_err(|e| Failure::new("publish", &*e, None));
+            return self.link(job, existing);
         }
         let config = job.load_config().map_err(|e| {
             Failure::new(
                 "config",
                 &e,
-                Some("the job's config.yaml in the spool is unreadable".into()),
+                Some("the job's config.yaml in the queue is unreadable".into()),
             )
         })?;
         let record = &job.record;
         let staging = self
-            .outputs
+            .store
             .prepare_staging(record)
             .map_err(|e| Failure::new("publish", &e, None))?;
         let original = self.copy_original(job, &staging)?;
         let ctx = JobContext {
             config,
             output_dir: staging.clone(),
-            checkpoint_dir: self.spool.checkpoint_dir(&record.key),
+            checkpoint_dir: self.store.checkpoint_dir(&record.key),
             cancel: cancel.clone(),
             progress: progress.clone(),
             attempt: record.attempts,
         };
-        report::create_dir_all(&ctx.checkpoint_dir)
+        durable::create_dir_all(&ctx.checkpoint_dir)
             .map_err(|e| Failure::new("checkpoint", &e, None))?;
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.runner.run(job, &ctx)));
@@ -161,9 +161,9 @@ impl Executor {
                 &progress,
                 started,
             )
-            .map_err(|e| Failure::from_chain("report", vec![e], None))?;
+            .map_err(|e| Failure::new("report", &e, None))?;
         let report_path = staging.join(REPORT_FILE);
-        report::write_yaml_atomic(&report_path, &report)
+        durable::write_yaml_atomic(&report_path, &report)
             .map_err(|e| Failure::new("report", &e, None))?;
         report::validate_report_file(&report_path).map_err(|e| {
             Failure::new(
@@ -173,14 +173,13 @@ impl Executor {
             )
         })?;
         let result_dir = self
-            .outputs
+            .store
             .publish(record)
             .map_err(|e| Failure::new("publish", &e, None))?;
-        if let Err(e) = std::fs::remove_dir_all(&ctx.checkpoint_dir) {
-            tracing::warn!("cannot remove {}: {e}", ctx.checkpoint_dir.display());
-        }
-        self.finish_done(job, &result_dir, None)
-            .map_err(|e| Failure::new("spool", &*e, None))?;
+        self.store.remove_checkpoints(&record.key);
+        self.queue
+            .complete(job, &result_dir, None)
+            .map_err(|e| Failure::new("queue", &e, None))?;
         Ok(Finished::Done {
             id: record.id.clone(),
             result_dir,
@@ -190,72 +189,44 @@ impl Executor {
     /// A published result with this job's key: its own (the daemon stopped between publishing and filing the
     /// job) or an identical earlier job's.
     fn existing_result(&self, job: &Job) -> Option<(PathBuf, String)> {
-        let own = self.outputs.result_dir(&job.record);
-        if let Some(owner) = report_job_id(&own) {
+        let own = self.store.result_dir(&job.record);
+        if let Some(owner) = self.store.published_by(&own) {
             return Some((own, owner));
         }
-        let entry = self.spool.index_lookup(&job.record.key)?;
-        let owner = report_job_id(&entry.result_dir)?;
+        let entry = self.queue.published(&job.record.key)?;
+        let owner = self.store.published_by(&entry.result_dir)?;
         Some((entry.result_dir, owner))
     }
 
-    fn link(
-        &self,
-        job: &Job,
-        (existing, owner): (PathBuf, String),
-    ) -> Result<Finished, Box<dyn std::error::Error>> {
+    fn link(&self, job: &Job, (existing, owner): (PathBuf, String)) -> Result<Finished, Failure> {
+        let publish_failed =
+            |e: &(dyn std::error::Error + 'static)| Failure::new("publish", e, None);
         let id = job.id().to_owned();
-        let result_dir = self.outputs.link_existing(&job.record, &existing)?;
-        if owner == id {
-            self.finish_done(job, &result_dir, None)?;
-            return Ok(Finished::Done { id, result_dir });
+        let result_dir = self
+            .store
+            .link_existing(&job.record, &existing)
+            .map_err(|e| publish_failed(&e))?;
+        let dedup_of = (owner != id).then_some(owner);
+        if let Some(of) = &dedup_of {
+            tracing::info!(job = %id, of = %of, "identical to an earlier job: linked to its result");
         }
-        tracing::info!(job = %id, of = %owner, "identical to an earlier job: linked to its result");
-        self.finish_done(job, &result_dir, Some(owner.clone()))?;
-        Ok(Finished::Deduplicated {
-            id,
-            of: owner,
-            result_dir,
+        self.queue
+            .complete(job, &result_dir, dedup_of.as_deref())
+            .map_err(|e| publish_failed(&e))?;
+        Ok(match dedup_of {
+            None => Finished::Done { id, result_dir },
+            Some(of) => Finished::Deduplicated { id, of, result_dir },
         })
-    }
-
-    fn finish_done(
-        &self,
-        job: &Job,
-        result_dir: &Path,
-        dedup_of: Option<String>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let mut record = job.record.clone();
-        record.result_dir = Some(result_dir.to_path_buf());
-        record.stage = None;
-        record.progress = Some(1.0);
-        record.dedup_of = dedup_of.clone();
-        if dedup_of.is_none() {
-            self.spool.index_store(
-                &record.key,
-                &IndexEntry {
-                    job: record.id.clone(),
-                    result_dir: result_dir.to_path_buf(),
-                },
-            )?;
-        }
-        // The model is kept once, in the result directory (published before this point, so a crash here still
-        // finds the result at the next start and needs no model).
-        for path in std::iter::once(job.model_path()).chain(job.companion_paths()) {
-            let _ = std::fs::remove_file(path);
-        }
-        self.spool.finish(job, record, JobState::Done)?;
-        Ok(())
     }
 
     /// Copies the dropped model (and companions) next to the report.
     fn copy_original(&self, job: &Job, staging: &Path) -> Result<FileRef, Failure> {
         for companion in &job.record.companions {
-            report::copy_atomic(&job.dir.join(companion), &staging.join(companion))
+            durable::copy_atomic(&job.dir.join(companion), &staging.join(companion))
                 .map_err(|e| Failure::new("publish", &e, None))?;
         }
         let dest = staging.join(&job.record.model_file);
-        let bytes = report::copy_atomic(&job.model_path(), &dest)
+        let bytes = durable::copy_atomic(&job.model_path(), &dest)
             .map_err(|e| Failure::new("publish", &e, None))?;
         Ok(FileRef {
             path: job.record.model_file.clone(),
@@ -274,7 +245,7 @@ impl Executor {
         staging: &Path,
         progress: &Progress,
         started: Instant,
-    ) -> Result<Report, String> {
+    ) -> Result<Report, ArtifactError> {
         let record = &job.record;
         let job_info = JobInfo {
             id: record.id.clone(),
@@ -282,31 +253,20 @@ impl Executor {
             attempts: record.attempts,
             runner: self.runner.name().to_owned(),
         };
-        let timing = crate::pipeline::report::timing(
+        let timing = progress.timing(
             record.queued_at.clone(),
             record.started_at.clone().unwrap_or_else(now_rfc3339),
             started.elapsed().as_secs_f64(),
-            progress,
         );
-        crate::pipeline::report::assemble(
-            outcome,
-            config,
-            staging,
-            original_model,
-            Some(job_info),
-            timing,
-        )
+        outcome.into_report(config, staging, original_model, Some(job_info), timing)
     }
 
-    /// Files the job in `failed/` with its error.yaml.
-    fn fail(&self, job: &Job, failure: Failure) -> Result<Finished, Box<dyn std::error::Error>> {
+    /// Fails the job in the queue with its error.yaml.
+    fn fail(&self, job: &Job, failure: Failure) -> Result<Finished, QueueError> {
         let record = &job.record;
         tracing::warn!(job = %record.id, stage = %failure.stage, "job failed: {}", failure.chain.join(": "));
-        self.outputs.discard_staging(record);
-        let checkpoints = self.spool.checkpoint_dir(&record.key);
-        if !record.key.is_empty() && checkpoints.exists() {
-            let _ = std::fs::remove_dir_all(&checkpoints);
-        }
+        self.store.discard_staging(record);
+        self.store.remove_checkpoints(&record.key);
         // The cause names the file, whichever layer failed (a dataset or evaluation error does not know it).
         let mut chain = failure.chain;
         let names_file = chain
@@ -328,23 +288,13 @@ impl Executor {
             chain,
             Some(hint),
         );
-        error.write(&job.dir.join(ERROR_FILE))?;
-        let mut rec = record.clone();
-        rec.error = Some(error.cause.clone());
-        self.spool.finish(job, rec, JobState::Failed)?;
+        self.queue.fail(job, &error)?;
         Ok(Finished::Failed {
             id: record.id.clone(),
             stage: error.stage,
             cause: error.cause,
         })
     }
-}
-
-/// The `job.id` of the report in `dir`, if a complete result is there.
-fn report_job_id(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(REPORT_FILE)).ok()?;
-    let report: Report = serde_norway::from_str(&text).ok()?;
-    report.job.map(|j| j.id)
 }
 
 /// A failure on its way to error.yaml.

@@ -1,34 +1,22 @@
-//! The daemon: a watched inbox (`paths.watch`), a crash-safe job spool (`paths.state`), a service loop that runs
-//! jobs on dedicated threads through a pluggable [`JobRunner`], results in `paths.models`, and systemd
-//! integration (READY/STATUS/STOPPING/WATCHDOG, SIGTERM checkpoints, SIGHUP reload).
+//! The daemon, one machine's worker: it watches an inbox (`paths.watch`), takes complete drops into the job queue
+//! ([`crate::queue`]), runs queued jobs on dedicated threads through a pluggable [`crate::job::JobRunner`], publishes
+//! results in the artifact store ([`crate::store`]), and talks to systemd (READY/STATUS/STOPPING/WATCHDOG, SIGTERM
+//! checkpoints, SIGHUP reload).
 //!
-//! Modules: [`names`] (which files, safe names), [`onnx_scan`] (external data and metadata from the protobuf),
-//! [`inbox`] (stability and intake), [`watcher`] (notify → channel), [`job`] (the record), [`spool`] (the job
-//! directories), [`outputs`] (the results tree), [`runner`] (the pipeline boundary), [`inspect`] (the runner that
-//! exists today), [`executor`] (one job from claim to done/failed), [`service`] (sd_notify), [`server`] (the loop).
+//! Modules: [`watcher`] (notify → channel), [`inbox`] (when a drop is complete), [`names`] (which files, safe
+//! names), [`intake`] (what a complete drop becomes), [`executor`] (one job from claim to done/failed), [`service`]
+//! (sd_notify), [`server`] (the loop).
 
 // Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod executor;
 pub mod inbox;
-pub mod inspect;
-pub mod job;
+pub mod intake;
 pub mod names;
-pub mod onnx_scan;
-pub mod outputs;
-pub mod runner;
 pub mod server;
 pub mod service;
-pub mod spool;
 pub mod watcher;
 
 pub use executor::{Executor, Finished};
-pub use inspect::InspectRunner;
-pub use job::{Job, JobKind, JobRecord, JobState};
-pub use runner::{
-    CancelReason, CancelToken, JobContext, JobError, JobOutcome, JobRunner, Progress,
-    ProgressUpdate,
-};
 pub use server::{run, DaemonError, DaemonOptions, SHUTDOWN_GRACE};
-pub use spool::Spool;

@@ -1,7 +1,9 @@
-//! File names in the inbox: which ones are model drops, which are ignored (temporary and hidden files), and how a
-//! hostile name (path separators, `..`, control characters, non-UTF-8, huge) becomes a safe directory name.
+//! File names in the inbox: which ones are model drops, which are ignored (temporary and hidden files), which
+//! sidecar goes with a model, and how a hostile name (path separators, `..`, control characters, non-UTF-8, huge)
+//! becomes a safe directory name.
 
 use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 
 /// Longest sanitized model name (bytes).
 pub const MAX_NAME_LEN: usize = 100;
@@ -61,6 +63,13 @@ pub fn is_safe_companion(location: &str) -> bool {
         && !location.starts_with('.')
         && !location.contains(['/', '\\'])
         && !location.chars().any(char::is_control)
+}
+
+/// The sidecar (`NAME.yaml`) that goes with the model `NAME.onnx` in `dir`.
+pub fn sidecar_path(dir: &Path, model: &OsStr) -> PathBuf {
+    let s = model.to_string_lossy();
+    let stem = s.strip_suffix(".onnx").unwrap_or(&s);
+    dir.join(format!("{stem}.yaml"))
 }
 
 /// A printable form of any file name for logs and error files.

@@ -3,7 +3,7 @@
 //! anything in tests). Intake runs on one dedicated thread, each job on a thread of its own; the loop itself never
 //! blocks on model work.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
@@ -14,15 +14,15 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use super::executor::{Executor, Finished};
-use super::inbox::{intake, warn_if_world_writable, Inbox, Intake};
-use super::job::{Job, JobKind};
-use super::outputs::Outputs;
-use super::runner::{CancelReason, CancelToken, JobRunner, Progress, ProgressUpdate};
+use super::inbox::{warn_if_world_writable, Inbox};
+use super::intake::{intake, Intake};
 use super::service::{self, ActiveJob, ActiveJobs};
-use super::spool::{Spool, SpoolError};
-use super::watcher;
+use super::watcher::{self, WatchError};
 use crate::config::{Config, ConfigError};
-use crate::report::WriteError;
+use crate::durable::WriteError;
+use crate::job::{CancelReason, CancelToken, Job, JobKind, JobRunner, Progress, ProgressUpdate};
+use crate::queue::{self, Claimable, Queue, QueueError};
+use crate::store::Store;
 
 /// How long running jobs get to checkpoint and return after a shutdown request (systemd's default stop timeout
 /// is 90 s; we promise 10 s).
@@ -30,12 +30,14 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
-    #[error("cannot set up the job spool: {0}")]
-    Spool(#[from] SpoolError),
-    #[error("cannot set up the output directory: {0}")]
-    Outputs(#[from] WriteError),
-    #[error("cannot watch the inbox {path}: {message}")]
-    Watch { path: PathBuf, message: String },
+    #[error("cannot set up the job queue: {0}")]
+    Queue(#[from] QueueError),
+    #[error("cannot create the inbox: {0}")]
+    Inbox(WriteError),
+    #[error("cannot set up the artifact store: {0}")]
+    Store(#[from] WriteError),
+    #[error("cannot watch the inbox {path}: {source}")]
+    Watch { path: PathBuf, source: WatchError },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
 }
@@ -57,10 +59,10 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let mut config = options.config;
     let paths = config.paths.clone();
-    crate::report::create_dir_all(&paths.watch)?;
+    crate::durable::create_dir_all(&paths.watch).map_err(DaemonError::Inbox)?;
     warn_if_world_writable(&paths.watch);
-    let spool = Spool::open(&paths.state)?;
-    let recovery = spool.recover(&paths.watch)?;
+    let queue = queue::open(&config)?;
+    let recovery = queue.recover(&paths.watch)?;
     if !recovery.resumed.is_empty() {
         tracing::info!(
             "resuming {} job(s) left running: {}",
@@ -68,35 +70,35 @@ pub async fn run(
             recovery.resumed.join(", ")
         );
     }
-    let outputs = Outputs::open(&paths.models)?;
-    outputs.sweep_stale();
+    let store = Store::local(&paths)?;
+    store.sweep_stale();
     let exec = Executor {
-        spool: spool.clone(),
-        outputs,
+        queue: queue.clone(),
+        store,
         runner,
     };
 
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<OsString>();
     let poll_interval = Duration::from_millis(config.daemon.stable_ms.clamp(50, 1000));
     let watcher = watcher::watch(&paths.watch, config.daemon.poll, poll_interval, event_tx)
-        .map_err(|message| DaemonError::Watch {
+        .map_err(|source| DaemonError::Watch {
             path: paths.watch.clone(),
-            message,
+            source,
         })?;
     let (intake_tx, intake_rx) = std::sync::mpsc::channel::<(OsString, SystemTime, Arc<Config>)>();
     let (intake_done_tx, mut intake_done_rx) = mpsc::unbounded_channel::<(OsString, Intake)>();
     let intake_thread = {
-        let spool = spool.clone();
+        let queue = queue.clone();
         let inbox = paths.watch.clone();
         std::thread::Builder::new()
             .name("intake".into())
             .spawn(move || {
                 for (name, seen_at, cfg) in intake_rx {
                     let stable = Duration::from_millis(cfg.daemon.stable_ms);
-                    let outcome = intake(&inbox, &name, seen_at, &spool, &cfg, stable)
+                    let outcome = intake(&inbox, &name, seen_at, &*queue, &cfg, stable)
                         .unwrap_or_else(|e| {
                             tracing::error!("intake of {}: {e}", name.to_string_lossy());
-                            Intake::Waiting(format!("spool error: {e}"))
+                            Intake::Waiting(format!("intake error: {e}"))
                         });
                     if intake_done_tx.send((name, outcome)).is_err() {
                         break;
@@ -110,7 +112,6 @@ pub async fn run(
     let mut state = Loop {
         exec,
         inbox: Inbox::new(&paths.watch),
-        queue: spool.list(super::job::JobState::Queued).into(),
         running: HashMap::new(),
         active: Arc::new(Mutex::new(Default::default())),
         done_tx,
@@ -121,10 +122,10 @@ pub async fn run(
     }
     tracing::info!(
         watch = %paths.watch.display(), models = %paths.models.display(), state = %paths.state.display(),
-        watcher = watcher.kind, queued = state.queue.len(), "robustd daemon ready"
+        watcher = watcher.kind, queued = queue.queued(), "robustd daemon ready"
     );
     state.dispatch(&config);
-    state.last_status = service::status_line(&state.active, state.queue.len());
+    state.last_status = service::status_line(&state.active, queue.queued());
     service::ready(&state.last_status);
 
     let mut tick = tokio::time::interval(tick_period(&config));
@@ -155,9 +156,8 @@ pub async fn run(
                 }
             }
             Some((name, outcome)) = intake_done_rx.recv() => {
-                state.inbox.settled(&name, &outcome);
-                if let Intake::Queued(job) = outcome {
-                    state.queue.push_back(job);
+                state.inbox.settled(&name, outcome.waiting());
+                if let Intake::Queued(_) = outcome {
                     state.dispatch(&config);
                 }
             }
@@ -215,7 +215,6 @@ struct RunningJob {
 struct Loop {
     exec: Executor,
     inbox: Inbox,
-    queue: VecDeque<Job>,
     running: HashMap<String, RunningJob>,
     active: ActiveJobs,
     done_tx: mpsc::UnboundedSender<Finished>,
@@ -223,33 +222,41 @@ struct Loop {
 }
 
 impl Loop {
-    /// Starts queued jobs, oldest first, while their kind has a free slot: one training job per device, up to
-    /// `daemon.eval_concurrency` evaluation-only jobs. A job whose key is running waits (it then dedupes).
+    /// Claims and starts queued jobs, oldest first, while their kind has a free slot: one training job per device,
+    /// up to `daemon.eval_concurrency` evaluation-only jobs. A job whose key is running waits (it then dedupes).
     fn dispatch(&mut self, config: &Config) {
-        let mut i = 0;
-        while i < self.queue.len() {
-            let job = &self.queue[i];
-            let limit = match job.record.kind {
-                JobKind::Train => 1,
-                JobKind::Eval => config.daemon.eval_concurrency.max(1),
-            };
-            let busy = self
-                .running
-                .values()
-                .filter(|r| r.kind == job.record.kind)
-                .count();
-            let same_key = self.running.values().any(|r| r.key == job.record.key);
-            if busy >= limit || same_key {
-                i += 1;
-                continue;
-            }
-            let Some(job) = self.queue.remove(i) else {
+        loop {
+            let can = self.claimable(config);
+            if can.kinds.is_empty() {
                 break;
-            };
-            match self.exec.spool.claim(&job) {
-                Ok(claimed) => self.start(claimed),
-                Err(e) => tracing::error!(job = %job.id(), "cannot claim: {e}"),
             }
+            match self.exec.queue.claim(&can) {
+                Ok(Some(job)) => self.start(job),
+                Ok(None) => break,
+                Err(e) => {
+                    // The next tick tries again.
+                    tracing::error!("cannot claim a job: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The kinds with a free slot, and the keys running here.
+    fn claimable(&self, config: &Config) -> Claimable {
+        let kinds = [JobKind::Train, JobKind::Eval]
+            .into_iter()
+            .filter(|&kind| {
+                let limit = match kind {
+                    JobKind::Train => 1,
+                    JobKind::Eval => config.daemon.eval_concurrency.max(1),
+                };
+                self.running.values().filter(|r| r.kind == kind).count() < limit
+            })
+            .collect();
+        Claimable {
+            kinds,
+            busy_keys: self.running.values().map(|r| r.key.clone()).collect(),
         }
     }
 
@@ -290,7 +297,7 @@ impl Loop {
             .map(|d| format!(", {} ms after it appeared in the inbox", d.as_millis()))
             .unwrap_or_default();
         tracing::info!(job = %id, attempt = job.record.attempts, "started {}{since_drop}", job.record.dropped_as);
-        let progress = progress_sink(&job, &self.exec.spool, &self.active);
+        let progress = progress_sink(&job, &self.exec.queue, &self.active);
         let exec = self.exec.clone();
         let done = self.done_tx.clone();
         let spawned = std::thread::Builder::new()
@@ -338,7 +345,10 @@ impl Loop {
     }
 
     fn publish_status(&mut self) {
-        let line = service::status_line(&self.active, self.queue.len() + self.inbox.pending());
+        let line = service::status_line(
+            &self.active,
+            self.exec.queue.queued() + self.inbox.pending(),
+        );
         if line != self.last_status {
             service::status(&line);
             self.last_status = line;
@@ -346,11 +356,11 @@ impl Loop {
     }
 }
 
-/// A progress reporter that keeps the job record and the STATUS line current (the record at most twice a second,
-/// and at every stage change).
-fn progress_sink(job: &Job, spool: &Spool, active: &ActiveJobs) -> Progress {
+/// A progress reporter that keeps the job record in the queue (its heartbeat: at most twice a second, and at every
+/// stage change) and the STATUS line current.
+fn progress_sink(job: &Job, queue: &Arc<dyn Queue>, active: &ActiveJobs) -> Progress {
     let job = Mutex::new((job.clone(), Instant::now() - Duration::from_secs(1)));
-    let spool = spool.clone();
+    let queue = queue.clone();
     let active = active.clone();
     Progress::new(move |update: &ProgressUpdate| {
         let mut guard = job.lock().unwrap_or_else(|p| p.into_inner());
@@ -366,7 +376,7 @@ fn progress_sink(job: &Job, spool: &Spool, active: &ActiveJobs) -> Progress {
         job.record.stage = Some(update.stage.clone());
         job.record.progress = Some(update.fraction);
         if update.new_stage || last_write.elapsed() >= Duration::from_millis(500) {
-            if let Err(e) = spool.save(job) {
+            if let Err(e) = queue.heartbeat(job) {
                 tracing::warn!(job = %job.id(), "cannot update the job record: {e}");
             }
             *last_write = Instant::now();

@@ -9,7 +9,13 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
+use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
+
+/// Neither inotify nor the polling watcher could watch the inbox.
+#[derive(Debug, Error)]
+#[error("{}", explain(.0))]
+pub struct WatchError(#[source] notify::Error);
 
 /// Keeps the watcher alive; dropping it stops the events.
 pub struct InboxWatcher {
@@ -23,7 +29,7 @@ pub fn watch(
     poll: bool,
     poll_interval: Duration,
     tx: UnboundedSender<OsString>,
-) -> Result<InboxWatcher, String> {
+) -> Result<InboxWatcher, WatchError> {
     let handler = move |res: notify::Result<notify::Event>| match res {
         Ok(event) if relevant(&event.kind) => {
             for path in event.paths {
@@ -54,9 +60,9 @@ pub fn watch(
         }
     }
     let config = notify::Config::default().with_poll_interval(poll_interval);
-    let mut w = notify::PollWatcher::new(handler, config).map_err(|e| explain(&e))?;
+    let mut w = notify::PollWatcher::new(handler, config).map_err(WatchError)?;
     w.watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| explain(&e))?;
+        .map_err(WatchError)?;
     Ok(InboxWatcher {
         _inner: Box::new(w),
         kind: "poll",

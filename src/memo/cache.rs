@@ -130,7 +130,7 @@ impl Store {
     /// Opens (creating if needed) the entry for `key` under `root` (`<paths.state>/memo`).
     pub fn open(root: &Path, key: &CacheKey) -> Result<Self, MemoError> {
         let dir = root.join(key.digest());
-        crate::report::create_dir_all(&dir)?;
+        crate::durable::create_dir_all(&dir)?;
         let key_file = dir.join(KEY_FILE);
         match std::fs::read_to_string(&key_file) {
             Ok(text) => {
@@ -149,7 +149,7 @@ impl Store {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::report::write_yaml_atomic(&key_file, key)?;
+                crate::durable::write_yaml_atomic(&key_file, key)?;
             }
             Err(e) => {
                 return Err(MemoError::Io {
@@ -253,7 +253,7 @@ impl Store {
         let file = writer.finish().map_err(|e| npz(e.to_string()))?;
         file.sync_all().map_err(io)?;
         tmp.persist(&path).map_err(|e| io(e.error))?;
-        crate::report::atomic::sync_dir(&self.dir).map_err(io)?;
+        crate::durable::sync_dir(&self.dir).map_err(io)?;
         let checkpoint = self.checkpoint_dir(model);
         if checkpoint.exists() {
             std::fs::remove_dir_all(&checkpoint).map_err(|source| MemoError::Io {

@@ -45,8 +45,8 @@ use thiserror::Error;
 
 use crate::config::{Config, Estimator, MemorizationSpec};
 use crate::data::{DataError, Dataset, Split};
+use crate::durable::WriteError;
 use crate::report::plots::PlotError;
-use crate::report::WriteError;
 use crate::train::{Atypicality, AtypicalitySetting, ScoreTable, TrainError};
 
 pub use design::SubsetDesign;

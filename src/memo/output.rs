@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::estimator::{Estimate, ModelFit};
 use super::scores::TrainScores;
 use super::MemoError;
+use crate::durable::{write_atomic, write_atomic_with, write_yaml_atomic};
 use crate::report::plots::memorization_histogram;
-use crate::report::{write_atomic, write_atomic_with, write_yaml_atomic, Groups, Memorization};
+use crate::report::{Groups, Memorization};
 
 pub const SCORES_NPY: &str = "scores.npy";
 pub const DETAILS_NPZ: &str = "memorization.npz";

@@ -15,7 +15,7 @@ pub fn decode(t: &TensorProto) -> Result<Tensor, OpError> {
             "tensor attributes with external data are not supported".into(),
         ));
     }
-    let data = TensorData::from_proto(t, None).map_err(OpError::Invalid)?;
+    let data = TensorData::from_proto(t, None).map_err(|e| OpError::Invalid(e.to_string()))?;
     Ok(data.to_tch()?)
 }
 

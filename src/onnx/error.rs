@@ -47,12 +47,12 @@ pub enum OnnxError {
         tensor: String,
         message: String,
     },
-    #[error("{file}: tensor `{tensor}`: external data `{location}`: {message}")]
+    #[error("{file}: tensor `{tensor}`: external data `{location}`: {source}")]
     ExternalData {
         file: PathBuf,
         tensor: String,
         location: String,
-        message: String,
+        source: Box<super::external::ExternalError>,
     },
     #[error("{file}: node `{node}` ({op}): {message}")]
     Node {

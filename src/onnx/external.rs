@@ -7,8 +7,53 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
+use thiserror::Error;
 
 use super::proto::TensorProto;
+
+/// Why a tensor's external data cannot be read (the caller adds the model file and the tensor).
+#[derive(Debug, Error)]
+pub enum ExternalError {
+    #[error("`{key}` is not a non-negative integer: {value:?}")]
+    NotANumber { key: String, value: String },
+    #[error("external data without a `location` entry")]
+    NoLocation,
+    #[error("empty location")]
+    EmptyLocation,
+    #[error("`..` in the location is refused ({STAY})")]
+    ParentDir,
+    #[error("absolute locations are refused ({STAY})")]
+    Absolute,
+    #[error("resolves to {}, outside the model's directory (symlinks out are refused)", .0.display())]
+    Outside(PathBuf),
+    #[error("{} is not a regular file", .0.display())]
+    NotAFile(PathBuf),
+    #[error("external data cannot be read for a model parsed from memory")]
+    FromMemory,
+    #[error("offset + length overflows")]
+    Overflow,
+    #[error("offset {offset} + length {length} runs past the end of the file ({size} bytes)")]
+    PastEnd { offset: u64, length: u64, size: u64 },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+const STAY: &str = "external data must stay in the model's directory";
+
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ExternalError + 'a {
+    move |source| ExternalError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Where one tensor's external bytes live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,15 +65,18 @@ pub struct ExternalRef {
 
 impl ExternalRef {
     /// Reads the `external_data` key/value entries of a tensor.
-    pub fn from_proto(t: &TensorProto) -> Result<Self, String> {
+    pub fn from_proto(t: &TensorProto) -> Result<Self, ExternalError> {
         let mut location = None;
         let mut offset = 0u64;
         let mut length = None;
         for kv in &t.external_data {
             let number = || {
-                kv.value.parse::<u64>().map_err(|_| {
-                    format!("`{}` is not a non-negative integer: {:?}", kv.key, kv.value)
-                })
+                kv.value
+                    .parse::<u64>()
+                    .map_err(|_| ExternalError::NotANumber {
+                        key: kv.key.clone(),
+                        value: kv.value.clone(),
+                    })
             };
             match kv.key.as_str() {
                 "location" => location = Some(kv.value.clone()),
@@ -38,7 +86,7 @@ impl ExternalRef {
                 _ => {}
             }
         }
-        let location = location.ok_or("external data without a `location` entry")?;
+        let location = location.ok_or(ExternalError::NoLocation)?;
         Ok(Self {
             location,
             offset,
@@ -91,7 +139,7 @@ impl ExternalResolver {
     }
 
     /// The bytes `r` points at.
-    pub fn read(&mut self, r: &ExternalRef) -> Result<Bytes, String> {
+    pub fn read(&mut self, r: &ExternalRef) -> Result<Bytes, ExternalError> {
         let file = match self.files.get(&r.location) {
             Some(f) => f.clone(),
             None => {
@@ -106,73 +154,64 @@ impl ExternalResolver {
         let end = r
             .offset
             .checked_add(length)
-            .ok_or("offset + length overflows")?;
+            .ok_or(ExternalError::Overflow)?;
         if end > size {
-            return Err(format!(
-                "offset {} + length {length} runs past the end of the file ({size} bytes)",
-                r.offset
-            ));
+            return Err(ExternalError::PastEnd {
+                offset: r.offset,
+                length,
+                size,
+            });
         }
         Ok(file.slice(r.offset as usize..end as usize))
     }
 
     /// `location` joined to the model directory, refusing anything that leaves it.
-    pub fn confined_path(&self, location: &str) -> Result<PathBuf, String> {
+    pub fn confined_path(&self, location: &str) -> Result<PathBuf, ExternalError> {
         match &self.model_dir {
             Some(dir) => confined_path(dir, &self.canonical_dir, location),
-            None => Err("external data cannot be read for a model parsed from memory".into()),
+            None => Err(ExternalError::FromMemory),
         }
     }
 }
 
 /// Checks that `location` is a plain relative path inside `dir` (after resolving symlinks).
-pub fn confined_path(dir: &Path, canonical_dir: &Path, location: &str) -> Result<PathBuf, String> {
+pub fn confined_path(
+    dir: &Path,
+    canonical_dir: &Path,
+    location: &str,
+) -> Result<PathBuf, ExternalError> {
     let rel = Path::new(location);
     if location.is_empty() {
-        return Err("empty location".into());
+        return Err(ExternalError::EmptyLocation);
     }
-    const STAY: &str = "external data must stay in the model's directory";
     for c in rel.components() {
         match c {
             Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => {
-                return Err(format!("`..` in the location is refused ({STAY})"))
-            }
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("absolute locations are refused ({STAY})"))
-            }
+            Component::ParentDir => return Err(ExternalError::ParentDir),
+            Component::RootDir | Component::Prefix(_) => return Err(ExternalError::Absolute),
         }
     }
     let joined = dir.join(rel);
-    let canonical = std::fs::canonicalize(&joined)
-        .map_err(|e| format!("cannot open {}: {e}", joined.display()))?;
+    let canonical = std::fs::canonicalize(&joined).map_err(io_err("open", &joined))?;
     if !canonical.starts_with(canonical_dir) {
-        return Err(format!(
-            "resolves to {}, outside the model's directory (symlinks out are refused)",
-            canonical.display()
-        ));
+        return Err(ExternalError::Outside(canonical));
     }
     if !canonical.is_file() {
-        return Err(format!("{} is not a regular file", joined.display()));
+        return Err(ExternalError::NotAFile(joined));
     }
     Ok(canonical)
 }
 
-fn map_file(path: &Path) -> Result<Bytes, String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
-        .len();
+fn map_file(path: &Path) -> Result<Bytes, ExternalError> {
+    let file = std::fs::File::open(path).map_err(io_err("open", path))?;
+    let len = file.metadata().map_err(io_err("stat", path))?.len();
     if len == 0 {
         return Ok(Bytes::new());
     }
     // SAFETY: the map is read-only; robustd never writes these files while a model is loaded. A concurrent
     // external writer could change the bytes under us, which would give wrong weights, not memory unsafety in
     // Rust code that only copies from the slice.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .map_err(|e| format!("cannot map {}: {e}", path.display()))?;
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("map", path))?;
     Ok(Bytes::from_owner(map))
 }
 
@@ -194,16 +233,21 @@ mod tests {
             offset: 0,
             length: None,
         };
-        assert!(r.read(&at("../secret")).unwrap_err().contains(".."));
+        let err = |r: &mut ExternalResolver, loc: &str| r.read(&at(loc)).unwrap_err().to_string();
+        assert!(err(&mut r, "../secret").contains(".."));
         let abs = dir.path().join("secret").display().to_string();
-        assert!(r.read(&at(&abs)).unwrap_err().contains("absolute"));
-        assert!(r.read(&at("link")).unwrap_err().contains("outside"));
+        assert!(err(&mut r, &abs).contains("absolute"));
+        assert!(err(&mut r, "link").contains("outside"));
         assert_eq!(&r.read(&at("w.bin")).unwrap()[..], b"0123");
         let past_end = ExternalRef {
             location: "w.bin".into(),
             offset: 2,
             length: Some(8),
         };
-        assert!(r.read(&past_end).unwrap_err().contains("past the end"));
+        assert!(r
+            .read(&past_end)
+            .unwrap_err()
+            .to_string()
+            .contains("past the end"));
     }
 }

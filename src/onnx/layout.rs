@@ -1,13 +1,23 @@
 //! The model's image input: which layout it takes (`auto` reads it from the ONNX input shape) and the size of one
 //! image in pixel space.
 
+use thiserror::Error;
+
 use super::model::{Dim, ValueInfo};
 use crate::config::InputLayout;
 use crate::model::Layout;
 
+/// `model.input_layout: auto` on an input whose shape does not say its layout.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("cannot tell the layout of input `{input}` {shape}; set model.input_layout (nchw, nhwc or flat)")]
+pub struct LayoutError {
+    pub input: String,
+    pub shape: String,
+}
+
 /// The concrete layout for a configured one: `auto` picks NCHW for rank 4 with 1 or 3 channels at dim 1, NHWC for
 /// 1 or 3 at dim 3, and Flat for rank 2.
-pub fn resolve_layout(input: &ValueInfo, requested: InputLayout) -> Result<Layout, String> {
+pub fn resolve_layout(input: &ValueInfo, requested: InputLayout) -> Result<Layout, LayoutError> {
     match requested {
         InputLayout::Nchw => return Ok(Layout::Nchw),
         InputLayout::Nhwc => return Ok(Layout::Nhwc),
@@ -20,11 +30,10 @@ pub fn resolve_layout(input: &ValueInfo, requested: InputLayout) -> Result<Layou
         [_, c, _, _] if is_channels(c) => Ok(Layout::Nchw),
         [_, _, _, c] if is_channels(c) => Ok(Layout::Nhwc),
         [_, _] => Ok(Layout::Flat),
-        _ => Err(format!(
-            "cannot tell the layout of input `{}` {}; set model.input_layout (nchw, nhwc or flat)",
-            input.name,
-            input.shape_string()
-        )),
+        _ => Err(LayoutError {
+            input: input.name.clone(),
+            shape: input.shape_string(),
+        }),
     }
 }
 

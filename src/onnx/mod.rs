@@ -3,14 +3,16 @@
 //! and writing trained weights back into the original graph ([`write_back`]).
 //!
 //! Submodules, each owning one thing:
-//! - `proto`: the ONNX protobuf messages (prost derives, no protoc);
+//! - `proto`: the ONNX protobuf messages (prost derives, no protoc), the one protobuf reader; `scan`: a cheap look
+//!   (opset, parameters, external-data files) before loading;
 //! - `tensor_data`: initializer payloads ↔ bytes ↔ tch tensors; `external`: external-data files, confined;
 //! - `node`: nodes and typed attributes; `constants`: values carried in nodes;
 //! - `model`: loading, validation, topological order, structure hash;
 //! - `ops`: the operator registry; `params`: what each initializer is (weight, bias, BN statistic…);
 //! - `interpreter`: the plan and its evaluation; `tch_model`: the classifier on top; `layout`: input layout and
 //!   image size;
-//! - `ort_scorer`: onnxruntime sessions; `write_back`: trained weights into a new file.
+//! - `session`: the one onnxruntime session builder; `ort_scorer`: the classifier on a session; `write_back`:
+//!   trained weights into a new file.
 
 pub(crate) mod constants;
 mod error;
@@ -23,15 +25,19 @@ pub mod ops;
 mod ort_scorer;
 mod params;
 pub mod proto;
+pub mod scan;
+mod session;
 mod tch_model;
 pub mod tensor_data;
 mod write_back;
 
 pub use error::OnnxError;
 pub use interpreter::{Interpreter, TchOptions};
-pub use layout::{infer_input_chw, resolve_layout};
+pub use layout::{infer_input_chw, resolve_layout, LayoutError};
 pub use model::{Dim, Initializer, OnnxModel, ValueInfo, MAX_OPSET, MIN_OPSET};
 pub use ort_scorer::OrtScorer;
 pub use params::Role;
+pub use scan::{scan_model, ModelScan, ScanError};
+pub use session::{ort_session, SessionError};
 pub use tch_model::{Interrupt, TchModel};
 pub use write_back::{write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY};

@@ -454,7 +454,7 @@ fn check_limit(path: &Path, what: &'static str, value: u64, limit: u64) -> Resul
     Ok(())
 }
 
-fn default_opset(imports: &[proto::OperatorSetIdProto]) -> Option<i64> {
+pub(super) fn default_opset(imports: &[proto::OperatorSetIdProto]) -> Option<i64> {
     imports
         .iter()
         .find(|o| is_default_domain(&o.domain))
@@ -486,20 +486,20 @@ fn decode_initializer(
         });
     }
     let external = if t.data_location == DATA_LOCATION_EXTERNAL {
-        let r = ExternalRef::from_proto(t).map_err(tensor_err)?;
+        let r = ExternalRef::from_proto(t).map_err(|e| tensor_err(e.to_string()))?;
         let bytes = resolver
             .read(&r)
-            .map_err(|message| OnnxError::ExternalData {
+            .map_err(|source| OnnxError::ExternalData {
                 file: path.to_path_buf(),
                 tensor: t.name.clone(),
                 location: r.location.clone(),
-                message,
+                source: Box::new(source),
             })?;
         Some(bytes)
     } else {
         None
     };
-    let data = TensorData::from_proto(t, external).map_err(tensor_err)?;
+    let data = TensorData::from_proto(t, external).map_err(|e| tensor_err(e.to_string()))?;
     if let Some((count, first)) = data.nan_count() {
         return Err(tensor_err(format!(
             "holds {count} NaN value(s) (the first at flat index {first}) among {} elements: the weights are \

@@ -1,7 +1,18 @@
 //! A graph node in robustd's own form (inputs/outputs by name, attributes kept as protos) and typed attribute
 //! access: one small trait per attribute kind, with errors naming the attribute.
 
+use thiserror::Error;
+
 use super::proto::{attribute_type as at, AttributeProto, TensorProto};
+
+/// A present attribute of another type than the op reads it as.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("attribute `{name}` should be {expected} but has type code {found}")]
+pub struct AttrError {
+    pub name: String,
+    pub expected: &'static str,
+    pub found: i32,
+}
 
 /// One ONNX node. An empty input name means an omitted optional input.
 #[derive(Debug, Clone)]
@@ -73,21 +84,19 @@ impl Node {
     }
 
     /// The attribute as `T`, `None` when absent; a present attribute of another type is an error.
-    pub fn attr<T: AttrValue>(&self, name: &str) -> Result<Option<T>, String> {
+    pub fn attr<T: AttrValue>(&self, name: &str) -> Result<Option<T>, AttrError> {
         match self.attribute(name) {
             None => Ok(None),
-            Some(a) => T::read(a).map(Some).ok_or_else(|| {
-                format!(
-                    "attribute `{name}` should be {} but has type code {}",
-                    T::EXPECTED,
-                    a.r#type
-                )
+            Some(a) => T::read(a).map(Some).ok_or_else(|| AttrError {
+                name: name.to_owned(),
+                expected: T::EXPECTED,
+                found: a.r#type,
             }),
         }
     }
 
     /// The attribute as `T`, or `default` when absent.
-    pub fn attr_or<T: AttrValue>(&self, name: &str, default: T) -> Result<T, String> {
+    pub fn attr_or<T: AttrValue>(&self, name: &str, default: T) -> Result<T, AttrError> {
         Ok(self.attr(name)?.unwrap_or(default))
     }
 

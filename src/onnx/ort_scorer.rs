@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use tch::{Device, Kind, Tensor};
+use thiserror::Error;
 
 use super::error::OnnxError;
+use super::session::{ort_session, SessionError};
 use super::tch_model::Interrupt;
 use crate::model::{InputAdapter, ModelError, Scorer};
-use crate::runtime;
 
 /// A forward-only classifier on onnxruntime. See the module docs.
 pub struct OrtScorer {
@@ -31,18 +32,13 @@ impl OrtScorer {
         intra_threads: usize,
     ) -> Result<Self, OnnxError> {
         let file = path.to_path_buf();
-        let ort_err = |e: &dyn std::fmt::Display| OnnxError::Ort {
+        let session = ort_session(path, None, intra_threads).map_err(|e| OnnxError::Ort {
             file: file.clone(),
-            message: e.to_string(),
-        };
-        let (_, env) = runtime::ort_environment(None).map_err(|e| ort_err(&e))?;
-        let mut builder = Session::builder(env).map_err(|e| ort_err(&e))?;
-        if intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(intra_threads)
-                .map_err(|e| ort_err(&e))?;
-        }
-        let session = builder.commit_from_file(path).map_err(|e| ort_err(&e))?;
+            message: match e {
+                SessionError::Load { message, .. } => message,
+                SessionError::Runtime(e) => e.to_string(),
+            },
+        })?;
         let input_names = session
             .inputs()
             .iter()
@@ -92,7 +88,7 @@ impl OrtScorer {
         for (name, t) in self.input_names.iter().zip(&owned) {
             feeds.push((
                 name.clone(),
-                tensor_view(t).map_err(|m| ort_err(format!("input `{name}`: {m}")))?,
+                tensor_view(t).map_err(|e| ort_err(format!("input `{name}`: {e}")))?,
             ));
         }
         let outputs = self
@@ -101,7 +97,7 @@ impl OrtScorer {
             .map_err(|e| ort_err(e.to_string()))?;
         let mut result = Vec::with_capacity(outputs.len());
         for (name, value) in outputs.iter() {
-            result.push(to_tch(&value).map_err(|m| ort_err(format!("output `{name}`: {m}")))?);
+            result.push(to_tch(&value).map_err(|e| ort_err(format!("output `{name}`: {e}")))?);
         }
         Ok(result)
     }
@@ -139,11 +135,22 @@ impl Scorer for OrtScorer {
     }
 }
 
+/// Why a tensor cannot cross between tch and onnxruntime.
+#[derive(Debug, Error)]
+enum ConvertError {
+    #[error("element type {0} is not supported")]
+    Unsupported(String),
+    #[error(transparent)]
+    Ort(#[from] ort::Error),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
 /// A borrowed onnxruntime view of a contiguous CPU tensor.
-fn tensor_view(t: &Tensor) -> Result<SessionInputValue<'_>, String> {
+fn tensor_view(t: &Tensor) -> Result<SessionInputValue<'_>, ConvertError> {
     fn view<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
         t: &Tensor,
-    ) -> Result<SessionInputValue<'_>, String> {
+    ) -> Result<SessionInputValue<'_>, ConvertError> {
         let shape: Vec<i64> = t.size();
         let numel = t.numel();
         // SAFETY: `t` is a contiguous CPU tensor of element type `T` (checked by the caller's match on its kind)
@@ -153,9 +160,7 @@ fn tensor_view(t: &Tensor) -> Result<SessionInputValue<'_>, String> {
         } else {
             unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, numel) }
         };
-        TensorRef::from_array_view((shape, data))
-            .map(SessionInputValue::from)
-            .map_err(|e| e.to_string())
+        Ok(TensorRef::from_array_view((shape, data)).map(SessionInputValue::from)?)
     }
     match t.kind() {
         Kind::Float => view::<f32>(t),
@@ -166,19 +171,17 @@ fn tensor_view(t: &Tensor) -> Result<SessionInputValue<'_>, String> {
         Kind::Int8 => view::<i8>(t),
         Kind::Uint8 => view::<u8>(t),
         Kind::Bool => view::<bool>(t),
-        other => Err(format!("element type {other:?} is not supported")),
+        other => Err(ConvertError::Unsupported(format!("{other:?}"))),
     }
 }
 
-fn to_tch(value: &ort::value::DynValue) -> Result<Tensor, String> {
+fn to_tch(value: &ort::value::DynValue) -> Result<Tensor, ConvertError> {
     fn copy<T: ort::value::PrimitiveTensorElementType + tch::kind::Element>(
         value: &ort::value::DynValue,
-    ) -> Result<Tensor, String> {
-        let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+    ) -> Result<Tensor, ConvertError> {
+        let (shape, data) = value.try_extract_tensor::<T>()?;
         let dims: Vec<i64> = shape.iter().copied().collect();
-        Tensor::f_from_slice(data)
-            .and_then(|t| t.f_reshape(&dims))
-            .map_err(|e| e.to_string())
+        Ok(Tensor::f_from_slice(data).and_then(|t| t.f_reshape(&dims))?)
     }
     match value.dtype() {
         ValueType::Tensor { ty, .. } => match ty {
@@ -190,8 +193,10 @@ fn to_tch(value: &ort::value::DynValue) -> Result<Tensor, String> {
             TensorElementType::Int8 => copy::<i8>(value),
             TensorElementType::Uint8 => copy::<u8>(value),
             TensorElementType::Bool => copy::<bool>(value),
-            other => Err(format!("element type {other:?} is not supported")),
+            other => Err(ConvertError::Unsupported(format!("{other:?}"))),
         },
-        other => Err(format!("{other:?} outputs are not supported")),
+        other => Err(ConvertError::Unsupported(format!(
+            "{other:?} (not a tensor)"
+        ))),
     }
 }

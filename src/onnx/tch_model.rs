@@ -117,8 +117,8 @@ impl TchModel {
             .inputs()
             .first()
             .ok_or_else(|| OnnxError::model(model.path(), "the graph has no inputs"))?;
-        adapter.layout =
-            resolve_layout(info, layout).map_err(|m| OnnxError::model(model.path(), m))?;
+        adapter.layout = resolve_layout(info, layout)
+            .map_err(|e| OnnxError::model(model.path(), e.to_string()))?;
         Self::new(model, adapter, device, options)
     }
 

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use tch::{Kind, Tensor};
+use thiserror::Error;
 
 use super::proto::{data_type, TensorProto};
 
@@ -138,6 +139,26 @@ pub struct TensorData {
     pub bytes: Bytes,
 }
 
+/// Why a tensor's payload cannot be decoded (the caller adds the model file and the tensor).
+#[derive(Debug, Error)]
+pub enum TensorDataError {
+    #[error("element type {code} ({}) is not supported", onnx_type_name(*.code))]
+    UnsupportedType { code: i32 },
+    #[error("segmented tensors are not supported")]
+    Segmented,
+    #[error("negative dimension {0}")]
+    NegativeDim(i64),
+    #[error("size overflows")]
+    Overflow,
+    #[error("holds {bytes} bytes of data, but dims {dims:?} of {dtype} need {expected}")]
+    SizeMismatch {
+        bytes: u64,
+        dims: Vec<i64>,
+        dtype: &'static str,
+        expected: u64,
+    },
+}
+
 impl TensorData {
     pub fn numel(&self) -> u64 {
         self.dims.iter().map(|&d| d.max(0) as u64).product()
@@ -145,36 +166,31 @@ impl TensorData {
 
     /// Decodes an in-file tensor (raw_data or typed fields). External data is resolved by the caller, which passes
     /// the bytes it read as `external`.
-    pub fn from_proto(t: &TensorProto, external: Option<Bytes>) -> Result<Self, String> {
-        let dtype = DType::from_onnx(t.data_type).ok_or_else(|| {
-            format!(
-                "element type {} ({}) is not supported",
-                t.data_type,
-                onnx_type_name(t.data_type)
-            )
-        })?;
+    pub fn from_proto(t: &TensorProto, external: Option<Bytes>) -> Result<Self, TensorDataError> {
+        let dtype = DType::from_onnx(t.data_type)
+            .ok_or(TensorDataError::UnsupportedType { code: t.data_type })?;
         if t.segment.is_some() {
-            return Err("segmented tensors are not supported".into());
+            return Err(TensorDataError::Segmented);
         }
-        if let Some(d) = t.dims.iter().find(|&&d| d < 0) {
-            return Err(format!("negative dimension {d}"));
+        if let Some(&d) = t.dims.iter().find(|&&d| d < 0) {
+            return Err(TensorDataError::NegativeDim(d));
         }
         let numel: u64 = t.dims.iter().map(|&d| d as u64).product();
         let expected = numel
             .checked_mul(dtype.size() as u64)
-            .ok_or("size overflows")?;
+            .ok_or(TensorDataError::Overflow)?;
         let bytes = match external {
             Some(b) => b,
             None if !t.raw_data.is_empty() || numel == 0 => t.raw_data.clone(),
-            None => Bytes::from(typed_to_le_bytes(t, dtype)?),
+            None => Bytes::from(typed_to_le_bytes(t, dtype)),
         };
         if bytes.len() as u64 != expected {
-            return Err(format!(
-                "holds {} bytes of data, but dims {:?} of {} need {expected}",
-                bytes.len(),
-                t.dims,
-                dtype.name()
-            ));
+            return Err(TensorDataError::SizeMismatch {
+                bytes: bytes.len() as u64,
+                dims: t.dims.clone(),
+                dtype: dtype.name(),
+                expected,
+            });
         }
         Ok(Self {
             dtype,
@@ -256,12 +272,12 @@ impl TensorData {
 }
 
 /// The typed repeated fields (`float_data`, `int32_data`, …) re-encoded as little-endian bytes.
-fn typed_to_le_bytes(t: &TensorProto, dtype: DType) -> Result<Vec<u8>, String> {
+fn typed_to_le_bytes(t: &TensorProto, dtype: DType) -> Vec<u8> {
     fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
         v.iter().flat_map(|&x| f(x)).collect()
     }
     // Narrow types stored in int32_data: keep the low bits (the spec stores them unsign-/sign-extended).
-    Ok(match dtype {
+    match dtype {
         DType::F32 => le(&t.float_data, f32::to_le_bytes),
         DType::F64 => le(&t.double_data, f64::to_le_bytes),
         DType::I64 => le(&t.int64_data, i64::to_le_bytes),
@@ -271,7 +287,7 @@ fn typed_to_le_bytes(t: &TensorProto, dtype: DType) -> Result<Vec<u8>, String> {
         DType::I8 => le(&t.int32_data, |x| (x as i8).to_le_bytes()),
         DType::U8 => le(&t.int32_data, |x| (x as u8).to_le_bytes()),
         DType::Bool => le(&t.int32_data, |x| [u8::from(x != 0)]),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -333,7 +349,7 @@ mod tests {
             float_data: vec![1.0],
             ..Default::default()
         };
-        let err = TensorData::from_proto(&t, None).unwrap_err();
+        let err = TensorData::from_proto(&t, None).unwrap_err().to_string();
         assert!(err.contains("holds 4 bytes"), "{err}");
     }
 }

@@ -133,7 +133,7 @@ pub(crate) fn write_back_with_threshold(
     }
     let encoded = proto.encode_to_vec();
     write_atomically(out, &encoded).map_err(io("cannot write the model"))?;
-    sync_dir(dir).map_err(io("cannot sync the output directory"))?;
+    crate::durable::sync_dir(dir).map_err(io("cannot sync the output directory"))?;
     Ok(WrittenModel {
         model: out.to_path_buf(),
         data: wrote_data.then_some(data_path),
@@ -162,14 +162,10 @@ fn set_metadata(props: &mut Vec<StringStringEntryProto>, key: &str, value: &str)
 
 /// Through the project's one atomic writer (temp file in the same directory, fsync, rename, mode 0644).
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::report::write_atomic(path, bytes).map_err(|e| match e {
-        crate::report::WriteError::Io { source, .. } => source,
+    crate::durable::write_atomic(path, bytes).map_err(|e| match e {
+        crate::durable::WriteError::Io { source, .. } => source,
         other => std::io::Error::other(other.to_string()),
     })
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -21,13 +21,14 @@ use super::runner::{report_eval_progress, stage_error};
 use super::stages::{self, method_name};
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
-use crate::daemon::{CancelToken, JobError, Progress};
+use crate::durable;
 use crate::eval::result::OrderedMap;
+use crate::job::{CancelToken, JobError, Progress};
 use crate::report::comparison::{
     Budget, CollapsedRun, Comparison, MethodSummary, RunRecord, Scores, SharedAtypicality,
     COMPARISON_SCHEMA,
 };
-use crate::report::{self, FileRef, ThreatModelInfo};
+use crate::report::FileRef;
 use crate::train::{self, Atypicality, TrainError};
 
 /// How one (method, seed) run ended.
@@ -61,7 +62,7 @@ pub fn run(
     progress.stage("prepare");
     let mut subject = Subject::load(model, config).map_err(failed("prepare"))?;
     for dir in [out_dir, checkpoint_dir] {
-        report::create_dir_all(dir).map_err(|e| failed("prepare")(e.into()))?;
+        durable::create_dir_all(dir).map_err(|e| failed("prepare")(e.into()))?;
     }
     let mut original_model = subject.tch_model().map_err(failed("prepare"))?;
     let classes = stages::classes(&original_model);
@@ -134,7 +135,7 @@ pub fn run(
                         cancel,
                         progress,
                     )?;
-                    report::write_yaml_atomic(&saved, &outcome)
+                    durable::write_yaml_atomic(&saved, &outcome)
                         .map_err(|e| failed("finetune")(e.into()))?;
                     outcome
                 }
@@ -171,13 +172,7 @@ pub fn run(
             sha256: info.sha256,
             bytes: None,
         },
-        threat_model: ThreatModelInfo {
-            norm: match config.threat.norm {
-                crate::config::Norm::Linf => "linf".into(),
-                crate::config::Norm::L2 => "l2".into(),
-            },
-            eps: config.threat.eps,
-        },
+        threat_model: stages::threat_model(config),
         budget,
         methods,
         original,
@@ -185,7 +180,7 @@ pub fn run(
         runs,
         collapsed,
         dataset: Some(subject.dataset_info()),
-        environment: super::report::environment(config),
+        environment: crate::job::outcome::environment(config),
         warnings,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -214,7 +209,7 @@ pub fn run_method(
     let name = method_name(method);
     let rel_dir = format!("runs/{name}/seed{seed}");
     let run_dir = out_dir.join(&rel_dir);
-    report::create_dir_all(&run_dir).map_err(|e| failed("prepare")(e.into()))?;
+    durable::create_dir_all(&run_dir).map_err(|e| failed("prepare")(e.into()))?;
 
     let mut model = subject.tch_model().map_err(failed("prepare"))?;
     let needs_flags = train::Objective::from_spec(&subject.config.train)
@@ -253,10 +248,10 @@ pub fn run_method(
     .map_err(failed("eval_after"))?;
 
     let rel = |file: &str| format!("{rel_dir}/{file}");
-    let fine_tuned_model = super::report::file_ref(out_dir, &rel(&tuned)).map_err(|message| {
-        failed("write_back")(PipelineError::Mismatch {
-            model: run_dir.join(&tuned),
-            message,
+    let fine_tuned_model = crate::job::outcome::file_ref(out_dir, &rel(&tuned)).map_err(|e| {
+        failed("write_back")(PipelineError::Read {
+            path: run_dir.join(&tuned),
+            source: e.source,
         })
     })?;
     let result = &after.result;
@@ -326,7 +321,7 @@ fn cached<T: Serialize + DeserializeOwned>(
         return Ok(value);
     }
     let value = compute()?;
-    report::write_yaml_atomic(path, &value)?;
+    durable::write_yaml_atomic(path, &value)?;
     Ok(value)
 }
 

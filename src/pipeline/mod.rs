@@ -6,16 +6,16 @@
 //!
 //! - [`subject`]: the model, its dataset and its input adapter, loaded and checked against each other.
 //! - [`stages`]: one function per stage; each returns the report section it owns.
-//! - [`runner`]: the stages in order as the daemon's [`crate::daemon::JobRunner`], producing a `JobOutcome`.
-//! - [`report`]: turning an outcome into a complete `report.yaml` outside the daemon (CLI commands).
+//! - [`runner`]: the stages in order as a [`crate::job::JobRunner`], producing a `JobOutcome`.
 //! - [`compare`]: several methods and seeds on one model under one budget (`robustd compare`), built from the same
 //!   stages.
+//! - [`triage`]: the cheap runner that only loads and checks a model (`daemon.runner: triage`).
 
 pub mod compare;
-pub mod report;
 pub mod runner;
 pub mod stages;
 pub mod subject;
+pub mod triage;
 
 use std::path::PathBuf;
 
@@ -23,6 +23,7 @@ use thiserror::Error;
 
 pub use runner::PipelineRunner;
 pub use subject::Subject;
+pub use triage::TriageRunner;
 
 /// Largest |logit| difference accepted between tch and onnxruntime on the written-back model (issue: ≤ 1e-4).
 pub const WRITE_BACK_PARITY_TOLERANCE: f64 = 1e-4;
@@ -42,7 +43,7 @@ pub enum PipelineError {
     #[error("memorization: {0}")]
     Memo(#[from] crate::memo::MemoError),
     #[error(transparent)]
-    Write(#[from] crate::report::WriteError),
+    Write(#[from] crate::durable::WriteError),
     #[error("plot: {0}")]
     Plot(#[from] crate::report::plots::PlotError),
     #[error("libtorch: {0}")]

@@ -8,9 +8,10 @@ use std::path::Path;
 use super::stages::{self, method_name, Evaluated};
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
-use crate::daemon::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
+use crate::durable;
 use crate::eval::{self, EvalResult, PerSample};
-use crate::report::{self, AccuracySummary, Evaluation, Summary, ThreatModelInfo, Verdict};
+use crate::job::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
+use crate::report::{AccuracySummary, Evaluation, Summary, Verdict};
 use crate::train::TrainError;
 
 /// Robust-accuracy change below which a fine-tuning counts as `unchanged`.
@@ -91,10 +92,7 @@ pub fn run(
         Summary {
             model: subject.file_name(),
             verdict: Verdict::EvaluationOnly,
-            threat_model: ThreatModelInfo {
-                norm: norm_name(config),
-                eps: config.threat.eps,
-            },
+            threat_model: stages::threat_model(config),
             before: Some(accuracy(&before.result, None)),
             after: None,
             atypical_share: None,
@@ -216,13 +214,6 @@ fn accuracy(result: &EvalResult, method: Option<&str>) -> AccuracySummary {
     }
 }
 
-fn norm_name(config: &Config) -> String {
-    match config.threat.norm {
-        crate::config::Norm::Linf => "linf".into(),
-        crate::config::Norm::L2 => "l2".into(),
-    }
-}
-
 /// Evaluation progress as a fraction of the whole evaluation (all its stages), and as is to the detail sink.
 pub fn report_eval_progress(progress: &Progress, p: &eval::Progress) {
     progress.eval_detail(p);
@@ -296,14 +287,14 @@ fn resumable_eval(
     ) {
         if let Ok(result) = serde_norway::from_str::<EvalResult>(&text) {
             tracing::info!(stage = tag, "evaluation reused from the job's checkpoint");
-            report::copy_atomic(&saved_npz, &out_dir.join(&npz))?;
+            durable::copy_atomic(&saved_npz, &out_dir.join(&npz))?;
             return Ok(Evaluated { result, per_sample });
         }
     }
     let evaluated = stages::evaluate(subject, model, file, out_dir, tag, &mut |p| {
         report_eval_progress(progress, p)
     })?;
-    report::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
-    report::write_yaml_atomic(&saved_yaml, &evaluated.result)?;
+    durable::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
+    durable::write_yaml_atomic(&saved_yaml, &evaluated.result)?;
     Ok(evaluated)
 }

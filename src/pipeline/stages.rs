@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use super::{PipelineError, Subject, WRITE_BACK_PARITY_TOLERANCE};
-use crate::config::Method;
+use crate::config::{Config, Method, Norm};
 use crate::eval::{self, EvalPlan, EvalResult, PerSample};
 use crate::model::{Classifier, Scorer};
 use crate::onnx::TchModel;
 use crate::report::plots::{self, Series, TradeoffPoint};
+use crate::report::ThreatModelInfo;
 use crate::train::{self, Atypicality, TrainResult, TrainRun};
 
 /// Names of the files a job writes, relative to its output directory.
@@ -247,6 +248,18 @@ pub fn write_back(
         });
     }
     Ok((rel, diff))
+}
+
+/// The report's threat model (norm and radius) from the config.
+pub fn threat_model(config: &Config) -> ThreatModelInfo {
+    ThreatModelInfo {
+        norm: match config.threat.norm {
+            Norm::Linf => "linf",
+            Norm::L2 => "l2",
+        }
+        .into(),
+        eps: config.threat.eps,
+    }
 }
 
 /// The config name of a method (`bat`, `pgd-at`, ...).

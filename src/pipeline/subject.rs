@@ -46,10 +46,10 @@ impl Subject {
                 model: path.to_path_buf(),
                 message: "the graph has no inputs".into(),
             })?;
-        let layout = onnx::resolve_layout(input, config.model.input_layout).map_err(|message| {
+        let layout = onnx::resolve_layout(input, config.model.input_layout).map_err(|e| {
             PipelineError::Mismatch {
                 model: path.to_path_buf(),
-                message,
+                message: e.to_string(),
             }
         })?;
         if let Some(chw) = onnx::infer_input_chw(input, layout) {

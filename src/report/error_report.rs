@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{write_yaml_atomic, WriteError};
+use crate::durable::{read_yaml, write_yaml_atomic, ReadError, WriteError};
 
 /// The value of the `schema` key of every error file.
 pub const ERROR_SCHEMA: &str = "robustd.error/v1";
@@ -74,9 +74,8 @@ impl ErrorReport {
     }
 
     /// Reads an `error.yaml`.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn read(path: &Path) -> Result<Self, ReadError> {
+        read_yaml(path)
     }
 }
 

@@ -1,20 +1,15 @@
 //! Everything robustd writes for people and tools: the versioned YAML report (`robustd.report/v1`), `error.yaml`
-//! for failed jobs, the report validator, the PNG plots, and the atomic file writes every output goes through.
+//! for failed jobs, the report validator and the PNG plots (written through [`crate::durable`]).
 
 // Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod atomic;
 pub mod comparison;
 pub mod error_report;
 pub mod plots;
 pub mod schema;
 pub mod validate;
 
-pub use atomic::{
-    copy_atomic, create_dir_all, write_atomic, write_atomic_file, write_atomic_with,
-    write_yaml_atomic, WriteError,
-};
 pub use error_report::{error_chain, ErrorReport, ERROR_SCHEMA};
 pub use schema::*;
 pub use validate::{sha256_hex, validate_report_file, validate_report_yaml, InvalidReport, Issue};

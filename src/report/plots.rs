@@ -13,7 +13,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use thiserror::Error;
 
-use super::atomic::{write_atomic_with, WriteError};
+use crate::durable::{write_atomic_with, WriteError};
 
 /// Environment variable naming a TrueType/OpenType font file for plot text.
 pub const FONT_ENV: &str = "ROBUSTD_FONT";
@@ -493,29 +493,35 @@ pub(crate) fn render_sized(
 
 /// Registers the plot font with plotters once per process.
 fn ensure_font() -> Result<(), PlotError> {
-    static FONT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let loaded = FONT.get_or_init(|| {
+    /// What the one attempt to load the font found (kept for every later plot of the process).
+    #[derive(Clone)]
+    enum Font {
+        Loaded,
+        Missing(Vec<PathBuf>),
+        Unusable(PathBuf),
+    }
+    static FONT: OnceLock<Font> = OnceLock::new();
+    let font = FONT.get_or_init(|| {
         let candidates: Vec<PathBuf> = match std::env::var_os(FONT_ENV) {
             Some(p) => vec![PathBuf::from(p)],
             None => FONT_CANDIDATES.iter().map(PathBuf::from).collect(),
         };
         let Some(path) = candidates.iter().find(|p| p.is_file()) else {
-            return Err(PlotError::NoFont { tried: candidates }.to_string());
+            return Font::Missing(candidates);
         };
         let bytes: &'static [u8] = match std::fs::read(path) {
             Ok(b) => Box::leak(b.into_boxed_slice()),
-            Err(_) => return Err(PlotError::BadFont { path: path.clone() }.to_string()),
+            Err(_) => return Font::Unusable(path.clone()),
         };
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-            .map_err(|_| PlotError::BadFont { path: path.clone() }.to_string())?;
-        Ok(path.clone())
+        match plotters::style::register_font("sans-serif", FontStyle::Normal, bytes) {
+            Ok(()) => Font::Loaded,
+            Err(_) => Font::Unusable(path.clone()),
+        }
     });
-    match loaded {
-        Ok(_) => Ok(()),
-        Err(message) => Err(PlotError::Draw {
-            plot: "font",
-            message: message.clone(),
-        }),
+    match font.clone() {
+        Font::Loaded => Ok(()),
+        Font::Missing(tried) => Err(PlotError::NoFont { tried }),
+        Font::Unusable(path) => Err(PlotError::BadFont { path }),
     }
 }
 

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// The value of the `schema` key of every report this version writes.
 pub const REPORT_SCHEMA: &str = "robustd.report/v1";
+/// The report's file name inside a result directory.
+pub const REPORT_FILE: &str = "report.yaml";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -418,7 +420,7 @@ pub struct JobInfo {
     /// sha256 of the resolved config (with the sidecar applied); with the model's sha256 it is the dedupe key.
     pub config_sha256: String,
     pub attempts: u32,
-    /// The runner that produced the report (`inspect`, `pipeline`, ...).
+    /// The runner that produced the report (`triage`, `pipeline`, ...).
     pub runner: String,
 }
 

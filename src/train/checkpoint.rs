@@ -5,7 +5,7 @@
 //! tensors: `model/<name>` (every state tensor of the model), `optim/<i>.<j>` (optimizer buffers) and
 //! `best/<name>` (the best-so-far weights, when a validation split picks them). The tensor file is written (by
 //! libtorch's safetensors writer, which only takes a path) under a fresh name, fsynced and renamed into place;
-//! `checkpoint.yaml` is then replaced through [`crate::report::write_atomic`] (temp file, fsync, rename, directory
+//! `checkpoint.yaml` is then replaced through [`crate::durable::write_atomic`] (temp file, fsync, rename, directory
 //! fsync) and only that rename commits the checkpoint, so a crash at any point leaves the previous complete
 //! checkpoint. Older tensor files are removed afterwards.
 //!
@@ -20,7 +20,7 @@ use tch::{Device, Tensor};
 
 use super::record::EpochRecord;
 use super::TrainError;
-use crate::report::{create_dir_all, write_atomic};
+use crate::durable::{create_dir_all, write_atomic};
 
 /// Bumped whenever the layout changes; an older checkpoint is refused rather than misread.
 pub const FORMAT: u32 = 1;

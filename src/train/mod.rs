@@ -97,7 +97,7 @@ pub enum TrainError {
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     #[error(transparent)]
-    Write(#[from] crate::report::WriteError),
+    Write(#[from] crate::durable::WriteError),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use crate::config::Method;
-use crate::report::write_atomic;
+use crate::durable::write_atomic;
 
 /// One epoch's numbers. Accuracies are fractions in [0,1]; `None` = not measured (e.g. no validation split, or
 /// no clean forward pass in PGD-AT).

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use robustd::daemon::{Job, JobState};
+use robustd::job::{Job, JobState};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_robustd");
 
@@ -22,12 +22,12 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// The test config: fast stability checks, one ORT thread, evaluation-only jobs, a small probe.
 pub fn base_config(root: &Path, extra: &str) -> String {
-    // These tests exercise the daemon itself, so jobs use the quick `inspect` runner; tests/pipeline_*.rs drive
+    // These tests exercise the daemon itself, so jobs use the quick `triage` runner; tests/pipeline_*.rs drive
     // the full pipeline.
     let extra = if extra.contains("daemon: {") {
-        extra.replace("daemon: {", "daemon: {runner: inspect, ")
+        extra.replace("daemon: {", "daemon: {runner: triage, ")
     } else {
-        format!("{extra}\ndaemon: {{runner: inspect}}")
+        format!("{extra}\ndaemon: {{runner: triage}}")
     };
     format!(
         "paths: {{watch: {r}/watch, models: {r}/models, state: {r}/state}}\n\

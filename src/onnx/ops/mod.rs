@@ -10,7 +10,7 @@ mod shape;
 
 use tch::{Kind, Tensor};
 
-use super::node::{AttrValue, Node};
+use super::node::{AttrError, AttrValue, Node};
 
 /// An error inside one op; the interpreter adds the file, node name and op type.
 #[derive(Debug)]
@@ -28,6 +28,12 @@ impl From<tch::TchError> for OpError {
 impl From<String> for OpError {
     fn from(s: String) -> Self {
         Self::Invalid(s)
+    }
+}
+
+impl From<AttrError> for OpError {
+    fn from(e: AttrError) -> Self {
+        Self::Invalid(e.to_string())
     }
 }
 

@@ -1,7 +1,8 @@
-//! Crash-safe output: every file robustd writes goes through here. A file is written to a temporary name in the
-//! same directory, flushed to disk (fsync), renamed over the target, and the directory is fsynced, so a reader (or
-//! a restart after power loss) sees either the old file or the complete new one, never a torn one. Files get mode
-//! 0644 and directories 0755 whatever the umask, so results are readable by other users of the machine.
+//! Durable file writing, the file-system layer under everything robustd writes (reports, checkpoints, written-back
+//! models, the job spool, published results): every file goes through here. A file is written to a temporary name
+//! in the same directory, flushed to disk (fsync), renamed over the target, and the directory is fsynced, so a
+//! reader (or a restart after power loss) sees either the old file or the complete new one, never a torn one. Files
+//! get mode 0644 and directories 0755 whatever the umask, so results are readable by other users of the machine.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -45,6 +46,30 @@ pub fn write_yaml_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
         message: e.to_string(),
     })?;
     write_atomic(path, text.as_bytes())
+}
+
+/// A YAML file that cannot be read back.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_norway::Error,
+    },
+}
+
+/// Reads back a YAML file written by [`write_yaml_atomic`] (records, indexes, error and report files).
+pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_norway::from_str(&text).map_err(|source| ReadError::Yaml {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Atomically writes whatever `fill` produces (buffered); on any error the temporary file is removed and the
@@ -103,6 +128,19 @@ pub fn copy_atomic(src: &Path, dst: &Path) -> Result<u64, WriteError> {
         Ok(())
     })?;
     Ok(copied)
+}
+
+/// Moves a file, across filesystems too (copy + fsync + remove when rename says EXDEV). The caller fsyncs the
+/// destination directory once its moves are done.
+pub fn move_file(src: &Path, dst: &Path) -> Result<(), WriteError> {
+    match std::fs::rename(src, dst) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(18) => {
+            copy_atomic(src, dst)?;
+            std::fs::remove_file(src).map_err(|e| WriteError::io(src, e))
+        }
+        Err(e) => Err(WriteError::io(dst, e)),
+    }
 }
 
 /// Creates `path` and its missing parents with mode 0755 (set explicitly: mkdir(2) applies the umask, and a

@@ -1,12 +1,14 @@
-//! A job and its record: the YAML file (`job.yaml`) kept in the job's spool directory, updated at every state
-//! change and as the runner reports progress. The directory a job sits in (`queued/`, `running/`, `done/`,
-//! `failed/`) is authoritative; the record's `state` mirrors it for readers.
+//! A job and its record: the YAML file (`job.yaml`) kept in the job's directory beside its inputs (the model, its
+//! external data, the sidecar and the resolved config), updated at every state change and as the runner reports
+//! progress. The queue that holds the job is authoritative for its state (the folder spool: the directory it sits
+//! in, `queued/`, `running/`, `done/` or `failed/`); the record's `state` mirrors it for readers.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Method};
+use crate::durable::{read_yaml, ReadError};
 
 /// The value of the `schema` key of every job record.
 pub const JOB_SCHEMA: &str = "robustd.job/v1";
@@ -111,9 +113,38 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A new queued job `id` for the model `name` (`<name>.onnx` in the job), dropped as `dropped_as`; its digests,
+    /// key and kind are filled in once intake has read the files.
+    pub fn new(id: String, name: String, dropped_as: String) -> Self {
+        Self {
+            schema: JOB_SCHEMA.into(),
+            id,
+            model_file: format!("{name}.onnx"),
+            name,
+            dropped_as,
+            companions: Vec::new(),
+            sidecar: false,
+            model_sha256: String::new(),
+            config_sha256: String::new(),
+            key: String::new(),
+            kind: JobKind::Eval,
+            state: JobState::Queued,
+            attempts: 0,
+            detected_at: None,
+            queued_at: now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            stage: None,
+            progress: None,
+            result_dir: None,
+            dedup_of: None,
+            error: None,
+        }
+    }
+
     /// First 12 hex digits of the key: the `<key12>` of `models/<name>/<key12>/`.
     pub fn key12(&self) -> &str {
-        &self.key[..12.min(self.key.len())]
+        super::key::key12(&self.key)
     }
 }
 
@@ -152,12 +183,8 @@ impl Job {
     }
 
     /// Reads a job from its directory.
-    pub fn read(dir: &Path) -> Result<Self, String> {
-        let path = dir.join(JOB_FILE);
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let record: JobRecord =
-            serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn read(dir: &Path) -> Result<Self, ReadError> {
+        let record: JobRecord = read_yaml(&dir.join(JOB_FILE))?;
         Ok(Self {
             record,
             dir: dir.to_path_buf(),

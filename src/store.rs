@@ -1,39 +1,73 @@
-//! The results tree: `models/<name>/<key12>/` per model and config, built in a hidden staging directory
-//! (`models/<name>/.<key12>.partial`) and renamed into place only when complete, so no partial result is ever
-//! visible; `models/<name>/latest` points at the newest result. An identical drop under another name gets a
-//! symlink to the existing result instead of a second run.
+//! The artifact store: where jobs' published results and their checkpoints live, as directory trees (local
+//! directories today; a store on a shared filesystem that every worker mounts is the same trees there).
+//!
+//! Results: `<results>/<name>/<key12>/` per model and config (`paths.models`), built in a hidden staging directory
+//! (`<results>/<name>/.<key12>.partial`) and renamed into place only when complete, so no partial result is ever
+//! visible; `<results>/<name>/latest` points at the newest result. An identical drop under another name gets a
+//! symlink to the existing result instead of a second run. Checkpoints: `<checkpoints>/<key>/` per job content key
+//! (`<paths.state>/checkpoints`), so a job resumed after a restart finds them; removed when the job ends. A job's
+//! inputs (the model, its external data, its config) stay with the job in its queue.
 
 use std::path::{Path, PathBuf};
 
-use super::job::JobRecord;
-use crate::report::atomic::{
-    create_dir_all, is_temp_name, rename_durable, symlink_atomic, WriteError,
+use crate::config::Paths;
+use crate::durable::{
+    create_dir_all, is_temp_name, read_yaml, rename_durable, symlink_atomic, WriteError,
 };
+use crate::job::JobRecord;
+use crate::report::{Report, REPORT_FILE};
 
 /// Name of the symlink to the newest result of a model.
 pub const LATEST: &str = "latest";
-/// The report's file name inside a result directory.
-pub const REPORT_FILE: &str = "report.yaml";
 
 #[derive(Debug, Clone)]
-pub struct Outputs {
+pub struct Store {
+    /// Published results.
     root: PathBuf,
+    /// Checkpoints, by content key.
+    checkpoints: PathBuf,
 }
 
-impl Outputs {
-    pub fn open(root: &Path) -> Result<Self, WriteError> {
-        create_dir_all(root)?;
+impl Store {
+    /// Opens (creating) a store with results under `results` and checkpoints under `checkpoints`.
+    pub fn open(results: &Path, checkpoints: &Path) -> Result<Self, WriteError> {
+        create_dir_all(results)?;
+        create_dir_all(checkpoints)?;
         Ok(Self {
-            root: root.to_path_buf(),
+            root: results.to_path_buf(),
+            checkpoints: checkpoints.to_path_buf(),
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The daemon's store: results in `paths.models`, checkpoints in `<paths.state>/checkpoints`.
+    pub fn local(paths: &Paths) -> Result<Self, WriteError> {
+        Self::open(&paths.models, &paths.state.join("checkpoints"))
+    }
+
+    /// Where a job with this content key keeps its checkpoints across restarts.
+    pub fn checkpoint_dir(&self, key: &str) -> PathBuf {
+        self.checkpoints.join(key)
+    }
+
+    /// Removes a job's checkpoints (it succeeded, or failed for good).
+    pub fn remove_checkpoints(&self, key: &str) {
+        let dir = self.checkpoint_dir(key);
+        if key.is_empty() || !dir.exists() {
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("cannot remove {}: {e}", dir.display());
+        }
+    }
+
+    /// The `job.id` of the report in `dir`, if a complete result is there.
+    pub fn published_by(&self, dir: &Path) -> Option<String> {
+        let report: Report = read_yaml(&dir.join(REPORT_FILE)).ok()?;
+        report.job.map(|j| j.id)
     }
 
     /// Startup (nothing runs yet): removes what a killed daemon left half-made — staging directories
-    /// (`models/<name>/.<key12>.partial`; a resumed job builds its own again, its checkpoints live in the spool)
+    /// (`models/<name>/.<key12>.partial`; a resumed job builds its own again from its checkpoints)
     /// and temporary files of interrupted atomic writes (`.<file>.tmp-<pid>-<n>`, e.g. a `latest` link being
     /// replaced). Returns how many entries went.
     pub fn sweep_stale(&self) -> usize {
@@ -75,8 +109,8 @@ impl Outputs {
             .join(format!(".{}.partial", record.key12()))
     }
 
-    /// A fresh, empty staging directory (leftovers of an interrupted attempt are removed; checkpoints live in the
-    /// spool, not here).
+    /// A fresh, empty staging directory (leftovers of an interrupted attempt are removed; checkpoints live apart,
+    /// under the job's key).
     pub fn prepare_staging(&self, record: &JobRecord) -> Result<PathBuf, WriteError> {
         let dir = self.staging_dir(record);
         if dir.exists() {

@@ -1,10 +1,10 @@
-//! The runner available today: `inspect` loads the model through onnxruntime, checks that it is an image
-//! classifier (one float input of rank 2 or 4 with fixed non-batch dims, one `[batch, classes]` output), runs a
-//! real forward pass on a zero batch and a seeded uniform batch, checks the logits are finite, measures forward
-//! throughput over `dataset.eval_samples` seeded inputs (checkpointed: SIGTERM and restarts resume it), and
-//! reports the model with verdict `evaluation-only`. The full pipeline (evaluation → memorization → fine-tuning → evaluation)
-//! replaces it behind the same [`JobRunner`] trait; its helpers (`open_session`, `classifier_io`, `sanity_check`,
-//! `throughput_probe`, `tensor_specs`, `model_info`) are public for that pipeline to reuse.
+//! The triage runner (`daemon.runner: triage`): a cheap job that only loads and checks a model, for a quick look
+//! at what is dropped before paying for the full pipeline, and for exercising the daemon and its queue with many
+//! quick, real jobs. It loads the model through onnxruntime, checks that it is an image classifier (one float input
+//! of rank 2 or 4 with fixed non-batch dims, one `[batch, classes]` output), runs a real forward pass on a zero
+//! batch and a seeded uniform batch, checks the logits are finite, measures forward throughput over
+//! `dataset.eval_samples` seeded inputs (checkpointed: SIGTERM and restarts resume it), and reports the model with
+//! verdict `evaluation-only`. No dataset is read and nothing is trained.
 
 use std::path::Path;
 use std::time::Instant;
@@ -14,20 +14,17 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
-use super::job::Job;
-use super::onnx_scan::{scan_model, ModelScan};
-use super::runner::{JobContext, JobError, JobOutcome, JobRunner};
-use crate::config::{Config, Norm};
+use super::stages;
+use crate::config::Config;
+use crate::job::{Job, JobContext, JobError, JobOutcome, JobRunner};
+use crate::onnx::{ort_session, scan_model, ModelScan, SessionError};
 use crate::report::{
     sha256_hex, Dim, FileRef, ForwardCheck, ModelInfo, Summary, SummaryArtifacts, TensorSpec,
-    ThreatModelInfo, Verdict,
+    Verdict,
 };
-use crate::runtime;
 
 #[derive(Debug, Error)]
-pub enum InspectError {
-    #[error("{path}: onnxruntime cannot load the model: {message}")]
-    Load { path: String, message: String },
+pub enum TriageError {
     #[error("not an image classifier: {0}")]
     NotClassifier(String),
     #[error("onnxruntime forward pass failed: {0}")]
@@ -42,13 +39,13 @@ pub enum InspectError {
     },
 }
 
-/// The inspect-only runner.
+/// The triage runner.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct InspectRunner;
+pub struct TriageRunner;
 
-impl JobRunner for InspectRunner {
+impl JobRunner for TriageRunner {
     fn name(&self) -> &'static str {
-        "inspect"
+        "triage"
     }
 
     fn run(&self, job: &Job, ctx: &JobContext) -> Result<JobOutcome, JobError> {
@@ -63,9 +60,11 @@ impl JobRunner for InspectRunner {
             return Err(JobError::failed("load", e)
                 .with_hint("the daemon's config `limits` sets what is accepted"));
         }
-        let bytes = std::fs::read(&path).map_err(|e| JobError::failed("load", e))?;
+        let bytes = std::fs::read(&path)
+            .map(bytes::Bytes::from)
+            .map_err(|e| JobError::failed("load", e))?;
         // The scan only adds metadata (opset, parameters); onnxruntime is the judge of loadability.
-        let scan = scan_model(&bytes).ok();
+        let scan = scan_model(bytes.clone()).ok();
         let mut session = open_session(&path, cfg)?;
         ctx.cancel.check()?;
         ctx.progress.stage("validate");
@@ -100,12 +99,12 @@ impl JobRunner for InspectRunner {
         let summary = Summary {
             model: model.file.clone(),
             verdict: Verdict::EvaluationOnly,
-            threat_model: threat_model(cfg),
+            threat_model: stages::threat_model(cfg),
             before: None,
             after: None,
             atypical_share: None,
             warnings: vec![
-                "inspection only: the model was loaded and checked, no dataset evaluation ran (runner `inspect`)"
+                "triage only: the model was loaded and checked, no dataset evaluation ran (runner `triage`)"
                     .into(),
             ],
             artifacts: SummaryArtifacts::default(),
@@ -114,47 +113,20 @@ impl JobRunner for InspectRunner {
     }
 }
 
-/// The summary's threat model from the config.
-pub fn threat_model(cfg: &Config) -> ThreatModelInfo {
-    ThreatModelInfo {
-        norm: match cfg.threat.norm {
-            Norm::Linf => "linf",
-            Norm::L2 => "l2",
-        }
-        .into(),
-        eps: cfg.threat.eps,
-    }
-}
-
 /// An onnxruntime session for `path` with the configured thread count; load errors carry a hint.
-pub fn open_session(path: &Path, cfg: &Config) -> Result<Session, JobError> {
-    let (_, env) = runtime::ort_environment(cfg.runtime.ort_library.as_deref()).map_err(|e| {
-        JobError::failed("load", e).with_hint("run `make setup`, or set runtime.ort_library")
-    })?;
-    let load_err = |message: String| {
-        JobError::failed(
-            "load",
-            InspectError::Load {
-                path: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                message,
-            },
-        )
-        .with_hint("check that the file is a complete ONNX model (and its .onnx.data companion, if it has one) that onnxruntime 1.31 loads")
-    };
-    let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
-    if cfg.runtime.threads > 0 {
-        builder = builder
-            .with_intra_threads(cfg.runtime.threads)
-            .map_err(|e| load_err(e.to_string()))?;
-    }
-    builder
-        .commit_from_file(path)
-        .map_err(|e| load_err(e.to_string()))
+fn open_session(path: &Path, cfg: &Config) -> Result<Session, JobError> {
+    ort_session(path, cfg.runtime.ort_library.as_deref(), cfg.runtime.threads).map_err(|e| {
+        let hint = match e {
+            SessionError::Runtime(_) => "run `make setup`, or set runtime.ort_library",
+            SessionError::Load { .. } => "check that the file is a complete ONNX model (and its .onnx.data companion, if it has one) that onnxruntime 1.31 loads",
+        };
+        JobError::failed("load", e).with_hint(hint)
+    })
 }
 
 /// The classifier's input and output as the checks found them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ClassifierIo {
+struct ClassifierIo {
     pub input: String,
     /// `-1` for a dynamic dimension (only the batch may be dynamic).
     pub input_shape: Vec<i64>,
@@ -164,8 +136,8 @@ pub struct ClassifierIo {
 }
 
 /// Checks the session's signature is an image classifier's.
-pub fn classifier_io(session: &Session) -> Result<ClassifierIo, InspectError> {
-    let bad = |m: String| InspectError::NotClassifier(m);
+fn classifier_io(session: &Session) -> Result<ClassifierIo, TriageError> {
+    let bad = |m: String| TriageError::NotClassifier(m);
     let [input] = session.inputs() else {
         return Err(bad(format!(
             "{} inputs, expected exactly one",
@@ -236,7 +208,7 @@ pub fn classifier_io(session: &Session) -> Result<ClassifierIo, InspectError> {
 
 /// What the two sanity batches showed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sanity {
+struct Sanity {
     pub batch: i64,
     pub output_shape: Vec<i64>,
     pub max_abs_logit: f64,
@@ -244,11 +216,11 @@ pub struct Sanity {
 }
 
 /// Runs a zero batch and a seeded uniform-[0,1) batch through the model and checks `[batch, classes]` finite logits.
-pub fn sanity_check(
+fn sanity_check(
     session: &mut Session,
     io: &ClassifierIo,
     cfg: &Config,
-) -> Result<Sanity, InspectError> {
+) -> Result<Sanity, TriageError> {
     let started = Instant::now();
     let shape = batch_shape(io, 2);
     let elements = checked_elements(&shape, cfg)?;
@@ -271,7 +243,7 @@ pub fn sanity_check(
 
 /// The throughput probe's result.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Probe {
+struct Probe {
     pub total: u64,
     pub samples_per_second: f64,
     pub max_abs_logit: f64,
@@ -279,26 +251,26 @@ pub struct Probe {
     pub seconds: f64,
 }
 
-/// The probe's checkpoint (`inspect.yaml` in the job's checkpoint directory).
+/// The probe's checkpoint (`triage.yaml` in the job's checkpoint directory).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct ProbeCheckpoint {
     samples_done: u64,
     max_abs_logit: f64,
 }
 
-const PROBE_CHECKPOINT: &str = "inspect.yaml";
+const PROBE_CHECKPOINT: &str = "triage.yaml";
 
 /// Forwards `dataset.eval_samples` seeded uniform samples (batch `eval.batch_size`, 64 if automatic) to measure
 /// throughput, reporting progress, checkpointing every half second and on cancellation, and resuming from the
 /// checkpoint after a restart. Batch `b` is seeded by `(runtime.seed, b)`, so a resumed probe feeds exactly the
 /// inputs an uninterrupted one would.
-pub fn throughput_probe(
+fn throughput_probe(
     session: &mut Session,
     io: &ClassifierIo,
     ctx: &JobContext,
 ) -> Result<Probe, JobError> {
     let cfg = &ctx.config;
-    let fail = |e: InspectError| JobError::failed("forward", e);
+    let fail = |e: TriageError| JobError::failed("forward", e);
     let total = if cfg.dataset.eval_samples == 0 {
         1000
     } else {
@@ -328,7 +300,7 @@ pub fn throughput_probe(
         );
     }
     let save = |state: &ProbeCheckpoint| {
-        crate::report::write_yaml_atomic(&checkpoint_path, state)
+        crate::durable::write_yaml_atomic(&checkpoint_path, state)
             .map_err(|e| JobError::failed("checkpoint", e))
     };
     let started = Instant::now();
@@ -372,13 +344,13 @@ fn batch_shape(io: &ClassifierIo, dynamic_batch: i64) -> Vec<i64> {
     shape
 }
 
-fn checked_elements(shape: &[i64], cfg: &Config) -> Result<usize, InspectError> {
+fn checked_elements(shape: &[i64], cfg: &Config) -> Result<usize, TriageError> {
     match shape
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
     {
         Some(n) if n <= cfg.limits.max_tensor_elements => Ok(n as usize),
-        _ => Err(InspectError::NotClassifier(format!(
+        _ => Err(TriageError::NotClassifier(format!(
             "input {shape:?} exceeds limits.max_tensor_elements ({})",
             cfg.limits.max_tensor_elements
         ))),
@@ -392,25 +364,25 @@ fn forward(
     shape: &[i64],
     data: &[f32],
     label: &'static str,
-) -> Result<(Vec<i64>, f64), InspectError> {
+) -> Result<(Vec<i64>, f64), TriageError> {
     let tensor = TensorRef::from_array_view((shape.to_vec(), data))
-        .map_err(|e| InspectError::Forward(e.to_string()))?;
+        .map_err(|e| TriageError::Forward(e.to_string()))?;
     let outputs = session
         .run(ort::inputs![io.input.as_str() => tensor])
-        .map_err(|e| InspectError::Forward(e.to_string()))?;
+        .map_err(|e| TriageError::Forward(e.to_string()))?;
     let (oshape, logits) = outputs[io.output.as_str()]
         .try_extract_tensor::<f32>()
-        .map_err(|e| InspectError::Forward(e.to_string()))?;
+        .map_err(|e| TriageError::Forward(e.to_string()))?;
     let out_shape = oshape.to_vec();
     if out_shape.len() != 2 || out_shape[0] != shape[0] || out_shape[1] < 2 {
-        return Err(InspectError::NotClassifier(format!(
+        return Err(TriageError::NotClassifier(format!(
             "for input {shape:?} the output has shape {out_shape:?}, expected [{}, classes >= 2]",
             shape[0]
         )));
     }
     let bad = logits.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
-        return Err(InspectError::NonFinite {
+        return Err(TriageError::NonFinite {
             bad,
             total: logits.len(),
             input: label,
@@ -423,7 +395,7 @@ fn forward(
 }
 
 /// The report's model section from the file, its scan, the session and the forward check.
-pub fn model_info(
+fn model_info(
     job: &Job,
     bytes: &[u8],
     scan: Option<&ModelScan>,
@@ -465,7 +437,7 @@ pub fn model_info(
 }
 
 /// Inputs or outputs as report entries; dynamic dims by their symbol (or `batch`/`dim<i>`).
-pub fn tensor_specs(outlets: &[ort::value::Outlet]) -> Vec<TensorSpec> {
+fn tensor_specs(outlets: &[ort::value::Outlet]) -> Vec<TensorSpec> {
     outlets
         .iter()
         .map(|o| match o.dtype() {
@@ -509,7 +481,7 @@ fn tensor_of(t: &ValueType) -> Option<(TensorElementType, &[i64])> {
 }
 
 /// ONNX-style element type names (`float32`, `int64`, ...).
-pub fn dtype_name(ty: TensorElementType) -> String {
+fn dtype_name(ty: TensorElementType) -> String {
     match ty {
         TensorElementType::Float32 => "float32".into(),
         TensorElementType::Float64 => "float64".into(),

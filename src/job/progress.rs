@@ -1,0 +1,133 @@
+//! Progress of a running job: the current stage and how far it is, handed to a sink (the daemon's job record and
+//! systemd STATUS line, or a terminal), and the seconds each stage took for the report's `timing.stages`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::record::now_rfc3339;
+use crate::report::{StageTime, Timing};
+
+/// One progress update as the daemon sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressUpdate {
+    pub stage: String,
+    /// Fraction of the stage done, in [0, 1].
+    pub fraction: f64,
+    /// True when the stage just changed.
+    pub new_stage: bool,
+}
+
+type ProgressSink = Arc<dyn Fn(&ProgressUpdate) + Send + Sync>;
+type EvalDetailSink = Arc<dyn Fn(&crate::eval::Progress) + Send + Sync>;
+
+/// Reports the current stage and how far it is; the daemon turns updates into the job record and the systemd
+/// STATUS line, and the stage changes into the report's `timing.stages`.
+#[derive(Clone)]
+pub struct Progress {
+    inner: Arc<Mutex<ProgressState>>,
+    sink: ProgressSink,
+    /// Per-batch evaluation progress (stage, samples done) for a terminal progress bar; the daemon has none.
+    eval_detail: Option<EvalDetailSink>,
+}
+
+struct ProgressState {
+    stage: Option<(String, Instant)>,
+    finished: Vec<StageTime>,
+}
+
+impl Progress {
+    pub fn new(sink: impl Fn(&ProgressUpdate) + Send + Sync + 'static) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(ProgressState {
+                stage: None,
+                finished: Vec::new(),
+            })),
+            sink: Arc::new(sink),
+            eval_detail: None,
+        }
+    }
+
+    /// Also hands every evaluation progress report, as the evaluation protocol gives it, to `sink` (the CLI
+    /// draws its progress bar from these).
+    pub fn with_eval_detail(
+        mut self,
+        sink: impl Fn(&crate::eval::Progress) + Send + Sync + 'static,
+    ) -> Self {
+        self.eval_detail = Some(Arc::new(sink));
+        self
+    }
+
+    /// Forwards one evaluation progress report to the detail sink, if there is one.
+    pub fn eval_detail(&self, p: &crate::eval::Progress) {
+        if let Some(sink) = &self.eval_detail {
+            sink(p);
+        }
+    }
+
+    /// A reporter that goes nowhere (for runners used outside the daemon).
+    pub fn silent() -> Self {
+        Self::new(|_| {})
+    }
+
+    /// Starts a stage (ending the previous one's timer).
+    pub fn stage(&self, name: &str) {
+        let mut st = self.lock();
+        let now = Instant::now();
+        if let Some((prev, since)) = st.stage.take() {
+            st.finished.push(StageTime {
+                name: prev,
+                seconds: now.duration_since(since).as_secs_f64(),
+            });
+        }
+        st.stage = Some((name.to_owned(), now));
+        drop(st);
+        (self.sink)(&ProgressUpdate {
+            stage: name.to_owned(),
+            fraction: 0.0,
+            new_stage: true,
+        });
+    }
+
+    /// How far the current stage is, in [0, 1].
+    pub fn fraction(&self, fraction: f64) {
+        let stage = match &self.lock().stage {
+            Some((s, _)) => s.clone(),
+            None => return,
+        };
+        (self.sink)(&ProgressUpdate {
+            stage,
+            fraction: fraction.clamp(0.0, 1.0),
+            new_stage: false,
+        });
+    }
+
+    /// Seconds per stage so far, in order (the current stage counted up to now).
+    pub fn stage_times(&self) -> Vec<StageTime> {
+        let st = self.lock();
+        let mut out = st.finished.clone();
+        if let Some((name, since)) = &st.stage {
+            out.push(StageTime {
+                name: name.clone(),
+                seconds: since.elapsed().as_secs_f64(),
+            });
+        }
+        out
+    }
+
+    /// The report's timing block: the job's times, and the seconds per stage so far (finished now).
+    pub fn timing(&self, queued_at: String, started_at: String, seconds: f64) -> Timing {
+        Timing {
+            queued_at,
+            started_at,
+            finished_at: now_rfc3339(),
+            seconds,
+            stages: self.stage_times(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
