@@ -512,7 +512,10 @@ impl<'r> Loop<'r> {
             tips.push("add a warm-up (train.optimizer.warmup_epochs: 1)".into());
         }
         if run.objective.is_adversarial() {
-            tips.push(format!("or train on a smaller threat.eps (now {})", run.eps));
+            tips.push(format!(
+                "or train on a smaller threat.eps (now {})",
+                run.eps
+            ));
         }
         tracing::warn!(
             epoch = c.epoch,
@@ -772,12 +775,14 @@ fn batch_stats(
             correct: host[at],
             cross_entropy: host[cross_entropy_at],
             predicted: host[values.len()..].to_vec(),
+            clean: clean_at.is_some(),
         },
         _ => BatchView {
             samples: 0.0,
             correct: 0.0,
             cross_entropy: 0.0,
             predicted: Vec::new(),
+            clean: false,
         },
     };
     Ok(BatchStats {
