@@ -47,16 +47,20 @@ impl SubsetDesign {
                 message: format!("{ratio} is not in (0, 1)"),
             });
         }
-        let halves = k >= 4 && k % 2 == 0;
+        let halves = k >= 4 && k.is_multiple_of(2);
         let (groups, group_size) = if halves { (2, k / 2) } else { (1, k) };
         let per_group = ((ratio * group_size as f64).round() as usize).clamp(1, group_size - 1);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ DESIGN_SALT);
-        let mut members = vec![vec![false; n]; k];
-        for i in 0..n {
+        let mut members = vec![Vec::with_capacity(n); k];
+        for _ in 0..n {
+            let mut column = vec![false; k];
             for group in 0..groups {
                 for model in rand::seq::index::sample(&mut rng, group_size, per_group) {
-                    members[group * group_size + model][i] = true;
+                    column[group * group_size + model] = true;
                 }
+            }
+            for (row, seen) in members.iter_mut().zip(column) {
+                row.push(seen);
             }
         }
         Ok(Self {
@@ -92,9 +96,10 @@ impl SubsetDesign {
     pub fn has_halves(&self) -> bool {
         let k = self.models();
         k >= 4
-            && k % 2 == 0
+            && k.is_multiple_of(2)
             && (0..self.samples()).all(|i| {
-                let seen = |models: std::ops::Range<usize>| models.filter(|&m| self.members[m][i]).count();
+                let seen =
+                    |models: std::ops::Range<usize>| models.filter(|&m| self.members[m][i]).count();
                 let (a, b) = (seen(0..k / 2), seen(k / 2..k));
                 (1..k / 2).contains(&a) && (1..k / 2).contains(&b)
             })
