@@ -20,13 +20,11 @@ mod memo_support;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use memo_support::{mislabel, top_decile_recall};
-use robustd::config::{Config, DatasetSpec, Estimator, InputLayout, Limits};
+use memo_support::{cpu_factory, mislabel, top_decile_recall};
+use robustd::config::{Config, DatasetSpec, Estimator, Limits};
 use robustd::data::{Augmentation, Dataset};
-use robustd::memo::{estimate, onnx_factory, Estimate, EstimatorOptions, Identity, ScoreSource, TrainScores};
-use robustd::model::InputAdapter;
+use robustd::memo::{estimate, Estimate, EstimatorOptions, Identity, ScoreSource, TrainScores};
 use robustd::onnx::OnnxModel;
-use tch::Device;
 
 fn main() {
     let args: HashMap<String, String> = std::env::args()
@@ -77,12 +75,7 @@ fn main() {
     let onnx = OnnxModel::load(&model, &Limits::default()).expect("model");
     let mut options = EstimatorOptions::from_config(&config, Augmentation::None);
     options.cache_root = None;
-    let mut factory = onnx_factory(
-        &onnx,
-        InputAdapter::identity(),
-        InputLayout::Auto,
-        Device::Cpu,
-    );
+    let mut factory = cpu_factory(&onnx);
     let identity = Identity {
         dataset_sha256: &data.sha256,
         architecture: onnx.structure_hash(),

@@ -7,16 +7,13 @@
 
 mod memo_support;
 
-use memo_support::{mislabel, mlp, top_decile_recall};
-use robustd::config::{Config, DatasetSpec, Estimator, InputLayout};
+use memo_support::{cpu_factory, mislabel, mlp, top_decile_recall};
+use robustd::config::{Config, DatasetSpec, Estimator};
 use robustd::data::{Augmentation, Dataset, Split};
 use robustd::memo::output::write_scores_npy;
 use robustd::memo::{
-    bat_atypicality, estimate, estimate_from_config, onnx_factory, Estimate, EstimatorOptions,
-    Identity,
+    bat_atypicality, estimate, estimate_from_config, Estimate, EstimatorOptions, Identity,
 };
-use robustd::model::InputAdapter;
-use tch::Device;
 
 const SAMPLES: usize = 1200;
 const PERIOD: usize = 25;
@@ -44,12 +41,7 @@ fn run(config: &Config, data: &Dataset, noisy: &Split) -> Estimate {
         dataset_sha256: &data.sha256,
         architecture: onnx.structure_hash(),
     };
-    let mut factory = onnx_factory(
-        &onnx,
-        InputAdapter::identity(),
-        InputLayout::Auto,
-        Device::Cpu,
-    );
+    let mut factory = cpu_factory(&onnx);
     estimate(noisy, Some(&data.test), identity, &mut factory, &options).unwrap()
 }
 
@@ -68,7 +60,10 @@ fn learning_speed_ranks_flipped_labels_at_the_top_of_real_data() {
     assert!(check.split_half_spearman.unwrap() > 0.8, "{check:?}");
     assert!(check.split_half_top_decile.unwrap() > 0.6, "{check:?}");
     assert_eq!(e.models.len(), 1);
-    assert_eq!(e.models[0].out_of_subset_acc, None, "it trained on every sample");
+    assert_eq!(
+        e.models[0].out_of_subset_acc, None,
+        "it trained on every sample"
+    );
     let passes = e.passes.as_ref().unwrap();
     assert!((0..SAMPLES).all(|i| passes.passes_even[i] + passes.passes_odd[i] == 8));
     // BAT's flags at the estimator's τ hold most flipped samples and few others.
@@ -77,7 +72,11 @@ fn learning_speed_ranks_flipped_labels_at_the_top_of_real_data() {
     assert_eq!(tau, e.scores.quantile(0.9));
     let flags = bat_atypicality(&e, &noisy, tau);
     let caught = flipped.iter().filter(|&&i| flags.flags[i]).count();
-    eprintln!("learning-speed: tau {tau:.3}, {caught} of {} flipped flagged, {:.3} flagged", flipped.len(), flags.share());
+    eprintln!(
+        "learning-speed: tau {tau:.3}, {caught} of {} flipped flagged, {:.3} flagged",
+        flipped.len(),
+        flags.share()
+    );
     assert!((flags.share() - 0.1).abs() < 0.01, "{}", flags.share());
     assert!(caught * 10 >= flipped.len() * 7, "{caught}");
 }
@@ -91,7 +90,10 @@ fn feldman_zhang_fitted_to_its_subsets_ranks_flipped_labels_at_the_top_of_real_d
     let e = run(&config, &data, &noisy);
     let recall = top_decile_recall(&e.scores, &flipped);
     let check = e.self_check.as_ref().unwrap();
-    eprintln!("feldman-zhang: recall {recall:.3}; {check:?}; {:?}", e.models);
+    eprintln!(
+        "feldman-zhang: recall {recall:.3}; {check:?}; {:?}",
+        e.models
+    );
     assert!(
         e.models.iter().all(|m| m.in_subset_acc >= 0.95),
         "trained until fitted: {:?}",
@@ -142,12 +144,7 @@ fn imported_scores_come_back_through_the_config_as_the_same_flags() {
     imported.memorization.scores = Some(npy.display().to_string());
     imported.memorization.threshold = Some(0.5);
     let onnx = mlp();
-    let mut factory = onnx_factory(
-        &onnx,
-        InputAdapter::identity(),
-        InputLayout::Auto,
-        Device::Cpu,
-    );
+    let mut factory = cpu_factory(&onnx);
     // Imports are keyed by source index; the labels play no part.
     let (scored, back) =
         estimate_from_config(&imported, &data, onnx.structure_hash(), &mut factory, None).unwrap();

@@ -25,6 +25,7 @@ use super::tally::{Answers, Consistency, Tally};
 use super::MemoError;
 use crate::config::Estimator;
 use crate::data::Split;
+use crate::report::SelfCheck;
 use crate::train::TrainError;
 
 /// The Feldman–Zhang estimate of `scored` (consistency for `test`).
@@ -85,17 +86,7 @@ pub fn feldman_zhang(
         indices: scored.indices.clone(),
         scores: (0..n).map(|i| tally.mem_soft(i)).collect(),
     };
-    Ok(Estimate {
-        scores,
-        consistency: trained.consistency(test)?,
-        models: trained.fits,
-        design: Some(design),
-        tally: Some(tally),
-        passes: None,
-        self_check: Some(self_check),
-        budget: None,
-        cache_dir: trained.cache_dir,
-    })
+    trained.into_estimate(scores, test, design, tally, self_check)
 }
 
 /// The holdout estimate of `scored`: two half models, score `1 − p(y|x)` under the one that never saw a sample.
@@ -150,17 +141,7 @@ pub fn holdout(
         indices: scored.indices.clone(),
         scores: (0..n).map(|i| Some(1.0 - tally.out_mean_p(i)?)).collect(),
     };
-    Ok(Estimate {
-        scores,
-        consistency: trained.consistency(test)?,
-        models: trained.fits,
-        design: Some(design),
-        tally: Some(tally),
-        passes: None,
-        self_check: Some(self_check),
-        budget: None,
-        cache_dir: trained.cache_dir,
-    })
+    trained.into_estimate(scores, test, design, tally, self_check)
 }
 
 /// The subset models' answers and fits.
@@ -178,6 +159,28 @@ impl Trained {
 
     fn seconds(&self) -> f64 {
         self.fits.iter().map(|f| f.seconds).sum()
+    }
+
+    /// The estimate these models give with `scores` computed from them.
+    fn into_estimate(
+        self,
+        scores: TrainScores,
+        test: Option<&Split>,
+        design: SubsetDesign,
+        tally: Tally,
+        self_check: SelfCheck,
+    ) -> Result<Estimate, MemoError> {
+        Ok(Estimate {
+            scores,
+            consistency: self.consistency(test)?,
+            models: self.fits,
+            design: Some(design),
+            tally: Some(tally),
+            passes: None,
+            self_check: Some(self_check),
+            budget: None,
+            cache_dir: self.cache_dir,
+        })
     }
 
     fn consistency(&self, test: Option<&Split>) -> Result<Option<TestConsistency>, MemoError> {
@@ -310,7 +313,9 @@ fn model_fit(
     ModelFit {
         in_subset_acc: share(true).unwrap_or(0.0),
         out_of_subset_acc: share(false),
-        test_acc: with_test.then(|| accuracy(&predicted.test_correct)).flatten(),
+        test_acc: with_test
+            .then(|| accuracy(&predicted.test_correct))
+            .flatten(),
         epochs: predicted.epochs as usize,
         seconds: predicted.seconds,
         trained_now,

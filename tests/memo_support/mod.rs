@@ -24,28 +24,24 @@ use tch::{Device, Tensor};
 /// `split` with the label of every `every`-th sample (positions 0, every, 2·every, …) moved to another class;
 /// returns the moved positions.
 pub fn flip_labels(split: &Split, every: usize) -> (Split, Vec<usize>) {
-    let mut labels = Vec::<i64>::try_from(&split.y).unwrap();
-    let flipped: Vec<usize> = (0..labels.len()).step_by(every).collect();
-    for &i in &flipped {
-        labels[i] = (labels[i] + 3) % 10;
-    }
-    let noisy = Split {
-        x: split.x.shallow_clone(),
-        y: Tensor::from_slice(&labels),
-        indices: split.indices.clone(),
-        source_len: split.source_len,
-    };
-    (noisy, flipped)
+    relabel(split, every, |_, y| (y + 3) % 10)
 }
 
 /// `split` with a few percent of its labels moved to another class, by the rule the recall benchmark
 /// (`benches/memo_recall.rs`) and its PyTorch reference (`scripts/memo_recall_reference.py`) share: position `i` is
 /// flipped when `i % period == 0`, to class `(y + 1 + (i / period) % 9) % 10`. Returns the flipped positions.
 pub fn mislabel(split: &Split, period: usize) -> (Split, Vec<usize>) {
+    relabel(split, period, |i, y| {
+        (y + 1 + ((i / period) % 9) as i64) % 10
+    })
+}
+
+/// `split` with the label `y` of every `every`-th position `i` replaced by `to(i, y)`; returns those positions.
+fn relabel(split: &Split, every: usize, to: impl Fn(usize, i64) -> i64) -> (Split, Vec<usize>) {
     let mut labels = Vec::<i64>::try_from(&split.y).unwrap();
-    let flipped: Vec<usize> = (0..labels.len()).step_by(period).collect();
+    let flipped: Vec<usize> = (0..labels.len()).step_by(every).collect();
     for &i in &flipped {
-        labels[i] = (labels[i] + 1 + ((i / period) % 9) as i64) % 10;
+        labels[i] = to(i, labels[i]);
     }
     let noisy = Split {
         x: split.x.shallow_clone(),
@@ -106,17 +102,24 @@ pub fn quick_spec(method: Method, epochs: usize) -> TrainSpec {
     spec
 }
 
+/// Re-initialized copies of `onnx`'s graph on the CPU, identity input adapter, layout from the graph.
+pub fn cpu_factory(
+    onnx: &OnnxModel,
+) -> impl FnMut(u64) -> Result<Box<dyn Classifier>, robustd::train::TrainError> + '_ {
+    robustd::memo::onnx_factory(
+        onnx,
+        InputAdapter::identity(),
+        InputLayout::Auto,
+        Device::Cpu,
+    )
+}
+
 /// Re-initialized copies of the MLP, counting how many were made.
 pub fn counting_factory<'m>(
     onnx: &'m OnnxModel,
     made: &'m Cell<usize>,
 ) -> impl FnMut(u64) -> Result<Box<dyn Classifier>, robustd::train::TrainError> + 'm {
-    let mut inner = robustd::memo::onnx_factory(
-        onnx,
-        InputAdapter::identity(),
-        InputLayout::Auto,
-        Device::Cpu,
-    );
+    let mut inner = cpu_factory(onnx);
     move |seed| {
         made.set(made.get() + 1);
         inner(seed)
