@@ -639,7 +639,10 @@ impl Config {
             ));
         }
         if let Some(t) = self.memorization.threshold.filter(|t| !t.is_finite()) {
-            return Err(bad("memorization.threshold", format!("{t} is not a number")));
+            return Err(bad(
+                "memorization.threshold",
+                format!("{t} is not a number"),
+            ));
         }
         for (key, value) in [
             ("memorization.epochs", self.memorization.epochs),
@@ -652,7 +655,8 @@ impl Config {
         if self.memorization.estimator == Estimator::Import && self.memorization.scores.is_none() {
             return Err(bad(
                 "memorization.scores",
-                "the import estimator needs a score file (memorization.scores: PATH[.npz#KEY])".into(),
+                "the import estimator needs a score file (memorization.scores: PATH[.npz#KEY])"
+                    .into(),
             ));
         }
         if !(0.0..1.0).contains(&self.train.val_fraction) {
@@ -764,7 +768,11 @@ impl Config {
             ("train.pgd.restarts", n(self.train.pgd.restarts), 100),
             ("memorization.k", n(self.memorization.k), 1_000),
             ("memorization.epochs", n(self.memorization.epochs), 10_000),
-            ("memorization.max_epochs", n(self.memorization.max_epochs), 10_000),
+            (
+                "memorization.max_epochs",
+                n(self.memorization.max_epochs),
+                10_000,
+            ),
             (
                 "train.optimizer.warmup_epochs",
                 n(self.train.optimizer.warmup_epochs),

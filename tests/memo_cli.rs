@@ -77,7 +77,10 @@ fn memorization_command_writes_scores_summary_and_plots_and_reuses_its_cache() {
     // The default estimator, learning-speed, with 4 epochs.
     let printed = robustd(&args(&out, &["--epochs", "4"]));
     assert!(printed.contains("learning-speed"), "{printed}");
-    assert!(printed.contains("estimator  learning-speed, 1 model, 4 epochs, 600 samples"), "{printed}");
+    assert!(
+        printed.contains("estimator  learning-speed, 1 model, 4 epochs, 600 samples"),
+        "{printed}"
+    );
 
     let s = summary(&out);
     assert_eq!(s.schema, SUMMARY_SCHEMA);
@@ -96,7 +99,10 @@ fn memorization_command_writes_scores_summary_and_plots_and_reuses_its_cache() {
     assert_eq!(check.epochs_counted, Some(4));
     assert_eq!(check.split_half.as_deref(), Some("even vs odd epochs"));
     assert!(check.split_half_top_decile.unwrap() > 0.3, "{check:?}");
-    assert!(check.in_subset_acc.unwrap() > 0.5 && check.test_acc.unwrap() > 0.5, "{check:?}");
+    assert!(
+        check.in_subset_acc.unwrap() > 0.5 && check.test_acc.unwrap() > 0.5,
+        "{check:?}"
+    );
     assert!(m.harmful_atypical.len() <= 10);
     assert_eq!(s.subset_models.len(), 1);
     let groups = s.groups.as_ref().unwrap();
@@ -131,25 +137,53 @@ fn memorization_command_writes_scores_summary_and_plots_and_reuses_its_cache() {
     let underfit = work.path().join("underfit");
     let printed = robustd(&args(
         &underfit,
-        &["--estimator", "feldman-zhang", "--k", "4", "--ratio", "0.5", "--max-epochs", "1", "--scores-only"],
+        &[
+            "--estimator",
+            "feldman-zhang",
+            "--k",
+            "4",
+            "--ratio",
+            "0.5",
+            "--max-epochs",
+            "1",
+            "--scores-only",
+        ],
     ));
     let s = summary(&underfit);
     let m = &s.memorization;
-    assert_eq!((m.estimator.as_str(), m.models, m.subset_ratio), ("feldman-zhang", 4, 0.5));
+    assert_eq!(
+        (m.estimator.as_str(), m.models, m.subset_ratio),
+        ("feldman-zhang", 4, 0.5)
+    );
     assert_eq!(s.subset_models.len(), 4);
     assert!(s.subset_models.iter().all(|f| f.epochs == 1));
     let check = m.self_check.as_ref().unwrap();
     assert!(!check.reliable);
     assert!(check.in_subset_acc_min.unwrap() < 0.95, "{check:?}");
-    assert!(check.warnings.iter().any(|w| w.contains("scores unreliable") && w.contains("max_epochs")), "{check:?}");
-    assert!(printed.contains("UNRELIABLE") && printed.contains("warning"), "{printed}");
+    assert!(
+        check
+            .warnings
+            .iter()
+            .any(|w| w.contains("scores unreliable") && w.contains("max_epochs")),
+        "{check:?}"
+    );
+    assert!(
+        printed.contains("UNRELIABLE") && printed.contains("warning"),
+        "{printed}"
+    );
 
     // Imported scores instead of an estimator.
     let imported = work.path().join("imported");
-    robustd(&args(&imported, &["--import", out.join("scores.npy").to_str().unwrap()]));
+    robustd(&args(
+        &imported,
+        &["--import", out.join("scores.npy").to_str().unwrap()],
+    ));
     let s = summary(&imported);
     assert_eq!(s.memorization.estimator, "imported");
-    assert_eq!(s.memorization.atypical_share, summary(&out).memorization.atypical_share);
+    assert_eq!(
+        s.memorization.atypical_share,
+        summary(&out).memorization.atypical_share
+    );
     assert!(s.memorization.self_check.is_none());
     assert!(s.subset_models.is_empty());
     assert!(

@@ -57,10 +57,22 @@ fn counts_and_scores_of_a_hand_built_case() {
     let two_and_two = Tally::from_rows(
         &[&[true], &[true], &[false], &[false]],
         &[
-            Answers { correct: &[true], p: &[0.9] },
-            Answers { correct: &[true], p: &[0.7] },
-            Answers { correct: &[false], p: &[0.1] },
-            Answers { correct: &[false], p: &[0.3] },
+            Answers {
+                correct: &[true],
+                p: &[0.9],
+            },
+            Answers {
+                correct: &[true],
+                p: &[0.7],
+            },
+            Answers {
+                correct: &[false],
+                p: &[0.1],
+            },
+            Answers {
+                correct: &[false],
+                p: &[0.3],
+            },
         ],
     )
     .unwrap();

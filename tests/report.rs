@@ -262,14 +262,26 @@ fn the_validator_names_every_broken_rule() {
     );
     check(
         &|r| {
-            let c = r.memorization.as_mut().unwrap().self_check.as_mut().unwrap();
+            let c = r
+                .memorization
+                .as_mut()
+                .unwrap()
+                .self_check
+                .as_mut()
+                .unwrap();
             c.warnings.push("subset models under-fit".into());
         },
         "memorization.self_check.reliable",
     );
     check(
         &|r| {
-            let c = r.memorization.as_mut().unwrap().self_check.as_mut().unwrap();
+            let c = r
+                .memorization
+                .as_mut()
+                .unwrap()
+                .self_check
+                .as_mut()
+                .unwrap();
             c.in_subset_acc = Some(1.2);
         },
         "memorization.self_check.in_subset_acc",

@@ -351,7 +351,10 @@ fn a_run_that_collapses_to_one_class_stops_at_that_epoch_with_a_hint() {
     else {
         panic!("expected a collapse, got: {err}")
     };
-    assert!(epoch < 8, "stopped at the epoch it happened, not after the run");
+    assert!(
+        epoch < 8,
+        "stopped at the epoch it happened, not after the run"
+    );
     assert!(accuracy <= 0.15 && class_share >= 0.8 && cross_entropy >= 0.9 * 10f64.ln());
     for wanted in [
         "train.optimizer.lr (now 2)",
@@ -361,7 +364,10 @@ fn a_run_that_collapses_to_one_class_stops_at_that_epoch_with_a_hint() {
         assert!(hint.contains(wanted), "{hint}");
     }
     assert!(err.to_string().contains("collapsed at epoch"));
-    assert!(identical(&before, &weights(&model)), "the model is left as it was given");
+    assert!(
+        identical(&before, &weights(&model)),
+        "the model is left as it was given"
+    );
 
     // The same model and data at a sane rate train normally: the watch does not fire on healthy runs.
     spec.optimizer.lr = 0.05;

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use robustd::config::{Config, Estimator, InputLayout, Limits, Method, Norm, ThreatModel};
 use robustd::data::{Augmentation, Split};
+use robustd::memo::{bat_atypicality, estimate, EstimatorOptions, Identity};
 use robustd::model::{Classifier, InputAdapter, Scorer};
 use robustd::onnx::{write_back, OnnxModel, OrtScorer, TchModel, TchOptions};
-use robustd::memo::{bat_atypicality, estimate, EstimatorOptions, Identity};
 use robustd::train::{train, TrainError, TrainRun};
 use train_support::{fashion_mnist, identical, quick_spec, weights, CancelAfter};
 

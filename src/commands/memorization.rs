@@ -256,9 +256,8 @@ fn stem(path: &Path) -> String {
 }
 
 fn parse_estimator(s: &str) -> Result<Estimator, String> {
-    serde_norway::from_str::<Estimator>(s).map_err(|_| {
-        format!("`{s}`: expected learning-speed, feldman-zhang, holdout or import")
-    })
+    serde_norway::from_str::<Estimator>(s)
+        .map_err(|_| format!("`{s}`: expected learning-speed, feldman-zhang, holdout or import"))
 }
 
 fn print_summary(summary: &Summary, out: &Path) {

@@ -187,11 +187,12 @@ impl Store {
             return Ok(None);
         }
         match read_predictions(&path) {
-            Ok(p) if p.train_correct.len() == train
-                && p.train_p.len() == train
-                && p.test_correct.len() == test
-                && p.test_p.len() == test
-                && p.passes.as_ref().is_none_or(|c| c.len() == train) =>
+            Ok(p)
+                if p.train_correct.len() == train
+                    && p.train_p.len() == train
+                    && p.test_correct.len() == test
+                    && p.test_p.len() == test
+                    && p.passes.as_ref().is_none_or(|c| c.len() == train) =>
             {
                 Ok(Some(p))
             }
@@ -276,7 +277,11 @@ fn read_predictions(path: &Path) -> Result<ModelPredictions, MemoError> {
     })?;
     let mut reader = NpzReader::new(file).map_err(|e| bad(e.to_string()))?;
     let names = reader.names().map_err(|e| bad(e.to_string()))?;
-    let has = |name: &str| names.iter().any(|n| n == name || n == &format!("{name}.npy"));
+    let has = |name: &str| {
+        names
+            .iter()
+            .any(|n| n == name || n == &format!("{name}.npy"))
+    };
     macro_rules! array {
         ($name:literal, $t:ty) => {{
             let a: Array1<$t> = reader

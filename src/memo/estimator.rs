@@ -25,7 +25,7 @@ use crate::config::{Config, Estimator, InputLayout, Method, ThreatModel, TrainSp
 use crate::data::{Augmentation, BatchOptions, Split};
 use crate::model::{Classifier, InputAdapter, ModelError};
 use crate::onnx::{OnnxModel, TchModel, TchOptions};
-use crate::report::{Memorization, MemoBudget, SelfCheck};
+use crate::report::{MemoBudget, Memorization, SelfCheck};
 use crate::train::{train, SampleObserver, TrainError, TrainRun};
 
 /// Makes a model with fresh weights drawn from the seed.
@@ -234,7 +234,9 @@ pub fn estimate(
         });
     }
     let mut estimate = match options.estimator {
-        Estimator::LearningSpeed => super::speed::estimate(scored, test, identity, factory, options),
+        Estimator::LearningSpeed => {
+            super::speed::estimate(scored, test, identity, factory, options)
+        }
         Estimator::FeldmanZhang => {
             super::subsets::feldman_zhang(scored, test, identity, factory, options)
         }
@@ -307,13 +309,19 @@ fn answers(
 ) -> Result<(Vec<bool>, Vec<f32>), MemoError> {
     model.set_train(false);
     let device = model.device();
-    let (mut correct, mut p) = (Vec::with_capacity(split.len()), Vec::with_capacity(split.len()));
+    let (mut correct, mut p) = (
+        Vec::with_capacity(split.len()),
+        Vec::with_capacity(split.len()),
+    );
     for batch in split.batches(&BatchOptions::eval(batch_size.max(1)))? {
         let batch = batch?;
         let x = batch.x.f_to_device(device)?;
         let y = batch.y.f_to_device(device)?.f_unsqueeze(1)?;
         let logits = tch::no_grad(|| model.forward(&x))?;
-        let right = logits.f_argmax(1, true)?.f_eq_tensor(&y)?.f_squeeze_dim(1)?;
+        let right = logits
+            .f_argmax(1, true)?
+            .f_eq_tensor(&y)?
+            .f_squeeze_dim(1)?;
         let prob = logits
             .f_softmax(1, Kind::Float)?
             .f_gather(1, &y, false)?

@@ -164,7 +164,9 @@ pub fn write_details_npz(
                 .map_err(bad)?;
         }
         if let Some(c) = estimate.and_then(|e| e.passes.as_ref()) {
-            let sum = |a: &[u32], b: &[u32]| -> Vec<u32> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
+            let sum = |a: &[u32], b: &[u32]| -> Vec<u32> {
+                a.iter().zip(b).map(|(x, y)| x + y).collect()
+            };
             npz.add_array(
                 "passes",
                 &Array1::from_vec(sum(&c.passes_even, &c.passes_odd)),

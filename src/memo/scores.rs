@@ -56,9 +56,7 @@ impl ScoreSource {
             ScoreSource::FeldmanZhang { .. } => {
                 Some("E[p(y|x) | model trained on x] - E[p(y|x) | model not trained on x]")
             }
-            ScoreSource::Holdout { .. } => {
-                Some("1 - p(y|x) under the half model not trained on x")
-            }
+            ScoreSource::Holdout { .. } => Some("1 - p(y|x) under the half model not trained on x"),
             ScoreSource::LearningSpeed { .. } => {
                 Some("1 - mean over the training passes (one per epoch) of p(y|x)")
             }
@@ -156,7 +154,8 @@ impl TrainScores {
             return 0.0;
         }
         values.sort_by(f64::total_cmp);
-        let rank = ((q.clamp(0.0, 1.0) * values.len() as f64).ceil() as usize).clamp(1, values.len());
+        let rank =
+            ((q.clamp(0.0, 1.0) * values.len() as f64).ceil() as usize).clamp(1, values.len());
         values[rank - 1]
     }
 

@@ -66,11 +66,7 @@ impl LearningSpeed {
         let counts = self.lock();
         let mut out = PassCounts::default();
         for i in &split.indices {
-            let [even, odd] = counts
-                .samples
-                .get(i)
-                .copied()
-                .unwrap_or([(0, 0, 0.0); 2]);
+            let [even, odd] = counts.samples.get(i).copied().unwrap_or([(0, 0, 0.0); 2]);
             out.passes_even.push(even.0);
             out.passes_odd.push(odd.0);
             out.correct_even.push(even.1);
@@ -135,7 +131,14 @@ pub fn estimate(
     let store = match &options.cache_root {
         Some(root) => Some(Store::open(
             root,
-            &cache_key(scored, test, identity, options, (1, 1.0, options.epochs), None)?,
+            &cache_key(
+                scored,
+                test,
+                identity,
+                options,
+                (1, 1.0, options.epochs),
+                None,
+            )?,
         )?),
         None => None,
     };

@@ -167,9 +167,7 @@ impl Tally {
     pub fn standard_error(&self, i: usize) -> Option<f64> {
         let in_var = sample_variance(self.in_p[i], self.in_p2[i], self.in_seen[i])?;
         let out_var = sample_variance(self.out_p[i], self.out_p2[i], self.out_seen[i])?;
-        Some(
-            (in_var / f64::from(self.in_seen[i]) + out_var / f64::from(self.out_seen[i])).sqrt(),
-        )
+        Some((in_var / f64::from(self.in_seen[i]) + out_var / f64::from(self.out_seen[i])).sqrt())
     }
 
     /// Samples whose score is undefined.

@@ -280,13 +280,18 @@ impl Comparison {
             robust: self.original.robust_acc,
             robust_err: 0.0,
         }];
-        points.extend(self.methods.iter().filter(|m| m.runs > 0).map(|m| TradeoffPoint {
-            label: m.method.clone(),
-            clean: m.clean_acc.mean,
-            clean_err: m.clean_acc.std,
-            robust: m.robust_acc.mean,
-            robust_err: m.robust_acc.std,
-        }));
+        points.extend(
+            self.methods
+                .iter()
+                .filter(|m| m.runs > 0)
+                .map(|m| TradeoffPoint {
+                    label: m.method.clone(),
+                    clean: m.clean_acc.mean,
+                    clean_err: m.clean_acc.std,
+                    robust: m.robust_acc.mean,
+                    robust_err: m.robust_acc.std,
+                }),
+        );
         points
     }
 }

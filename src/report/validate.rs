@@ -217,16 +217,24 @@ impl Checker {
             if let Some(c) = &m.self_check {
                 for (key, value) in [
                     ("memorization.self_check.in_subset_acc", c.in_subset_acc),
-                    ("memorization.self_check.in_subset_acc_min", c.in_subset_acc_min),
+                    (
+                        "memorization.self_check.in_subset_acc_min",
+                        c.in_subset_acc_min,
+                    ),
                     ("memorization.self_check.held_out_acc", c.held_out_acc),
                     ("memorization.self_check.test_acc", c.test_acc),
-                    ("memorization.self_check.split_half_top_decile", c.split_half_top_decile),
+                    (
+                        "memorization.self_check.split_half_top_decile",
+                        c.split_half_top_decile,
+                    ),
                 ] {
                     if let Some(v) = value {
                         self.fraction(key, v);
                     }
                 }
-                if c.split_half_spearman.is_some_and(|r| !(-1.0..=1.0).contains(&r)) {
+                if c.split_half_spearman
+                    .is_some_and(|r| !(-1.0..=1.0).contains(&r))
+                {
                     self.fail(
                         "memorization.self_check.split_half_spearman",
                         "a rank correlation lies in [-1, 1]",
