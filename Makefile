@@ -54,7 +54,7 @@ demo: build
 crosscheck: build fixtures
 	@scripts/crosscheck.sh
 	@scripts/memo_recall.sh
-# Recall of flipped labels per memorization estimator and budget (~2 h on 2 cores; MEMO_QUICK=1 for ~10 min).
+# Recall of flipped labels per memorization estimator and budget (~2 h on 2 cores; MEMO_QUICK=1 for ~15 min).
 memo-recall: build fixtures
 	@scripts/memo_recall.sh
 # Numbers for benches/RESULTS.md: run on an otherwise idle machine.

@@ -3,7 +3,7 @@
 # labels flipped, robustd (benches/memo_recall.rs) next to the same estimators in PyTorch
 # (scripts/memo_recall_reference.py), one thread each, one after the other. Writes benches/MEMO_RECALL.md (the table)
 # and the raw JSON lines beside it. A measurement, not a test: ~2 h on 2 idle cores (the Feldman-Zhang rows are most
-# of it); MEMO_QUICK=1 runs only the default estimator on both models (~10 min).
+# of it); MEMO_QUICK=1 runs the default on both models and the other estimators on the MLP (~15 min).
 # Usage: scripts/memo_recall.sh [OUT.md]   (default benches/MEMO_RECALL.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,17 +16,20 @@ ref() { $py scripts/memo_recall_reference.py --threads 1 "$@"; }
 both() { rs "$@"; ref "$@"; }
 : > "$raw"
 {
+  # The default (learning-speed, 8 epochs) on both models; the other estimators on the MLP; Feldman-Zhang at the
+  # old default budget (3 epochs per subset model, no fit target: the 0/1 column is the old score) and fitted.
   both --arch cnn --estimator learning-speed --epochs 8
   both --arch mlp --estimator learning-speed --epochs 8
+  both --arch mlp --estimator holdout --epochs 8
+  both --arch mlp --estimator feldman-zhang --k 8 --ratio 0.7 --fit-target 1.0 --max-epochs 3
+  both --arch mlp --estimator feldman-zhang --k 8 --ratio 0.7 --fit-target 0.99 --max-epochs 60
   if [ -z "${MEMO_QUICK:-}" ]; then
-    for arch in mlp cnn; do
-      for e in 4 15; do both --arch $arch --estimator learning-speed --epochs $e; done
-      both --arch $arch --estimator holdout --epochs 8
-      both --arch $arch --estimator feldman-zhang --k 8 --ratio 0.7 --fit-target 0.99 --max-epochs 20
-      both --arch $arch --estimator feldman-zhang --k 8 --ratio 0.7 --fit-target 0.99 --max-epochs 60
-    done
-    # The daemon's default budget: 5000 scored samples, the demo CNN's graph.
-    both --arch cnn --samples 5000 --estimator learning-speed --epochs 8
+    for e in 4 15; do both --arch cnn --estimator learning-speed --epochs $e; done
+    both --arch cnn --estimator holdout --epochs 8
+    both --arch cnn --estimator feldman-zhang --k 8 --ratio 0.7 --fit-target 0.99 --max-epochs 20
+    both --arch cnn --estimator feldman-zhang --k 8 --ratio 0.7 --fit-target 0.99 --max-epochs 60
+    # The daemon's default budget: every fine-tuning sample scored (dataset.train_samples 10000), the demo CNN.
+    both --arch cnn --samples 10000 --estimator learning-speed --epochs 8
   fi
 } | tee -a "$raw"
 {

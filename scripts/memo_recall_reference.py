@@ -297,7 +297,9 @@ def table(path):
         if not line.startswith("{"):
             continue
         r = json.loads(line)
-        key = (r["arch"], r["estimator"], json.dumps(r["budget"], sort_keys=True), r["samples"])
+        # Both sides' budgets as numbers (one prints 1, the other 1.0).
+        budget = {k: float(v) for k, v in r["budget"].items()}
+        key = (r["arch"], r["estimator"], json.dumps(budget, sort_keys=True), r["samples"])
         rows.setdefault(key, {})[r["side"]] = r
 
     def pct(v):
@@ -307,7 +309,8 @@ def table(path):
         if r is None:
             return "–"
         c = r["checks"]
-        return f"{c['seconds']:.0f} s ({c.get('cpu_seconds', float('nan')):.0f} s CPU)"
+        cpu = c.get("cpu_seconds", float("nan"))
+        return f"{c['seconds']:.0f} s ({cpu:.1f} s CPU)" if cpu < 10 else f"{c['seconds']:.0f} s ({cpu:.0f} s CPU)"
 
     def fit(r):
         if r is None:
@@ -330,7 +333,7 @@ def table(path):
            "| PyTorch time | robustd self-check | PyTorch fit |", "|---|---:|---|---|---:|---:|---:|---:|---|---|"]
     for (arch, est, budget, n), sides in rows.items():
         rs, py = sides.get("robustd"), sides.get("pytorch")
-        b = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in json.loads(budget).items())
+        b = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in json.loads(budget).items())
         rec = lambda r: "–" if r is None else f"{pct(r['recall']['soft'])} / {pct(r['recall']['hard'])}"  # noqa: E731
         out.append(f"| {arch} | {n} | {est} | {b} | {rec(rs)} | {rec(py)} | {cost(rs)} | {cost(py)} | {fit(rs)} "
                    f"| {fit(py)} |")
