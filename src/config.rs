@@ -304,22 +304,70 @@ pub struct BatSpec {
     pub atypicality: String,
 }
 
+/// How the memorization module scores training samples (`memorization.estimator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Estimator {
+    /// One model from fresh weights; score `1 − mean p(y|x)` over its training passes (`memorization.epochs`).
+    LearningSpeed,
+    /// K subset models trained until they fit their subsets; score `E[p(y|x) | in] − E[p(y|x) | out]`.
+    FeldmanZhang,
+    /// Two half models; score `1 − p(y|x)` under the half model that never saw the sample.
+    Holdout,
+    /// Scores read from `memorization.scores`.
+    Import,
+}
+
+impl Estimator {
+    /// The name in configs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Estimator::LearningSpeed => "learning-speed",
+            Estimator::FeldmanZhang => "feldman-zhang",
+            Estimator::Holdout => "holdout",
+            Estimator::Import => "import",
+        }
+    }
+
+    /// τ when `memorization.threshold` is null, each estimator's scores living on their own scale: a fixed value,
+    /// or `None` for learning-speed, whose scores only rank (how high they run depends on how fast the model learns
+    /// at all): its τ is the 90th percentile of the run's scores, so the top decile is atypical.
+    pub fn default_threshold(self) -> Option<f64> {
+        match self {
+            Estimator::LearningSpeed => None,
+            Estimator::FeldmanZhang | Estimator::Import => Some(0.15),
+            Estimator::Holdout => Some(0.5),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemorizationSpec {
-    /// Number of subset models.
-    pub k: usize,
-    pub subset_ratio: f64,
-    /// mem(i) above this marks a training sample atypical.
-    pub threshold: f64,
+    /// `learning-speed`, `feldman-zhang`, `holdout` or `import`.
+    pub estimator: Estimator,
+    /// A score above this marks a training sample atypical; null = the estimator's own
+    /// ([`Estimator::default_threshold`]; resolved per run by `memo::Estimate::threshold`).
+    pub threshold: Option<f64>,
     /// Training samples scored (first N of the training split); 0 = all.
     pub train_samples: usize,
+    /// Learning-speed: epochs of the one model (each one counted). Holdout: epochs of each half model.
     pub epochs: usize,
-    /// Peak learning rate of the subset models, which train from fresh weights (`train.optimizer.lr` is meant for
+    /// Peak learning rate of the models the estimators train from fresh weights (`train.optimizer.lr` is meant for
     /// fine-tuning a trained model and is usually too small for that); the rest of `train.optimizer` applies.
     pub lr: f64,
-    /// Train the subset models adversarially instead of with standard training.
+    /// Train the estimators' models adversarially instead of with standard training.
     pub adversarial: bool,
+    /// Feldman–Zhang: number of subset models.
+    pub k: usize,
+    /// Feldman–Zhang: share of the scored samples each subset model sees.
+    pub subset_ratio: f64,
+    /// Feldman–Zhang: a subset model stops once its training accuracy on its subset reaches this.
+    pub fit_target: f64,
+    /// Feldman–Zhang: the most epochs a subset model trains to reach `fit_target`.
+    pub max_epochs: usize,
+    /// Import: the score file (`.npy` by source index, `.npz#KEY`, or `.csv` `index,score`).
+    pub scores: Option<String>,
     /// Harmful atypical samples listed in the report and shown in the image grid.
     pub harmful_top: usize,
 }
@@ -543,13 +591,17 @@ impl Default for BatSpec {
 impl Default for MemorizationSpec {
     fn default() -> Self {
         Self {
-            k: 8,
-            subset_ratio: 0.7,
-            threshold: 0.15,
-            train_samples: 5000,
-            epochs: 3,
+            estimator: Estimator::LearningSpeed,
+            threshold: None,
+            train_samples: 0,
+            epochs: 8,
             lr: 0.05,
             adversarial: false,
+            k: 8,
+            subset_ratio: 0.7,
+            fit_target: 0.99,
+            max_epochs: 60,
+            scores: None,
             harmful_top: 24,
         }
     }
@@ -668,6 +720,33 @@ impl Config {
             return Err(bad(
                 "memorization.lr",
                 format!("{} is not a positive learning rate", self.memorization.lr),
+            ));
+        }
+        if !(self.memorization.fit_target > 0.0 && self.memorization.fit_target <= 1.0) {
+            return Err(bad(
+                "memorization.fit_target",
+                format!("{} is not in (0, 1]", self.memorization.fit_target),
+            ));
+        }
+        if let Some(t) = self.memorization.threshold.filter(|t| !t.is_finite()) {
+            return Err(bad(
+                "memorization.threshold",
+                format!("{t} is not a number"),
+            ));
+        }
+        for (key, value) in [
+            ("memorization.epochs", self.memorization.epochs),
+            ("memorization.max_epochs", self.memorization.max_epochs),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be at least 1".into()));
+            }
+        }
+        if self.memorization.estimator == Estimator::Import && self.memorization.scores.is_none() {
+            return Err(bad(
+                "memorization.scores",
+                "the import estimator needs a score file (memorization.scores: PATH[.npz#KEY])"
+                    .into(),
             ));
         }
         if !(0.0..1.0).contains(&self.train.val_fraction) {
@@ -817,7 +896,7 @@ impl Config {
     /// Counts that set how much work a job does, with the most accepted of each: far above any useful setting,
     /// they keep a typo or a hostile sidecar from asking for years of computation (`limits.job_timeout_s` bounds
     /// the rest).
-    fn work_bounds(&self) -> [(&'static str, u64, u64); 12] {
+    fn work_bounds(&self) -> [(&'static str, u64, u64); 13] {
         let n = |v: usize| v as u64;
         [
             ("eval.pgd.steps", n(self.eval.pgd.steps), 10_000),
@@ -835,6 +914,11 @@ impl Config {
             ("train.pgd.restarts", n(self.train.pgd.restarts), 100),
             ("memorization.k", n(self.memorization.k), 1_000),
             ("memorization.epochs", n(self.memorization.epochs), 10_000),
+            (
+                "memorization.max_epochs",
+                n(self.memorization.max_epochs),
+                10_000,
+            ),
             (
                 "train.optimizer.warmup_epochs",
                 n(self.train.optimizer.warmup_epochs),

@@ -1,11 +1,10 @@
 //! The whole job in order — evaluate, find atypical samples, fine-tune, write back, evaluate again — as the
-//! daemon's [`JobRunner`], and as a plain function the CLI calls. Stage results that are expensive to recompute
-//! (the first evaluation, the atypicality flags) are kept in the job's checkpoint directory, so a job resumed after
+//! daemon's [`JobRunner`], and as a plain function the CLI calls. The first evaluation is kept in the job's
+//! checkpoint directory and the memorization estimate in its own cache (`paths.state/memo`), so a job resumed after
 //! a restart continues where it stopped; training resumes from its own per-epoch checkpoint.
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 
 use super::stages::{self, method_name, Evaluated, Evaluee};
 use super::subject::Engine;
@@ -15,7 +14,7 @@ use crate::durable;
 use crate::eval::{self, EvalResult, PerSample};
 use crate::job::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
 use crate::report::{AccuracySummary, Evaluation, Summary, Verdict};
-use crate::train::{Atypicality, TrainError};
+use crate::train::TrainError;
 
 /// Robust-accuracy change below which a fine-tuning counts as `unchanged`.
 pub const VERDICT_TOLERANCE: f64 = 0.005;
@@ -116,7 +115,7 @@ pub fn run(
     cancel.check()?;
 
     let method = config.train.method;
-    let mut warnings = stages::summary_warnings("before", &before.result, classes);
+    let mut warnings = stages::summary_warnings("before", &before.result, classes, None);
     let mut outcome = JobOutcome::new(
         Summary {
             model: subject.file_name(),
@@ -168,11 +167,11 @@ pub fn run(
 
     progress.stage("atypicality");
     let atypicality =
-        resumable_atypicality(&subject, checkpoint_dir, cancel).map_err(failed("atypicality"))?;
+        stages::atypicality(&subject, Some(cancel.flag())).map_err(failed("atypicality"))?;
     if let Some(a) = &atypicality {
         outcome.summary.atypical_share = Some(a.flags.share());
-        warnings.extend(a.warning.clone());
-        outcome.memorization = a.memorization.clone();
+        warnings.extend(a.warnings.iter().cloned());
+        outcome.memorization = Some(a.memorization.clone());
     }
     cancel.check()?;
 
@@ -203,7 +202,12 @@ pub fn run(
         &mut |p| report_eval_progress(progress, p),
     )
     .map_err(failed("eval_after"))?;
-    warnings.extend(stages::summary_warnings("after", &after.result, classes));
+    warnings.extend(stages::summary_warnings(
+        "after",
+        &after.result,
+        classes,
+        Some(before.result.clean_acc),
+    ));
 
     progress.stage("plots");
     let name = method_name(method);
@@ -215,11 +219,19 @@ pub fn run(
     );
     outcome.plots = plots;
     warnings.extend(plot_warnings);
-    outcome.summary.verdict = Verdict::compare(
-        before.result.worst_case_acc,
-        after.result.worst_case_acc,
-        VERDICT_TOLERANCE,
-    );
+    // A model fine-tuned down to chance has a "robust" accuracy at chance too, which can exceed a non-robust
+    // model's: never call that an improvement.
+    let collapsed = stages::near_chance(&after.result, classes)
+        && !stages::near_chance(&before.result, classes);
+    outcome.summary.verdict = if collapsed {
+        Verdict::Degraded
+    } else {
+        Verdict::compare(
+            before.result.worst_case_acc,
+            after.result.worst_case_acc,
+            VERDICT_TOLERANCE,
+        )
+    };
     outcome.summary.after = Some(accuracy(&after.result, Some(name)));
     outcome.summary.warnings = warnings;
     outcome.fine_tuned_model = Some(tuned);
@@ -229,8 +241,10 @@ pub fn run(
         .map(|p| p.to_string_lossy().into_owned());
     outcome.training = Some(training);
     let (mut before_result, mut after_result) = (before.result, after.result);
-    if let Some(consistency) = atypicality.as_ref().and_then(|a| a.consistency.as_ref()) {
-        let threshold = config.memorization.threshold;
+    if let Some((consistency, threshold)) = atypicality
+        .as_ref()
+        .and_then(|a| Some((a.consistency.as_ref()?, a.threshold)))
+    {
         before_result.groups = stages::test_groups(&before.per_sample, consistency, threshold);
         after_result.groups = stages::test_groups(&after.per_sample, consistency, threshold);
     }
@@ -295,6 +309,10 @@ fn hint_for(error: &PipelineError) -> Option<String> {
         PipelineError::Train(TrainError::NonFiniteLoss { .. }) => {
             Some("lower train.optimizer.lr in a sidecar NAME.yaml".into())
         }
+        PipelineError::Train(TrainError::Collapsed { hint, .. })
+        | PipelineError::Memo(crate::memo::MemoError::Train(TrainError::Collapsed { hint, .. })) => {
+            Some(format!("in a sidecar NAME.yaml: {hint}"))
+        }
         _ => None,
     }
 }
@@ -328,57 +346,4 @@ fn resumable_eval(
     durable::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
     durable::write_yaml_atomic(&saved_yaml, &evaluated.result)?;
     Ok(evaluated)
-}
-
-/// The atypicality flags as kept in the checkpoint directory.
-#[derive(Serialize, Deserialize)]
-struct SavedFlags {
-    source: String,
-    threshold: Option<f64>,
-    scored: usize,
-    warning: Option<String>,
-    /// One character per training sample: `1` atypical, `0` typical.
-    flags: String,
-}
-
-/// The atypicality flags, reused from the checkpoint directory when a resumed job already computed them (the
-/// memorization estimator has its own cache, so only the holdout and imported flags are kept here).
-fn resumable_atypicality(
-    subject: &Subject,
-    checkpoint_dir: &Path,
-    cancel: &CancelToken,
-) -> Result<Option<stages::AtypicalityOutcome>, PipelineError> {
-    let path = checkpoint_dir.join("atypicality.yaml");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(saved) = serde_norway::from_str::<SavedFlags>(&text) {
-            if saved.flags.len() == subject.dataset.train.len() {
-                tracing::info!("atypicality flags reused from the job's checkpoint");
-                let flags = saved.flags.bytes().map(|b| b == b'1').collect();
-                return Ok(Some(stages::AtypicalityOutcome {
-                    flags: Atypicality {
-                        flags,
-                        source: saved.source,
-                        threshold: saved.threshold,
-                        scored: saved.scored,
-                    },
-                    warning: saved.warning,
-                    memorization: None,
-                    consistency: None,
-                }));
-            }
-        }
-    }
-    let found = stages::atypicality(subject, Some(cancel.flag()))?;
-    if let Some(outcome) = found.as_ref().filter(|o| o.memorization.is_none()) {
-        let a = &outcome.flags;
-        let saved = SavedFlags {
-            source: a.source.clone(),
-            threshold: a.threshold,
-            scored: a.scored,
-            warning: outcome.warning.clone(),
-            flags: a.flags.iter().map(|&f| if f { '1' } else { '0' }).collect(),
-        };
-        durable::write_yaml_atomic(&path, &saved)?;
-    }
-    Ok(found)
 }

@@ -345,9 +345,9 @@ pub struct GroupAccuracy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Memorization {
-    /// `feldman-zhang`, `holdout`, or `imported`.
+    /// `learning-speed`, `feldman-zhang`, `holdout`, or `imported`.
     pub estimator: String,
-    /// Subset models K (0 for imported scores and the learning-speed proxy).
+    /// Models the estimator trained: K subset models, 2 half models, 1 for learning-speed, 0 for imported scores.
     pub models: u64,
     /// Share of the scored samples each subset model saw (the balanced design's `m / K`).
     pub subset_ratio: f64,
@@ -370,9 +370,80 @@ pub struct Memorization {
     /// Test samples whose consistency (mean accuracy of the subset models) is below this are atypical.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_consistency_cut: Option<f64>,
-    /// Training time of the K subset models (also when they came from the cache: what the scores cost).
+    /// Training time of the estimator's models (also when they came from the cache: what the scores cost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// What a score means, as a formula (e.g. `1 - mean_epochs p(y|x)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<String>,
+    /// What the estimator was given to spend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<MemoBudget>,
+    /// Whether the scores can be trusted: how the estimator's models fit, how consistent the scores are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_check: Option<SelfCheck>,
+}
+
+/// The estimator's budget: what bounds its cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoBudget {
+    /// Training samples scored.
+    pub samples: u64,
+    /// Models trained.
+    pub models: u64,
+    /// Learning-speed and holdout: epochs per model. Feldman–Zhang: the cap per subset model.
+    pub epochs: u64,
+    /// Feldman–Zhang: a subset model stops once its training accuracy on its subset reaches this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_target: Option<f64>,
+    /// Peak learning rate of the models.
+    pub lr: f64,
+    /// `standard` or `pgd-at` training of the models.
+    pub training: String,
+}
+
+/// The estimator's self-checks. Scores are flagged unreliable (`reliable: false`, with the reasons in `warnings`)
+/// when the models did not fit what they had to (subset models below 95 % on their own subsets, a learning-speed
+/// model that stays near chance) or when the scores disagree with themselves (the two halves' top deciles share
+/// less than 30 %, three times chance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfCheck {
+    pub reliable: bool,
+    /// Mean accuracy of the models on the samples they trained on (after training, eval mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_subset_acc: Option<f64>,
+    /// The lowest of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_subset_acc_min: Option<f64>,
+    /// Mean accuracy of the models on the scored samples they did not train on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_acc: Option<f64>,
+    /// Mean accuracy of the models on the test samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc: Option<f64>,
+    /// Epochs each model trained: the fewest and the most.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs_run: Vec<u64>,
+    /// Learning-speed: the epochs whose training passes the scores count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs_counted: Option<u64>,
+    /// Spearman's rank correlation between the scores of two halves of the evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_half_spearman: Option<f64>,
+    /// The share of one half's top decile that is also in the other's (chance 0.1): how well the halves agree on
+    /// the samples that get flagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_half_top_decile: Option<f64>,
+    /// Which halves: `models 1-4 vs 5-8`, `even vs odd epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_half: Option<String>,
+    /// Mean per-sample standard error of the score (Feldman–Zhang), where defined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_standard_error: Option<f64>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `counts[i]` samples fall in `[bins[i], bins[i+1])`.

@@ -216,6 +216,39 @@ impl Checker {
             if !h.bins.windows(2).all(|w| w[0] < w[1]) {
                 self.fail("memorization.histogram.bins", "bin edges must increase");
             }
+            if let Some(c) = &m.self_check {
+                for (key, value) in [
+                    ("memorization.self_check.in_subset_acc", c.in_subset_acc),
+                    (
+                        "memorization.self_check.in_subset_acc_min",
+                        c.in_subset_acc_min,
+                    ),
+                    ("memorization.self_check.held_out_acc", c.held_out_acc),
+                    ("memorization.self_check.test_acc", c.test_acc),
+                    (
+                        "memorization.self_check.split_half_top_decile",
+                        c.split_half_top_decile,
+                    ),
+                ] {
+                    if let Some(v) = value {
+                        self.fraction(key, v);
+                    }
+                }
+                if c.split_half_spearman
+                    .is_some_and(|r| !(-1.0..=1.0).contains(&r))
+                {
+                    self.fail(
+                        "memorization.self_check.split_half_spearman",
+                        "a rank correlation lies in [-1, 1]",
+                    );
+                }
+                if c.reliable != c.warnings.is_empty() {
+                    self.fail(
+                        "memorization.self_check.reliable",
+                        "reliable exactly when there are no warnings",
+                    );
+                }
+            }
         }
         if let Some(t) = &r.training {
             self.non_negative("training.seconds", t.seconds);
