@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-
 use super::stages::{self, method_name, Evaluated, Evaluee};
 use super::subject::Engine;
 use super::{PipelineError, Subject};

@@ -14,7 +14,8 @@ use crate::model::Scorer;
 use crate::model::{InputAdapter, Layout};
 use crate::onnx::{self, GraphForm, OnnxError, OnnxModel, OrtScorer, TchModel, TchOptions};
 use crate::report::{
-    DatasetFiles, DatasetInfo, FileRef, ModelForm, ModelInfo, Normalization, SkippedFiles, TensorSpec,
+    DatasetFiles, DatasetInfo, FileRef, ModelForm, ModelInfo, Normalization, SkippedFiles,
+    TensorSpec,
 };
 use crate::runtime;
 
