@@ -19,6 +19,7 @@ use super::intake::{intake, Intake};
 use super::service::{self, ActiveJob, ActiveJobs};
 use super::watcher::{self, WatchError};
 use crate::config::{Config, ConfigError};
+use crate::http::{HttpError, Metrics, Readiness};
 use crate::durable::WriteError;
 use crate::job::{CancelReason, CancelToken, Job, JobKind, JobRunner, Progress, ProgressUpdate};
 use crate::queue::{self, Claimable, Queue, QueueError};
@@ -40,6 +41,8 @@ pub enum DaemonError {
     Watch { path: PathBuf, source: WatchError },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start the HTTP server: {0}")]
+    Http(#[from] HttpError),
 }
 
 /// The daemon's inputs.
@@ -62,7 +65,10 @@ pub async fn run(
     crate::durable::create_dir_all(&paths.watch).map_err(DaemonError::Inbox)?;
     warn_if_world_writable(&paths.watch);
     let queue = queue::open(&config)?;
+    let (metrics, readiness) = (Arc::new(Metrics::new()), Arc::new(Readiness::default()));
+    let http = crate::http::start(&config.daemon.http, &paths, queue.clone(), metrics.clone(), readiness.clone()).await?;
     let recovery = queue.recover(&paths.watch)?;
+    readiness.set_recovered();
     if !recovery.resumed.is_empty() {
         tracing::info!(
             "resuming {} job(s) left running: {}",
@@ -85,6 +91,7 @@ pub async fn run(
             path: paths.watch.clone(),
             source,
         })?;
+    readiness.set_watching();
     let (intake_tx, intake_rx) = std::sync::mpsc::channel::<(OsString, SystemTime, Arc<Config>)>();
     let (intake_done_tx, mut intake_done_rx) = mpsc::unbounded_channel::<(OsString, Intake)>();
     let intake_thread = {
@@ -116,6 +123,7 @@ pub async fn run(
         active: Arc::new(Mutex::new(Default::default())),
         done_tx,
         last_status: String::new(),
+        metrics,
     };
     if let Err(e) = state.inbox.rescan() {
         tracing::warn!("cannot list {}: {e}", paths.watch.display());
@@ -201,6 +209,9 @@ pub async fn run(
         }
     }
     drop(watcher);
+    if let Some(http) = http {
+        http.stop().await;
+    }
     let _ = intake_thread.join();
     Ok(())
 }
@@ -219,6 +230,7 @@ struct Loop {
     active: ActiveJobs,
     done_tx: mpsc::UnboundedSender<Finished>,
     last_status: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Loop {
@@ -293,17 +305,20 @@ impl Loop {
             .as_deref()
             .and_then(|t| humantime::parse_rfc3339(t).ok())
             .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .filter(|_| job.record.attempts == 1)
+            .filter(|_| job.record.attempts == 1);
+        self.metrics.job_started(since_drop);
+        let since_drop = since_drop
             .map(|d| format!(", {} ms after it appeared in the inbox", d.as_millis()))
             .unwrap_or_default();
         tracing::info!(job = %id, attempt = job.record.attempts, "started {}{since_drop}", job.record.dropped_as);
         let progress = progress_sink(&job, &self.exec.queue, &self.active);
         let exec = self.exec.clone();
         let done = self.done_tx.clone();
+        let metrics = self.metrics.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("job-{}", job.record.name))
             .spawn(move || {
-                let finished = exec.execute(job, cancel, progress);
+                let finished = super::observe::execute(&exec, job, cancel, progress, &metrics);
                 let _ = done.send(finished);
             });
         if let Err(e) = spawned {
@@ -372,6 +387,9 @@ fn progress_sink(job: &Job, queue: &Arc<dyn Queue>, active: &ActiveJobs) -> Prog
         {
             a.stage = update.stage.clone();
             a.fraction = update.fraction;
+        }
+        if update.new_stage {
+            super::observe::stage_changed(&update.stage);
         }
         job.record.stage = Some(update.stage.clone());
         job.record.progress = Some(update.fraction);
