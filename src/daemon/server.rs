@@ -96,6 +96,7 @@ pub async fn run(
     let (intake_done_tx, mut intake_done_rx) = mpsc::unbounded_channel::<(OsString, Intake)>();
     let intake_thread = {
         let queue = queue.clone();
+        let metrics = metrics.clone();
         let inbox = paths.watch.clone();
         std::thread::Builder::new()
             .name("intake".into())
@@ -107,6 +108,7 @@ pub async fn run(
                             tracing::error!("intake of {}: {e}", name.to_string_lossy());
                             Intake::Waiting(format!("intake error: {e}"))
                         });
+                    super::observe::intake_done(&outcome, &metrics);
                     if intake_done_tx.send((name, outcome)).is_err() {
                         break;
                     }
@@ -423,6 +425,9 @@ fn reload(current: &Config, path: Option<&std::path::Path>) -> Option<Config> {
             }
             if new.daemon.poll != current.daemon.poll {
                 tracing::warn!("SIGHUP: `daemon.poll` takes effect at the next restart");
+            }
+            if new.daemon.http != current.daemon.http {
+                tracing::warn!("SIGHUP: `daemon.http` takes effect at the next restart");
             }
             tracing::info!("SIGHUP: reloaded {}; new drops use it", path.display());
             Some(new)

@@ -161,8 +161,16 @@ impl Metrics {
             m.drop_to_start.clone(),
         );
         r.register("job_attempts", "Job attempts started (a resume counts again)", m.attempts.clone());
-        r.register("jobs_finished", "Job attempts ended, by outcome", m.finished.clone());
-        r.register("job_failures", "Failed jobs, by the stage that failed", m.failures.clone());
+        r.register(
+            "jobs_finished",
+            "Job attempts ended, and drops refused at intake, by outcome",
+            m.finished.clone(),
+        );
+        r.register(
+            "job_failures",
+            "Failed jobs (refused drops included), by the stage that failed",
+            m.failures.clone(),
+        );
         r.register(
             "device_busy_seconds",
             "Seconds a device spent running jobs",
@@ -230,6 +238,20 @@ impl Metrics {
                 device: device.into(),
             })
             .inc_by(elapsed.as_secs_f64());
+    }
+
+    /// A drop refused at intake (filed as failed without running), failing in `stage`.
+    pub fn job_rejected(&self, stage: &str) {
+        self.finished
+            .get_or_create(&OutcomeLabel {
+                outcome: "rejected".into(),
+            })
+            .inc();
+        self.failures
+            .get_or_create(&StageLabel {
+                stage: stage.into(),
+            })
+            .inc();
     }
 
     /// A request refused by the guard.
