@@ -617,7 +617,10 @@ impl Config {
             ));
         }
         if http.requests_per_s == 0 {
-            return Err(bad("daemon.http.requests_per_s", "must be at least 1".into()));
+            return Err(bad(
+                "daemon.http.requests_per_s",
+                "must be at least 1".into(),
+            ));
         }
         if !(0.0..1.0).contains(&self.train.val_fraction) {
             return Err(bad(

@@ -56,6 +56,18 @@ fn job_doc(value: serde_json::Value) -> (JobRecord, Option<ErrorReport>) {
     (record, failure)
 }
 
+/// A `robustd.api.jobs/v1` document's jobs.
+fn job_list(addr: SocketAddr, target: &str) -> Vec<(JobRecord, Option<ErrorReport>)> {
+    let list = doc(get(addr, target).json(), "robustd.api.jobs/v1");
+    list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .map(job_doc)
+        .collect()
+}
+
 /// The document's `schema`, checked, and the rest.
 fn doc(value: serde_json::Value, schema: &str) -> serde_json::Value {
     let (taken, rest) = take(value, &["schema"]);
@@ -103,7 +115,10 @@ fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
     let reply = get(addr, "/metrics");
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(
-        reply.header("content-type").unwrap().starts_with("application/openmetrics-text"),
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
         "{:?}",
         reply.headers
     );
@@ -112,32 +127,58 @@ fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
 }
 
+/// A daemon serving HTTP (`extra_http` added to `daemon.http`) in a fresh directory, and its address.
+fn serve(extra_http: &str) -> (tempfile::TempDir, Daemon, SocketAddr) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), &http_config(tmp.path(), extra_http));
+    let addr = http_addr(&d.log);
+    (tmp, d, addr)
+}
+
+/// SIGTERM; the daemon must exit cleanly.
+fn stop(mut d: Daemon) {
+    let (ok, _) = d.terminate();
+    assert!(ok);
+}
+
 #[test]
 fn metrics_count_the_jobs_that_ran() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let mut d = Daemon::start(root, &http_config(root, ""));
-    let addr = http_addr(&d.log);
+    let (_tmp, mut d, addr) = serve("");
     drop_three(&d);
     d.wait_finished(3, Duration::from_secs(120));
     let m = scrape(addr);
 
-    for (state, n) in [("done", 2.0), ("failed", 1.0), ("queued", 0.0), ("running", 0.0)] {
-        assert_eq!(scalar(&m, "robustd_jobs", &[("state", state)]), Some(n), "{state}");
+    for (state, n) in [
+        ("done", 2.0),
+        ("failed", 1.0),
+        ("queued", 0.0),
+        ("running", 0.0),
+    ] {
+        assert_eq!(
+            scalar(&m, "robustd_jobs", &[("state", state)]),
+            Some(n),
+            "{state}"
+        );
     }
     assert_eq!(scalar(&m, "robustd_queue_depth", &[]), Some(0.0));
     // The broken drop fails either at intake (never started) or when loading: the counts follow the spool.
     let failed = d.jobs(JobState::Failed).remove(0);
-    let error: ErrorReport = serde_norway::from_str(
-        &std::fs::read_to_string(failed.dir.join("error.yaml")).unwrap(),
-    )
-    .unwrap();
+    let error: ErrorReport =
+        serde_norway::from_str(&std::fs::read_to_string(failed.dir.join("error.yaml")).unwrap())
+            .unwrap();
     let started = if failed.record.attempts > 0 { 3.0 } else { 2.0 };
     assert_eq!(scalar(&m, "robustd_job_attempts_total", &[]), Some(started));
-    assert_eq!(scalar(&m, "robustd_jobs_finished_total", &[("outcome", "done")]), Some(2.0));
+    assert_eq!(
+        scalar(&m, "robustd_jobs_finished_total", &[("outcome", "done")]),
+        Some(2.0)
+    );
     let failed_outcome = if started == 3.0 { "failed" } else { "rejected" };
     assert_eq!(
-        scalar(&m, "robustd_jobs_finished_total", &[("outcome", failed_outcome)]),
+        scalar(
+            &m,
+            "robustd_jobs_finished_total",
+            &[("outcome", failed_outcome)]
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -146,10 +187,19 @@ fn metrics_count_the_jobs_that_ran() {
         "failed in {}",
         error.stage
     );
-    assert_eq!(observations(&m, "robustd_job_duration_seconds", &[("outcome", "done")]), 2.0);
-    assert_eq!(observations(&m, "robustd_drop_to_start_seconds", &[]), started);
+    assert_eq!(
+        observations(&m, "robustd_job_duration_seconds", &[("outcome", "done")]),
+        2.0
+    );
+    assert_eq!(
+        observations(&m, "robustd_drop_to_start_seconds", &[]),
+        started
+    );
     // Every started job went through `load`; the two good ones through the triage stages after it.
-    assert_eq!(observations(&m, "robustd_stage_duration_seconds", &[("stage", "load")]), started);
+    assert_eq!(
+        observations(&m, "robustd_stage_duration_seconds", &[("stage", "load")]),
+        started
+    );
     let stages: Vec<&str> = m
         .samples
         .iter()
@@ -157,20 +207,21 @@ fn metrics_count_the_jobs_that_ran() {
         .filter_map(|s| s.labels.get("stage"))
         .collect();
     assert!(stages.len() >= 2, "{stages:?}");
-    let busy = scalar(&m, "robustd_device_busy_seconds_total", &[("device", "cpu")]).unwrap();
+    let busy = scalar(
+        &m,
+        "robustd_device_busy_seconds_total",
+        &[("device", "cpu")],
+    )
+    .unwrap();
     assert!(busy > 0.0, "{busy}");
     // Triage results carry no accuracies: no model gauges.
     assert!(scalar(&m, "robustd_model_clean_accuracy", &[]).is_none());
-    let (ok, _) = d.terminate();
-    assert!(ok);
+    stop(d);
 }
 
 #[test]
 fn every_json_route_matches_its_schema_and_the_files_on_disk() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let mut d = Daemon::start(root, &http_config(root, ""));
-    let addr = http_addr(&d.log);
+    let (_tmp, mut d, addr) = serve("");
 
     assert_eq!(get(addr, "/healthz").text(), "ok\n");
     let ready = get(addr, "/readyz").json();
@@ -187,30 +238,28 @@ fn every_json_route_matches_its_schema_and_the_files_on_disk() {
         .flat_map(|s| d.jobs(s))
         .map(|j| (j.record.id.clone(), j.record))
         .collect();
-    let all = doc(get(addr, "/api/v1/jobs").json(), "robustd.api.jobs/v1");
-    let jobs: Vec<(JobRecord, Option<ErrorReport>)> = all["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .cloned()
-        .map(job_doc)
-        .collect();
+    let jobs = job_list(addr, "/api/v1/jobs");
     assert_eq!(jobs.len(), 3);
     for (record, failure) in &jobs {
         assert_eq!(&on_disk[&record.id], record);
         assert_eq!(failure.is_some(), record.state == JobState::Failed);
     }
-    let failed = doc(get(addr, "/api/v1/jobs?state=failed").json(), "robustd.api.jobs/v1");
-    let failed: Vec<_> = failed["jobs"].as_array().unwrap().iter().cloned().map(job_doc).collect();
+    let failed = job_list(addr, "/api/v1/jobs?state=failed");
     assert_eq!(failed.len(), 1);
     let (record, failure) = &failed[0];
     let failure = failure.as_ref().unwrap();
     assert_eq!(record.dropped_as, "broken.onnx");
     assert_eq!(failure.job.as_deref(), Some(record.id.as_str()));
     assert!(failure.hint.is_some());
-    let one = doc(get(addr, &format!("/api/v1/jobs/{}", record.id)).json(), "robustd.api.job/v1");
+    let one = doc(
+        get(addr, &format!("/api/v1/jobs/{}", record.id)).json(),
+        "robustd.api.job/v1",
+    );
     assert_eq!(job_doc(one["job"].clone()).0, *record);
-    assert_eq!(get(addr, "/api/v1/jobs/20990101T000000.000Z-0001-nope").status, 404);
+    assert_eq!(
+        get(addr, "/api/v1/jobs/20990101T000000.000Z-0001-nope").status,
+        404
+    );
     assert_eq!(get(addr, "/api/v1/jobs?state=lost").status, 400);
     assert_eq!(get(addr, "/api/v1/jobs?colour=red").status, 400);
 
@@ -223,10 +272,9 @@ fn every_json_route_matches_its_schema_and_the_files_on_disk() {
     );
     for row in &rows {
         let dir = d.models().join(&row.name).join("latest");
-        let report: Report = serde_norway::from_str(
-            &std::fs::read_to_string(dir.join("report.yaml")).unwrap(),
-        )
-        .unwrap();
+        let report: Report =
+            serde_norway::from_str(&std::fs::read_to_string(dir.join("report.yaml")).unwrap())
+                .unwrap();
         assert_eq!(row.verdict, report.summary.verdict);
         assert_eq!(row.device, report.environment.device);
         assert_eq!(row.finished_at, report.timing.finished_at);
@@ -241,23 +289,38 @@ fn every_json_route_matches_its_schema_and_the_files_on_disk() {
             get(addr, &format!("/api/v1/models/{}", row.name)).json(),
             "robustd.api.model/v1",
         );
-        let (mut taken, head) = take(detail["model"].clone(), &["report", "results", "comparison"]);
+        let (mut taken, head) = take(
+            detail["model"].clone(),
+            &["report", "results", "comparison"],
+        );
         let _: ModelRow = serde_json::from_value(head).unwrap();
         let served: Report = serde_json::from_value(taken.remove(0)).unwrap();
         assert_eq!(served, report);
         assert_eq!(taken[0], serde_json::json!([row.result]));
         assert!(taken[1].is_null());
 
-        // A result's files by name, byte for byte; the model itself as a download.
-        let file = get(addr, &format!("/api/v1/models/{}/files/report.yaml", row.name));
-        assert_eq!(file.status, 200);
-        assert_eq!(file.header("content-type"), Some("text/plain; charset=utf-8"));
-        assert_eq!(file.body, std::fs::read(dir.join("report.yaml")).unwrap());
-        let model = get(addr, &format!("/api/v1/models/{0}/files/{0}.onnx", row.name));
-        assert_eq!(model.status, 200);
-        assert_eq!(model.header("content-type"), Some("application/octet-stream"));
-        assert!(model.header("content-disposition").unwrap().starts_with("attachment"));
-        assert_eq!(model.body, std::fs::read(dir.join(format!("{}.onnx", row.name))).unwrap());
+        // A result's files by name, byte for byte: text shown as text, the model itself as a download.
+        for (file, content_type, disposition) in [
+            (
+                "report.yaml".to_owned(),
+                "text/plain; charset=utf-8",
+                "inline",
+            ),
+            (
+                format!("{}.onnx", row.name),
+                "application/octet-stream",
+                "attachment",
+            ),
+        ] {
+            let r = get(addr, &format!("/api/v1/models/{}/files/{file}", row.name));
+            assert_eq!(r.status, 200, "{file}");
+            assert_eq!(r.header("content-type"), Some(content_type), "{file}");
+            assert!(r
+                .header("content-disposition")
+                .unwrap()
+                .starts_with(disposition));
+            assert_eq!(r.body, std::fs::read(dir.join(&file)).unwrap(), "{file}");
+        }
     }
     assert_eq!(get(addr, "/api/v1/models/nope").status, 404);
     assert_eq!(get(addr, "/api/v1/models/lenet/files/nope.png").status, 404);
@@ -270,17 +333,22 @@ fn every_json_route_matches_its_schema_and_the_files_on_disk() {
         assert_eq!(r.header("allow"), Some("GET, HEAD"));
     }
     assert_eq!(request(addr, "GET", "/healthz", &[], b"{}").status, 413);
-    assert_eq!(get(addr, &format!("/api/v1/models/{}", "a".repeat(3000))).status, 414);
+    assert_eq!(
+        get(addr, &format!("/api/v1/models/{}", "a".repeat(3000))).status,
+        414
+    );
     for target in ["/", "/healthz", "/api/v1/models", "/nope"] {
         let r = get(addr, target);
         let csp = r.header("content-security-policy").unwrap();
-        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
         assert!(!csp.contains("unsafe-inline"), "{csp}");
         assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
         assert_eq!(r.header("x-frame-options"), Some("DENY"));
     }
-    let (ok, _) = d.terminate();
-    assert!(ok);
+    stop(d);
 }
 
 /// What the traversal attempts aim at: a secret beside `paths.models`, a symlink to it inside a result, and a
@@ -343,16 +411,17 @@ const TRAVERSALS: &[&str] = &[
 #[test]
 fn traversal_attempts_are_all_refused() {
     assert!(TRAVERSALS.len() >= 30);
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, mut d, addr) = serve("");
     let root = tmp.path();
-    let mut d = Daemon::start(root, &http_config(root, ""));
-    let addr = http_addr(&d.log);
     drop_fixture(&d.watch(), "lenet_legacy.onnx", "lenet.onnx");
     d.wait_finished(1, Duration::from_secs(120));
     let secret = plant_targets(root, &d.models());
 
     // The route works for a legitimate file, and the secret is reachable on disk through the planted links.
-    assert_eq!(get(addr, "/api/v1/models/lenet/files/report.yaml").status, 200);
+    assert_eq!(
+        get(addr, "/api/v1/models/lenet/files/report.yaml").status,
+        200
+    );
     assert_eq!(
         std::fs::read_to_string(d.models().join("lenet/latest/leak")).unwrap(),
         secret
@@ -368,8 +437,7 @@ fn traversal_attempts_are_all_refused() {
         assert!(!r.text().contains(secret), "{target} leaked the secret");
         assert!(!r.text().contains("root:"), "{target} leaked /etc/passwd");
     }
-    let (ok, _) = d.terminate();
-    assert!(ok);
+    stop(d);
 }
 
 #[test]
@@ -414,20 +482,19 @@ fn a_bearer_token_is_required_off_localhost() {
             let r = request(addr, "GET", target, &headers, b"");
             assert_eq!(r.status, status, "{target} with {header:?}: {}", r.text());
             if status == 401 {
-                assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"robustd\""));
+                assert_eq!(
+                    r.header("www-authenticate"),
+                    Some("Bearer realm=\"robustd\"")
+                );
             }
         }
     }
-    let (ok, _) = d.terminate();
-    assert!(ok);
+    stop(d);
 }
 
 #[test]
 fn requests_beyond_the_rate_get_429() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let mut d = Daemon::start(root, &http_config(root, ", requests_per_s: 1"));
-    let addr = http_addr(&d.log);
+    let (_tmp, d, addr) = serve(", requests_per_s: 1");
     let statuses: Vec<u16> = (0..12).map(|_| get(addr, "/healthz").status).collect();
     let refused = statuses.iter().filter(|&&s| s == 429).count();
     // A burst of two is allowed; the loop is far faster than one request a second (a slow machine may let one
@@ -439,6 +506,5 @@ fn requests_beyond_the_rate_get_429() {
         scalar(&m, "robustd_http_refused_total", &[("reason", "rate")]),
         Some(refused as f64)
     );
-    let (ok, _) = d.terminate();
-    assert!(ok);
+    stop(d);
 }

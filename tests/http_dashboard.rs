@@ -102,7 +102,12 @@ fn screenshot(profile: &Path, url: &str, out: &Path) {
     let info = reader.next_frame(&mut buf).unwrap();
     let px = info.color_type.samples();
     let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
-    assert!(colours.len() > 50, "{} looks blank ({} colours)", out.display(), colours.len());
+    assert!(
+        colours.len() > 50,
+        "{} looks blank ({} colours)",
+        out.display(),
+        colours.len()
+    );
 }
 
 /// As maud escapes text.
@@ -119,7 +124,9 @@ fn pct(v: f64) -> String {
 
 /// The `<tr ...>...</tr>` whose opening tag contains `marker`.
 fn row<'a>(dom: &'a str, marker: &str) -> &'a str {
-    let start = dom.find(marker).unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
+    let start = dom
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
     let end = dom[start..].find("</tr>").unwrap() + start;
     &dom[start..end]
 }
@@ -141,10 +148,9 @@ fn the_dashboard_shows_the_demo_model_and_a_failed_drop_in_chromium() {
     drop_bytes(&d.watch(), "truncated.onnx", &model[..model.len() / 2]);
     let (_, report) = d.the_one_done(2, Duration::from_secs(600));
     let failed = d.jobs(JobState::Failed).remove(0);
-    let error: ErrorReport = serde_norway::from_str(
-        &std::fs::read_to_string(failed.dir.join("error.yaml")).unwrap(),
-    )
-    .unwrap();
+    let error: ErrorReport =
+        serde_norway::from_str(&std::fs::read_to_string(failed.dir.join("error.yaml")).unwrap())
+            .unwrap();
     let before = report.summary.before.clone().unwrap();
     let after = report.summary.after.clone().unwrap();
     let base = format!("http://{addr}");
@@ -156,20 +162,35 @@ fn the_dashboard_shows_the_demo_model_and_a_failed_drop_in_chromium() {
     let r = row(&dom, "data-model=\"fmnist_cnn\"");
     let verdict = serde_norway::to_string(&report.summary.verdict).unwrap();
     assert!(r.contains(verdict.trim()), "{verdict} not in {r}");
-    for v in [before.clean_acc, before.robust_acc_worst, after.clean_acc, after.robust_acc_worst] {
+    for v in [
+        before.clean_acc,
+        before.robust_acc_worst,
+        after.clean_acc,
+        after.robust_acc_worst,
+    ] {
         assert!(r.contains(&pct(v)), "{} not in {r}", pct(v));
     }
     assert!(r.contains("<td>bat</td>"), "{r}");
-    assert!(r.contains(&pct(report.summary.atypical_share.unwrap())), "{r}");
+    assert!(
+        r.contains(&pct(report.summary.atypical_share.unwrap())),
+        "{r}"
+    );
     assert!(r.contains(&report.environment.device), "{r}");
     let f = row(&dom, &format!("data-job=\"{}\"", failed.record.id));
     assert!(f.contains("truncated.onnx"), "{f}");
     assert!(f.contains(&escaped(&error.stage)), "{f}");
-    assert!(f.contains(&escaped(&error.cause)), "{} not in {f}", error.cause);
+    assert!(
+        f.contains(&escaped(&error.cause)),
+        "{} not in {f}",
+        error.cause
+    );
     assert!(f.contains(&escaped(error.hint.as_deref().unwrap())), "{f}");
     assert!(dom.contains("Nothing queued or running."), "{dom}");
     // The refresh script ran (the CSP allowed it from /static/) and swapped in a fresh copy of the page.
-    assert!(dom.contains("<span id=\"updated\">updated "), "refresh.js did not run:\n{dom}");
+    assert!(
+        dom.contains("<span id=\"updated\">updated "),
+        "refresh.js did not run:\n{dom}"
+    );
     screenshot(&profile, &format!("{base}/"), &shots.join("index.png"));
 
     // The model's page: summary, every plot, memorization, downloads.
@@ -179,7 +200,10 @@ fn the_dashboard_shows_the_demo_model_and_a_failed_drop_in_chromium() {
     assert!(!report.artifacts.plots.is_empty());
     for plot in &report.artifacts.plots {
         let src = format!("/api/v1/models/fmnist_cnn/files/{plot}");
-        assert!(dom.contains(&format!("src=\"{src}\"")), "{plot} not shown:\n{dom}");
+        assert!(
+            dom.contains(&format!("src=\"{src}\"")),
+            "{plot} not shown:\n{dom}"
+        );
         let image = get(addr, &src);
         assert_eq!(image.status, 200, "{src}");
         assert_eq!(image.header("content-type"), Some("image/png"));
@@ -187,23 +211,53 @@ fn the_dashboard_shows_the_demo_model_and_a_failed_drop_in_chromium() {
     }
     let tuned = report.artifacts.fine_tuned_model.as_ref().unwrap();
     assert!(
-        dom.contains(&format!("id=\"fine-tuned\" href=\"/api/v1/models/fmnist_cnn/files/{}\"", tuned.path)),
+        dom.contains(&format!(
+            "id=\"fine-tuned\" href=\"/api/v1/models/fmnist_cnn/files/{}\"",
+            tuned.path
+        )),
         "{dom}"
     );
-    let download = get(addr, &format!("/api/v1/models/fmnist_cnn/files/{}", tuned.path));
+    let download = get(
+        addr,
+        &format!("/api/v1/models/fmnist_cnn/files/{}", tuned.path),
+    );
     assert_eq!(robustd::report::sha256_hex(&download.body), tuned.sha256);
     if report.memorization.is_some() {
         assert!(dom.contains("id=\"memorization-histogram\""), "{dom}");
     }
-    screenshot(&profile, &format!("{base}/models/fmnist_cnn"), &shots.join("model.png"));
+    screenshot(
+        &profile,
+        &format!("{base}/models/fmnist_cnn"),
+        &shots.join("model.png"),
+    );
 
     // The model gauges carry the report's numbers.
     let metrics = get(addr, "/metrics").text();
     for (name, phase, method, value) in [
-        ("robustd_model_clean_accuracy", "before", "bat", before.clean_acc),
-        ("robustd_model_robust_accuracy", "before", "bat", before.robust_acc_worst),
-        ("robustd_model_clean_accuracy", "after", "bat", after.clean_acc),
-        ("robustd_model_robust_accuracy", "after", "bat", after.robust_acc_worst),
+        (
+            "robustd_model_clean_accuracy",
+            "before",
+            "bat",
+            before.clean_acc,
+        ),
+        (
+            "robustd_model_robust_accuracy",
+            "before",
+            "bat",
+            before.robust_acc_worst,
+        ),
+        (
+            "robustd_model_clean_accuracy",
+            "after",
+            "bat",
+            after.clean_acc,
+        ),
+        (
+            "robustd_model_robust_accuracy",
+            "after",
+            "bat",
+            after.robust_acc_worst,
+        ),
     ] {
         let line = format!("{name}{{model=\"fmnist_cnn\",method=\"{method}\",phase=\"{phase}\"}} ");
         let sample = metrics

@@ -19,8 +19,8 @@ use super::intake::{intake, Intake};
 use super::service::{self, ActiveJob, ActiveJobs};
 use super::watcher::{self, WatchError};
 use crate::config::{Config, ConfigError};
-use crate::http::{HttpError, Metrics, Readiness};
 use crate::durable::WriteError;
+use crate::http::{HttpError, Metrics, Readiness};
 use crate::job::{CancelReason, CancelToken, Job, JobKind, JobRunner, Progress, ProgressUpdate};
 use crate::queue::{self, Claimable, Queue, QueueError};
 use crate::store::Store;
@@ -66,7 +66,14 @@ pub async fn run(
     warn_if_world_writable(&paths.watch);
     let queue = queue::open(&config)?;
     let (metrics, readiness) = (Arc::new(Metrics::new()), Arc::new(Readiness::default()));
-    let http = crate::http::start(&config.daemon.http, &paths, queue.clone(), metrics.clone(), readiness.clone()).await?;
+    let http = crate::http::start(
+        &config.daemon.http,
+        &paths,
+        queue.clone(),
+        metrics.clone(),
+        readiness.clone(),
+    )
+    .await?;
     let recovery = queue.recover(&paths.watch)?;
     readiness.set_recovered();
     if !recovery.resumed.is_empty() {

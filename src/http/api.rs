@@ -23,7 +23,11 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err((StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the queue: {e}\n")).into_response()),
+        Ok(Err(e)) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the queue: {e}\n"),
+        )
+            .into_response()),
         Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()),
     }
 }

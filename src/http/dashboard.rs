@@ -65,7 +65,10 @@ pub async fn index(State(state): State<AppState>) -> Response {
 pub async fn model(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     let root = state.paths.models.clone();
     match blocking(move || Ok(views::model(&root, &name))).await {
-        Ok(Some(detail)) => page(&format!("{} — robustd", detail.summary.name), model_page(&detail)),
+        Ok(Some(detail)) => page(
+            &format!("{} — robustd", detail.summary.name),
+            model_page(&detail),
+        ),
         Ok(None) => not_found_response(),
         Err(r) => r,
     }

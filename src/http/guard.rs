@@ -125,8 +125,21 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 /// Why a request is refused, if it is.
-fn refusal(state: &AppState, request: &Request) -> Option<(StatusCode, [(header::HeaderName, &'static str); 1], &'static str)> {
-    let plain = |status, text| Some((status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text));
+fn refusal(
+    state: &AppState,
+    request: &Request,
+) -> Option<(
+    StatusCode,
+    [(header::HeaderName, &'static str); 1],
+    &'static str,
+)> {
+    let plain = |status, text| {
+        Some((
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            text,
+        ))
+    };
     if request.method() != Method::GET && request.method() != Method::HEAD {
         state.metrics.refused("method");
         return Some((
@@ -146,7 +159,10 @@ fn refusal(state: &AppState, request: &Request) -> Option<(StatusCode, [(header:
             .is_some_and(|v| v.as_bytes() != b"0");
     if has_body {
         state.metrics.refused("body");
-        return plain(StatusCode::PAYLOAD_TOO_LARGE, "requests carry no body here\n");
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "requests carry no body here\n",
+        );
     }
     if !state.guard.admit() {
         state.metrics.refused("rate");
@@ -180,7 +196,13 @@ mod tests {
         let g = Guard::new(Some("s3cret".into()), 10);
         let ok = HeaderValue::from_static("Bearer s3cret");
         assert!(g.authorized(Some(&ok)));
-        for bad in ["Bearer s3cre", "Bearer s3cret2", "Bearer ", "s3cret", "Basic s3cret"] {
+        for bad in [
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "Bearer ",
+            "s3cret",
+            "Basic s3cret",
+        ] {
             assert!(!g.authorized(Some(&HeaderValue::from_static(bad))), "{bad}");
         }
         assert!(!g.authorized(None));

@@ -108,7 +108,8 @@ pub struct Metrics {
 
 /// Buckets for job and stage times: a tenth of a second to a day.
 const SECONDS_BUCKETS: [f64; 16] = [
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0,
+    86400.0,
 ];
 /// Buckets for the drop-to-start latency: 10 ms to an hour (a job waits for the one before it).
 const LATENCY_BUCKETS: [f64; 13] = [
@@ -144,7 +145,11 @@ impl Metrics {
         };
         let r = &mut m.registry;
         r.register("jobs", "Jobs in the queue by state", m.jobs.clone());
-        r.register("queue_depth", "Jobs waiting to start", m.queue_depth.clone());
+        r.register(
+            "queue_depth",
+            "Jobs waiting to start",
+            m.queue_depth.clone(),
+        );
         r.register(
             "job_duration_seconds",
             "Wall-clock time of a job attempt, by how it ended",
@@ -160,7 +165,11 @@ impl Metrics {
             "Time from a model appearing in the inbox to its job starting (first attempts)",
             m.drop_to_start.clone(),
         );
-        r.register("job_attempts", "Job attempts started (a resume counts again)", m.attempts.clone());
+        r.register(
+            "job_attempts",
+            "Job attempts started (a resume counts again)",
+            m.attempts.clone(),
+        );
         r.register(
             "jobs_finished",
             "Job attempts ended, and drops refused at intake, by outcome",
@@ -311,7 +320,11 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
         Ok(Ok(text)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Ok(Err(e)) => {
             tracing::warn!("/metrics: cannot read the queue: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the queue: {e}\n")).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the queue: {e}\n"),
+            )
+                .into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

@@ -129,7 +129,9 @@ pub fn models(root: &Path) -> Vec<ModelSummary> {
     names.sort();
     names
         .iter()
-        .filter_map(|n| latest(root, n).map(|(result, report)| ModelSummary::of(n, result, &report)))
+        .filter_map(|n| {
+            latest(root, n).map(|(result, report)| ModelSummary::of(n, result, &report))
+        })
         .collect()
 }
 

@@ -21,6 +21,7 @@ use super::tally::{Consistency, Tally};
 use super::MemoError;
 use crate::config::{Config, InputLayout, ThreatModel, TrainSpec};
 use crate::data::{Augmentation, Split};
+use crate::logfmt::Sig;
 use crate::model::{Classifier, InputAdapter, ModelError};
 use crate::onnx::{OnnxModel, TchModel, TchOptions};
 use crate::train::validate::predictions;
@@ -193,10 +194,10 @@ pub fn estimate(
         tracing::info!(
             model = model + 1,
             of = options.k,
-            in_subset_acc = fit.in_subset_acc,
-            out_of_subset_acc = fit.out_of_subset_acc,
-            test_acc = fit.test_acc,
-            seconds = fit.seconds,
+            in_subset_acc = %Sig(fit.in_subset_acc),
+            out_of_subset_acc = %Sig(fit.out_of_subset_acc),
+            test_acc = fit.test_acc.map(|v| tracing::field::display(Sig(v))),
+            seconds = %Sig(fit.seconds),
             cached = !trained_now,
             "memorization subset model"
         );

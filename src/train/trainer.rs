@@ -34,6 +34,7 @@ use super::TrainError;
 use crate::attack::pgd::{Keep, PgdParams};
 use crate::config::{Norm, ThreatModel, TrainSpec};
 use crate::data::{Augmentation, BatchOptions, Split};
+use crate::logfmt::Sig;
 use crate::model::Classifier;
 
 /// Salts separating the seeds derived for each purpose.
@@ -329,13 +330,13 @@ impl<'r> Loop<'r> {
             tracing::info!(
                 method = ?self.run.objective.method(),
                 epoch = record.epoch,
-                loss = record.loss,
-                val_clean = record.val_clean_acc,
-                val_robust = record.val_robust_acc,
-                train_adv = record.train_adv_acc,
-                lr = record.lr,
-                samples_per_s = record.samples_per_s,
-                seconds = record.seconds,
+                loss = %Sig(record.loss),
+                val_clean = record.val_clean_acc.map(|v| display(Sig(v))),
+                val_robust = record.val_robust_acc.map(|v| display(Sig(v))),
+                train_adv = record.train_adv_acc.map(|v| display(Sig(v))),
+                lr = %Sig(record.lr),
+                samples_per_s = %Sig(record.samples_per_s),
+                seconds = %Sig(record.seconds),
                 "epoch done"
             );
             self.records.push(record);
