@@ -4,6 +4,7 @@
 #   make crosscheck  robustd's robust accuracies vs torchattacks (scripts/reference_eval.py), ~30 min on 2 cores
 #   make bench  robustd vs PyTorch eager / torchattacks, writes benches/RESULTS.md + results.png (~4 min on 2 cores)
 #   make fuzz   run the cargo-fuzz targets (nightly) for FUZZ_SECONDS (default 600) in total
+#   make fixture-digests  regenerate the fixtures from scratch and rewrite tests/fixtures/DIGESTS.sha256
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ FIXTURES := tests/fixtures/generated
 # A small CNN trained (standard training, 1 epoch on 3000 images) on Fashion-MNIST: the CLI tests' model.
 TRAINED_FIXTURE := $(FIXTURES)/fmnist_cnn_small.onnx
 
-.PHONY: setup build fixtures test lint demo bench fuzz clean crosscheck
+.PHONY: setup build fixtures fixture-digests test lint demo bench fuzz clean crosscheck
 
 setup:
 	@scripts/setup.sh
@@ -26,8 +27,15 @@ fixtures: setup
 	@$(PY) scripts/export_fixtures.py --out $(FIXTURES)
 	@$(MAKE) --no-print-directory $(TRAINED_FIXTURE)
 
-$(TRAINED_FIXTURE): scripts/train_demo_cnn.py scripts/export_fixtures.py scripts/fmnist.py
+$(TRAINED_FIXTURE): scripts/train_demo_cnn.py scripts/fixture_models.py scripts/reproducible.py scripts/fmnist.py
 	@$(PY) scripts/train_demo_cnn.py --out $@ --train-samples 3000 --epochs 1
+
+# The fixtures are reproducible to the byte (tests/fixture_digests.rs checks them against the committed list);
+# after a deliberate change to the fixture scripts or the op tables, rewrite the list from a fresh export.
+fixture-digests: build
+	rm -rf $(FIXTURES)
+	@$(MAKE) --no-print-directory fixtures
+	ROBUSTD_WRITE_DIGESTS=1 $(CARGO) test $(CARGO_FLAGS) --test fixture_digests
 
 test: build fixtures
 	$(CARGO) test $(CARGO_FLAGS) --no-fail-fast

@@ -11,7 +11,7 @@ thread count, and computes the ratios.
     bench_reference.py forward --model DIR/NAME.onnx --batches 1,32,256 --iters I
     bench_reference.py square  --model DIR/NAME.onnx --n N --queries Q --eps E --p-init P --reps R
 
-Models (see MODELS): `small_cnn` is the demo model's shape (export_fixtures.SmallCNN, ~0.1 M parameters) and
+Models (see MODELS): `small_cnn` is the demo model's shape (fixture_models.SmallCNN, ~0.1 M parameters) and
 `resnet18` the ResNet-18 topology (BasicBlocks 2-2-2-2, widths 16-32-64-128, ~0.7 M parameters) on 1x28x28
 Fashion-MNIST images, each given one epoch of standard training on 3000 images at export (so the attacks meet real
 decision boundaries; NAME.pt keeps the weights). BatchNorm is folded into the convolutions in both the exported
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fmnist  # noqa: E402
-from export_fixtures import ResNet18, SmallCNN, export, init_weights  # noqa: E402
+from fixture_models import ResNet18, SmallCNN, export, seeded_model  # noqa: E402
 
 
 def resnet18_gray():
@@ -61,10 +61,9 @@ def build(onnx_path):
     return model
 
 
-def train_briefly(model, samples=3000, batch=64):
-    """One epoch of standard training (SGD, lr 0.05), BatchNorm in train mode."""
-    torch.manual_seed(SEED)
-    init_weights(model, SEED)
+def train_briefly(make_model, samples=3000, batch=64):
+    """`make_model()` built from SEED, then one epoch of standard training (SGD, lr 0.05), BatchNorm in train mode."""
+    model = seeded_model(make_model, SEED)
     x, y = fmnist.load("train", n=samples)
     x, y = torch.from_numpy(x), torch.from_numpy(y).long()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -108,7 +107,7 @@ def cmd_export(args):
         path = os.path.join(args.out, f"{name}.onnx")
         # The legacy exporter writes one self-contained file; the suite re-exports only when a model is missing.
         if not os.path.exists(path):
-            torch.save(train_briefly(MODELS[name]()).state_dict(), os.path.join(args.out, f"{name}.pt"))
+            torch.save(train_briefly(MODELS[name]).state_dict(), os.path.join(args.out, f"{name}.pt"))
             export(build(path), torch.rand(2, 1, 28, 28), path, "legacy")
         model = build(path)
         xt, yt = fmnist.load("test")

@@ -1,211 +1,39 @@
 #!/usr/bin/env python3
 """Exports the small PyTorch classifiers the tests use, with both ONNX exporters, plus reference data.
 
-For every entry of VARIANTS (each architecture in ARCHS with both exporters, plus BatchNorm-kept and older-opset
-exports) this writes into OUT:
-  <arch>_<variant>.onnx       (dynamo: weights as external data in <arch>_<variant>.onnx.data)
-  <arch>_<variant>.npz        x: float32 inputs in [0,1], logits: PyTorch's eval-mode outputs,
-                              grad: d(sum of logits * w)/dx for w = fixed random weights (input-gradient parity)
-  <arch>.pt                   the PyTorch state dict (for reference scripts)
+For every entry of VARIANTS (each architecture in fixture_models.ARCHS with both exporters, plus BatchNorm-kept
+and older-opset exports) this writes into OUT:
+  <arch>_<variant>.onnx   (dynamo: weights as external data in <arch>_<variant>.onnx.data)
+  <arch>_<variant>.npz    x: 8 float32 inputs in [0,1], chosen away from ReLU/ReLU6/max-pool ties (see
+                          `choose_inputs`); logits: PyTorch's eval-mode float32 outputs; grad: d(sum of logits * w)/dx
+                          for w = grad_weights (fixed random weights); logits_f64, grad_f64: the same model evaluated
+                          in float64, the reference the parity tests measure float32 errors against
 and OUT/ops/<case>/ single-op models with inputs (scripts/onnx_op_cases.py) for the per-op onnxruntime tests, and
 OUT/backend/ the `onnx` package's backend test cases for the supported ops (scripts/onnx_backend_cases.py).
-Weights are seeded, so the files are reproducible; a stamp of this script's hash skips work on re-runs.
-Only setup and tests use this script; robustd never runs Python.
+
+Reproducible to the byte: every model is built right after seeding (fixture_models.seeded_model), data comes from
+seeded numpy generators, float arithmetic is pinned to the same code path on every x86-64 CPU (reproducible.py),
+and the dynamo exporter's machine-dependent node metadata (stack traces with this checkout's paths) is removed.
+tests/fixtures/DIGESTS.sha256 lists the SHA-256 of every file written here, recorded on x86-64 (other
+architectures run different float kernels); tests/fixture_digests.rs compares it with what this script wrote and
+names each file that differs. A stamp of the inputs' hash skips work on re-runs. Only setup and tests use this
+script; robustd never runs Python.
 """
+import reproducible  # noqa: F401  (first: pins the float arithmetic before torch loads)
+
 import argparse
-import contextlib
+import copy
+import glob
 import hashlib
-import io
 import os
 import sys
-import warnings
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
-
-class MLP(nn.Module):
-    def __init__(self, classes=10):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, classes))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class SmallCNN(nn.Module):
-    """Conv-BN-ReLU-pool twice, then two linear layers: the shape of the demo model."""
-
-    def __init__(self, classes=10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, classes))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-class ResDW(nn.Module):
-    """A residual block with a depthwise-separable conv and ReLU6, then global average pooling."""
-
-    def __init__(self, classes=10):
-        super().__init__()
-        self.stem = nn.Conv2d(1, 16, 3, stride=2, padding=1)
-        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.bn = nn.BatchNorm2d(16)
-        self.pw = nn.Conv2d(16, 16, 1)
-        self.fc = nn.Linear(16, classes)
-
-    def forward(self, x):
-        h = F.relu(self.stem(x))
-        r = self.pw(F.relu6(self.bn(self.dw(h))))
-        h = F.relu(h + r)
-        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
-
-
-class LeNet(nn.Module):
-    """LeNet-5 on 28x28 (average pooling, as in the original)."""
-
-    def __init__(self, classes=10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(2),
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                                  nn.Linear(84, classes))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        h = F.relu(self.bn1(self.conv1(x)))
-        h = self.bn2(self.conv2(h))
-        return F.relu(h + (x if self.down is None else self.down(x)))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18 topology (BasicBlocks 2-2-2-2) at reduced width for 32x32 inputs."""
-
-    def __init__(self, classes=10, widths=(16, 32, 64, 128)):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        blocks, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            for j in range(2):
-                blocks.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
-                cin = w
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(cin, classes)
-
-    def forward(self, x):
-        h = self.blocks(self.stem(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, cin, cout, stride, expand):
-        super().__init__()
-        hidden = cin * expand
-        layers = []
-        if expand != 1:
-            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
-        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
-                   nn.ReLU6(), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
-        self.conv = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x):
-        return x + self.conv(x) if self.residual else self.conv(x)
-
-
-class MobileNetV2(nn.Module):
-    """MobileNetV2 structure (inverted residuals, depthwise convs, ReLU6 clips) at reduced width."""
-
-    def __init__(self, classes=10):
-        super().__init__()
-        cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 1, 2)]
-        layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()]
-        cin = 16
-        for t, c, n, s in cfg:
-            for i in range(n):
-                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
-                cin = c
-        layers += [nn.Conv2d(cin, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU6()]
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(128, classes))
-
-    def forward(self, x):
-        return self.classifier(self.features(x).mean([2, 3]))
-
-
-class VGGBN(nn.Module):
-    """VGG-style conv-BN-ReLU stacks with max pooling and a dropout head."""
-
-    def __init__(self, classes=10, cfg=(16, "M", 32, "M", 64, 64, "M")):
-        super().__init__()
-        layers, cin = [], 3
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
-                cin = v
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.5),
-                                        nn.Linear(64, classes))
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-class LeNetNHWC(LeNet):
-    """LeNet taking channels-last input (a TensorFlow-style layout), for the NHWC input adapter."""
-
-    def forward(self, x):
-        return super().forward(x.permute(0, 3, 1, 2))
-
-
-class FlatMLP(nn.Module):
-    """An MLP taking flattened images [N, 784], for the Flat input adapter."""
-
-    def __init__(self, classes=10):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, classes))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-# name -> (module class, one input's shape)
-ARCHS = {
-    "mlp": (MLP, (1, 28, 28)),
-    "cnn_bn": (SmallCNN, (1, 28, 28)),
-    "resdw": (ResDW, (1, 28, 28)),
-    "lenet": (LeNet, (1, 28, 28)),
-    "resnet18": (ResNet18, (3, 32, 32)),
-    "mobilenetv2": (MobileNetV2, (3, 32, 32)),
-    "vgg_bn": (VGGBN, (3, 32, 32)),
-    "lenet_nhwc": (LeNetNHWC, (28, 28, 1)),
-    "mlp_flat": (FlatMLP, (784,)),
-}
+from fixture_models import ARCHS, export, seeded_model
 
 # (arch, file suffix, exporter, options). Eval-mode exports fold BatchNorm into the convolutions; the `bnkept`
 # variants keep BatchNormalization nodes (legacy: no constant folding; dynamo: no optimizer), which is what
@@ -218,70 +46,125 @@ VARIANTS = [(a, e, e, {}) for a in ARCHS for e in ("legacy", "dynamo")] + [
     ("lenet", "legacy_opset9", "legacy", {"opset_version": 9}),
 ]
 
-
-def init_weights(model, seed):
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            # Non-trivial running statistics, so BatchNorm folding/evaluation is really exercised.
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+SAMPLES = 8
+# Smallest distance, relative to the largest |value| of the same activation tensor, that every kink input of a
+# reference sample keeps from its kink (ReLU at 0, ReLU6 at 0 and 6, the runner-up of a max-pool window). Float32
+# evaluations of these models differ from float64 by at most ~6e-7 of that scale (measured on every fixture);
+# closer to a kink, float32 rounding decides which side an input falls on, and with it where the gradient flows,
+# so a gradient comparison there measures a coin toss instead of the engine. 3e-6 keeps 5x that error away.
+TIE_MARGIN = 3e-6
 
 
-def export(model, x, path, exporter, options=None):
-    options = options or {}
-    names = dict(input_names=["input"], output_names=["logits"])
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if exporter == "legacy":
-            kw = {"opset_version": 17, **options}
-            torch.onnx.export(model, (x,), path, dynamo=False,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **names, **kw)
-        else:
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            torch.onnx.export(model, (x,), path, dynamo=True, external_data=True,
-                              dynamic_shapes={"x": {0: batch}}, verbose=False, **names, **options)
+class KinkDistance(TorchDispatchMode):
+    """While active, records for each sample of the batch the smallest relative distance of any ReLU, ReLU6
+    (hardtanh) or max-pool input to its kink. Exact ties (ReLU zeros meeting in a pooling window, ReLU6 clipped at
+    both ends) are no ties for the gradient: every float evaluation breaks them the same way."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.distance = torch.full((batch,), float("inf"), dtype=torch.float64)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        op = func.overloadpacket.__name__.rstrip("_")  # in-place forms too, measured before they overwrite
+        z = args[0] if args else None
+        d = None
+        if op == "relu":
+            d = z.abs()
+        elif op in ("hardtanh", "relu6"):
+            lo, hi = (list(args[1:3]) + [-1.0, 1.0][len(args) - 1:]) if op == "hardtanh" else (0.0, 6.0)
+            d = torch.minimum((z - lo).abs(), (z - hi).abs())
+        elif op == "max_pool2d_with_indices":
+            d = self.pool_gap(z, *args[1:])
+        if d is not None:
+            scale = z.abs().max().clamp_min(torch.finfo(z.dtype).tiny)
+            self.distance = torch.minimum(self.distance, (d / scale).flatten(1).min(1).values)
+        return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def pool_gap(z, kernel, stride=(), padding=(0,), dilation=(1,), ceil_mode=False):
+        """Per window, the gap between the maximum and the largest value below it (inf when all are equal)."""
+        assert all(p == 0 for p in padding) and not ceil_mode, "pool_gap: padded/ceil max-pool windows"
+        kernel, dilation, stride = (tuple(v) * (3 - len(v)) for v in (kernel, dilation, stride or kernel))
+        windows = F.unfold(z, kernel, dilation=dilation, stride=stride)
+        windows = windows.view(z.shape[0], z.shape[1], -1, windows.shape[-1])
+        top = windows.max(dim=2, keepdim=True).values
+        below = torch.where(windows < top, windows, -torch.inf).max(dim=2).values
+        return top.squeeze(2) - below
+
+
+def choose_inputs(model, shape, rng):
+    """SAMPLES uniform [0,1] float32 inputs, drawn from `rng` in order, keeping those whose kink distance in a
+    float64 evaluation is at least TIE_MARGIN (a few percent to all of the draws, depending on the model)."""
+    model64 = copy.deepcopy(model).double()
+    kept = []
+    for _ in range(1000):
+        candidates = rng.random((16, *shape), dtype=np.float32)
+        probe = KinkDistance(len(candidates))
+        with torch.no_grad(), probe:
+            model64(torch.from_numpy(candidates).double())
+        kept.extend(candidates[probe.distance.numpy() >= TIE_MARGIN])
+        if len(kept) >= SAMPLES:
+            return np.stack(kept[:SAMPLES])
+    raise RuntimeError(f"{type(model).__name__}: no {SAMPLES} inputs {TIE_MARGIN} away from every kink in 16000 draws")
+
+
+def references(model, x, w):
+    """PyTorch's logits and input gradient of sum(logits * w) for `x`, in float32 and (suffix _f64) in float64."""
+    out = {}
+    for dtype, suffix in ((torch.float32, ""), (torch.float64, "_f64")):
+        m = copy.deepcopy(model).to(dtype)
+        xg = torch.from_numpy(x).to(dtype).requires_grad_(True)
+        logits = m(xg)
+        (grad,) = torch.autograd.grad((logits * torch.from_numpy(w).to(dtype)).sum(), xg)
+        out["logits" + suffix] = logits.detach().numpy()
+        out["grad" + suffix] = grad.numpy()
+    return out
+
+
+def inputs_digest(here, seed):
+    """What the files depend on: these scripts, the op tables the backend cases follow, torch's version, the seed."""
+    sources = b""
+    for name in ("export_fixtures.py", "fixture_models.py", "reproducible.py", "onnx_op_cases.py",
+                 "onnx_backend_cases.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            sources += f.read()
+    for table in sorted(glob.glob(os.path.join(here, "..", "src", "onnx", "ops", "*.rs"))):
+        with open(table, "rb") as f:
+            sources += f.read()
+    return hashlib.sha256(sources + torch.__version__.encode() + str(seed).encode()).hexdigest()
+
+
+def write_models(out, seed=0):
+    """Every VARIANTS export and its reference npz into `out`, drawn from `seed` (the committed digests: 0)."""
+    models = {}
+    for name, (cls, shape, arch_seed) in ARCHS.items():
+        arch_seed += 1000 * seed
+        model = seeded_model(cls, arch_seed)
+        rng = np.random.default_rng(arch_seed)
+        x = choose_inputs(model, shape, rng)
+        w = rng.standard_normal((SAMPLES, 10)).astype(np.float32)
+        models[name] = (model, x, dict(x=x, grad_weights=w, **references(model, x, w)))
+    for arch, suffix, exporter, options in VARIANTS:
+        model, x, ref = models[arch]
+        export(model, torch.from_numpy(x[:2]), os.path.join(out, f"{arch}_{suffix}.onnx"), exporter, options)
+        np.savez(os.path.join(out, f"{arch}_{suffix}.npz"), **ref)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="draw other models and inputs (the committed digests are for 0), to check that the tests "
+                         "hold on any draw")
     args = ap.parse_args()
+    reproducible.pin_torch()
     os.makedirs(args.out, exist_ok=True)
     stamp_path = os.path.join(args.out, ".stamp")
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, here)
-    sources = b"".join(open(os.path.join(here, f), "rb").read() for f in ("export_fixtures.py", "onnx_op_cases.py",
-                                                                         "onnx_backend_cases.py"))
-    # The backend cases written depend on the op tables robustd registers.
-    import glob  # noqa: E402
-    for table in sorted(glob.glob(os.path.join(here, "..", "src", "onnx", "ops", "*.rs"))):
-        sources += open(table, "rb").read()
-    digest = hashlib.sha256(sources + torch.__version__.encode()).hexdigest()
+    digest = inputs_digest(os.path.dirname(os.path.abspath(__file__)), args.seed)
     if not args.force and os.path.exists(stamp_path) and open(stamp_path).read() == digest:
         return
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    models = {}
-    for i, (name, (cls, shape)) in enumerate(sorted(ARCHS.items())):
-        model = cls()
-        init_weights(model, seed=i)
-        model.eval()
-        torch.save(model.state_dict(), os.path.join(args.out, f"{name}.pt"))
-        gen = torch.Generator().manual_seed(100 + i)
-        x = torch.rand(8, *shape, generator=gen)
-        xg = x.clone().requires_grad_(True)
-        logits = model(xg)
-        w = torch.randn(logits.shape, generator=gen)
-        (grad,) = torch.autograd.grad((logits * w).sum(), xg)
-        models[name] = (model, x, dict(x=x.numpy(), logits=logits.detach().numpy(), grad_weights=w.numpy(),
-                                       grad=grad.numpy()))
-    for arch, suffix, exporter, options in VARIANTS:
-        model, x, ref = models[arch]
-        export(model, x[:2], os.path.join(args.out, f"{arch}_{suffix}.onnx"), exporter, options)
-        np.savez(os.path.join(args.out, f"{arch}_{suffix}.npz"), **ref)
+    write_models(args.out, args.seed)
     import onnx_backend_cases  # noqa: E402 (beside this script)
     import onnx_op_cases  # noqa: E402
     cases = onnx_op_cases.write_all(os.path.join(args.out, "ops"))

@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
-"""Trains the demo classifier (SmallCNN from export_fixtures.py) on Fashion-MNIST and exports it to ONNX.
+"""Trains the demo classifier (fixture_models.SmallCNN) on Fashion-MNIST and exports it to ONNX.
 
 This is the model a user would ship: standard (non-adversarial) training, so it is accurate but not robust;
-robustd then measures and fine-tunes it. Deterministic for a seed; takes about a minute on 2 CPU cores.
+robustd then measures and fine-tunes it. The same file for a seed on every run and every x86-64 machine: the model
+is built right after seeding, the batches come from that seed, and the float arithmetic is pinned
+(reproducible.py: baseline kernels, one thread), so the CLI tests' model (`make fixtures`) is listed in
+tests/fixtures/DIGESTS.sha256 with the rest. Takes about a minute on 2 CPU cores.
 """
-import argparse
 import os
 import sys
-import time
-
-import numpy as np
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reproducible  # noqa: E402,F401  (first: pins the float arithmetic before torch loads)
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
 import fmnist  # noqa: E402
-from export_fixtures import SmallCNN, export  # noqa: E402
+from fixture_models import SmallCNN, export  # noqa: E402
 
 
 def main():
@@ -26,11 +31,12 @@ def main():
     ap.add_argument("--exporter", choices=["legacy", "dynamo"], default="dynamo")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    x, y = fmnist.load("train")
-    x, y = torch.from_numpy(x[: args.train_samples]), torch.from_numpy(y[: args.train_samples])
-    xt, yt = fmnist.load("test")
-    xt, yt = torch.from_numpy(xt[:2000]), torch.from_numpy(yt[:2000])
+    reproducible.pin_torch()
+    x, y = fmnist.load("train", n=args.train_samples)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = fmnist.load("test", n=2000)
+    xt, yt = torch.from_numpy(xt), torch.from_numpy(yt)
+    torch.manual_seed(args.seed)  # right before the draws: the initial weights, then each epoch's permutation
     model = SmallCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     start = time.time()

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use daemon_support::*;
+use robustd::job::JobState;
 
 fn robustd(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -67,23 +68,32 @@ fn submit_copies_model_data_and_sidecar_atomically_and_status_reads_the_spool() 
         &cfg,
     ]);
     assert!(ok, "{out}");
+    // Catch the job in its forward stage by reading the spool directly (cheap, every few ms), then hold the daemon
+    // still while `robustd status` (a whole process start, seconds on a loaded machine) reads the same spool:
+    // polling with `status` itself missed a job that is over in a few seconds.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
+    while !d
+        .jobs(JobState::Running)
+        .iter()
+        .any(|j| j.record.stage.as_deref() == Some("forward"))
+    {
         d.drain_notify();
-        let (ok, out) = robustd(&["status", "--config", &cfg]);
-        assert!(ok, "{out}");
-        if out.contains("stage forward") {
-            break out;
-        }
         assert!(
             Instant::now() < deadline,
-            "never saw the job running: {out}\n{}",
+            "never saw the job running: {:?}\n{}",
+            d.jobs(JobState::Done),
             d.log_text()
         );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d.signal(libc::SIGSTOP);
+    let (ok, status) = robustd(&["status", "--config", &cfg]);
+    d.signal(libc::SIGCONT);
+    assert!(ok, "{status}");
     assert!(
-        status.contains("running  1") && status.contains("mlp_dynamo.onnx"),
+        status.contains("running  1")
+            && status.contains("stage forward")
+            && status.contains("mlp_dynamo.onnx"),
         "{status}"
     );
 

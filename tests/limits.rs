@@ -246,42 +246,55 @@ fn the_job_timeout_stops_a_long_evaluation_of_the_real_pipeline() {
 #[test]
 fn the_job_timeout_stops_a_square_attack_that_only_queries_onnxruntime() {
     // At eps 0.001 no sample is broken, so every sample would spend the whole budget: hours on 2 cores. The clean
-    // pass and trust checks before it take well under the 3 s timeout, so the deadline falls inside Square (without
-    // the scorer's interrupt this test hangs until wait_finished gives up).
+    // pass and trust checks before it take a fraction of the deadline, so it falls inside Square (without the
+    // scorer's interrupt this test hangs until wait_finished gives up).
     job_timeout_stops_the_evaluation(
         "threat: {eps: 0.001}\n\
          eval: {attacks: [square], square_queries: 1000000, eps_curve: [], batch_size: 500}",
     );
 }
 
-/// A job whose evaluation (`eval_yaml`) would take far longer than `limits.job_timeout_s: 3` fails as timed out,
-/// in the evaluation stage, within seconds of its deadline.
+/// A job whose evaluation (`eval_yaml`) would take far longer than `limits.job_timeout_s` fails as timed out, in
+/// the evaluation stage, soon after its deadline. The deadline counts from the job's start, so on a loaded machine
+/// the preparation (loading 5000 samples, building both engines) can outlast a 3 s one, and the job then times out
+/// before the evaluation this test is about: it tries again with a longer deadline instead of failing. "Soon" is
+/// generous (30 s past the deadline, against the many minutes the evaluation would run): promptness under load is
+/// not what this test measures, stopping at all is.
 fn job_timeout_stops_the_evaluation(eval_yaml: &str) {
     use daemon_support::*;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let config = format!(
-        "paths: {{watch: {r}/watch, models: {r}/models, state: {r}/state}}\n\
-         runtime: {{threads: 1, device: cpu}}\n\
-         dataset: {{eval_samples: 5000, train_samples: 100}}\n\
-         {eval_yaml}\n\
-         train: {{method: none}}\n\
-         daemon: {{runner: pipeline, stable_ms: 100}}\n\
-         limits: {{job_timeout_s: 3}}\n",
-        r = root.display()
-    );
-    let mut d = Daemon::start(root, &config);
-    let dropped = drop_fixture(&d.watch(), "lenet_legacy.onnx", "slow.onnx");
-    d.wait_finished(1, Duration::from_secs(60));
-    let failed = d.jobs(JobState::Failed);
-    assert_eq!(failed.len(), 1, "{:?}", d.jobs(JobState::Done));
-    let err = ErrorReport::read(&failed[0].dir.join("error.yaml")).unwrap();
-    assert!(err.cause.contains("timed out"), "{err:?}");
-    assert_eq!(err.stage, "eval_before", "stopped inside the evaluation");
-    // The job stopped within a few seconds of its deadline (the evaluation alone would take minutes).
-    let finished = parse_time(failed[0].record.finished_at.as_deref().unwrap());
-    let took = finished.duration_since(dropped).unwrap();
-    assert!(took < Duration::from_secs(15), "{took:?}");
-    let (ok, _) = d.terminate();
-    assert!(ok);
+    for timeout_s in [3, 10, 30] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let config = format!(
+            "paths: {{watch: {r}/watch, models: {r}/models, state: {r}/state}}\n\
+             runtime: {{threads: 1, device: cpu}}\n\
+             dataset: {{eval_samples: 5000, train_samples: 100}}\n\
+             {eval_yaml}\n\
+             train: {{method: none}}\n\
+             daemon: {{runner: pipeline, stable_ms: 100}}\n\
+             limits: {{job_timeout_s: {timeout_s}}}\n",
+            r = root.display()
+        );
+        let mut d = Daemon::start(root, &config);
+        let dropped = drop_fixture(&d.watch(), "lenet_legacy.onnx", "slow.onnx");
+        let late = Duration::from_secs(30);
+        d.wait_finished(1, Duration::from_secs(timeout_s + 60) + late);
+        let failed = d.jobs(JobState::Failed);
+        assert_eq!(failed.len(), 1, "{:?}", d.jobs(JobState::Done));
+        let err = ErrorReport::read(&failed[0].dir.join("error.yaml")).unwrap();
+        assert!(err.cause.contains("timed out"), "{err:?}");
+        let (ok, _) = d.terminate();
+        assert!(ok);
+        if err.stage == "prepare" {
+            println!("the preparation outlasted a {timeout_s} s deadline on this machine: again with a longer one");
+            continue;
+        }
+        assert_eq!(err.stage, "eval_before", "stopped inside the evaluation");
+        let finished = parse_time(failed[0].record.finished_at.as_deref().unwrap());
+        let took = finished.duration_since(dropped).unwrap();
+        println!("deadline {timeout_s} s, stopped after {took:?}");
+        assert!(took < Duration::from_secs(timeout_s) + late, "{took:?}");
+        return;
+    }
+    panic!("the preparation alone outlasted a 30 s deadline");
 }

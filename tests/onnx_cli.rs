@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use ndarray::ArrayD;
-use onnx_support::{fixture, max_abs_diff, npz_f32, FIXTURES};
+use onnx_support::{assert_engines_agree, assert_float32_error, fixture, npz_f32, FIXTURES};
 use tch::{Kind, Tensor};
 
 fn robustd(args: &[&str]) -> String {
@@ -114,9 +114,9 @@ fn infer_gives_the_same_logits_through_both_engines_and_the_input_gradient() {
         "--grad-out",
         grad.to_str().unwrap(),
     ]);
-    let reference = npz_f32(&npz, "logits");
-    assert!(max_abs_diff(&from_npy(&tch_out), &reference) <= 1e-4);
-    assert!(max_abs_diff(&from_npy(&ort_out), &reference) <= 1e-4);
+    // Both engines within a small multiple of PyTorch's own float32 error (see onnx_parity.rs).
+    assert_float32_error("infer --engine tch", &from_npy(&tch_out), &npz, "logits");
+    assert_float32_error("infer --engine ort", &from_npy(&ort_out), &npz, "logits");
     // The gradient of the mean cross-entropy, recomputed in-process from the same file.
     let onnx = onnx_support::load(name);
     let graph =
@@ -127,6 +127,9 @@ fn infer_gives_the_same_logits_through_both_engines_and_the_input_gradient() {
     let expected = Tensor::run_backward(&[loss], &[&xg], false, false).remove(0);
     let got = from_npy(&grad);
     assert_eq!(got.size(), vec![8, 1, 28, 28]);
-    assert!(max_abs_diff(&got, &expected) <= 1e-6);
+    // The same engine in another process, which may split its work over another number of threads: only the
+    // summation order differs (the fixture inputs are away from ReLU ties, where that could move the gradient).
+    let ulps = assert_engines_agree("robustd infer --grad-out", &got, &expected);
+    println!("robustd infer --grad-out vs in-process: {ulps:.1} ulp");
     assert!(got.abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }

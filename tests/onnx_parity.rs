@@ -1,16 +1,23 @@
-//! Parity of the tch interpreter with onnxruntime and with PyTorch's own outputs on the exported fixtures (both
-//! exporters): logits ≤ 1e-4 max abs, input gradients ≤ 1e-4 vs PyTorch autograd, and write-back files that
-//! reload in onnxruntime with the same logits.
+//! Parity of the tch interpreter and onnxruntime with PyTorch on the exported fixtures (both exporters): logits
+//! and input gradients within a small multiple of PyTorch's own float32 error from a float64 evaluation of the same
+//! model (`onnx_support::assert_float32_error`), and write-back files that reload in onnxruntime with the same
+//! logits.
+//!
+//! Why not one absolute tolerance: float32 precision depends on the model (deep ones lose more digits), and an
+//! input gradient is discontinuous at ReLU/ReLU6/max-pool ties, where float32 rounding alone decides where the
+//! gradient flows. So the bound follows PyTorch's float32 error, and the fixture inputs are chosen away from ties
+//! (scripts/export_fixtures.py `choose_inputs`: every kink input at least 3e-6 of its tensor's scale from its kink
+//! in float64, 5x more than any float32 evaluation is off).
 
 mod onnx_support;
 
-use onnx_support::{fixture, load, max_abs_diff, npz_f32, FIXTURES};
+use onnx_support::{
+    assert_engines_agree, assert_float32_error, fixture, load, max_abs_diff, npz_f32, FIXTURES,
+};
 use robustd::config::InputLayout;
 use robustd::model::{Classifier, InputAdapter, Scorer};
 use robustd::onnx::{write_back, OnnxModel, OrtScorer, TchModel, TchOptions};
 use tch::{Device, Tensor};
-
-const TOL: f64 = 1e-4;
 
 fn tch_model(model: &OnnxModel) -> TchModel {
     TchModel::with_layout(
@@ -34,11 +41,18 @@ fn logits_match_onnxruntime_and_pytorch_on_every_fixture() {
         let ours = tch.forward(&x).unwrap();
         let mut ort = OrtScorer::new(model.path(), tch.adapter().clone(), 1).unwrap();
         let theirs = ort.logits(&x).unwrap();
-        let d_ort = max_abs_diff(&ours, &theirs);
-        let d_ref = max_abs_diff(&ours, &reference);
-        println!("{name}: |tch-ort| = {d_ort:.2e}, |tch-pytorch| = {d_ref:.2e}");
-        assert!(d_ort <= TOL, "{name}: tch vs onnxruntime {d_ort}");
-        assert!(d_ref <= TOL, "{name}: tch vs PyTorch {d_ref}");
+        let r_tch = assert_float32_error(&format!("{name}: tch logits"), &ours, &npz, "logits");
+        let r_ort = assert_float32_error(
+            &format!("{name}: onnxruntime logits"),
+            &theirs,
+            &npz,
+            "logits",
+        );
+        println!(
+            "{name}: logit error / PyTorch's float32 error: tch {r_tch:.2}, onnxruntime {r_ort:.2} \
+             (|tch-pytorch| = {:.2e})",
+            max_abs_diff(&ours, &reference)
+        );
         assert_eq!(tch.num_classes(), 10);
         assert_eq!(tch.input_chw()[1..], x.size()[2..]);
     }
@@ -52,13 +66,15 @@ fn input_gradients_match_pytorch_autograd() {
         let npz = fixture(name).with_extension("npz");
         let x = npz_f32(&npz, "x").set_requires_grad(true);
         let w = npz_f32(&npz, "grad_weights");
-        let expected = npz_f32(&npz, "grad");
         let logits = tch.forward(&x).unwrap();
         let grads =
             Tensor::run_backward(&[(logits * w).sum(tch::Kind::Float)], &[&x], false, false);
-        let d = max_abs_diff(&grads[0], &expected);
-        println!("{name}: |grad - pytorch grad| = {d:.2e}");
-        assert!(d <= TOL, "{name}: input gradient differs by {d}");
+        let ratio =
+            assert_float32_error(&format!("{name}: input gradient"), &grads[0], &npz, "grad");
+        println!(
+            "{name}: gradient error / PyTorch's float32 error: {ratio:.2} (|grad - pytorch grad| = {:.2e})",
+            max_abs_diff(&grads[0], &npz_f32(&npz, "grad"))
+        );
     }
 }
 
@@ -80,9 +96,13 @@ fn written_back_models_reload_in_onnxruntime_with_the_same_logits() {
         let x = npz_f32(&fixture(name).with_extension("npz"), "x");
         let ours = tch.forward(&x).unwrap();
         let mut ort = OrtScorer::new(&out, tch.adapter().clone(), 1).unwrap();
-        let d = max_abs_diff(&ours, &ort.logits(&x).unwrap());
-        println!("{name}: written-back |tch-ort| = {d:.2e}");
-        assert!(d <= TOL, "{name}: written-back model differs by {d}");
+        // Reinitialized weights have no PyTorch reference: the two engines must agree (in float32 ulps).
+        let ulps = assert_engines_agree(
+            &format!("{name} written back"),
+            &ours,
+            &ort.logits(&x).unwrap(),
+        );
+        println!("{name}: written-back |tch-ort| = {ulps:.1} ulp");
         let reloaded = OnnxModel::load(&out, &Default::default()).unwrap();
         assert_eq!(reloaded.opset(), model.opset());
         assert_eq!(reloaded.ir_version(), model.ir_version());

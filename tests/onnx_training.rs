@@ -4,7 +4,7 @@
 
 mod onnx_support;
 
-use onnx_support::{fixture, load, max_abs_diff, npz_f32};
+use onnx_support::{assert_engines_agree, fixture, load, max_abs_diff, npz_f32};
 use robustd::config::InputLayout;
 use robustd::model::{Classifier, InputAdapter, Scorer};
 use robustd::onnx::{write_back, OrtScorer, TchModel, TchOptions};
@@ -111,9 +111,9 @@ fn fifty_sgd_steps_lower_the_loss_and_write_back_keeps_parity() {
         let probe = npz_f32(&fixture(name).with_extension("npz"), "x");
         let ours = tch::no_grad(|| tch.forward(&probe).unwrap());
         let mut ort = OrtScorer::new(&out, tch.adapter().clone(), 1).unwrap();
-        let d = max_abs_diff(&ours, &ort.logits(&probe).unwrap());
-        println!("{name}: written-back |tch-ort| = {d:.2e}");
-        assert!(d <= 1e-4, "{name}: {d}");
+        // Trained weights have no PyTorch reference: the two engines must agree (in float32 ulps).
+        let ulps = assert_engines_agree(name, &ours, &ort.logits(&probe).unwrap());
+        println!("{name}: written-back |tch-ort| = {ulps:.1} ulp");
     }
 }
 
