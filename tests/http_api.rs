@@ -465,7 +465,7 @@ fn a_bearer_token_is_required_off_localhost() {
     std::fs::write(&token_file, "c0rrect-h0rse-battery\n").unwrap();
     let yaml = http_config(root, &format!(", token_file: {}", token_file.display()))
         .replace("127.0.0.1:0", "0.0.0.0:0");
-    let mut d = Daemon::start(root, &yaml);
+    let d = Daemon::start(root, &yaml);
     let port = http_addr(&d.log).port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     for (header, status) in [

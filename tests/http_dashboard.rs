@@ -29,8 +29,8 @@ fn pipeline_config(root: &Path) -> String {
                  eps_curve: [0.0, 0.1]}}\n\
          train: {{method: bat, epochs: 1, batch_size: 64, val_fraction: 0.1, \
                   pgd: {{steps: 3, restarts: 1, step_size_factor: 0.5, random_start: true}}, \
-                  bat: {{atypicality: holdout}}}}\n\
-         memorization: {{epochs: 1}}\n\
+                  bat: {{atypicality: memorization}}}}\n\
+         memorization: {{k: 4, epochs: 1}}\n\
          daemon: {{stable_ms: 100, http: {{listen: \"127.0.0.1:0\"}}}}\n",
         r = root.display()
     )
@@ -222,8 +222,29 @@ fn the_dashboard_shows_the_demo_model_and_a_failed_drop_in_chromium() {
         &format!("/api/v1/models/fmnist_cnn/files/{}", tuned.path),
     );
     assert_eq!(robustd::report::sha256_hex(&download.body), tuned.sha256);
-    if report.memorization.is_some() {
-        assert!(dom.contains("id=\"memorization-histogram\""), "{dom}");
+    // The memorization histogram: one row per bin, with the report's counts.
+    let memo = report.memorization.as_ref().unwrap();
+    let histogram = &dom[dom
+        .find("id=\"memorization-histogram\"")
+        .expect("no histogram")..];
+    let histogram = &histogram[..histogram.find("</table>").unwrap()];
+    assert_eq!(
+        histogram.matches("<meter").count(),
+        memo.histogram.counts.len()
+    );
+    for count in &memo.histogram.counts {
+        assert!(
+            histogram.contains(&format!("<td class=\"num\">{count}</td>")),
+            "{histogram}"
+        );
+    }
+    if !memo.harmful_atypical.is_empty() {
+        let harmful = &dom[dom.find("id=\"harmful\"").expect("no harmful table")..];
+        let harmful = &harmful[..harmful.find("</table>").unwrap()];
+        assert_eq!(
+            harmful.matches("<tr>").count() - 1,
+            memo.harmful_atypical.len()
+        );
     }
     screenshot(
         &profile,

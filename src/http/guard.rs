@@ -105,7 +105,7 @@ pub fn read_token(path: &Path) -> Result<String, HttpError> {
 /// The middleware: refuses what a read-only server must not take, then adds the security headers.
 pub async fn check(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let mut response = match refusal(&state, &request) {
-        Some(refused) => refused.into_response(),
+        Some(refused) => refused.into_response(&state),
         None => next.run(request).await,
     };
     let headers = response.headers_mut();
@@ -124,33 +124,48 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
-/// Why a request is refused, if it is.
-fn refusal(
-    state: &AppState,
-    request: &Request,
-) -> Option<(
-    StatusCode,
-    [(header::HeaderName, &'static str); 1],
-    &'static str,
-)> {
-    let plain = |status, text| {
-        Some((
+/// A refusal: status, one header, and a line of text for the client.
+struct Refusal {
+    reason: &'static str,
+    status: StatusCode,
+    header: (header::HeaderName, &'static str),
+    text: &'static str,
+}
+
+impl Refusal {
+    fn plain(reason: &'static str, status: StatusCode, text: &'static str) -> Self {
+        Self {
+            reason,
             status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            header: (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             text,
-        ))
-    };
+        }
+    }
+
+    fn into_response(self, state: &AppState) -> Response {
+        state.metrics.refused(self.reason);
+        (self.status, [self.header], self.text).into_response()
+    }
+}
+
+/// Why a request is refused, if it is.
+fn refusal(state: &AppState, request: &Request) -> Option<Refusal> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        state.metrics.refused("method");
-        return Some((
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "GET, HEAD")],
-            "read-only: only GET and HEAD\n",
-        ));
+        return Some(Refusal {
+            header: (header::ALLOW, "GET, HEAD"),
+            ..Refusal::plain(
+                "method",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "read-only: only GET and HEAD\n",
+            )
+        });
     }
     if request.uri().to_string().len() > MAX_URI_BYTES {
-        state.metrics.refused("uri_too_long");
-        return plain(StatusCode::URI_TOO_LONG, "request target too long\n");
+        return Some(Refusal::plain(
+            "uri_too_long",
+            StatusCode::URI_TOO_LONG,
+            "request target too long\n",
+        ));
     }
     let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
         || request
@@ -158,30 +173,30 @@ fn refusal(
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
     if has_body {
-        state.metrics.refused("body");
-        return plain(
+        return Some(Refusal::plain(
+            "body",
             StatusCode::PAYLOAD_TOO_LARGE,
             "requests carry no body here\n",
-        );
+        ));
     }
     if !state.guard.admit() {
-        state.metrics.refused("rate");
-        return Some((
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "1")],
-            "too many requests\n",
-        ));
+        return Some(Refusal {
+            header: (header::RETRY_AFTER, "1"),
+            ..Refusal::plain("rate", StatusCode::TOO_MANY_REQUESTS, "too many requests\n")
+        });
     }
     if !state
         .guard
         .authorized(request.headers().get(header::AUTHORIZATION))
     {
-        state.metrics.refused("token");
-        return Some((
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer realm=\"robustd\"")],
-            "a bearer token is required\n",
-        ));
+        return Some(Refusal {
+            header: (header::WWW_AUTHENTICATE, "Bearer realm=\"robustd\""),
+            ..Refusal::plain(
+                "token",
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required\n",
+            )
+        });
     }
     None
 }
