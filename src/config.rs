@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod queue;
+
+pub use queue::{DatabaseUrl, MigrateMode, QueueBackend, QueueSpec, DATABASE_URL_ENV};
+
 /// The documented defaults, embedded so the binary needs no file to run and `default.yaml` cannot drift from
 /// `Config::default()` (a test checks they are equal).
 pub const DEFAULT_YAML: &str = include_str!("../configs/default.yaml");
@@ -50,6 +54,10 @@ pub struct Config {
     pub memorization: MemorizationSpec,
     pub daemon: DaemonSpec,
     pub limits: Limits,
+    /// Daemon-wide: the job queue (and, for a fleet, the shared store). Left out of the serialized config while
+    /// it is the default, and out of every job's config, so it never changes a content key.
+    #[serde(skip_serializing_if = "QueueSpec::is_default")]
+    pub queue: QueueSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -698,6 +706,9 @@ impl Config {
                 ),
             ));
         }
+        if let Err((key, message)) = self.queue.check() {
+            return Err(bad(key, message));
+        }
         if !["auto", "none", "crop-flip"].contains(&self.train.augmentation.as_str()) {
             return Err(bad(
                 "train.augmentation",
@@ -749,6 +760,30 @@ impl Config {
     /// The resolved config as YAML (what `robustd check-config` prints).
     pub fn to_yaml(&self) -> String {
         serde_norway::to_string(self).unwrap_or_default()
+    }
+
+    /// The config a job keeps (its `config.yaml`, its content key): this one without the daemon's `queue`
+    /// section, which says how workers reach each other and holds the database URL.
+    pub fn for_job(&self) -> Self {
+        Self {
+            queue: QueueSpec::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The resolved config for people to read: the `queue` section shown even at its defaults, the database
+    /// password redacted.
+    pub fn to_display_yaml(&self) -> String {
+        let mut value = serde_norway::to_value(self).unwrap_or(serde_norway::Value::Null);
+        if let (Some(map), Ok(mut queue)) =
+            (value.as_mapping_mut(), serde_norway::to_value(&self.queue))
+        {
+            if let (Some(q), Some(url)) = (queue.as_mapping_mut(), &self.queue.url) {
+                q.insert("url".into(), url.redacted().into());
+            }
+            map.insert("queue".into(), queue);
+        }
+        serde_norway::to_string(&value).unwrap_or_default()
     }
 }
 

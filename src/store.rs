@@ -2,8 +2,8 @@
 //! directories today; a store on a shared filesystem that every worker mounts is the same trees there).
 //!
 //! Results: `<results>/<name>/<key12>/` per model and config (`paths.models`), built in a hidden staging directory
-//! (`<results>/<name>/.<key12>.partial`) and renamed into place only when complete, so no partial result is ever
-//! visible; `<results>/<name>/latest` points at the newest result. An identical drop under another name gets a
+//! (`<results>/<name>/.<key12>.partial`, or `.<key12>.<lease>.partial` per claim when several workers share the
+//! store) and renamed into place only when complete, so no partial result is ever visible; `<results>/<name>/latest` points at the newest result. An identical drop under another name gets a
 //! symlink to the existing result instead of a second run. Checkpoints: `<checkpoints>/<key>/` per job content key
 //! (`<paths.state>/checkpoints`), so a job resumed after a restart finds them; removed when the job ends. A job's
 //! inputs (the model, its external data, its config) stay with the job in its queue.
@@ -14,7 +14,7 @@ use crate::config::Paths;
 use crate::durable::{
     create_dir_all, is_temp_name, read_yaml, rename_durable, symlink_atomic, WriteError,
 };
-use crate::job::JobRecord;
+use crate::job::{Job, JobRecord};
 use crate::report::{Report, REPORT_FILE};
 
 /// Name of the symlink to the newest result of a model.
@@ -66,27 +66,32 @@ impl Store {
         report.job.map(|j| j.id)
     }
 
-    /// Startup (nothing runs yet): removes what a killed daemon left half-made — staging directories
-    /// (`models/<name>/.<key12>.partial`; a resumed job builds its own again from its checkpoints)
+    /// Startup: removes what a killed daemon left half-made — staging directories
+    /// (`models/<name>/.<key12>[.<lease>].partial`; a resumed job builds its own again from its checkpoints)
     /// and temporary files of interrupted atomic writes (`.<file>.tmp-<pid>-<n>`, e.g. a `latest` link being
-    /// replaced). Returns how many entries went.
-    pub fn sweep_stale(&self) -> usize {
+    /// replaced). In a store shared by several workers (`live_leases` given) other workers are busy in it: only
+    /// staging directories of leases no longer live and temporary files, both older than [`SHARED_TEMP_AGE`], go.
+    /// Returns how many entries went.
+    pub fn sweep_stale(&self, live_leases: Option<&[i64]>) -> usize {
         let mut removed = 0;
         let Ok(models) = std::fs::read_dir(&self.root) else {
             return 0;
         };
+        let sweep = |path: &Path| remove_if_stale(path, live_leases);
         for model in models.flatten() {
             let dir = model.path();
             let is_dir = model.file_type().is_ok_and(|t| t.is_dir());
             if !is_dir {
-                removed += usize::from(remove_if_stale(&dir));
+                removed += usize::from(sweep(&dir));
                 continue;
             }
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                removed += usize::from(remove_if_stale(&entry.path()));
+                removed += usize::from(sweep(&entry.path()));
             }
             // A model directory left empty (its only job failed or is re-running) goes too.
-            let _ = std::fs::remove_dir(&dir);
+            if live_leases.is_none() {
+                let _ = std::fs::remove_dir(&dir);
+            }
         }
         if removed > 0 {
             tracing::info!(
@@ -103,16 +108,20 @@ impl Store {
         self.root.join(&record.name).join(record.key12())
     }
 
-    fn staging_dir(&self, record: &JobRecord) -> PathBuf {
-        self.root
-            .join(&record.name)
-            .join(format!(".{}.partial", record.key12()))
+    /// `.<key12>.partial`, or `.<key12>.<lease>.partial` for a claim under a lease: two workers that both think
+    /// they run a job (one stalled past its lease) never write into each other's staging directory.
+    fn staging_dir(&self, job: &Job) -> PathBuf {
+        let name = match job.lease {
+            None => format!(".{}.partial", job.record.key12()),
+            Some(lease) => format!(".{}.{:016x}.partial", job.record.key12(), lease as u64),
+        };
+        self.root.join(&job.record.name).join(name)
     }
 
     /// A fresh, empty staging directory (leftovers of an interrupted attempt are removed; checkpoints live apart,
     /// under the job's key).
-    pub fn prepare_staging(&self, record: &JobRecord) -> Result<PathBuf, WriteError> {
-        let dir = self.staging_dir(record);
+    pub fn prepare_staging(&self, job: &Job) -> Result<PathBuf, WriteError> {
+        let dir = self.staging_dir(job);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| WriteError::io(&dir, e))?;
         }
@@ -120,8 +129,9 @@ impl Store {
         Ok(dir)
     }
 
-    pub fn discard_staging(&self, record: &JobRecord) {
-        let dir = self.staging_dir(record);
+    pub fn discard_staging(&self, job: &Job) {
+        let record = &job.record;
+        let dir = self.staging_dir(job);
         if dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!("cannot remove {}: {e}", dir.display());
@@ -132,9 +142,10 @@ impl Store {
     }
 
     /// Renames the staging directory to the result directory and points `latest` at it.
-    pub fn publish(&self, record: &JobRecord) -> Result<PathBuf, WriteError> {
+    pub fn publish(&self, job: &Job) -> Result<PathBuf, WriteError> {
+        let record = &job.record;
         let final_dir = self.result_dir(record);
-        rename_durable(&self.staging_dir(record), &final_dir)?;
+        rename_durable(&self.staging_dir(job), &final_dir)?;
         self.point_latest(record)?;
         Ok(final_dir)
     }
@@ -164,20 +175,38 @@ impl Store {
     }
 }
 
-/// Removes `path` when it is a staging directory or an atomic writer's temporary file; true if it did.
-fn remove_if_stale(path: &Path) -> bool {
+/// In a shared store, temporary files and staging directories younger than this may be another worker's work in
+/// progress.
+pub const SHARED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes `path` when it is a staging directory (not of a live lease) or an atomic writer's temporary file (in a
+/// shared store: an old one); true if it did.
+fn remove_if_stale(path: &Path, live_leases: Option<&[i64]>) -> bool {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let stale = (name.starts_with('.') && name.ends_with(".partial")) || is_temp_name(&name);
-    if !stale {
-        return false;
-    }
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(_) => return false,
     };
+    let staging = name.starts_with('.') && name.ends_with(".partial");
+    // In a shared store a claim made after `live_leases` was read may have just created its staging directory:
+    // only old entries go.
+    let old = || {
+        meta.modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > SHARED_TEMP_AGE)
+    };
+    let stale = match live_leases {
+        None => staging || is_temp_name(&name),
+        Some(live) if staging => staging_lease(&name).is_none_or(|l| !live.contains(&l)) && old(),
+        Some(_) => is_temp_name(&name) && old(),
+    };
+    if !stale {
+        return false;
+    }
     let result = if meta.is_dir() {
         std::fs::remove_dir_all(path)
     } else {
@@ -190,6 +219,13 @@ fn remove_if_stale(path: &Path) -> bool {
             false
         }
     }
+}
+
+/// The lease of a staging directory `.<key12>.<lease hex>.partial`.
+fn staging_lease(name: &str) -> Option<i64> {
+    let inner = name.strip_prefix('.')?.strip_suffix(".partial")?;
+    let (_, hex) = inner.split_once('.')?;
+    u64::from_str_radix(hex, 16).ok().map(|v| v as i64)
 }
 
 /// `existing` as seen from a sibling `models/<other>/` directory: `../<name>/<key12>` when it lies under `root`.

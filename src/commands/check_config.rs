@@ -16,7 +16,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     print!(
         "# {} is valid; resolved with defaults:\n{}",
         args.file.display(),
-        cfg.to_yaml()
+        cfg.to_display_yaml()
     );
     Ok(ExitCode::SUCCESS)
 }

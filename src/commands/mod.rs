@@ -11,6 +11,7 @@ mod info;
 mod inspect;
 mod interrupt;
 mod memorization;
+mod queue;
 mod run;
 mod status;
 mod submit;
@@ -57,8 +58,10 @@ pub enum Command {
     CheckConfig(check_config::Args),
     /// Run the daemon: watch the inbox, run jobs, write reports (systemd: Type=notify; SIGHUP reloads).
     Run(run::Args),
-    /// Show the job queue, running jobs and latest results (read from the spool; no server needed).
+    /// Show the fleet, the job queue, running jobs and latest results (read from the queue; no server needed).
     Status(status::Args),
+    /// Manage the PostgreSQL job queue (`robustd queue migrate`).
+    Queue(queue::Args),
     /// Copy a model (and its sidecar config) into the daemon's inbox atomically.
     Submit(submit::Args),
     /// Run one batch (.npy) through the tch interpreter or onnxruntime; optionally the input gradient.
@@ -84,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(args) => check_config::run(args),
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
+        Command::Queue(args) => queue::run(args),
         Command::Submit(args) => submit::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Eval(args) => eval::run(args),

@@ -1,12 +1,14 @@
-//! `robustd status`: the queue, running jobs with stage and progress, and the latest results, read from the spool
-//! directory (no server needed; works while the daemon runs or not).
+//! `robustd status`: the fleet (workers of a shared queue: host, devices, current job and stage, last heartbeat),
+//! the queue, running jobs with stage and progress, and the latest results and failures — read from the job queue
+//! the config names (the spool directory, or the PostgreSQL database), no daemon needed.
 
 use std::process::ExitCode;
 
 use super::ConfigArg;
+use crate::config::QueueBackend;
 use crate::durable::read_yaml;
 use crate::job::{Job, JobState};
-use crate::queue::{Queue, Spool};
+use crate::queue::{self, WorkerInfo};
 use crate::report::{Report, REPORT_FILE};
 
 #[derive(Debug, clap::Args)]
@@ -20,18 +22,43 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = args.config.load()?;
-    let state = &cfg.paths.state;
-    let Some(spool) = Spool::existing(state) else {
+    let Some(queue) = queue::connect(&cfg)? else {
         println!(
             "no job spool at {} (the daemon has not run with this config yet)",
-            state.display()
+            cfg.paths.state.display()
         );
         return Ok(ExitCode::SUCCESS);
     };
-    println!("spool    {}", state.display());
-    let queued = spool.list(JobState::Queued)?;
-    println!("queued   {}", queued.len());
-    for job in queued.iter().take(args.last) {
+    match cfg.queue.backend {
+        QueueBackend::Spool => println!("spool    {}", cfg.paths.state.display()),
+        QueueBackend::Postgres => {
+            let url = cfg
+                .queue
+                .database_url()
+                .map(|u| u.redacted())
+                .unwrap_or_default();
+            println!("queue    postgres {url}");
+            let workers = queue.workers()?;
+            println!("workers  {}", workers.len());
+            for w in &workers {
+                println!("  {}", worker_line(w, cfg.queue.lease_s as f64));
+                for job in &w.jobs {
+                    println!(
+                        "      {}  {}  stage {} {}",
+                        job.id,
+                        job.name,
+                        job.stage.as_deref().unwrap_or("starting"),
+                        job.progress
+                            .map(|p| format!("{:.0}%", p * 100.0))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    let counts = queue.counts()?;
+    println!("queued   {}", counts.queued);
+    for job in queue.list(JobState::Queued)?.iter().take(args.last) {
         println!(
             "  {}  {}  ({:?})",
             job.id(),
@@ -39,12 +66,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             job.record.kind
         );
     }
-    let running = spool.list(JobState::Running)?;
-    println!("running  {}", running.len());
-    for job in &running {
+    println!("running  {}", counts.running);
+    for job in &queue.list(JobState::Running)? {
         let r = &job.record;
         println!(
-            "  {}  {}  stage {} {}  attempt {}  since {}",
+            "  {}  {}  stage {} {}  attempt {}  since {}{}",
             r.id,
             r.dropped_as,
             r.stage.as_deref().unwrap_or("starting"),
@@ -52,26 +78,55 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map(|p| format!("{:.0}%", p * 100.0))
                 .unwrap_or_default(),
             r.attempts,
-            r.started_at.as_deref().unwrap_or("?")
+            r.started_at.as_deref().unwrap_or("?"),
+            r.worker
+                .as_deref()
+                .map(|w| format!("  on {w}"))
+                .unwrap_or_default()
         );
     }
     for (state, title) in [(JobState::Done, "done"), (JobState::Failed, "failed")] {
-        let mut jobs = spool.list(state)?;
-        jobs.sort_by(|a, b| b.record.finished_at.cmp(&a.record.finished_at));
+        let total = counts.get(state) as usize;
+        let jobs = queue.recent(state, args.last)?;
         println!(
-            "{title:<8} {}{}",
-            jobs.len(),
-            if jobs.len() > args.last {
+            "{title:<8} {total}{}",
+            if total > args.last {
                 format!(" (latest {})", args.last)
             } else {
                 String::new()
             }
         );
-        for job in jobs.iter().take(args.last) {
+        for job in &jobs {
             println!("  {}", finished_line(job));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `gpu-host-1  pid 4242  cuda:0  heartbeat 3 s ago  2 jobs` (ingesting nodes say so; a worker silent for longer
+/// than its lease is flagged).
+fn worker_line(w: &WorkerInfo, lease_s: f64) -> String {
+    let age = w.heartbeat_age_s;
+    let silent = if age > lease_s {
+        "  (silent longer than a lease: stopped or unreachable?)"
+    } else {
+        ""
+    };
+    format!(
+        "{}  host {}  pid {}  {}{}  heartbeat {:.0} s ago ({}){}  {}",
+        w.id,
+        w.host,
+        w.pid,
+        w.devices.join(", "),
+        if w.ingest { "  ingests" } else { "" },
+        age,
+        w.heartbeat_at,
+        silent,
+        match w.jobs.len() {
+            0 => "idle".to_owned(),
+            n => format!("{n} job(s)"),
+        }
+    )
 }
 
 fn finished_line(job: &Job) -> String {
@@ -95,8 +150,13 @@ fn finished_line(job: &Job) -> String {
                 .as_deref()
                 .map(|o| format!("  (identical to {o})"))
                 .unwrap_or_default();
+            let by = r
+                .worker
+                .as_deref()
+                .map(|w| format!("  by {w}"))
+                .unwrap_or_default();
             format!(
-                "{when}  {}  {verdict}  {}{dedup}",
+                "{when}  {}  {verdict}  {}{dedup}{by}",
                 r.dropped_as,
                 dir.map(|d| d.display().to_string()).unwrap_or_default()
             )

@@ -1,17 +1,21 @@
 //! `robustd submit FILE [--config SIDECAR]`: hands a model to the daemon by copying it into the inbox atomically.
 //! Every file is written under a hidden temporary name and renamed into place — the external-data companion
 //! first, then the sidecar, the model last — so the daemon never sees a partial drop. The sidecar is validated
-//! against the daemon's config before anything is copied.
+//! against the daemon's config before anything is copied. With a shared queue (`queue.backend: postgres`) it
+//! enqueues directly instead: the files are gathered in a private directory of the shared store and go through
+//! the same intake rules as an inbox drop (copied into the store, then enqueued).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
-use crate::config::Config;
+use crate::config::{Config, QueueBackend};
+use crate::daemon::intake::{intake, Intake};
 use crate::daemon::names::{classify, is_safe_companion, DropKind};
 use crate::durable::copy_atomic;
 use crate::onnx::scan_model;
+use crate::queue;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,10 +34,30 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let daemon_cfg = Config::load_or_default(args.daemon_config.as_deref())?;
-    let watch = args
-        .watch
-        .clone()
-        .unwrap_or_else(|| daemon_cfg.paths.watch.clone());
+    let direct = daemon_cfg.queue.backend == QueueBackend::Postgres && args.watch.is_none();
+    let watch = match (&daemon_cfg.queue.shared, direct) {
+        // A private inbox in the shared store, handed to intake below.
+        (Some(shared), true) => {
+            let dir = shared.join(queue::postgres::INPUTS_DIR);
+            crate::durable::create_dir_all(&dir)?;
+            tempfile::Builder::new()
+                .prefix(".submit-")
+                .tempdir_in(&dir)
+                .with_context(|| format!("cannot create a directory in {}", dir.display()))?
+        }
+        _ => tempfile::TempDir::new()?,
+    };
+    let (_private, watch) = if direct {
+        let path = watch.path().to_path_buf();
+        (Some(watch), path)
+    } else {
+        (
+            None,
+            args.watch
+                .clone()
+                .unwrap_or_else(|| daemon_cfg.paths.watch.clone()),
+        )
+    };
     if !watch.is_dir() {
         bail!(
             "inbox {} does not exist (is the daemon configured with this paths.watch?)",
@@ -95,6 +119,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("sidecar  {} (valid)", sidecar.display());
     }
     copy_atomic(&args.model, &target)?;
+    if direct {
+        return enqueue(&daemon_cfg, &watch, &name, &args.model);
+    }
     println!("submitted {} -> {}", args.model.display(), target.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Takes the gathered drop into the shared queue through the daemon's intake.
+fn enqueue(
+    cfg: &Config,
+    inbox: &Path,
+    name: &std::ffi::OsStr,
+    model: &Path,
+) -> anyhow::Result<ExitCode> {
+    let queue = queue::connect(cfg)?.context("no job queue")?;
+    let outcome = intake(
+        inbox,
+        name,
+        std::time::SystemTime::now(),
+        &*queue,
+        cfg,
+        std::time::Duration::ZERO,
+    )?;
+    match outcome {
+        Intake::Queued(job) => {
+            println!(
+                "queued   {} as job {} ({:?})",
+                model.display(),
+                job.id(),
+                job.record.kind
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Intake::Rejected(job) => bail!(
+            "{} refused: {}",
+            model.display(),
+            job.record.error.as_deref().unwrap_or("see its error.yaml")
+        ),
+        Intake::Waiting(why) => bail!("{} is not complete: {why}", model.display()),
+        Intake::Gone => bail!("{} disappeared during intake", model.display()),
+    }
 }

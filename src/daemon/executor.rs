@@ -1,7 +1,9 @@
 //! Runs one claimed job to its end, on the blocking thread the daemon gives it: links to an existing identical
 //! result (dedupe, or a resume that finds its own result already published), else prepares the staging directory in
 //! the store, calls the [`JobRunner`], assembles and validates `report.yaml`, publishes the result and completes the
-//! job in the queue; a failure fails it there with its `error.yaml`; a shutdown leaves it running, to resume.
+//! job in the queue; a failure fails it there with its `error.yaml`; a shutdown gives it back to the queue, to resume.
+//! When the queue holds claims under leases and this worker lost its lease (it stalled, another worker took the job
+//! over), the job ends here without publishing, failing or removing anything: it is the other worker's now.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -41,6 +43,12 @@ pub enum Finished {
     Interrupted {
         id: String,
     },
+    /// Stopped because another worker took the job over (this one lost its lease), or because the queue could not
+    /// record the end; the job is left to the queue.
+    Abandoned {
+        id: String,
+        why: String,
+    },
 }
 
 /// The shared pieces every job needs.
@@ -57,14 +65,28 @@ impl Executor {
         let id = job.id().to_owned();
         match self.try_execute(&job, cancel, progress) {
             Ok(finished) => finished,
-            Err(failure) => self.fail(&job, failure).unwrap_or_else(|e| {
-                tracing::error!(job = %id, "cannot file the failed job: {e}");
-                Finished::Failed {
-                    id,
-                    stage: "queue".into(),
-                    cause: e.to_string(),
+            Err(failure) => match self.fail(&job, failure) {
+                Ok(finished) => finished,
+                Err(e) if abandons(&e) => self.abandon(&job, &e),
+                Err(e) => {
+                    tracing::error!(job = %id, "cannot file the failed job: {e}");
+                    Finished::Failed {
+                        id,
+                        stage: "queue".into(),
+                        cause: e.to_string(),
+                    }
                 }
-            }),
+            },
+        }
+    }
+
+    /// Leaves a job this worker can no longer end to the queue (see [`abandons`]).
+    fn abandon(&self, job: &Job, error: &QueueError) -> Finished {
+        tracing::warn!(job = %job.id(), "{error}; this worker leaves the job to the queue");
+        self.store.discard_staging(job);
+        Finished::Abandoned {
+            id: job.id().to_owned(),
+            why: error.to_string(),
         }
     }
 
@@ -87,7 +109,7 @@ impl Executor {
         let record = &job.record;
         let staging = self
             .store
-            .prepare_staging(record)
+            .prepare_staging(job)
             .map_err(|e| Failure::new("publish", &e, None))?;
         let original = self.copy_original(job, &staging)?;
         let ctx = JobContext {
@@ -106,9 +128,21 @@ impl Executor {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(JobError::Cancelled(CancelReason::Shutdown))) => {
                 tracing::info!(job = %record.id, "interrupted by shutdown; it resumes at the next start");
+                self.store.discard_staging(job);
+                if let Err(e) = self.queue.release(job) {
+                    tracing::warn!(job = %record.id, "cannot give the job back to the queue: {e}");
+                }
                 return Ok(Finished::Interrupted {
                     id: record.id.clone(),
                 });
+            }
+            Ok(Err(JobError::Cancelled(CancelReason::LeaseLost))) => {
+                return Ok(self.abandon(
+                    job,
+                    &QueueError::LeaseLost {
+                        id: record.id.clone(),
+                    },
+                ));
             }
             Ok(Err(JobError::Cancelled(CancelReason::Timeout))) => {
                 return Err(Failure::from_chain(
@@ -172,14 +206,19 @@ impl Executor {
                 Some("the runner produced an inconsistent report: a robustd bug".into()),
             )
         })?;
-        let result_dir = self
-            .store
-            .publish(record)
-            .map_err(|e| Failure::new("publish", &e, None))?;
+        let result_dir = match self
+            .queue
+            .complete(job, &mut || self.store.publish(job), None)
+        {
+            Ok(done) => done
+                .record
+                .result_dir
+                .unwrap_or_else(|| self.store.result_dir(record)),
+            Err(e) if abandons(&e) => return Ok(self.abandon(job, &e)),
+            Err(QueueError::Publish(e)) => return Err(Failure::new("publish", &e, None)),
+            Err(e) => return Err(Failure::new("queue", &e, None)),
+        };
         self.store.remove_checkpoints(&record.key);
-        self.queue
-            .complete(job, &result_dir, None)
-            .map_err(|e| Failure::new("queue", &e, None))?;
         Ok(Finished::Done {
             id: record.id.clone(),
             result_dir,
@@ -199,20 +238,25 @@ impl Executor {
     }
 
     fn link(&self, job: &Job, (existing, owner): (PathBuf, String)) -> Result<Finished, Failure> {
-        let publish_failed =
-            |e: &(dyn std::error::Error + 'static)| Failure::new("publish", e, None);
         let id = job.id().to_owned();
-        let result_dir = self
-            .store
-            .link_existing(&job.record, &existing)
-            .map_err(|e| publish_failed(&e))?;
         let dedup_of = (owner != id).then_some(owner);
+        let linked = self.queue.complete(
+            job,
+            &mut || self.store.link_existing(&job.record, &existing),
+            dedup_of.as_deref(),
+        );
+        let result_dir = match linked {
+            Ok(done) => done
+                .record
+                .result_dir
+                .unwrap_or_else(|| self.store.result_dir(&job.record)),
+            Err(e) if abandons(&e) => return Ok(self.abandon(job, &e)),
+            Err(QueueError::Publish(e)) => return Err(Failure::new("publish", &e, None)),
+            Err(e) => return Err(Failure::new("publish", &e, None)),
+        };
         if let Some(of) = &dedup_of {
             tracing::info!(job = %id, of = %of, "identical to an earlier job: linked to its result");
         }
-        self.queue
-            .complete(job, &result_dir, dedup_of.as_deref())
-            .map_err(|e| publish_failed(&e))?;
         Ok(match dedup_of {
             None => Finished::Done { id, result_dir },
             Some(of) => Finished::Deduplicated { id, of, result_dir },
@@ -265,8 +309,7 @@ impl Executor {
     fn fail(&self, job: &Job, failure: Failure) -> Result<Finished, QueueError> {
         let record = &job.record;
         tracing::warn!(job = %record.id, stage = %failure.stage, "job failed: {}", failure.chain.join(": "));
-        self.store.discard_staging(record);
-        self.store.remove_checkpoints(&record.key);
+        self.store.discard_staging(job);
         // The cause names the file, whichever layer failed (a dataset or evaluation error does not know it).
         let mut chain = failure.chain;
         let names_file = chain
@@ -289,12 +332,25 @@ impl Executor {
             Some(hint),
         );
         self.queue.fail(job, &error)?;
+        // Only once the queue took the failure: a worker that lost the job must not remove the checkpoints the
+        // worker that owns it now resumes from.
+        self.store.remove_checkpoints(&record.key);
         Ok(Finished::Failed {
             id: record.id.clone(),
             stage: error.stage,
             cause: error.cause,
         })
     }
+}
+
+/// Whether a queue error means this worker can no longer end the job: its lease was lost, or the queue's database
+/// could not be reached to record the end. The job is then left to the queue (another worker, or this one later,
+/// takes it up again and finds a result already published).
+fn abandons(error: &QueueError) -> bool {
+    matches!(
+        error,
+        QueueError::LeaseLost { .. } | QueueError::Postgres(_)
+    )
 }
 
 /// A failure on its way to error.yaml.

@@ -100,6 +100,7 @@ pub fn intake(
         model_sha256,
         companion_digests,
     } = accepted;
+    let config = config.for_job();
     let config_yaml = config.to_yaml();
     let r = &mut drop.record;
     r.config_sha256 = config.hash_hex();
@@ -389,7 +390,8 @@ fn reject(
 
 /// Keys a sidecar may not set: they belong to the daemon, not to one job (where results and the queue live,
 /// how the inbox is watched, the resource limits, and which shared library is loaded into the process).
-pub const DAEMON_WIDE_KEYS: &[&str] = &["paths", "daemon", "limits", "runtime.ort_library"];
+pub const DAEMON_WIDE_KEYS: &[&str] =
+    &["paths", "daemon", "limits", "queue", "runtime.ort_library"];
 
 /// Why a sidecar is refused.
 #[derive(Debug, Error)]

@@ -36,6 +36,7 @@ pub fn execute(
         Finished::Deduplicated { .. } => (Outcome::Deduplicated, None),
         Finished::Failed { stage, .. } => (Outcome::Failed, Some(stage.as_str())),
         Finished::Interrupted { .. } => (Outcome::Interrupted, None),
+        Finished::Abandoned { .. } => (Outcome::Abandoned, None),
     };
     metrics.job_finished(
         outcome,

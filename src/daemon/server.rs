@@ -18,12 +18,11 @@ use super::inbox::{warn_if_world_writable, Inbox};
 use super::intake::{intake, Intake};
 use super::service::{self, ActiveJob, ActiveJobs};
 use super::watcher::{self, WatchError};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, QueueBackend};
 use crate::durable::WriteError;
 use crate::http::{HttpError, Metrics, Readiness};
 use crate::job::{CancelReason, CancelToken, Job, JobKind, JobRunner, Progress, ProgressUpdate};
 use crate::queue::{self, Claimable, Queue, QueueError};
-use crate::store::Store;
 
 /// How long running jobs get to checkpoint and return after a shutdown request (systemd's default stop timeout
 /// is 90 s; we promise 10 s).
@@ -64,7 +63,7 @@ pub async fn run(
     let paths = config.paths.clone();
     crate::durable::create_dir_all(&paths.watch).map_err(DaemonError::Inbox)?;
     warn_if_world_writable(&paths.watch);
-    let queue = queue::open(&config)?;
+    let queue = queue::open(&config, &worker_devices(&config))?;
     let (metrics, readiness) = (Arc::new(Metrics::new()), Arc::new(Readiness::default()));
     let http = crate::http::start(
         &config.daemon.http,
@@ -83,8 +82,14 @@ pub async fn run(
             recovery.resumed.join(", ")
         );
     }
-    let store = Store::local(&paths)?;
-    store.sweep_stale();
+    let store = queue::store(&config)?;
+    let shared = config.queue.backend != QueueBackend::Spool;
+    let live = if shared {
+        Some(queue.live_leases()?)
+    } else {
+        None
+    };
+    store.sweep_stale(live.as_deref());
     let exec = Executor {
         queue: queue.clone(),
         store,
@@ -93,12 +98,23 @@ pub async fn run(
 
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<OsString>();
     let poll_interval = Duration::from_millis(config.daemon.stable_ms.clamp(50, 1000));
-    let watcher = watcher::watch(&paths.watch, config.daemon.poll, poll_interval, event_tx)
-        .map_err(|source| DaemonError::Watch {
-            path: paths.watch.clone(),
-            source,
-        })?;
+    // A worker of a shared queue that does not ingest watches nothing.
+    let ingest = !shared || config.queue.ingest;
+    let watcher = if ingest {
+        Some(
+            watcher::watch(&paths.watch, config.daemon.poll, poll_interval, event_tx).map_err(
+                |source| DaemonError::Watch {
+                    path: paths.watch.clone(),
+                    source,
+                },
+            )?,
+        )
+    } else {
+        None
+    };
+    // (A worker that does not ingest has no inbox to watch: ready once the others are.)
     readiness.set_watching();
+    let wakeup = queue.wakeup();
     let (intake_tx, intake_rx) = std::sync::mpsc::channel::<(OsString, SystemTime, Arc<Config>)>();
     let (intake_done_tx, mut intake_done_rx) = mpsc::unbounded_channel::<(OsString, Intake)>();
     let intake_thread = {
@@ -134,12 +150,15 @@ pub async fn run(
         last_status: String::new(),
         metrics,
     };
-    if let Err(e) = state.inbox.rescan() {
-        tracing::warn!("cannot list {}: {e}", paths.watch.display());
+    if ingest {
+        if let Err(e) = state.inbox.rescan() {
+            tracing::warn!("cannot list {}: {e}", paths.watch.display());
+        }
     }
     tracing::info!(
         watch = %paths.watch.display(), models = %paths.models.display(), state = %paths.state.display(),
-        watcher = watcher.kind, queued = queue.queued(), "robustd daemon ready"
+        watcher = watcher.as_ref().map_or("none (does not ingest)", |w| w.kind), queued = queue.queued(),
+        "robustd daemon ready"
     );
     state.dispatch(&config);
     state.last_status = service::status_line(&state.active, queue.queued());
@@ -167,7 +186,8 @@ pub async fn run(
                 state.dispatch(&config);
                 state.publish_status();
             }
-            _ = rescan.tick() => {
+            _ = wakeup.notified() => state.dispatch(&config),
+            _ = rescan.tick(), if ingest => {
                 if let Err(e) = state.inbox.rescan() {
                     tracing::warn!("cannot list {}: {e}", paths.watch.display());
                 }
@@ -222,7 +242,23 @@ pub async fn run(
         http.stop().await;
     }
     let _ = intake_thread.join();
+    state.exec.queue.close();
     Ok(())
+}
+
+/// The devices this worker advertises to a shared queue: the one it trains on (`runtime.device`), named as
+/// reports name it, with the GPU index the host sees when `CUDA_VISIBLE_DEVICES` narrows it.
+fn worker_devices(config: &Config) -> Vec<String> {
+    let device = match crate::runtime::parse_device(&config.runtime.device) {
+        Ok(d) => crate::runtime::device_name(d),
+        Err(_) => config.runtime.device.clone(),
+    };
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(visible) if device.starts_with("cuda") && !visible.is_empty() => {
+            vec![format!("{device} (CUDA_VISIBLE_DEVICES={visible})")]
+        }
+        _ => vec![device],
+    }
 }
 
 struct RunningJob {
@@ -320,7 +356,7 @@ impl Loop {
             .map(|d| format!(", {} ms after it appeared in the inbox", d.as_millis()))
             .unwrap_or_default();
         tracing::info!(job = %id, attempt = job.record.attempts, "started {}{since_drop}", job.record.dropped_as);
-        let progress = progress_sink(&job, &self.exec.queue, &self.active);
+        let progress = progress_sink(&job, &self.exec.queue, &self.active, &cancel);
         let exec = self.exec.clone();
         let done = self.done_tx.clone();
         let metrics = self.metrics.clone();
@@ -351,6 +387,7 @@ impl Loop {
                 id
             }
             Finished::Interrupted { id } => id,
+            Finished::Abandoned { id, .. } => id,
         };
         self.running.remove(id);
         self.active
@@ -381,11 +418,18 @@ impl Loop {
 }
 
 /// A progress reporter that keeps the job record in the queue (its heartbeat: at most twice a second, and at every
-/// stage change) and the STATUS line current.
-fn progress_sink(job: &Job, queue: &Arc<dyn Queue>, active: &ActiveJobs) -> Progress {
+/// stage change) and the STATUS line current. A heartbeat the queue refuses because the lease was lost cancels
+/// the run.
+fn progress_sink(
+    job: &Job,
+    queue: &Arc<dyn Queue>,
+    active: &ActiveJobs,
+    cancel: &CancelToken,
+) -> Progress {
     let job = Mutex::new((job.clone(), Instant::now() - Duration::from_secs(1)));
     let queue = queue.clone();
     let active = active.clone();
+    let cancel = cancel.clone();
     Progress::new(move |update: &ProgressUpdate| {
         let mut guard = job.lock().unwrap_or_else(|p| p.into_inner());
         let (job, last_write) = &mut *guard;
@@ -403,8 +447,10 @@ fn progress_sink(job: &Job, queue: &Arc<dyn Queue>, active: &ActiveJobs) -> Prog
         job.record.stage = Some(update.stage.clone());
         job.record.progress = Some(update.fraction);
         if update.new_stage || last_write.elapsed() >= Duration::from_millis(500) {
-            if let Err(e) = queue.heartbeat(job) {
-                tracing::warn!(job = %job.id(), "cannot update the job record: {e}");
+            match queue.heartbeat(job) {
+                Ok(()) => {}
+                Err(QueueError::LeaseLost { .. }) => cancel.cancel(CancelReason::LeaseLost),
+                Err(e) => tracing::warn!(job = %job.id(), "cannot update the job record: {e}"),
             }
             *last_write = Instant::now();
         }

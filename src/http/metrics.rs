@@ -76,6 +76,8 @@ pub enum Outcome {
     Failed,
     /// Stopped by a shutdown; it resumes at the next start.
     Interrupted,
+    /// Left to the queue (another worker took it over, or the queue could not record the end).
+    Abandoned,
 }
 
 impl Outcome {
@@ -85,6 +87,7 @@ impl Outcome {
             Self::Deduplicated => "deduplicated",
             Self::Failed => "failed",
             Self::Interrupted => "interrupted",
+            Self::Abandoned => "abandoned",
         }
     }
 }

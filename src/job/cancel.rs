@@ -26,6 +26,7 @@ impl CancelToken {
         let code = match reason {
             CancelReason::Shutdown => 1,
             CancelReason::Timeout => 2,
+            CancelReason::LeaseLost => 3,
         };
         let _ = self
             .0
@@ -38,6 +39,7 @@ impl CancelToken {
         match self.0.reason.load(Ordering::SeqCst) {
             1 => Some(CancelReason::Shutdown),
             2 => Some(CancelReason::Timeout),
+            3 => Some(CancelReason::LeaseLost),
             _ => None,
         }
     }

@@ -51,6 +51,9 @@ pub enum CancelReason {
     Shutdown,
     /// `limits.job_timeout_s` passed: the job fails.
     Timeout,
+    /// The queue's lease on the job was lost (this worker stalled past it and another worker took the job over):
+    /// stop without publishing or failing anything; the job belongs to the other worker now.
+    LeaseLost,
 }
 
 impl std::fmt::Display for CancelReason {
@@ -58,6 +61,7 @@ impl std::fmt::Display for CancelReason {
         f.write_str(match self {
             Self::Shutdown => "daemon shutting down",
             Self::Timeout => "job timeout (limits.job_timeout_s)",
+            Self::LeaseLost => "lease lost: another worker took the job over",
         })
     }
 }

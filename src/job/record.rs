@@ -110,6 +110,9 @@ pub struct JobRecord {
     /// One-line cause when failed (details in error.yaml).
     #[serde(default)]
     pub error: Option<String>,
+    /// The worker running (or that last ran) the job, when the queue is shared by several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 impl JobRecord {
@@ -139,6 +142,7 @@ impl JobRecord {
             result_dir: None,
             dedup_of: None,
             error: None,
+            worker: None,
         }
     }
 
@@ -153,9 +157,21 @@ impl JobRecord {
 pub struct Job {
     pub record: JobRecord,
     pub dir: PathBuf,
+    /// The lease token of this claim, when the queue holds claims under leases: a worker that lost the lease (it
+    /// expired and another worker claimed the job) can no longer heartbeat, complete or fail the job.
+    pub lease: Option<i64>,
 }
 
 impl Job {
+    /// A job in `dir` not held under a lease.
+    pub fn new(record: JobRecord, dir: PathBuf) -> Self {
+        Self {
+            record,
+            dir,
+            lease: None,
+        }
+    }
+
     pub fn id(&self) -> &str {
         &self.record.id
     }
@@ -185,10 +201,7 @@ impl Job {
     /// Reads a job from its directory.
     pub fn read(dir: &Path) -> Result<Self, ReadError> {
         let record: JobRecord = read_yaml(&dir.join(JOB_FILE))?;
-        Ok(Self {
-            record,
-            dir: dir.to_path_buf(),
-        })
+        Ok(Self::new(record, dir.to_path_buf()))
     }
 }
 

@@ -1,15 +1,19 @@
 //! The job queue: the record of truth for which jobs exist and what state each is in. The daemon's service loop,
 //! its intake and `robustd status` use it only through the [`Queue`] trait; [`Spool`] (a crash-safe folder in
-//! `paths.state`) is the embedded implementation, and [`open`] is where a configuration chooses one.
+//! `paths.state`) is the embedded implementation, [`postgres::PgQueue`] the one a fleet of workers shares, and
+//! [`open`] is where a configuration (`queue.backend`) chooses one.
 //!
 //! A job's life: [`Queue::enqueue`] (or [`Queue::reject`] for a drop that cannot become a job) → [`Queue::claim`]
 //! by a worker with a free slot → [`Queue::heartbeat`] while it runs → [`Queue::complete`], [`Queue::fail`] or
 //! [`Queue::requeue`]. Identical jobs (same content key, [`crate::job::key`]) are deduplicated through the published
 //! results the queue keeps per key ([`Queue::published`]): a claim skips a key that is running, and the second
 //! job is then answered from the first one's result. A backend shared by several workers holds each claim under a
-//! lease: it renews the lease in `heartbeat`, refuses `complete`/`fail` from a worker that lost it, and returns a
-//! job whose worker vanished to the queue in [`Queue::recover`] or on its own.
+//! lease: it renews the lease while the job runs, refuses `heartbeat`/`complete`/`fail` from a worker that lost it
+//! ([`QueueError::LeaseLost`]; the publish itself runs inside `complete`, fenced), and gives a job whose worker
+//! vanished to another worker once the lease expires.
 
+pub mod fleet;
+pub mod postgres;
 pub mod spool;
 
 use std::path::{Path, PathBuf};
@@ -18,11 +22,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::Config;
+use crate::config::{Config, QueueBackend};
 use crate::durable::{ReadError, WriteError};
 use crate::job::{Job, JobKind, JobRecord, JobState};
 use crate::report::ErrorReport;
+use crate::store::Store;
 
+pub use fleet::{Counts, WorkerInfo, WorkerJob};
+pub use postgres::{PgError, PgQueue};
 pub use spool::Spool;
 
 #[derive(Debug, Error)]
@@ -38,7 +45,19 @@ pub enum QueueError {
     Read(#[from] ReadError),
     #[error("job {id} is not in {dir}/")]
     Missing { id: String, dir: &'static str },
+    /// The claim's lease expired and another worker holds the job now: this worker may not change it.
+    #[error("job {id}: lease lost (another worker took the job over)")]
+    LeaseLost { id: String },
+    /// Publishing the result inside [`Queue::complete`] failed (nothing was recorded).
+    #[error("cannot publish the result: {0}")]
+    Publish(WriteError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
 }
+
+/// Publishes a finished job's result in the store and returns its directory; [`Queue::complete`] calls it while it
+/// holds the job (for a leased backend: inside the transaction that checked the lease).
+pub type Publish<'a> = &'a mut dyn FnMut() -> Result<PathBuf, WriteError>;
 
 /// Files that become a new job's inputs: `(source, name inside the job)`. They are moved, so they leave the inbox.
 pub type DropFiles = Vec<(PathBuf, String)>;
@@ -107,13 +126,15 @@ pub trait Queue: Send + Sync + 'static {
     /// claim's lease here and fails when it was lost.
     fn heartbeat(&self, job: &Job) -> Result<(), QueueError>;
 
-    /// Ends a running job as done, its result published in `result_dir`. Unless it was answered from another job's
-    /// result (`dedup_of`), that result becomes the key's [`Published`] one. The job's inputs are dropped: the
+    /// Ends a running job as done: calls `publish` (which puts the result in place) while it still holds the job —
+    /// a leased backend first checks, in the same transaction, that the lease is still this worker's, so a worker
+    /// that lost it never publishes ([`QueueError::LeaseLost`]). Unless the job was answered from another job's
+    /// result (`dedup_of`), its result becomes the key's [`Published`] one. The job's inputs are dropped: the
     /// result keeps the model.
     fn complete(
         &self,
         job: &Job,
-        result_dir: &Path,
+        publish: Publish<'_>,
         dedup_of: Option<&str>,
     ) -> Result<Job, QueueError>;
 
@@ -123,17 +144,89 @@ pub trait Queue: Send + Sync + 'static {
     /// Puts a running job back in the queue, attempts kept (its worker stops without finishing it).
     fn requeue(&self, job: &Job) -> Result<Job, QueueError>;
 
+    /// A shutdown interrupted a running job: a shared queue gives it back now, so another worker resumes it from
+    /// its checkpoints; the spool keeps it in `running/` for this daemon's next start.
+    fn release(&self, _job: &Job) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// The published result of a content key, if a job with that key finished.
     fn published(&self, key: &str) -> Option<Published>;
 
     /// Jobs in one state, oldest first.
     fn list(&self, state: JobState) -> Result<Vec<Job>, QueueError>;
 
-    /// How many jobs wait in the queue.
+    /// How many jobs wait in the queue (as last seen; cheap).
     fn queued(&self) -> usize;
+
+    /// The latest `n` jobs in one state, newest first (by when they finished, for done and failed jobs).
+    fn recent(&self, state: JobState, n: usize) -> Result<Vec<Job>, QueueError> {
+        let mut jobs = self.list(state)?;
+        jobs.sort_by(|a, b| b.record.finished_at.cmp(&a.record.finished_at));
+        jobs.truncate(n);
+        Ok(jobs)
+    }
+
+    /// Jobs per state (for `robustd status` and metrics).
+    fn counts(&self) -> Result<Counts, QueueError> {
+        let mut counts = Counts::default();
+        for state in JobState::ALL {
+            counts.set(state, self.list(state)?.len() as u64);
+        }
+        Ok(counts)
+    }
+
+    /// The workers sharing this queue, with their devices, jobs and last heartbeat (empty for a queue one daemon
+    /// owns).
+    fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
+        Ok(Vec::new())
+    }
+
+    /// Fires when new work may be claimable (a shared queue: a notification from another node); the daemon
+    /// then claims at once instead of at its next tick.
+    fn wakeup(&self) -> Arc<tokio::sync::Notify> {
+        Arc::new(tokio::sync::Notify::new())
+    }
+
+    /// Lease tokens of jobs running now anywhere: their staging directories in a shared store are in use.
+    fn live_leases(&self) -> Result<Vec<i64>, QueueError> {
+        Ok(Vec::new())
+    }
+
+    /// The worker stops (clean shutdown): a shared queue takes it off the fleet.
+    fn close(&self) {}
 }
 
-/// The queue a configuration asks for: the folder spool in `paths.state`.
-pub fn open(config: &Config) -> Result<Arc<dyn Queue>, QueueError> {
-    Ok(Arc::new(Spool::open(&config.paths.state)?))
+/// The queue a worker uses, as `queue.backend` asks: the folder spool in `paths.state`, or the PostgreSQL queue
+/// (connected, its schema checked or migrated, this worker registered with `devices`). Errors are meant to stop
+/// the worker before it starts anything.
+pub fn open(config: &Config, devices: &[String]) -> Result<Arc<dyn Queue>, QueueError> {
+    match config.queue.backend {
+        QueueBackend::Spool => Ok(Arc::new(Spool::open(&config.paths.state)?)),
+        QueueBackend::Postgres => Ok(Arc::new(PgQueue::open_worker(config, devices)?)),
+    }
+}
+
+/// The queue for a client that reads or submits (`robustd status`, `robustd submit`): `None` when the spool was
+/// never created (nothing ran with this config); the PostgreSQL queue must exist with a current schema.
+pub fn connect(config: &Config) -> Result<Option<Arc<dyn Queue>>, QueueError> {
+    match config.queue.backend {
+        QueueBackend::Spool => {
+            Ok(Spool::existing(&config.paths.state).map(|s| Arc::new(s) as Arc<dyn Queue>))
+        }
+        QueueBackend::Postgres => Ok(Some(Arc::new(PgQueue::open_client(config)?))),
+    }
+}
+
+/// The artifact store the queue's jobs use: local (`paths.models`, checkpoints in `paths.state`) for the spool; for
+/// a shared queue, results in `paths.models` and checkpoints in the shared store (`queue.shared`), both on the
+/// mount every worker sees.
+pub fn store(config: &Config) -> Result<Store, WriteError> {
+    match (&config.queue.backend, &config.queue.shared) {
+        (QueueBackend::Postgres, Some(shared)) => Store::open(
+            &config.paths.models,
+            &shared.join(postgres::CHECKPOINTS_DIR),
+        ),
+        _ => Store::local(&config.paths),
+    }
 }

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Claimable, DropFiles, Published, Queue, QueueError, Recovery};
+use super::{Claimable, DropFiles, Publish, Published, Queue, QueueError, Recovery};
 use crate::durable::{self, create_dir_all, move_file, rename_durable, write_yaml_atomic};
 use crate::job::{now_rfc3339, Job, JobRecord, JobState, CONFIG_FILE, ERROR_FILE, JOB_FILE};
 use crate::report::ErrorReport;
@@ -111,7 +111,7 @@ impl Spool {
             Ok(dir)
         })();
         match result {
-            Ok(dir) => Ok(Job { record, dir }),
+            Ok(dir) => Ok(Job::new(record, dir)),
             Err(e) => {
                 // Put the drop back as it was (disk full, permissions): the inbox retries it later.
                 for (src, dst) in moved.iter().rev() {
@@ -153,7 +153,7 @@ impl Spool {
         write_yaml_atomic(&job.record_path(), &record)?;
         let dir = self.state_dir(to).join(&record.id);
         rename_durable(&job.dir, &dir)?;
-        Ok(Job { record, dir })
+        Ok(Job::new(record, dir))
     }
 
     fn index_path(&self, key: &str) -> PathBuf {
@@ -245,18 +245,20 @@ impl Queue for Spool {
     fn complete(
         &self,
         job: &Job,
-        result_dir: &Path,
+        publish: Publish<'_>,
         dedup_of: Option<&str>,
     ) -> Result<Job, QueueError> {
+        // One daemon owns the spool: nobody else can hold the job while it publishes.
+        let result_dir = publish().map_err(QueueError::Publish)?;
         let mut record = job.record.clone();
-        record.result_dir = Some(result_dir.to_path_buf());
+        record.result_dir = Some(result_dir.clone());
         record.stage = None;
         record.progress = Some(1.0);
         record.dedup_of = dedup_of.map(str::to_owned);
         if dedup_of.is_none() {
             let published = Published {
                 job: record.id.clone(),
-                result_dir: result_dir.to_path_buf(),
+                result_dir,
             };
             write_yaml_atomic(&self.index_path(&record.key), &published)?;
         }
@@ -381,7 +383,9 @@ mod tests {
         let again = reopened.claim(&any()).unwrap().unwrap();
         assert_eq!(again.record.attempts, 2);
         let result = tmp.path().join("models/m/cccccccccccc");
-        let done = reopened.complete(&again, &result, None).unwrap();
+        let done = reopened
+            .complete(&again, &mut || Ok(result.clone()), None)
+            .unwrap();
         assert_eq!(reopened.list(JobState::Done).unwrap(), vec![done.clone()]);
         assert!(reopened.list(JobState::Running).unwrap().is_empty());
         // The result is the key's published one, and the job no longer holds the model (the result does).
