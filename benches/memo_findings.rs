@@ -5,8 +5,9 @@
 //!
 //! `cargo bench --bench memo_findings` (release profile). Environment (defaults in brackets):
 //! `MEMO_MODEL` [tests/fixtures/generated/mlp_legacy.onnx] — the architecture (re-initialized for every model);
+//! `MEMO_ESTIMATOR` [feldman-zhang] (or learning-speed, holdout);
 //! `MEMO_SAMPLES` [5000] scored training samples; `MEMO_TEST` [1000] test samples; `MEMO_K` [8];
-//! `MEMO_RATIO` [0.7]; `MEMO_EPOCHS` [60] per subset model (the MLP fits ~97 % of its subset after 60);
+//! `MEMO_RATIO` [0.7]; `MEMO_EPOCHS` [60] per model (Feldman–Zhang: the cap; each stops at 99 % fitted);
 //! `MEMO_LR` [0.05] (SGD, momentum 0.9, cosine, weight decay 5e-4, batch 128); `MEMO_SEEDS` [0,1] estimator
 //! seeds; `MEMO_AT_EPOCHS` [30] of PGD-AT (eps 0.1, PGD-7 of 0.25·eps) and of standard training for contrast;
 //! `MEMO_STATE` [target/memo-findings] cache (a rerun reuses finished subset models); `MEMO_THREADS` [2].
@@ -77,17 +78,23 @@ fn main() {
     };
 
     let mut config = Config::default();
+    config.memorization.estimator =
+        serde_norway::from_str(&env("MEMO_ESTIMATOR", "feldman-zhang".to_string()))
+            .expect("MEMO_ESTIMATOR: learning-speed, feldman-zhang or holdout");
     config.memorization.k = k;
     config.memorization.subset_ratio = ratio;
     config.memorization.epochs = epochs;
+    config.memorization.max_epochs = epochs;
+
     config.train.batch_size = 128;
     config.memorization.lr = lr;
     config.train.optimizer.lr = lr;
     config.train.optimizer.schedule = "cosine".into();
     config.train.optimizer.weight_decay = 5e-4;
     println!(
-        "memo_findings: {} on {samples} Fashion-MNIST training + {test_samples} test samples, K={k}, ratio {ratio}, \
-         {epochs} epochs (SGD lr {lr} cosine, batch 128), {threads} threads",
+        "memo_findings: {} {} on {samples} Fashion-MNIST training + {test_samples} test samples, K={k}, ratio \
+         {ratio}, {epochs} epochs (SGD lr {lr} cosine, batch 128), {threads} threads",
+        config.memorization.estimator.name(),
         model_path.file_name().unwrap_or_default().to_string_lossy()
     );
 
@@ -99,6 +106,7 @@ fn main() {
         let started = Instant::now();
         let e = estimate(&scored, Some(&data.test), identity, &mut factory, &options)
             .expect("estimate");
+        let tau = e.threshold(config.memorization.threshold);
         let fits = &e.models;
         let mean = |f: &dyn Fn(&robustd::memo::ModelFit) -> f64| {
             fits.iter().map(f).sum::<f64>() / fits.len() as f64
@@ -106,25 +114,33 @@ fn main() {
         let defined: Vec<f64> = e.scores.scores.iter().flatten().copied().collect();
         println!(
             "  seed {seed}: {:.0} s ({} trained now; {:.0} s of training in total); subset models: in-subset acc \
-             {:.3}, out-of-subset {:.3}, test {:.3}; mean mem {:.3}; atypical (mem > 0.15) {:.1} %",
+             {:.3}, out-of-subset {:.3}, test {:.3}; mean score {:.3}; atypical (score > {tau}) {:.1} %",
             started.elapsed().as_secs_f64(),
             e.trained(),
             fits.iter().map(|f| f.seconds).sum::<f64>(),
             mean(&|f| f.in_subset_acc),
-            mean(&|f| f.out_of_subset_acc),
+            mean(&|f| f.out_of_subset_acc.unwrap_or(f64::NAN)),
             mean(&|f| f.test_acc.unwrap_or(0.0)),
             defined.iter().sum::<f64>() / defined.len().max(1) as f64,
-            100.0 * e.scores.atypical_share(0.15)
+            100.0 * e.scores.atypical_share(tau)
         );
         runs.push(e);
     }
+    let tau = match runs.first() {
+        Some(e) => e.threshold(config.memorization.threshold),
+        None => return,
+    };
     if runs.len() >= 2 {
         let values = |e: &Estimate| -> Vec<f64> {
             e.scores.scores.iter().map(|s| s.unwrap_or(0.0)).collect()
         };
         let (a, b) = (&runs[0], &runs[1]);
         let rho = spearman(&values(a), &values(b)).unwrap_or(f64::NAN);
-        let (fa, fb) = (a.scores.atypical(0.15), b.scores.atypical(0.15));
+        let configured = config.memorization.threshold;
+        let (fa, fb) = (
+            a.scores.atypical(a.threshold(configured)),
+            b.scores.atypical(b.threshold(configured)),
+        );
         let both = fa.iter().zip(&fb).filter(|(x, y)| **x && **y).count();
         let either = fa.iter().zip(&fb).filter(|(x, y)| **x || **y).count();
         let ca = &a.consistency.as_ref().expect("consistency").scores;
@@ -163,7 +179,7 @@ fn main() {
             Keep::Adversarial,
         ),
         batch_size: 250,
-        threshold: 0.15,
+        threshold: tau,
     };
     for method in [Method::PgdAt, Method::Standard] {
         let mut spec = config.train.clone();
@@ -197,9 +213,10 @@ fn main() {
         }
         };
         println!(
-            "  {} model, {at_epochs} epochs ({trained_s:.0} s), PGD-20 eps 0.1; train groups by mem > 0.15, test \
-             groups by consistency < 0.85:",
-            if method == Method::PgdAt { "PGD-AT" } else { "standard" }
+            "  {} model, {at_epochs} epochs ({trained_s:.0} s), PGD-20 eps 0.1; train groups by score > {tau}, \
+             test groups by consistency < {}:",
+            if method == Method::PgdAt { "PGD-AT" } else { "standard" },
+            1.0 - tau
         );
         line("train", &measured.groups.train, "adv");
         line("test", &measured.groups.test, "rob");

@@ -7,6 +7,7 @@ import `reproducible` first; the benchmark measures PyTorch as users run it.
 import contextlib
 import copy
 import io
+import math
 import warnings
 
 import onnx
@@ -172,6 +173,85 @@ class LeNetNHWC(LeNet):
         return super().forward(x.permute(0, 3, 1, 2))
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written out (separate q/k/v projections, matmul, scale, softmax) as Hugging Face
+    ViT does: the pattern onnxruntime's transformers optimizer fuses into Attention / MultiHeadAttention."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def split(self, x):
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).permute(0, 2, 1, 3)
+
+    def forward(self, x):
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        weights = (torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)).softmax(-1)
+        context = torch.matmul(weights, v).permute(0, 2, 1, 3).contiguous()
+        return self.out(context.view(context.shape[0], context.shape[1], -1))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block; `act` picks the MLP activation (erf GELU, tanh GELU or QuickGELU), so the
+    optimizer writes BiasGelu, FastGelu and QuickGelu."""
+
+    def __init__(self, dim, heads, hidden, act):
+        super().__init__()
+        self.norm1, self.attn, self.norm2 = nn.LayerNorm(dim), SelfAttention(dim, heads), nn.LayerNorm(dim)
+        self.fc1, self.fc2, self.act = nn.Linear(dim, hidden), nn.Linear(hidden, dim), act
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        h = self.fc1(self.norm2(x))
+        if self.act == "tanh":
+            h = F.gelu(h, approximate="tanh")
+        elif self.act == "quick":
+            h = h * torch.sigmoid(1.702 * h)
+        else:
+            h = F.gelu(h)
+        return x + self.fc2(h)
+
+
+class ViT(nn.Module):
+    """A small vision transformer on 28x28: 7x7 patches, class token, three blocks (one per GELU form)."""
+
+    def __init__(self, classes=10, dim=32, heads=2, hidden=64, patch=7):
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, patch, patch)
+        tokens = (28 // patch) ** 2 + 1
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.blocks = nn.Sequential(*(EncoderBlock(dim, heads, hidden, a) for a in ("erf", "tanh", "quick")))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x):
+        p = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(p.shape[0], -1, -1), p], 1) + self.pos
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class SdpaViT(nn.Module):
+    """A ViT block with RMSNorm and F.scaled_dot_product_attention: at opset 23 the dynamo exporter writes the
+    ONNX RMSNormalization and Attention ops."""
+
+    def __init__(self, classes=10, dim=32, heads=2, patch=7):
+        super().__init__()
+        self.heads = heads
+        self.patch = nn.Conv2d(1, dim, patch, patch)
+        self.norm = nn.RMSNorm(dim)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        h = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, d = h.shape
+        q, k, v = self.qkv(self.norm(h)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        return self.head((h + self.out(a)).mean(1))
+
+
 class FlatMLP(nn.Module):
     """An MLP taking flattened images [N, 784], for the Flat input adapter."""
 
@@ -195,7 +275,11 @@ ARCHS = {
     "vgg_bn": (VGGBN, (3, 32, 32), 8),
     "lenet_nhwc": (LeNetNHWC, (28, 28, 1), 2),
     "mlp_flat": (FlatMLP, (784,), 4),
+    "vit": (ViT, (1, 28, 28), 9),
+    "vit_sdpa": (SdpaViT, (1, 28, 28), 10),
 }
+# Architectures exported only as export_fixtures.VARIANTS lists them (not with both exporters).
+ONLY_LISTED = {"vit_sdpa"}
 
 
 def seeded_model(cls, seed):
@@ -204,6 +288,11 @@ def seeded_model(cls, seed):
     torch.manual_seed(seed)
     model = cls()
     for m in model.modules():
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+            # Non-trivial affine parameters, so a fused normalization that ignored them would show.
+            m.weight.data.uniform_(0.5, 1.5)
+            if getattr(m, "bias", None) is not None:
+                m.bias.data.uniform_(-0.2, 0.2)
         if isinstance(m, nn.BatchNorm2d):
             # Non-trivial running statistics, so BatchNorm folding/evaluation is really exercised.
             m.running_mean.uniform_(-0.2, 0.2)

@@ -22,7 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def supported_ops():
     ops = set()
     for path in glob.glob(os.path.join(HERE, "..", "src", "onnx", "ops", "*.rs")):
-        ops.update(re.findall(r'^\s*\("([A-Za-z]+)",', open(path).read(), re.M))
+        # Table entries: `("OpType", function)` or `("OpType", |c, i| ...)`, one or several to a line.
+        ops.update(re.findall(r'\("([A-Z][A-Za-z0-9]*)",\s*[a-z_|]', open(path).read()))
     return ops
 
 

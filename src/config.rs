@@ -69,6 +69,9 @@ pub struct Paths {
     pub models: PathBuf,
     /// Job spool, checkpoints and caches.
     pub state: PathBuf,
+    /// Daemon-wide allow-list of directories a sidecar's `dataset.path` must lie inside (after resolving
+    /// symlinks); empty = a sidecar may not name a dataset path at all.
+    pub datasets: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,12 +91,54 @@ pub struct Runtime {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSpec {
-    /// Per-channel mean subtracted inside the model's forward path; null = the dataset profile's (or none).
+    /// Per-channel mean subtracted inside the model's forward path; null = the dataset profile's (or none). A
+    /// preset name (`imagenet`, `cifar10`, ...: [`crate::data::normalization_preset`]) is read as its values.
+    #[serde(deserialize_with = "preset_or_values::mean")]
     pub mean: Option<Vec<f32>>,
-    /// Per-channel std; null = the dataset profile's (or none).
+    /// Per-channel std; null = the dataset profile's (or none); a preset name as for `mean`.
+    #[serde(deserialize_with = "preset_or_values::std")]
     pub std: Option<Vec<f32>>,
     /// `auto` (from the ONNX input shape), `nchw`, `nhwc`, or `flat` (an MLP taking N x C*H*W).
     pub input_layout: InputLayout,
+    /// How image files (`dataset.name: folder | manifest`) are brought to the model's input size.
+    pub preprocess: PreprocessSpec,
+}
+
+/// Image-file preprocessing, as the model's own training code did it (torchvision's `Resize` + `CenterCrop` on
+/// PIL images); applied before the [0,1] pixel tensor that attacks perturb. In-RAM formats (IDX, CIFAR, npz) are
+/// stored at their size and do not use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreprocessSpec {
+    /// `shorter-side` (resize the shorter side to `resize_size`, keep the aspect, center-crop to the input size),
+    /// `exact` (resize to the input size, aspect not kept), or `none` (files must already have the input size).
+    pub resize: ResizeMode,
+    /// Shorter side after resizing, before the center crop (torchvision `Resize(256)` + `CenterCrop(224)`);
+    /// null = the larger input side (no margin cropped beyond the aspect).
+    pub resize_size: Option<u32>,
+    /// `bilinear` or `bicubic`, antialiased when shrinking (Pillow's resampling, as torchvision on PIL images).
+    pub interpolation: Interpolation,
+    /// `[H, W]` the images are brought to; null = the model's input size (from the ONNX input).
+    pub size: Option<[u32; 2]>,
+    /// Area range of `train.augmentation: random-resized-crop` (torchvision `RandomResizedCrop(scale=...)`).
+    pub random_crop_scale: [f64; 2],
+    /// Aspect-ratio range of the random resized crop (`ratio=...`).
+    pub random_crop_ratio: [f64; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizeMode {
+    ShorterSide,
+    Exact,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    Bilinear,
+    Bicubic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,16 +153,33 @@ pub enum InputLayout {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatasetSpec {
-    /// `fashion-mnist`, `mnist`, `cifar10`, `cifar100`, or `npz`.
+    /// `fashion-mnist`, `mnist`, `cifar10`, `cifar100`, `npz`, `folder` or `manifest`.
     pub name: String,
-    /// Directory (IDX, CIFAR) or file (npz); null = the standard location for the name.
+    /// Directory (IDX, CIFAR, folder, manifest) or file (npz); null = the standard location for the name.
     pub path: Option<PathBuf>,
+    /// Folder/manifest class names in label order; null = the sorted class folder names (torchvision
+    /// `ImageFolder`), or numbered classes for a manifest.
+    pub classes: Option<Vec<String>>,
+    /// What an unreadable or corrupt image file does: `fail` the job naming the file, or `skip` it (counted in the
+    /// report).
+    pub corrupt: CorruptPolicy,
+    /// Directory for decoded, preprocessed images keyed by file content (folder/manifest); null = no cache.
+    pub cache: Option<PathBuf>,
+    /// Image decode threads (folder/manifest); 0 = `runtime.threads`, or one per core.
+    pub loader_threads: usize,
     /// Training samples used for fine-tuning and memorization; 0 = all.
     pub train_samples: usize,
     /// Test samples evaluated (first N of the test split); 0 = all.
     pub eval_samples: usize,
     /// Take a seeded random subset instead of the first N.
     pub random_subset: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorruptPolicy {
+    Fail,
+    Skip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,22 +304,70 @@ pub struct BatSpec {
     pub atypicality: String,
 }
 
+/// How the memorization module scores training samples (`memorization.estimator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Estimator {
+    /// One model from fresh weights; score `1 − mean p(y|x)` over its training passes (`memorization.epochs`).
+    LearningSpeed,
+    /// K subset models trained until they fit their subsets; score `E[p(y|x) | in] − E[p(y|x) | out]`.
+    FeldmanZhang,
+    /// Two half models; score `1 − p(y|x)` under the half model that never saw the sample.
+    Holdout,
+    /// Scores read from `memorization.scores`.
+    Import,
+}
+
+impl Estimator {
+    /// The name in configs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Estimator::LearningSpeed => "learning-speed",
+            Estimator::FeldmanZhang => "feldman-zhang",
+            Estimator::Holdout => "holdout",
+            Estimator::Import => "import",
+        }
+    }
+
+    /// τ when `memorization.threshold` is null, each estimator's scores living on their own scale: a fixed value,
+    /// or `None` for learning-speed, whose scores only rank (how high they run depends on how fast the model learns
+    /// at all): its τ is the 90th percentile of the run's scores, so the top decile is atypical.
+    pub fn default_threshold(self) -> Option<f64> {
+        match self {
+            Estimator::LearningSpeed => None,
+            Estimator::FeldmanZhang | Estimator::Import => Some(0.15),
+            Estimator::Holdout => Some(0.5),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemorizationSpec {
-    /// Number of subset models.
-    pub k: usize,
-    pub subset_ratio: f64,
-    /// mem(i) above this marks a training sample atypical.
-    pub threshold: f64,
+    /// `learning-speed`, `feldman-zhang`, `holdout` or `import`.
+    pub estimator: Estimator,
+    /// A score above this marks a training sample atypical; null = the estimator's own
+    /// ([`Estimator::default_threshold`]; resolved per run by `memo::Estimate::threshold`).
+    pub threshold: Option<f64>,
     /// Training samples scored (first N of the training split); 0 = all.
     pub train_samples: usize,
+    /// Learning-speed: epochs of the one model (each one counted). Holdout: epochs of each half model.
     pub epochs: usize,
-    /// Peak learning rate of the subset models, which train from fresh weights (`train.optimizer.lr` is meant for
+    /// Peak learning rate of the models the estimators train from fresh weights (`train.optimizer.lr` is meant for
     /// fine-tuning a trained model and is usually too small for that); the rest of `train.optimizer` applies.
     pub lr: f64,
-    /// Train the subset models adversarially instead of with standard training.
+    /// Train the estimators' models adversarially instead of with standard training.
     pub adversarial: bool,
+    /// Feldman–Zhang: number of subset models.
+    pub k: usize,
+    /// Feldman–Zhang: share of the scored samples each subset model sees.
+    pub subset_ratio: f64,
+    /// Feldman–Zhang: a subset model stops once its training accuracy on its subset reaches this.
+    pub fit_target: f64,
+    /// Feldman–Zhang: the most epochs a subset model trains to reach `fit_target`.
+    pub max_epochs: usize,
+    /// Import: the score file (`.npy` by source index, `.npz#KEY`, or `.csv` `index,score`).
+    pub scores: Option<String>,
     /// Harmful atypical samples listed in the report and shown in the image grid.
     pub harmful_top: usize,
 }
@@ -325,6 +435,7 @@ impl Default for Paths {
             watch: "watch".into(),
             models: "models".into(),
             state: "state".into(),
+            datasets: Vec::new(),
         }
     }
 }
@@ -346,6 +457,20 @@ impl Default for ModelSpec {
             mean: None,
             std: None,
             input_layout: InputLayout::Auto,
+            preprocess: PreprocessSpec::default(),
+        }
+    }
+}
+
+impl Default for PreprocessSpec {
+    fn default() -> Self {
+        Self {
+            resize: ResizeMode::ShorterSide,
+            resize_size: None,
+            interpolation: Interpolation::Bilinear,
+            size: None,
+            random_crop_scale: [0.08, 1.0],
+            random_crop_ratio: [0.75, 4.0 / 3.0],
         }
     }
 }
@@ -360,6 +485,7 @@ impl DatasetSpec {
             train_samples,
             eval_samples,
             random_subset: false,
+            ..Self::default()
         }
     }
 }
@@ -369,6 +495,10 @@ impl Default for DatasetSpec {
         Self {
             name: "fashion-mnist".into(),
             path: None,
+            classes: None,
+            corrupt: CorruptPolicy::Fail,
+            cache: None,
+            loader_threads: 0,
             train_samples: 10_000,
             eval_samples: 1000,
             random_subset: false,
@@ -476,13 +606,17 @@ impl Default for BatSpec {
 impl Default for MemorizationSpec {
     fn default() -> Self {
         Self {
-            k: 8,
-            subset_ratio: 0.7,
-            threshold: 0.15,
-            train_samples: 5000,
-            epochs: 3,
+            estimator: Estimator::LearningSpeed,
+            threshold: None,
+            train_samples: 0,
+            epochs: 8,
             lr: 0.05,
             adversarial: false,
+            k: 8,
+            subset_ratio: 0.7,
+            fit_target: 0.99,
+            max_epochs: 60,
+            scores: None,
             harmful_top: 24,
         }
     }
@@ -630,6 +764,33 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if !(self.memorization.fit_target > 0.0 && self.memorization.fit_target <= 1.0) {
+            return Err(bad(
+                "memorization.fit_target",
+                format!("{} is not in (0, 1]", self.memorization.fit_target),
+            ));
+        }
+        if let Some(t) = self.memorization.threshold.filter(|t| !t.is_finite()) {
+            return Err(bad(
+                "memorization.threshold",
+                format!("{t} is not a number"),
+            ));
+        }
+        for (key, value) in [
+            ("memorization.epochs", self.memorization.epochs),
+            ("memorization.max_epochs", self.memorization.max_epochs),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be at least 1".into()));
+            }
+        }
+        if self.memorization.estimator == Estimator::Import && self.memorization.scores.is_none() {
+            return Err(bad(
+                "memorization.scores",
+                "the import estimator needs a score file (memorization.scores: PATH[.npz#KEY])"
+                    .into(),
+            ));
+        }
         if !(0.0..1.0).contains(&self.train.val_fraction) {
             return Err(bad(
                 "train.val_fraction",
@@ -709,14 +870,67 @@ impl Config {
         if let Err((key, message)) = self.queue.check() {
             return Err(bad(key, message));
         }
-        if !["auto", "none", "crop-flip"].contains(&self.train.augmentation.as_str()) {
+        if !crate::data::AUGMENTATIONS.contains(&self.train.augmentation.as_str()) {
             return Err(bad(
                 "train.augmentation",
                 format!(
-                    "`{}`: expected auto, none or crop-flip",
-                    self.train.augmentation
+                    "`{}`: expected {}",
+                    self.train.augmentation,
+                    crate::data::AUGMENTATIONS.join(", ")
                 ),
             ));
+        }
+        self.validate_preprocess(origin)?;
+        Ok(())
+    }
+
+    /// The image-file preprocessing keys: sizes, the random-crop ranges, and class names.
+    fn validate_preprocess(&self, origin: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            key,
+            message,
+        };
+        let p = &self.model.preprocess;
+        if p.resize_size.is_some_and(|s| s == 0 || s > MAX_IMAGE_SIDE) {
+            return Err(bad(
+                "model.preprocess.resize_size",
+                format!("must be in 1..={MAX_IMAGE_SIDE}"),
+            ));
+        }
+        if p.size
+            .is_some_and(|s| s.iter().any(|&v| v == 0 || v > MAX_IMAGE_SIDE))
+        {
+            return Err(bad(
+                "model.preprocess.size",
+                format!("both sides must be in 1..={MAX_IMAGE_SIDE}"),
+            ));
+        }
+        let [lo, hi] = p.random_crop_scale;
+        if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+            return Err(bad(
+                "model.preprocess.random_crop_scale",
+                format!("[{lo}, {hi}] is not a range inside (0, 1]"),
+            ));
+        }
+        let [lo, hi] = p.random_crop_ratio;
+        if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
+            return Err(bad(
+                "model.preprocess.random_crop_ratio",
+                format!("[{lo}, {hi}] is not a positive range"),
+            ));
+        }
+        if let Some(classes) = &self.dataset.classes {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = classes.iter().find(|c| !seen.insert(c.as_str())) {
+                return Err(bad(
+                    "dataset.classes",
+                    format!("class `{dup}` is listed twice"),
+                ));
+            }
+            if classes.is_empty() {
+                return Err(bad("dataset.classes", "the list is empty".into()));
+            }
         }
         Ok(())
     }
@@ -724,7 +938,7 @@ impl Config {
     /// Counts that set how much work a job does, with the most accepted of each: far above any useful setting,
     /// they keep a typo or a hostile sidecar from asking for years of computation (`limits.job_timeout_s` bounds
     /// the rest).
-    fn work_bounds(&self) -> [(&'static str, u64, u64); 12] {
+    fn work_bounds(&self) -> [(&'static str, u64, u64); 13] {
         let n = |v: usize| v as u64;
         [
             ("eval.pgd.steps", n(self.eval.pgd.steps), 10_000),
@@ -742,6 +956,11 @@ impl Config {
             ("train.pgd.restarts", n(self.train.pgd.restarts), 100),
             ("memorization.k", n(self.memorization.k), 1_000),
             ("memorization.epochs", n(self.memorization.epochs), 10_000),
+            (
+                "memorization.max_epochs",
+                n(self.memorization.max_epochs),
+                10_000,
+            ),
             (
                 "train.optimizer.warmup_epochs",
                 n(self.train.optimizer.warmup_epochs),
@@ -784,6 +1003,43 @@ impl Config {
             map.insert("queue".into(), queue);
         }
         serde_norway::to_string(&value).unwrap_or_default()
+    }
+}
+
+/// Largest image side `model.preprocess` accepts (pixels).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// `model.mean`/`model.std`: a list of numbers, null, or the name of a normalization preset.
+mod preset_or_values {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Setting {
+        Preset(String),
+        Values(Vec<f32>),
+    }
+
+    fn read<'de, D: Deserializer<'de>>(d: D, std: bool) -> Result<Option<Vec<f32>>, D::Error> {
+        match Option::<Setting>::deserialize(d)? {
+            None => Ok(None),
+            Some(Setting::Values(v)) => Ok(Some(v)),
+            Some(Setting::Preset(name)) => match crate::data::normalization_preset(&name) {
+                Some((mean, sd)) => Ok(Some(if std { sd } else { mean })),
+                None => Err(D::Error::custom(format!(
+                    "unknown normalization preset `{name}` (known: {}; or a list of numbers)",
+                    crate::data::normalization_presets().join(", ")
+                ))),
+            },
+        }
+    }
+
+    pub fn mean<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
+        read(d, false)
+    }
+
+    pub fn std<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
+        read(d, true)
     }
 }
 

@@ -50,7 +50,8 @@ fn compare_runs_each_method_and_seed_and_writes_the_table_files() {
     assert_eq!(cmp.budget.eval_attacks, ["pgd"]);
     assert_eq!(cmp.budget.seeds, [0, 1]);
 
-    // Four runs, each its own written-back file; flags computed once (one holdout, 2 half models, in the log).
+    // Four runs, each its own written-back file; flags computed once (one holdout estimate: 2 half models in the
+    // log, trained or loaded from the memorization cache).
     let runs: Vec<(String, u64)> = cmp
         .runs
         .iter()
@@ -80,7 +81,7 @@ fn compare_runs_each_method_and_seed_and_writes_the_table_files() {
     let atypicality = cmp.atypicality.as_ref().expect("BAT's flags");
     assert!(atypicality.source.contains("holdout"));
     assert_eq!(
-        run.stderr.matches("holdout model trained").count(),
+        run.stderr.matches("memorization subset model").count(),
         2,
         "the K=2 holdout ran once: {}",
         run.text()

@@ -29,6 +29,7 @@ fn spec(name: &str, path: Option<&Path>, train: usize, eval: usize, random: bool
         train_samples: train,
         eval_samples: eval,
         random_subset: random,
+        ..DatasetSpec::default()
     }
 }
 
@@ -1062,7 +1063,15 @@ fn npz_errors_name_the_array_and_the_cause() {
 fn built_in_profiles_parse_and_unknown_names_are_refused() {
     assert_eq!(
         known_names(),
-        ["fashion-mnist", "mnist", "cifar10", "cifar100", "npz"]
+        [
+            "fashion-mnist",
+            "mnist",
+            "cifar10",
+            "cifar100",
+            "npz",
+            "folder",
+            "manifest"
+        ]
     );
     for name in ["fashion-mnist", "mnist", "cifar10", "cifar100"] {
         let p = Profile::built_in(name).unwrap();
@@ -1083,7 +1092,7 @@ fn built_in_profiles_parse_and_unknown_names_are_refused() {
     assert!(matches!(err, DataError::UnknownDataset { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("fashion-mnist, mnist, cifar10, cifar100, npz"),
+            .contains("fashion-mnist, mnist, cifar10, cifar100, npz, folder, manifest"),
         "{err}"
     );
 }
@@ -1129,6 +1138,7 @@ fn synthetic_split(n: i64) -> Split {
         y: Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(10),
         indices: (100..100 + n).collect(),
         source_len: n as usize,
+        source: None,
     }
 }
 

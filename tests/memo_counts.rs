@@ -4,7 +4,9 @@
 
 use robustd::data::Split;
 use robustd::memo::scores::spearman;
-use robustd::memo::{Consistency, MemoError, ScoreSource, SubsetDesign, Tally, TrainScores};
+use robustd::memo::{
+    Answers, Consistency, MemoError, ScoreSource, SubsetDesign, Tally, TrainScores,
+};
 use tch::Tensor;
 
 #[test]
@@ -20,7 +22,17 @@ fn counts_and_scores_of_a_hand_built_case() {
         &[true, false, false, true, true],
         &[false, false, true, false, true],
     ];
-    let t = Tally::from_rows(&membership, &correct).unwrap();
+    let p: [&[f32]; 3] = [
+        &[0.9, 0.8, 0.6, 0.7, 0.2],
+        &[0.7, 0.1, 0.3, 0.9, 0.6],
+        &[0.2, 0.3, 0.8, 0.4, 0.5],
+    ];
+    let answers: Vec<Answers> = correct
+        .iter()
+        .zip(&p)
+        .map(|(c, p)| Answers { correct: c, p })
+        .collect();
+    let t = Tally::from_rows(&membership, &answers).unwrap();
     assert_eq!(t.in_seen, vec![2, 1, 2, 3, 0]);
     assert_eq!(t.in_correct, vec![2, 1, 1, 2, 0]);
     assert_eq!(t.out_seen, vec![1, 2, 1, 0, 3]);
@@ -34,13 +46,45 @@ fn counts_and_scores_of_a_hand_built_case() {
     assert_eq!(t.in_accuracy(4), None);
     assert_eq!(t.out_accuracy(4), Some(2.0 / 3.0));
     assert_eq!(t.undefined(), 2);
+    // The soft score: mean p among the models that saw the sample minus among those that did not.
+    let close = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 1e-6;
+    assert!(close(t.mem_soft(0), (0.9 + 0.7) / 2.0 - 0.2));
+    assert!(close(t.mem_soft(2), (0.3 + 0.8) / 2.0 - 0.6));
+    assert_eq!(t.mem_soft(3), None);
+    // Its standard error needs two models on each side; sample 1 has one in, two out.
+    assert_eq!(t.standard_error(0), None);
+    assert_eq!(t.standard_error(1), None);
+    let two_and_two = Tally::from_rows(
+        &[&[true], &[true], &[false], &[false]],
+        &[
+            Answers {
+                correct: &[true],
+                p: &[0.9],
+            },
+            Answers {
+                correct: &[true],
+                p: &[0.7],
+            },
+            Answers {
+                correct: &[false],
+                p: &[0.1],
+            },
+            Answers {
+                correct: &[false],
+                p: &[0.3],
+            },
+        ],
+    )
+    .unwrap();
+    // s² = 0.02 on each side: sqrt(0.02/2 + 0.02/2) = 0.1414…
+    assert!((two_and_two.standard_error(0).unwrap() - 0.02f64.sqrt()).abs() < 1e-6);
 
     // The same through a design given explicitly.
     let design =
         SubsetDesign::from_members(membership.iter().map(|r| r.to_vec()).collect()).unwrap();
     let mut again = Tally::new(5);
-    for (k, row) in correct.iter().enumerate() {
-        again.add_model(design.membership(k), row).unwrap();
+    for (k, row) in answers.iter().enumerate() {
+        again.add_model(design.membership(k), *row).unwrap();
     }
     assert_eq!(design.models(), 3);
     assert_eq!(again, t);
@@ -48,17 +92,32 @@ fn counts_and_scores_of_a_hand_built_case() {
 
     // Rows of the wrong length are refused.
     assert!(matches!(
-        Tally::new(5).add_model(&[true; 4], &[true; 4]),
+        Tally::new(5).add_model(
+            &[true; 4],
+            Answers {
+                correct: &[true; 4],
+                p: &[1.0; 4]
+            }
+        ),
         Err(MemoError::Invalid { key: "tally", .. })
     ));
 
-    // Consistency: share of models right on each test sample.
+    // Consistency: the models' mean p(y|x) on each test sample, and the share right.
     let mut c = Consistency::new(3);
-    c.add_model(&[true, false, true]).unwrap();
-    c.add_model(&[true, false, false]).unwrap();
-    c.add_model(&[true, true, false]).unwrap();
-    c.add_model(&[true, false, false]).unwrap();
-    assert_eq!(c.scores(), vec![1.0, 0.25, 0.25]);
+    for (correct, p) in [
+        ([true, false, true], [1.0, 0.5, 0.75]),
+        ([true, false, false], [1.0, 0.0, 0.25]),
+        ([true, true, false], [1.0, 0.5, 0.25]),
+        ([true, false, false], [1.0, 0.0, 0.25]),
+    ] {
+        c.add_model(Answers {
+            correct: &correct,
+            p: &p,
+        })
+        .unwrap();
+    }
+    assert_eq!(c.scores(), vec![1.0, 0.25, 0.375]);
+    assert_eq!(c.accuracy(), vec![1.0, 0.25, 0.25]);
 }
 
 #[test]
@@ -80,13 +139,24 @@ fn the_balanced_design_puts_each_sample_in_the_same_number_of_subsets() {
     // Seeded: the same seed gives the same design, another seed another.
     assert_eq!(d, SubsetDesign::balanced(1000, 8, 0.7, 3).unwrap());
     assert_ne!(d, SubsetDesign::balanced(1000, 8, 0.7, 4).unwrap());
-    // Every sample seen at least once and left out at least once, even at extreme ratios.
+    // Two halves (models 0-3, 4-7), each balanced: every sample in 3 subsets of each.
+    assert!(d.has_halves());
+    for i in 0..1000 {
+        let first = (0..4).filter(|&k| d.membership(k)[i]).count();
+        assert_eq!(first, 3, "sample {i}");
+    }
+    // Every sample seen at least once and left out at least once (in each half), even at extreme ratios; an odd
+    // K has no halves.
+    for ratio in [0.99, 0.01] {
+        let d = SubsetDesign::balanced(10, 4, ratio, 0).unwrap();
+        assert_eq!(d.per_sample(), 2, "one of each half's two models");
+        assert!(d.has_halves());
+    }
+    let odd = SubsetDesign::balanced(10, 5, 0.99, 0).unwrap();
+    assert_eq!(odd.per_sample(), 4);
+    assert!(!odd.has_halves());
     assert_eq!(
-        SubsetDesign::balanced(10, 4, 0.99, 0).unwrap().per_sample(),
-        3
-    );
-    assert_eq!(
-        SubsetDesign::balanced(10, 4, 0.01, 0).unwrap().per_sample(),
+        SubsetDesign::balanced(10, 5, 0.01, 0).unwrap().per_sample(),
         1
     );
     assert!(matches!(
@@ -152,6 +222,7 @@ fn deciles_histogram_and_flags_follow_the_scores() {
         y: Tensor::zeros([10], (tch::Kind::Int64, tch::Device::Cpu)),
         indices: (95..105).collect(),
         source_len: 200,
+        source: None,
     };
     let flags = s.atypicality(&split, 0.0);
     assert_eq!(flags.scored, 5);

@@ -34,7 +34,11 @@ fn scores_written_as_npy_npz_and_csv_import_back_by_source_index() {
         })
         .collect();
     let scores = TrainScores {
-        source: ScoreSource::LearningSpeed { epochs: 1 },
+        source: ScoreSource::LearningSpeed {
+            epochs: 1,
+            cached: false,
+            seconds: 0.0,
+        },
         indices: split.indices.clone(),
         scores: values.clone(),
     };
@@ -261,11 +265,18 @@ fn groups_deciles_and_harmful_samples_of_an_adversarially_trained_model() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("harmful.png");
     let names: Vec<String> = (0..10).map(|c| format!("class {c}")).collect();
-    harmful_grid(&png, &noisy, &harmful, &names).unwrap();
+    harmful_grid(
+        &png,
+        &noisy,
+        &harmful,
+        &names,
+        "imported flipped labels; reliable",
+    )
+    .unwrap();
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
     // 8 columns × 2 rows of 128-pixel cells under the title.
     let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
     let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
-    assert_eq!((width, height), (8 * 128, 48 + 2 * 160 + 8));
+    assert_eq!((width, height), (8 * 128, 64 + 2 * 160 + 8));
 }

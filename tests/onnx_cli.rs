@@ -1,5 +1,6 @@
 //! The real binary on real fixtures: `robustd inspect` describes every fixture (opset, shapes, parameters, external
-//! data), and `robustd infer` gives the same logits through both engines and the input gradient.
+//! data), and `robustd infer` gives the same logits through both engines and the input gradient, and refuses
+//! data of another type than the graph declares.
 
 mod onnx_support;
 
@@ -59,7 +60,7 @@ fn inspect_describes_every_fixture() {
             "{name}:\n{out}"
         );
         assert!(out.contains("engine     supported"), "{name}:\n{out}");
-        if name.ends_with("dynamo") {
+        if name.contains("dynamo") {
             assert!(
                 out.contains(&format!("external   {name}.onnx.data (")),
                 "{name}:\n{out}"
@@ -132,4 +133,35 @@ fn infer_gives_the_same_logits_through_both_engines_and_the_input_gradient() {
     let ulps = assert_engines_agree("robustd infer --grad-out", &got, &expected);
     println!("robustd infer --grad-out vs in-process: {ulps:.1} ulp");
     assert!(got.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}
+
+/// A graph declaring int64 inputs: onnxruntime refuses float data for it, and so does the tch engine, naming the
+/// input and its declaration.
+#[test]
+fn infer_refuses_data_of_another_type_than_the_graph_declares() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = onnx_support::generated_dir().join("ops/cast_int_to_float/model.onnx");
+    let x = dir.path().join("x.npy");
+    to_npy(&x, &Tensor::ones([2, 2], (Kind::Float, tch::Device::Cpu)));
+    for engine in ["tch", "ort"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_robustd"))
+            .args([
+                "infer",
+                model.to_str().unwrap(),
+                "--input",
+                x.to_str().unwrap(),
+            ])
+            .args(["--output", dir.path().join("y.npy").to_str().unwrap()])
+            .args(["--engine", engine])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{engine}: {stderr}");
+        if engine == "tch" {
+            assert!(
+                stderr.contains("input `in0` is declared int64") && stderr.contains("given float"),
+                "{stderr}"
+            );
+        }
+    }
 }

@@ -12,23 +12,12 @@
 mod onnx_support;
 
 use onnx_support::{
-    assert_engines_agree, assert_float32_error, fixture, load, max_abs_diff, npz_f32, FIXTURES,
+    assert_engines_agree, assert_float32_error, fixture, load, max_abs_diff, npz_f32, tch_model,
+    FIXTURES,
 };
-use robustd::config::InputLayout;
-use robustd::model::{Classifier, InputAdapter, Scorer};
-use robustd::onnx::{write_back, OnnxModel, OrtScorer, TchModel, TchOptions};
-use tch::{Device, Tensor};
-
-fn tch_model(model: &OnnxModel) -> TchModel {
-    TchModel::with_layout(
-        model,
-        InputAdapter::identity(),
-        InputLayout::Auto,
-        Device::Cpu,
-        TchOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
+use robustd::model::{Classifier, Scorer};
+use robustd::onnx::{write_back, OnnxModel, OrtScorer};
+use tch::Tensor;
 
 #[test]
 fn logits_match_onnxruntime_and_pytorch_on_every_fixture() {

@@ -4,7 +4,7 @@
 
 mod onnx_support;
 
-use onnx_support::{assert_engines_agree, fixture, load, max_abs_diff, npz_f32};
+use onnx_support::{assert_engines_agree, fixture, load, max_abs_diff, npz_f32, sgd};
 use robustd::config::InputLayout;
 use robustd::model::{Classifier, InputAdapter, Scorer};
 use robustd::onnx::{write_back, OrtScorer, TchModel, TchOptions};
@@ -35,43 +35,6 @@ fn task(chw: [i64; 3], classes: i64) -> (Tensor, Tensor) {
     let proj = Tensor::randn([c * h * w, classes], (Kind::Float, Device::Cpu));
     let y = (x.flatten(1, -1) - 0.5).matmul(&proj).argmax(1, false);
     (x, y)
-}
-
-fn loss(m: &TchModel, x: &Tensor, y: &Tensor) -> Tensor {
-    m.forward(x).unwrap().cross_entropy_for_logits(y)
-}
-
-/// Plain SGD on the model's trainable parameters; returns (loss before, loss after), both in eval mode.
-fn sgd(m: &mut TchModel, x: &Tensor, y: &Tensor, steps: usize, lr: f64) -> (f64, f64) {
-    let eval_loss = |m: &mut TchModel| {
-        m.set_train(false);
-        tch::no_grad(|| loss(m, x, y).double_value(&[]))
-    };
-    let before = eval_loss(m);
-    m.set_train(true);
-    let mut params = m.trainable_parameters();
-    assert!(!params.is_empty());
-    for step in 0..steps {
-        let batch = Tensor::arange_start(
-            (step as i64 * 16) % 64,
-            (step as i64 * 16) % 64 + 16,
-            (Kind::Int64, Device::Cpu),
-        );
-        let l = loss(m, &x.index_select(0, &batch), &y.index_select(0, &batch));
-        for p in params.iter_mut() {
-            p.zero_grad();
-        }
-        l.backward();
-        tch::no_grad(|| {
-            for p in &params {
-                let g = p.grad();
-                if g.defined() {
-                    let _ = p.shallow_clone().f_sub_(&(g * lr)).unwrap();
-                }
-            }
-        });
-    }
-    (before, eval_loss(m))
 }
 
 #[test]

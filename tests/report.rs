@@ -89,6 +89,7 @@ curves: []
                 method: Some("bat".into()),
             }),
             atypical_share: Some(0.12),
+            scope: None,
             warnings: vec![],
             artifacts: SummaryArtifacts {
                 fine_tuned_model: Some("m.bat.onnx".into()),
@@ -120,6 +121,7 @@ curves: []
             classes: Some(10),
             external_data: vec![],
             forward_check: None,
+            form: None,
         },
         dataset: Some(DatasetInfo {
             name: "fashion-mnist".into(),
@@ -128,6 +130,7 @@ curves: []
             eval_samples: Some("first 1000 of test".into()),
             sha256: None,
             normalization: None,
+            files: None,
         }),
         environment: EnvironmentInfo {
             robustd: "0.1.0".into(),
@@ -154,6 +157,7 @@ curves: []
             },
             harmful_atypical: vec![HarmfulSample {
                 index: 7,
+                file: None,
                 label: 3,
                 score: 0.8,
                 adv_confidence: 0.03,
@@ -163,6 +167,29 @@ curves: []
             undefined_scores: Some(0),
             test_consistency_cut: Some(0.85),
             seconds: Some(12.5),
+            score: Some("E[p(y|x) | in] - E[p(y|x) | out]".into()),
+            budget: Some(MemoBudget {
+                samples: 1000,
+                models: 8,
+                epochs: 60,
+                fit_target: Some(0.99),
+                lr: 0.05,
+                training: "standard".into(),
+            }),
+            self_check: Some(SelfCheck {
+                reliable: true,
+                in_subset_acc: Some(0.995),
+                in_subset_acc_min: Some(0.991),
+                held_out_acc: Some(0.83),
+                test_acc: Some(0.82),
+                epochs_run: vec![31, 44],
+                epochs_counted: None,
+                split_half_spearman: Some(0.71),
+                split_half_top_decile: Some(0.64),
+                split_half: Some("models 1-4 vs 5-8".into()),
+                mean_standard_error: Some(0.08),
+                warnings: vec![],
+            }),
         }),
         training: Some(training),
         artifacts: Artifacts {
@@ -236,6 +263,32 @@ fn the_validator_names_every_broken_rule() {
     check(
         &|r| r.memorization.as_mut().unwrap().histogram.counts.push(1),
         "memorization.histogram",
+    );
+    check(
+        &|r| {
+            let c = r
+                .memorization
+                .as_mut()
+                .unwrap()
+                .self_check
+                .as_mut()
+                .unwrap();
+            c.warnings.push("subset models under-fit".into());
+        },
+        "memorization.self_check.reliable",
+    );
+    check(
+        &|r| {
+            let c = r
+                .memorization
+                .as_mut()
+                .unwrap()
+                .self_check
+                .as_mut()
+                .unwrap();
+            c.in_subset_acc = Some(1.2);
+        },
+        "memorization.self_check.in_subset_acc",
     );
     check(
         &|r| r.timing.finished_at = "2025-01-01T00:00:00Z".into(),

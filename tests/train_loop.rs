@@ -1,6 +1,7 @@
 //! The training loop on real Fashion-MNIST subsets: the loss goes down, a cancelled-and-resumed run ends with the
 //! same weights as an uninterrupted one, a non-finite loss aborts and restores the model, validation picks the
-//! best epoch and stops early, and the CSV log and `TrainResult` carry what the report needs.
+//! best epoch and stops early, a run that collapses to one class stops at that epoch with a hint, and the CSV log
+//! and `TrainResult` carry what the report needs.
 
 mod train_support;
 
@@ -325,4 +326,52 @@ fn bat_refuses_to_run_without_atypicality_and_with_misaligned_flags() {
         Err(TrainError::Invalid { .. })
     ));
     assert!(identical(&before, &weights(&model)));
+}
+
+#[test]
+fn a_run_that_collapses_to_one_class_stops_at_that_epoch_with_a_hint() {
+    // TRADES at a learning rate far too high for it: the network dies into a constant output within the first
+    // epochs (loss at ln 10, one class per batch, accuracy at chance) and the loop stops there.
+    let data = fashion_mnist(1000, 1);
+    let mut spec = quick_spec(Method::Trades, 8, 50);
+    spec.optimizer.lr = 2.0;
+    let run = TrainRun::new(&spec, &threat(), 3, Augmentation::None).unwrap();
+    let mut model = SmallCnn::new(3, false);
+    let before = weights(&model);
+    let err = train(&mut model, &data.train, &run).unwrap_err();
+    eprintln!("{err}");
+    let TrainError::Collapsed {
+        epoch,
+        accuracy,
+        class_share,
+        cross_entropy,
+        ref hint,
+        ..
+    } = err
+    else {
+        panic!("expected a collapse, got: {err}")
+    };
+    assert!(
+        epoch < 8,
+        "stopped at the epoch it happened, not after the run"
+    );
+    assert!(accuracy <= 0.15 && class_share >= 0.8 && cross_entropy >= 0.9 * 10f64.ln());
+    for wanted in [
+        "train.optimizer.lr (now 2)",
+        "train.trades_beta (now 6)",
+        "train.optimizer.warmup_epochs",
+    ] {
+        assert!(hint.contains(wanted), "{hint}");
+    }
+    assert!(err.to_string().contains("collapsed at epoch"));
+    assert!(
+        identical(&before, &weights(&model)),
+        "the model is left as it was given"
+    );
+
+    // The same model and data at a sane rate train normally: the watch does not fire on healthy runs.
+    spec.optimizer.lr = 0.05;
+    spec.epochs = 2;
+    let run = TrainRun::new(&spec, &threat(), 3, Augmentation::None).unwrap();
+    train(&mut SmallCnn::new(3, false), &data.train, &run).unwrap();
 }

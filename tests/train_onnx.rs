@@ -1,5 +1,5 @@
 //! The trainer on imported ONNX models (the ONNX → tch interpreter): the fine-tuning path the `finetune` command
-//! will run — holdout atypicality from re-initialized copies, BAT with checkpoints, a cancellation and resume that
+//! will run — the memorization module's holdout atypicality from re-initialized copies, BAT with checkpoints, a cancellation and resume that
 //! ends bit-identical (BatchNorm statistics included), write-back, and onnxruntime parity of the written file.
 
 mod fixtures;
@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use robustd::config::{Config, InputLayout, Limits, Method, Norm, ThreatModel};
+use robustd::config::{Config, Estimator, InputLayout, Limits, Method, Norm, ThreatModel};
 use robustd::data::{Augmentation, Split};
+use robustd::memo::{bat_atypicality, estimate, EstimatorOptions, Identity};
 use robustd::model::{Classifier, InputAdapter, Scorer};
 use robustd::onnx::{write_back, OnnxModel, OrtScorer, TchModel, TchOptions};
-use robustd::train::{holdout_atypicality, train, HoldoutOptions, TrainError, TrainRun};
+use robustd::train::{train, TrainError, TrainRun};
 use train_support::{fashion_mnist, identical, quick_spec, weights, CancelAfter};
 
 fn fixture(name: &str) -> PathBuf {
@@ -50,11 +51,14 @@ fn bat_fine_tunes_an_onnx_model_and_the_written_back_file_matches_on_onnxruntime
     let onnx = OnnxModel::load(&path, &Limits::default()).unwrap();
     let data = fashion_mnist(300, 1);
 
-    // Atypicality from the built-in holdout: fresh seeded copies of the same architecture.
-    let mut options = HoldoutOptions::from_config(&Config::default(), Augmentation::None);
-    options.spec.epochs = 2;
-    options.spec.batch_size = 50;
-    options.spec.optimizer.lr = 0.05;
+    // Atypicality from the holdout estimator: fresh seeded copies of the same architecture.
+    let mut config = Config::default();
+    config.memorization.estimator = Estimator::Holdout;
+    config.memorization.epochs = 2;
+    config.memorization.lr = 0.05;
+    config.train.batch_size = 50;
+    let mut options = EstimatorOptions::from_config(&config, Augmentation::None);
+    options.cache_root = None;
     let mut factory = |seed: u64| -> Result<Box<dyn Classifier>, TrainError> {
         let mut m = tch_model(&onnx, false);
         m.reinitialize(seed).map_err(|e| TrainError::Invalid {
@@ -63,7 +67,13 @@ fn bat_fine_tunes_an_onnx_model_and_the_written_back_file_matches_on_onnxruntime
         })?;
         Ok(Box::new(m))
     };
-    let atypicality = holdout_atypicality(&data.train, &mut factory, &options).unwrap();
+    let identity = Identity {
+        dataset_sha256: "fashion-mnist",
+        architecture: onnx.structure_hash(),
+    };
+    let scores = estimate(&data.train, None, identity, &mut factory, &options).unwrap();
+    assert_eq!(scores.models.len(), 2);
+    let atypicality = bat_atypicality(&scores, &data.train, scores.threshold(None));
     assert!(atypicality.atypical() > 0 && atypicality.atypical() < 300);
 
     let mut spec = quick_spec(Method::Bat, 2, 50);
@@ -107,6 +117,7 @@ fn as_rgb32(split: &Split) -> Split {
         y: split.y.shallow_clone(),
         indices: split.indices.clone(),
         source_len: split.source_len,
+        source: None,
     }
 }
 

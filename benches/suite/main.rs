@@ -4,13 +4,16 @@
 //! Workloads (issue "Benchmarks"): (a) PGD-20 robust-accuracy evaluation; (b) one PGD-AT and one BAT epoch;
 //! (c) forward throughput, onnxruntime vs libtorch (robustd's interpreter), at batch 1, 32, 256; (d) the Square
 //! attack on onnxruntime vs torchattacks' Square at an equal query budget; (e) the peak RSS of every process;
-//! (f) the daemon's drop-to-job-start latency. Every workload runs in its own process on each side (robustd:
+//! (f) the daemon's drop-to-job-start latency; (g) image loading: a folder of JPEGs decoded and preprocessed to
+//! 224x224 by robustd's streaming loader vs torchvision's DataLoader (`images.rs`). Every workload runs in its own process on each side (robustd:
 //! this binary's `worker` mode, `worker.rs`; reference: `scripts/bench_reference.py`), repeated, min and median
 //! kept; ratios are computed from medians of the same run.
 //!
 //! Environment: `BENCH_THREADS` (default: the machine's cores) intra-op threads for every engine; `BENCH_REPS`
-//! (default 3); `BENCH_QUICK=1` tiny sizes, results under `target/bench/quick/` (a smoke run of the harness).
+//! (default 3); `BENCH_QUICK=1` tiny sizes, results under `target/bench/quick/` (a smoke run of the harness);
+//! `BENCH_ONLY=images` only the image-loading section, printed.
 
+mod images;
 mod report;
 mod worker;
 
@@ -39,6 +42,19 @@ fn main() -> Result<()> {
     }
     let settings = Settings::from_env();
     std::fs::create_dir_all(&settings.work)?;
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("images") {
+        let machine = report::Machine::read();
+        let measured = images::measure(&settings)?;
+        println!(
+            "{} ({} cores), load before: {}, after: {}{}",
+            machine.cpu,
+            machine.cores,
+            machine.load,
+            report::Machine::read().load,
+            measured.markdown()
+        );
+        return Ok(());
+    }
     let machine_before = report::Machine::read();
     let started = Instant::now();
     eprintln!(
@@ -71,6 +87,8 @@ fn main() -> Result<()> {
         (default_stable, daemon_latency(default_stable, drops)?),
         (100, daemon_latency(100, drops)?),
     ];
+    eprintln!("[bench] image loading");
+    let image_loading = images::measure(&settings)?;
     let run = report::Run {
         settings: &settings,
         machine_before,
@@ -79,6 +97,7 @@ fn main() -> Result<()> {
         models: &models,
         results: &results,
         latency: &latency,
+        images: &image_loading,
     };
     let (md, png) = run.write(&settings.out)?;
     eprintln!("[bench] wrote {} and {}", md.display(), png.display());
@@ -128,17 +147,8 @@ impl Settings {
     fn run_reference(&self, model: &Path, w: &Workload) -> Result<Value> {
         let mut cmd = Command::new(Path::new(MANIFEST).join(".venv/bin/python"));
         cmd.arg(Path::new(MANIFEST).join("scripts/bench_reference.py"))
-            .args(["--threads", &self.threads.to_string(), w.name])
-            // The same glibc allocator settings robustd applies to itself (runtime::tune_allocator), so the
-            // reference is not slowed by page faults that depend on how much else its heap happens to hold.
-            .env(
-                "MALLOC_MMAP_THRESHOLD_",
-                robustd::runtime::MALLOC_MMAP_THRESHOLD.to_string(),
-            )
-            .env(
-                "MALLOC_TRIM_THRESHOLD_",
-                robustd::runtime::MALLOC_TRIM_THRESHOLD.to_string(),
-            );
+            .args(["--threads", &self.threads.to_string(), w.name]);
+        with_robustd_allocator(&mut cmd);
         self.run_child(cmd, model, w, "reference")
     }
 
@@ -183,6 +193,19 @@ impl Settings {
         let line = stdout.lines().last().context("no output")?;
         serde_norway::from_str(line).with_context(|| format!("{side} printed `{line}`"))
     }
+}
+
+/// The same glibc allocator settings robustd applies to itself (runtime::tune_allocator), so a Python reference is
+/// not slowed by page faults that depend on how much else its heap happens to hold.
+pub fn with_robustd_allocator(cmd: &mut Command) {
+    cmd.env(
+        "MALLOC_MMAP_THRESHOLD_",
+        robustd::runtime::MALLOC_MMAP_THRESHOLD.to_string(),
+    )
+    .env(
+        "MALLOC_TRIM_THRESHOLD_",
+        robustd::runtime::MALLOC_TRIM_THRESHOLD.to_string(),
+    );
 }
 
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ pub struct Run<'a> {
     pub results: &'a [Measured],
     /// (`daemon.stable_ms`, latencies in seconds).
     pub latency: &'a [(u64, Vec<f64>)],
+    pub images: &'a crate::images::ImageLoading,
 }
 
 /// What the machine was while the suite ran.
@@ -81,7 +82,7 @@ fn numbers(v: &Value, key: &str) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-fn median(v: &[f64]) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -91,7 +92,7 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn min(v: &[f64]) -> f64 {
+pub fn min(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
@@ -441,6 +442,7 @@ impl Run<'_> {
             let list: Vec<String> = lat.iter().map(|v| format!("{:.0}", v * 1e3)).collect();
             let _ = writeln!(s, "- stable_ms {stable}: {} ms", list.join(", "));
         }
+        s.push_str(&self.images.markdown());
         let _ = writeln!(s, "\n![robustd vs references](results.png)");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use robustd::attack::Attack;
 use robustd::config::{Config, Method, Norm};
-use robustd::data::Augmentation;
+use robustd::data::{Augmentation, BatchOptions, Dataset};
 use robustd::model::{Classifier, Scorer};
 use robustd::pipeline::Subject;
 use robustd::train::{train, Atypicality, TrainRun};
@@ -26,6 +26,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "epoch" => epoch(&model, threads, &flags),
         "forward" => forward(&model, threads, &flags),
         "square" => square(&model, threads, &flags),
+        "images" => images(&flags),
         other => bail!("unknown workload `{other}`"),
     }
 }
@@ -255,6 +256,42 @@ fn square(path: &Path, threads: usize, flags: &Flags) -> Result<()> {
         ("samples", n.to_string()),
         ("queries", queries.to_string()),
         ("robust_acc", (robust as f64 / n as f64).to_string()),
+    ]);
+    Ok(())
+}
+
+/// Image loading (`images.rs`): `--reps` passes over the training split of the folder `--root`, decoded and
+/// preprocessed as torchvision's ImageNet evaluation transform (shorter side 256, center crop 224) by
+/// `Split::batches` with `--workers` decode threads, batches of `--batch`, within `--memory-mb`.
+fn images(flags: &Flags) -> Result<()> {
+    let root: PathBuf = flags.get("root", PathBuf::new())?;
+    let workers: usize = flags.get("workers", 2)?;
+    let batch: usize = flags.get("batch", 64)?;
+    let reps: usize = flags.get("reps", 1)?;
+    let memory_mb: u64 = flags.get("memory_mb", 4096)?;
+    let yaml = format!(
+        "runtime: {{device: cpu, threads: 1}}\n\
+         model: {{preprocess: {{resize: shorter-side, resize_size: 256}}}}\n\
+         dataset: {{name: folder, path: {}, train_samples: 0, eval_samples: 10, loader_threads: {workers}}}\n\
+         train: {{batch_size: {batch}}}\n\
+         limits: {{job_memory_mb: {memory_mb}}}\n",
+        root.display()
+    );
+    let config = Config::default().with_overrides(&yaml, Path::new("<bench>"))?;
+    let dataset = Dataset::open(&config, Some([3, 224, 224]))?;
+    let mut seconds = Vec::new();
+    let mut seen = 0;
+    for _ in 0..reps {
+        let start = Instant::now();
+        seen = 0;
+        for b in dataset.train.batches(&BatchOptions::eval(batch))? {
+            seen += b?.x.size()[0];
+        }
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    emit(&[
+        ("seconds", json_list(&seconds)),
+        ("images", seen.to_string()),
     ]);
     Ok(())
 }

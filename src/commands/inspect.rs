@@ -1,6 +1,8 @@
 //! `robustd inspect MODEL.onnx`: loads the model through onnxruntime (proof that it runs) and through robustd's
 //! own parser, and describes it: producer, IR version and opset, inputs/outputs with shapes and element types,
-//! parameter count, external-data files, the structure hash, and whether the training engine supports every op.
+//! parameter count, external-data files, the structure hash, the shipped form (precision, quantization,
+//! onnxruntime contrib ops) and what robustd can do with it: white-box evaluation and fine-tuning, or score-based
+//! evaluation only when the training engine does not support every op.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::ConfigArg;
-use crate::onnx::{ort_session, OnnxModel};
+use crate::onnx::{ort_session, GraphForm, OnnxModel};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -68,9 +70,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("external   {file} ({size} bytes)");
     }
     println!("structure  {}", model.structure_hash());
-    match unsupported {
-        None => println!("engine     supported (trainable with robustd)"),
-        Some(e) => println!("engine     not trainable: {e}"),
+    let form = GraphForm::of(&model);
+    let quantized = form
+        .quantization
+        .map_or(String::new(), |q| format!(", {} quantized", q.name()));
+    println!("form       {}{quantized}", form.precision_name());
+    for (op, n) in &form.contrib_ops {
+        println!(
+            "contrib    {op} ({n} node{})",
+            if *n == 1 { "" } else { "s" }
+        );
+    }
+    match (unsupported, form.fine_tuning()) {
+        (None, Ok(how)) => {
+            println!("engine     supported (trainable with robustd)");
+            println!("gradients  {}", form.gradients());
+            println!("finetune   {how}");
+        }
+        (None, Err(refusal)) => {
+            println!("engine     supported (evaluated white-box)");
+            println!("gradients  {}", form.gradients());
+            println!("finetune   {refusal}");
+        }
+        (Some(e), _) => println!("engine     score-based evaluation only (onnxruntime): {e}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,9 @@
-//! `robustd memorization MODEL.onnx`: scores how atypical each training sample is — the Feldman–Zhang estimator on
-//! re-initialized copies of the model's own graph (cached in `paths.state/memo`, resumable), or imported scores —
-//! then measures the given model per typical/atypical group and lists its harmful atypical samples. Writes
-//! `scores.npy`, `memorization.npz`, `memorization.yaml` (the report's `memorization:` section plus the model's
-//! groups), `memorization_hist.png` and `harmful_atypical.png` into `--out`.
+//! `robustd memorization MODEL.onnx`: scores how atypical each training sample is — with the configured estimator
+//! (learning-speed, Feldman–Zhang or holdout) on re-initialized copies of the model's own graph (cached in
+//! `paths.state/memo`), or imported scores — then measures the given model per typical/atypical group and lists its
+//! harmful atypical samples. Writes `scores.npy`, `memorization.npz`, `memorization.yaml` (the report's
+//! `memorization:` section with the estimator's budget and self-checks, plus the model's groups),
+//! `memorization_hist.png`, `harmful_atypical.png` and, for image files, `files.csv` (index → file) into `--out`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,17 +11,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::ConfigArg;
-use crate::config::Config;
+use crate::config::{Config, Estimator};
 use crate::data::{Dataset, Split};
 use crate::memo::output::{self, SubsetModel, Summary};
 use crate::memo::{
-    estimate_from_config, harmful_atypical, harmful_grid, model_groups, onnx_factory, scored_split,
-    Estimate, GroupOptions, TrainScores,
+    effective_spec, estimate_from_config, harmful_atypical, harmful_grid, model_groups,
+    onnx_factory, Estimate, GroupOptions,
 };
 use crate::model::{InputAdapter, Layout};
 use crate::onnx::{OnnxModel, TchModel, TchOptions};
 use crate::runtime;
-use crate::train::{AtypicalitySetting, ScoreTable};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,13 +29,22 @@ pub struct Args {
     pub model: PathBuf,
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Subset models K (memorization.k).
+    /// learning-speed, feldman-zhang or holdout (memorization.estimator).
+    #[arg(long, value_parser = parse_estimator)]
+    pub estimator: Option<Estimator>,
+    /// Feldman-Zhang: subset models K (memorization.k).
     #[arg(long)]
     pub k: Option<usize>,
-    /// Share of the scored samples each subset model sees (memorization.subset_ratio).
+    /// Feldman-Zhang: share of the scored samples each subset model sees (memorization.subset_ratio).
     #[arg(long)]
     pub ratio: Option<f64>,
-    /// Epochs per subset model (memorization.epochs).
+    /// Feldman-Zhang: a subset model stops at this training accuracy (memorization.fit_target).
+    #[arg(long)]
+    pub fit_target: Option<f64>,
+    /// Feldman-Zhang: the most epochs per subset model (memorization.max_epochs).
+    #[arg(long)]
+    pub max_epochs: Option<usize>,
+    /// Learning-speed and holdout: epochs per model (memorization.epochs).
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Training samples scored, first N (memorization.train_samples; 0 = all loaded).
@@ -44,10 +53,11 @@ pub struct Args {
     /// Master seed (runtime.seed): subset draws, weights, training order.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Train the subset models with PGD-AT (memorization.adversarial).
+    /// Train the estimator's models with PGD-AT (memorization.adversarial).
     #[arg(long)]
     pub adversarial: bool,
-    /// Use these scores instead of estimating: `.npy` (by source index), `.npz#KEY`, or `.csv` (index,score).
+    /// Use these scores instead of estimating (memorization.estimator: import, memorization.scores): `.npy` (by
+    /// source index), `.npz#KEY`, or `.csv` (index,score).
     #[arg(long, value_name = "FILE")]
     pub import: Option<String>,
     /// Output directory [default: memorization-<model name>].
@@ -62,75 +72,59 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = configure(&args)?;
     runtime::set_torch_threads(config.runtime.threads);
     let device = runtime::parse_device(&config.runtime.device)?;
-    let dataset = Dataset::load(&config.dataset, config.runtime.seed)?;
     let onnx = OnnxModel::load(&args.model, &config.limits)?;
+    let model_chw = onnx
+        .inputs()
+        .first()
+        .and_then(|input| crate::onnx::infer_input_chw(input, Layout::Nchw));
+    let dataset = Dataset::open(&config, model_chw)?;
     let adapter = input_adapter(&config, &dataset);
     let out = match &args.out {
         Some(dir) => dir.clone(),
         None => PathBuf::from(format!("memorization-{}", stem(&args.model))),
     };
     crate::durable::create_dir_all(&out)?;
-    let threshold = config.memorization.threshold;
-
-    let (scored, scores, estimate) = match &args.import {
-        Some(setting) => {
-            let (path, key) = match AtypicalitySetting::parse(setting) {
-                AtypicalitySetting::File { path, key } => (path, key),
-                _ => anyhow::bail!("--import wants a score file, got `{setting}`"),
-            };
-            let table = ScoreTable::load(&path, key.as_deref())?;
-            let scored = scored_split(&dataset.train, config.memorization.train_samples)?;
-            let scores = TrainScores::from_table(&table, &scored);
-            (scored, scores, None)
-        }
-        None => {
-            let mut factory =
-                onnx_factory(&onnx, adapter.clone(), config.model.input_layout, device);
-            let (scored, estimate) =
-                estimate_from_config(&config, &dataset, onnx.structure_hash(), &mut factory, None)?;
-            (scored, estimate.scores.clone(), Some(estimate))
-        }
-    };
+    let mut factory = onnx_factory(&onnx, adapter.clone(), config.model.input_layout, device);
+    let (scored, estimate) =
+        estimate_from_config(&config, &dataset, onnx.structure_hash(), &mut factory, None)?;
+    let threshold = estimate.threshold(effective_spec(&config).threshold);
+    let scores = &estimate.scores;
 
     let mut files = vec![
         output::SCORES_NPY.to_string(),
         output::DETAILS_NPZ.to_string(),
     ];
-    output::write_scores_npy(&out.join(output::SCORES_NPY), &scores)?;
-    output::write_details_npz(&out.join(output::DETAILS_NPZ), &scores, estimate.as_ref())?;
-    match output::write_histogram(&out.join(output::HISTOGRAM_PNG), &scores, threshold) {
+    output::write_scores_npy(&out.join(output::SCORES_NPY), scores)?;
+    output::write_details_npz(&out.join(output::DETAILS_NPZ), scores, Some(&estimate))?;
+    if output::write_files_csv(&out.join(output::FILES_CSV), &scored)? {
+        files.push(output::FILES_CSV.into());
+    }
+    match output::write_histogram(&out.join(output::HISTOGRAM_PNG), scores, threshold) {
         Ok(()) => files.push(output::HISTOGRAM_PNG.into()),
         Err(e) => tracing::warn!(error = %e, "no histogram plot"),
     }
 
-    let (groups, harmful) = if args.scores_only {
-        (None, Vec::new())
+    let mut memorization = estimate.report_section(threshold, Vec::new());
+    let groups = if args.scores_only {
+        None
     } else {
+        let about = output::run_line(&memorization);
         let (groups, harmful, grid) = measure_model(
-            &config,
-            &onnx,
-            adapter,
-            &dataset,
-            &scored,
-            &scores,
-            estimate.as_ref(),
-            &out,
+            &config, &onnx, adapter, &dataset, &scored, &estimate, threshold, &about, &out,
         )?;
         if grid {
             files.push(output::HARMFUL_PNG.into());
         }
-        (groups, harmful)
+        memorization.harmful_atypical = harmful;
+        groups
     };
     let summary = Summary {
         schema: output::SUMMARY_SCHEMA.into(),
         model: args.model.display().to_string(),
         dataset: dataset.name.clone(),
-        memorization: scores.report_section(threshold, harmful),
+        memorization,
         groups,
-        subset_models: estimate
-            .as_ref()
-            .map(|e| e.models.iter().map(SubsetModel::from).collect())
-            .unwrap_or_default(),
+        subset_models: estimate.models.iter().map(SubsetModel::from).collect(),
         files: files.clone(),
     };
     output::write_summary(&out.join(output::SUMMARY_YAML), &summary)?;
@@ -142,14 +136,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn configure(args: &Args) -> anyhow::Result<Config> {
     let mut config = args.config.load()?;
     let m = &mut config.memorization;
+    if let Some(e) = args.estimator {
+        m.estimator = e;
+    }
     if let Some(k) = args.k {
         m.k = k;
     }
     if let Some(r) = args.ratio {
         m.subset_ratio = r;
     }
+    if let Some(t) = args.fit_target {
+        m.fit_target = t;
+    }
+    if let Some(e) = args.max_epochs {
+        m.max_epochs = e;
+    }
     if let Some(e) = args.epochs {
         m.epochs = e;
+    }
+    if let Some(file) = &args.import {
+        m.estimator = Estimator::Import;
+        m.scores = Some(file.clone());
     }
     if let Some(n) = args.samples {
         m.train_samples = n;
@@ -174,8 +181,8 @@ fn configure(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// The model's groups (train by score, test by consistency when estimated) and harmful samples; writes the grid.
-/// Returns whether the grid was written.
+/// The model's groups (train by score, test by consistency when estimated) and harmful samples; writes the grid
+/// (`about` under its title). Returns whether the grid was written.
 #[allow(clippy::too_many_arguments)]
 fn measure_model(
     config: &Config,
@@ -183,8 +190,9 @@ fn measure_model(
     adapter: InputAdapter,
     dataset: &Dataset,
     scored: &Split,
-    scores: &TrainScores,
-    estimate: Option<&Estimate>,
+    estimate: &Estimate,
+    threshold: f64,
+    about: &str,
     out: &Path,
 ) -> anyhow::Result<(
     Option<crate::report::Groups>,
@@ -199,9 +207,11 @@ fn measure_model(
         device,
         TchOptions::default(),
     )?;
-    let options = GroupOptions::from_config(config);
+    let options = GroupOptions::from_config(config, threshold);
+    let scores = &estimate.scores;
     let test = estimate
-        .and_then(|e| e.consistency.as_ref())
+        .consistency
+        .as_ref()
         .map(|c| (&dataset.test, c.scores.as_slice()));
     let measured = model_groups(&mut model, scored, scores, test, &options, None)?
         .context("measuring the model's groups was cancelled")?;
@@ -217,6 +227,7 @@ fn measure_model(
         scored,
         &harmful,
         &dataset.class_names,
+        about,
     ) {
         Ok(()) => true,
         Err(e) => {
@@ -251,6 +262,11 @@ fn stem(path: &Path) -> String {
         .unwrap_or_else(|| "model".into())
 }
 
+fn parse_estimator(s: &str) -> Result<Estimator, String> {
+    serde_norway::from_str::<Estimator>(s)
+        .map_err(|_| format!("`{s}`: expected learning-speed, feldman-zhang, holdout or import"))
+}
+
 fn print_summary(summary: &Summary, out: &Path) {
     let m = &summary.memorization;
     println!(
@@ -260,6 +276,20 @@ fn print_summary(summary: &Summary, out: &Path) {
         m.scored_samples.unwrap_or(0),
         m.undefined_scores.unwrap_or(0)
     );
+    println!("estimator  {}", output::run_line(m));
+    if let Some(c) = &m.self_check {
+        let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1} %", 100.0 * v));
+        println!(
+            "fit        trained-on {} (least {}), held-out {}, test {}",
+            pct(c.in_subset_acc),
+            pct(c.in_subset_acc_min),
+            pct(c.held_out_acc),
+            pct(c.test_acc)
+        );
+        for w in &c.warnings {
+            println!("warning    {w}");
+        }
+    }
     println!(
         "atypical   {:.1} % of the scored samples (score > {})",
         100.0 * m.atypical_share,

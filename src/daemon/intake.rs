@@ -418,6 +418,12 @@ pub enum SidecarError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{sidecar}: `dataset.path`: {source}")]
+    DatasetNotAllowed {
+        sidecar: String,
+        // Boxed: a DataError is large, and every intake result carries this enum.
+        source: Box<crate::data::DataError>,
+    },
 }
 
 fn daemon_wide_keys(text: &str, sidecar: &str) -> Result<(), SidecarError> {
@@ -445,7 +451,8 @@ fn daemon_wide_keys(text: &str, sidecar: &str) -> Result<(), SidecarError> {
 
 /// Files a sidecar may point the job at (`dataset.path`, a scores file in `train.bat.atypicality`) must exist and
 /// be regular files or directories, checked at intake: the drop fails at once with the sidecar's name and key,
-/// and no loader ever opens a FIFO (which blocks) or a device such as /dev/zero (which never ends).
+/// and no loader ever opens a FIFO (which blocks) or a device such as /dev/zero (which never ends). A dataset path
+/// must also lie inside `paths.datasets` (symlinks resolved); the loader then keeps every image file inside it.
 fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), SidecarError> {
     use crate::train::AtypicalitySetting;
     let mut paths: Vec<(&'static str, PathBuf)> = Vec::new();
@@ -479,6 +486,15 @@ fn sidecar_paths(config: &Config, base: &Config, sidecar: &str) -> Result<(), Si
                     source,
                 })
             }
+        }
+        // A job's data must come from where the daemon's owner allows (`paths.datasets`).
+        if key == "dataset.path" {
+            crate::data::check_allowed(&path, &base.paths.datasets).map_err(|source| {
+                SidecarError::DatasetNotAllowed {
+                    sidecar: sidecar.to_owned(),
+                    source: Box::new(source),
+                }
+            })?;
         }
     }
     Ok(())

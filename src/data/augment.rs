@@ -1,5 +1,7 @@
 //! Training-time augmentation in [0,1] pixel space: `crop-flip` (random crop after 4-pixel zero padding, then a
-//! horizontal flip with probability 1/2, one draw per sample from a seeded generator) or none.
+//! horizontal flip with probability 1/2, one draw per sample from a seeded generator), `flip` (the flip alone), or
+//! none; on batches of any dataset. `random-resized-crop` (torchvision's `RandomResizedCrop` + flip) needs the
+//! original image, so image-file datasets apply it while decoding (`preprocess`), and batches pass it through.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -15,7 +17,12 @@ pub const CROP_PADDING: i64 = 4;
 pub enum Augmentation {
     None,
     CropFlip,
+    Flip,
+    RandomResizedCrop,
 }
+
+/// Every `train.augmentation` setting.
+pub const AUGMENTATIONS: &[&str] = &["auto", "none", "crop-flip", "flip", "random-resized-crop"];
 
 impl Augmentation {
     /// Parses the `train.augmentation` setting; `auto` is the dataset's default (`Dataset::augmentation`:
@@ -25,6 +32,8 @@ impl Augmentation {
             "auto" => Ok(dataset_default),
             "none" => Ok(Augmentation::None),
             "crop-flip" => Ok(Augmentation::CropFlip),
+            "flip" => Ok(Augmentation::Flip),
+            "random-resized-crop" => Ok(Augmentation::RandomResizedCrop),
             other => Err(DataError::UnknownAugmentation(other.to_string())),
         }
     }
@@ -34,16 +43,33 @@ impl Augmentation {
         match self {
             Augmentation::None => "none",
             Augmentation::CropFlip => "crop-flip",
+            Augmentation::Flip => "flip",
+            Augmentation::RandomResizedCrop => "random-resized-crop",
         }
     }
 
-    /// Augments a batch `[N, C, H, W]`; the result is a new tensor on the same device.
+    /// Augments a batch `[N, C, H, W]`; the result is a new tensor on the same device. `random-resized-crop` was
+    /// applied while decoding and passes through.
     pub fn apply(self, x: &Tensor, rng: &mut impl Rng) -> Result<Tensor, DataError> {
         match self {
-            Augmentation::None => Ok(x.shallow_clone()),
+            Augmentation::None | Augmentation::RandomResizedCrop => Ok(x.shallow_clone()),
             Augmentation::CropFlip => crop_flip(x, rng),
+            Augmentation::Flip => flip(x, rng),
         }
     }
+}
+
+/// A horizontal flip of each sample with probability 1/2 (one draw per sample, in order).
+pub fn flip(x: &Tensor, rng: &mut impl Rng) -> Result<Tensor, DataError> {
+    let n = x.size().first().copied().unwrap_or(0);
+    let flips: Vec<bool> = (0..n).map(|_| rng.random_bool(0.5)).collect();
+    if !flips.iter().any(|&f| f) {
+        return Ok(x.shallow_clone());
+    }
+    let mask = Tensor::f_from_slice(&flips)?
+        .f_view([n, 1, 1, 1])?
+        .f_to_device(x.device())?;
+    Ok(x.f_flip([3])?.f_where_self(&mask, x)?)
 }
 
 /// Random `H x W` crop of the zero-padded image and a random horizontal flip, per sample, as one gather.

@@ -1,11 +1,16 @@
 //! The batch iterator that evaluation and training share: file order or a seeded shuffle, optional augmentation,
 //! optional dropping of a last partial batch. Everything random comes from `(seed, epoch)`, so a run is
 //! reproducible batch by batch, and works on whatever device the split lives on.
+//!
+//! In-RAM splits are sliced; image-file splits are decoded ahead by a [`Prefetcher`] (the same visiting order,
+//! the same batches), so training, evaluation and memorization consume both the same way.
 
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
+use super::image_source::Transform;
+use super::prefetch::Prefetcher;
 use super::{stream, Augmentation, DataError, Split, Stream};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +72,8 @@ pub struct Batches<'a> {
     end: usize,
     augmentation: Augmentation,
     rng: ChaCha8Rng,
+    /// An image-file split's decoder thread, delivering the batches in order.
+    prefetch: Option<Prefetcher>,
 }
 
 impl Split {
@@ -89,6 +96,41 @@ impl Split {
         } else {
             n
         };
+        let prefetch = match &self.source {
+            None => {
+                if options.augmentation == Augmentation::RandomResizedCrop {
+                    return Err(DataError::NeedsImageFiles {
+                        what: "train.augmentation random-resized-crop".into(),
+                    });
+                }
+                None
+            }
+            Some(source) => {
+                let transform = match options.augmentation {
+                    Augmentation::RandomResizedCrop => Transform::RandomResizedCrop {
+                        seed: options.seed,
+                        epoch: options.epoch,
+                    },
+                    _ => Transform::Eval,
+                };
+                let visit = |p: usize| -> i64 {
+                    let position = order.as_ref().map_or(p as i64, |o| o[p]);
+                    self.indices[position as usize]
+                };
+                let batches: Vec<(Vec<i64>, Vec<i64>)> = (0..end)
+                    .step_by(options.batch_size)
+                    .map(|start| {
+                        let range = start..(start + options.batch_size).min(end);
+                        let positions: Vec<i64> = range
+                            .clone()
+                            .map(|p| order.as_ref().map_or(p as i64, |o| o[p]))
+                            .collect();
+                        (range.map(visit).collect(), positions)
+                    })
+                    .collect();
+                Some(Prefetcher::start(source.clone(), batches, transform))
+            }
+        };
         Ok(Batches {
             split: self,
             order,
@@ -97,6 +139,7 @@ impl Split {
             end,
             augmentation: options.augmentation,
             rng: stream(options.seed, Stream::Augment, options.epoch),
+            prefetch,
         })
     }
 }
@@ -106,6 +149,15 @@ impl Batches<'_> {
     /// so callers may modify a batch in place.
     fn batch(&mut self, start: usize, len: usize) -> Result<Batch, DataError> {
         let device = self.split.x.device();
+        if let Some(prefetch) = &mut self.prefetch {
+            let (x, positions) = prefetch.next_batch(self.split.chw())?;
+            let positions = Tensor::f_from_slice(&positions)?.f_to_device(device)?;
+            let x = self
+                .augmentation
+                .apply(&x.f_to_device(device)?, &mut self.rng)?;
+            let y = self.split.y.f_index_select(0, &positions)?;
+            return Ok(Batch { x, y, positions });
+        }
         let positions = match &self.order {
             None => {
                 let (start, end) = (start as i64, (start + len) as i64);
@@ -124,13 +176,19 @@ impl Iterator for Batches<'_> {
     type Item = Result<Batch, DataError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.end {
-            return None;
+        loop {
+            if self.next >= self.end {
+                return None;
+            }
+            let start = self.next;
+            let len = self.batch_size.min(self.end - start);
+            self.next += len;
+            match self.batch(start, len) {
+                // Every file of this batch was skipped as corrupt: go on with the next one.
+                Ok(batch) if batch.y.size()[0] == 0 => continue,
+                other => return Some(other),
+            }
         }
-        let start = self.next;
-        let len = self.batch_size.min(self.end - start);
-        self.next += len;
-        Some(self.batch(start, len))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

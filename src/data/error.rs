@@ -121,8 +121,54 @@ pub enum DataError {
     #[error("{path}: not a readable .npz (zip) archive: {detail}")]
     Zip { path: PathBuf, detail: String },
 
-    #[error("unknown augmentation `{0}`; expected auto, none or crop-flip")]
+    #[error(
+        "unknown augmentation `{0}`; expected auto, none, crop-flip, flip or random-resized-crop"
+    )]
     UnknownAugmentation(String),
+
+    #[error("{path} is outside the dataset root {root}: {detail}")]
+    Escape {
+        path: PathBuf,
+        root: PathBuf,
+        detail: String,
+    },
+
+    #[error("{path} is not a {wanted}")]
+    NotRegular { path: PathBuf, wanted: &'static str },
+
+    #[error(
+        "dataset.path {path} (really {real}) is not inside an allowed dataset directory (paths.datasets: {allowed})"
+    )]
+    NotAllowed {
+        path: PathBuf,
+        real: PathBuf,
+        allowed: String,
+    },
+
+    #[error("{path}: class folder not in dataset.classes ({classes})")]
+    UnknownClass { path: PathBuf, classes: String },
+
+    #[error("{split}: no images of class {classes} (every class needs samples in every split)")]
+    ClassMissing { split: PathBuf, classes: String },
+
+    #[error("{path}: empty class folder (no PNG, JPEG, WebP or BMP files)")]
+    EmptyClass { path: PathBuf },
+
+    #[error("{path}: {detail}")]
+    UnsupportedImage { path: PathBuf, detail: String },
+
+    #[error("{path}:{line}: {detail}")]
+    Manifest {
+        path: PathBuf,
+        line: u64,
+        detail: String,
+    },
+
+    #[error("{path}: unreadable or corrupt image: {detail} (dataset.corrupt: skip leaves such files out)")]
+    CorruptImage { path: PathBuf, detail: String },
+
+    #[error("{what} needs an image-file dataset (dataset.name folder or manifest)")]
+    NeedsImageFiles { what: String },
 
     #[error("invalid {what}: {detail}")]
     Invalid { what: &'static str, detail: String },

@@ -1,21 +1,39 @@
-//! Datasets as tch tensors in [0,1] pixel space: IDX (Fashion-MNIST, MNIST), CIFAR-10/100 binary, and npz.
+//! Datasets as tch tensors in [0,1] pixel space: IDX (Fashion-MNIST, MNIST), CIFAR-10/100 binary and npz held in
+//! RAM, and the user's own image files (`folder`: torchvision's ImageFolder layout; `manifest`: CSV/JSON lines of
+//! path,label) streamed from disk.
 //!
 //! Images are always float32 `[N, C, H, W]` in [0,1] and labels int64 `[N]`, on the CPU until a caller moves a
 //! split with [`Split::to_device`]; the model's own layout and normalization are applied later, inside its forward
 //! path, by `model::InputAdapter`. [`Dataset::load`] reads a `dataset:` config block: the named dataset from its
 //! standard location (the built-in profiles in `configs/datasets/`), then the first N samples of each split or a
-//! seeded random subset. [`Split::batches`] is the one batching loop that evaluation and training share.
+//! seeded random subset. [`Dataset::open`] also reads image files, which need the model's input size.
+//! [`Split::batches`] is the one batching loop that evaluation, training and memorization share, for both kinds;
+//! [`Split::images`] gives any samples by position.
 //!
 //! Module map: `profile` (what each named dataset is and where it lives), `source` (reading one file: gzip,
 //! truncation, SHA-256), `idx`, `cifar` and `npz` (the formats), `batch` (the batch iterator), `augment`
-//! (crop-flip), `error`.
+//! (crop-flip, flip), `error`; image files: `folder` and `manifest` (listing), `image_files` (the file table and
+//! fingerprint), `confine` (paths stay inside the root and the allow-list), `decode`, `preprocess`,
+//! `decode_cache`, `image_source` (decoding on threads), `prefetch` (the bounded loader), `image_dataset` (opening
+//! one), `presets` (normalization presets).
 
 mod augment;
 mod batch;
 mod cifar;
+mod confine;
+mod decode;
+mod decode_cache;
 mod error;
+mod folder;
 mod idx;
+mod image_dataset;
+mod image_files;
+mod image_source;
+mod manifest;
 mod npz;
+mod prefetch;
+mod preprocess;
+mod presets;
 mod profile;
 mod source;
 
@@ -28,10 +46,17 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::DatasetSpec;
 
-pub use augment::{crop_flip, Augmentation, CROP_PADDING};
+pub use augment::{crop_flip, flip, Augmentation, AUGMENTATIONS, CROP_PADDING};
 pub use batch::{Batch, BatchOptions, Batches};
+pub use confine::check_allowed;
+pub use decode::DECODER;
 pub use error::DataError;
+pub use image_dataset::{ImageFiles, SkippedFiles};
+pub use image_files::{FileTable, ImageEntry};
+pub use image_source::ImageSource;
 pub use npz::{MAX_CLASSES as NPZ_MAX_CLASSES, TEST_SPLIT_DIVISOR as NPZ_TEST_SPLIT_DIVISOR};
+pub use preprocess::Preprocess;
+pub use presets::{normalization_preset, normalization_presets};
 pub use profile::{known_names, Format, Profile};
 pub use source::{combined_sha256, sha256_file, SourceFile};
 
@@ -55,11 +80,18 @@ pub struct Dataset {
     /// The profile's per-channel normalization (what `model.mean`/`model.std` null resolve to); empty for npz.
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
-    /// What `train.augmentation: auto` means for this dataset (npz: crop-flip for 3 channels, else none).
+    /// What `train.augmentation: auto` means for this dataset (npz: crop-flip for 3 channels, else none; image
+    /// files: random-resized-crop).
     pub augmentation: Augmentation,
+    /// For image-file datasets: the format, fingerprint, preprocessing and skipped files (the report's record).
+    pub files: Option<ImageFiles>,
 }
 
 /// One split: images float32 `[N, C, H, W]` in [0,1], labels int64 `[N]`.
+///
+/// An in-RAM split holds its pixels in `x`. An image-file split (`source` set) keeps only an empty
+/// `[0, C, H, W]` tensor there, which still tells the device and image shape; its pixels come from
+/// [`Split::batches`] and [`Split::images`], decoded on demand.
 #[derive(Debug)]
 pub struct Split {
     pub x: Tensor,
@@ -68,6 +100,8 @@ pub struct Split {
     pub indices: Vec<i64>,
     /// Samples in the source split before subset selection.
     pub source_len: usize,
+    /// The split's image files, when they are decoded on demand (index = source index).
+    pub source: Option<std::sync::Arc<ImageSource>>,
 }
 
 /// A split as decoded from disk, before subset selection: pixels `uint8` (or float32 in [0,1]) NCHW.
@@ -142,24 +176,39 @@ impl Dataset {
             mean,
             std,
             augmentation,
+            files: None,
         };
+        dataset.log_loaded(started);
+        Ok(dataset)
+    }
+
+    /// The one log line saying what was loaded (for image files, `sha256` is the fingerprint).
+    fn log_loaded(&self, started: Instant) {
         tracing::info!(
-            dataset = %dataset.name,
-            root = %dataset.root.display(),
-            train = dataset.train.len(),
-            train_source = dataset.train.source_len,
-            test = dataset.test.len(),
-            test_source = dataset.test.source_len,
-            sha256 = %&dataset.sha256[..12],
-            seconds = started.elapsed().as_secs_f64(),
+            dataset = %self.name,
+            root = %self.root.display(),
+            train = self.train.len(),
+            train_source = self.train.source_len,
+            test = self.test.len(),
+            test_source = self.test.source_len,
+            sha256 = %&self.sha256[..12],
+            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
             "dataset loaded"
         );
-        Ok(dataset)
     }
 }
 
 /// Finds and decodes the files for `spec`; returns the profile for built-in names.
 fn read_source(spec: &DatasetSpec) -> Result<(Loaded, PathBuf, Option<Profile>), DataError> {
+    if image_dataset::is_image_files(&spec.name) {
+        return Err(DataError::Invalid {
+            what: "dataset loader",
+            detail: format!(
+                "dataset `{}` is read with Dataset::open, which knows the model's input size",
+                spec.name
+            ),
+        });
+    }
     if spec.name == "npz" {
         let path = spec.path.as_deref().ok_or(DataError::NpzPathMissing)?;
         if !path.is_file() {
@@ -215,11 +264,72 @@ impl Split {
             y: self.y.f_to_device(device)?,
             indices: self.indices.clone(),
             source_len: self.source_len,
+            source: self.source.clone(),
         })
     }
 
-    /// The samples at `positions` (positions in this split, not source indices), in that order.
-    pub fn select(&self, positions: &[i64]) -> Result<Split, DataError> {
+    /// `[C, H, W]` of one image.
+    pub fn chw(&self) -> [i64; 3] {
+        let size = self.x.size();
+        [size[1], size[2], size[3]]
+    }
+
+    /// The images at `positions` as float32 `[N, C, H, W]` in [0,1] on the split's device (evaluation
+    /// preprocessing for image files). A corrupt file is an error here whatever `dataset.corrupt` says: the
+    /// evaluated samples were decoded once when the dataset was opened, and skipped ones left out then.
+    pub fn images(&self, positions: &[i64]) -> Result<Tensor, DataError> {
+        self.check_positions(positions)?;
+        let Some(source) = &self.source else {
+            let index = Tensor::f_from_slice(positions)?.f_to_device(self.x.device())?;
+            return Ok(self.x.f_index_select(0, &index)?);
+        };
+        Ok(self
+            .bytes(source, positions)?
+            .f_to_kind(Kind::Float)?
+            .f_div_scalar(255.0)?
+            .f_to_device(self.x.device())?)
+    }
+
+    /// Every image of the split for evaluation on the CPU: the float pixels of an in-RAM split, or image files
+    /// decoded once into `uint8` (a quarter of float's memory; the evaluation converts each batch).
+    pub fn eval_pixels(&self) -> Result<Tensor, DataError> {
+        match &self.source {
+            None => Ok(self.x.shallow_clone()),
+            Some(source) => {
+                let all: Vec<i64> = (0..self.len() as i64).collect();
+                self.bytes(source, &all)
+            }
+        }
+    }
+
+    /// The decoded `uint8 [N, C, H, W]` images of an image-file split at `positions`.
+    fn bytes(&self, source: &ImageSource, positions: &[i64]) -> Result<Tensor, DataError> {
+        let indices: Vec<i64> = positions
+            .iter()
+            .map(|&p| self.indices[p as usize])
+            .collect();
+        let decoded = source.decode(&indices, image_source::Transform::Eval)?;
+        if decoded.kept.len() != indices.len() {
+            let missing = (0..indices.len())
+                .find(|p| !decoded.kept.contains(p))
+                .and_then(|p| source.file(indices[p]))
+                .unwrap_or_default();
+            return Err(DataError::CorruptImage {
+                path: missing,
+                detail: "it failed to decode after the dataset was opened".into(),
+            });
+        }
+        let [c, h, w] = self.chw();
+        Ok(Tensor::f_from_slice(&decoded.data)?.f_view([positions.len() as i64, c, h, w])?)
+    }
+
+    /// The file of the sample at `position`, relative to the dataset root (image-file splits).
+    pub fn file(&self, position: usize) -> Option<&std::path::Path> {
+        let source = self.source.as_ref()?;
+        source.relative_file(*self.indices.get(position)?)
+    }
+
+    fn check_positions(&self, positions: &[i64]) -> Result<(), DataError> {
         let len = self.len() as i64;
         if let Some(bad) = positions.iter().find(|&&p| p < 0 || p >= len) {
             return Err(DataError::Invalid {
@@ -227,15 +337,25 @@ impl Split {
                 detail: format!("position {bad} outside a split of {len} samples"),
             });
         }
+        Ok(())
+    }
+
+    /// The samples at `positions` (positions in this split, not source indices), in that order.
+    pub fn select(&self, positions: &[i64]) -> Result<Split, DataError> {
+        self.check_positions(positions)?;
         let index = Tensor::f_from_slice(positions)?.f_to_device(self.x.device())?;
         Ok(Split {
-            x: self.x.f_index_select(0, &index)?,
+            x: match self.source {
+                None => self.x.f_index_select(0, &index)?,
+                Some(_) => self.x.shallow_clone(),
+            },
             y: self.y.f_index_select(0, &index)?,
             indices: positions
                 .iter()
                 .map(|&p| self.indices[p as usize])
                 .collect(),
             source_len: self.source_len,
+            source: self.source.clone(),
         })
     }
 
@@ -243,26 +363,8 @@ impl Split {
     /// converts the pixels to float32 in [0,1]. Selection happens before conversion to keep memory low.
     fn from_raw(raw: RawSplit, wanted: usize, rng: Option<ChaCha8Rng>) -> Result<Split, DataError> {
         let total = raw.y.size()[0] as usize;
-        let take = if wanted == 0 || wanted >= total {
-            if wanted > total {
-                tracing::warn!(
-                    wanted,
-                    available = total,
-                    "asked for more samples than the split holds; using all"
-                );
-            }
-            total
-        } else {
-            wanted
-        };
-        let positions: Vec<i64> = match rng {
-            Some(mut rng) if take < total => {
-                let mut chosen = rand::seq::index::sample(&mut rng, total, take).into_vec();
-                chosen.sort_unstable();
-                chosen.into_iter().map(|p| p as i64).collect()
-            }
-            _ => (0..take as i64).collect(),
-        };
+        let positions = choose(total, wanted, rng);
+        let take = positions.len();
         let (x, y) = if take == total {
             (raw.x, raw.y)
         } else if positions.last() == Some(&(take as i64 - 1)) {
@@ -282,7 +384,33 @@ impl Split {
             y: y.f_to_kind(Kind::Int64)?,
             indices: positions.iter().map(|p| p + raw.first_index).collect(),
             source_len: total,
+            source: None,
         })
+    }
+}
+
+/// Which of `total` samples a subset of `wanted` takes (0 = all): the first ones, or a sorted random subset when
+/// `rng` is given. More than the split holds means all, with a warning.
+pub(crate) fn choose(total: usize, wanted: usize, rng: Option<ChaCha8Rng>) -> Vec<i64> {
+    let take = if wanted == 0 || wanted >= total {
+        if wanted > total {
+            tracing::warn!(
+                wanted,
+                available = total,
+                "asked for more samples than the split holds; using all"
+            );
+        }
+        total
+    } else {
+        wanted
+    };
+    match rng {
+        Some(mut rng) if take < total => {
+            let mut chosen = rand::seq::index::sample(&mut rng, total, take).into_vec();
+            chosen.sort_unstable();
+            chosen.into_iter().map(|p| p as i64).collect()
+        }
+        _ => (0..take as i64).collect(),
     }
 }
 
@@ -302,6 +430,8 @@ pub(crate) enum Stream {
     TestSubset = 2,
     Shuffle = 3,
     Augment = 4,
+    /// Per-sample draws while decoding image files (random resized crop, flip).
+    Decode = 5,
 }
 
 /// A ChaCha8 generator for `(seed, stream, epoch)`: portable and reproducible across platforms and devices.

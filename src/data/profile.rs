@@ -59,12 +59,12 @@ const BUILT_IN: [(&str, &str); 4] = [
     ),
 ];
 
-/// The dataset names `dataset.name` accepts: the built-in profiles and `npz`.
+/// The dataset names `dataset.name` accepts: the built-in profiles, `npz`, and the image-file datasets.
 pub fn known_names() -> Vec<&'static str> {
     BUILT_IN
         .iter()
         .map(|(name, _)| *name)
-        .chain(std::iter::once("npz"))
+        .chain(["npz", "folder", "manifest"])
         .collect()
 }
 

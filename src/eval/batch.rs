@@ -60,6 +60,19 @@ pub fn resolve(
     Ok(size)
 }
 
+/// The batch size for a model only the scorer runs (no gradients, so no attack-step measurement): fixed, or the
+/// conservative estimate of [`FALLBACK_ACTIVATION_FACTOR`] input sizes of activations per sample.
+pub fn resolve_without_model(batch: BatchSize, sample: &Tensor) -> usize {
+    match batch {
+        BatchSize::Fixed(n) => n.max(1),
+        BatchSize::Auto { memory_mb } => {
+            let input_bytes = sample.size().iter().skip(1).product::<i64>().max(1) as u64 * 4;
+            let per_sample = input_bytes * (FALLBACK_ACTIVATION_FACTOR + ATTACK_COPIES);
+            ((memory_mb.saturating_mul(1024 * 1024) / 2 / per_sample) as usize).clamp(1, MAX_BATCH)
+        }
+    }
+}
+
 /// Peak activation bytes per sample of one forward + input-gradient pass, if the platform can tell.
 fn measure_activation_bytes(
     model: &dyn Classifier,

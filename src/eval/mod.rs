@@ -31,7 +31,7 @@ use crate::config::{Config, EvalMode, Norm, PgdSpec};
 use crate::model::ModelError;
 pub use batch::BatchSize;
 pub use per_sample::PerSample;
-pub use protocol::evaluate;
+pub use protocol::{evaluate, evaluate_score_based, Shape};
 pub use result::EvalResult;
 pub use trust::{TrustThresholds, TrustWarning, WarningKind};
 
@@ -54,7 +54,7 @@ pub enum EvalError {
     Npz { path: PathBuf, message: String },
 }
 
-/// The samples to evaluate: images `[N, C, H, W]` (float32, [0,1], CPU), labels `[N]` (int64) and each sample's
+/// The samples to evaluate: images `[N, C, H, W]` (float32 in [0,1], or uint8 = value / 255; CPU), labels `[N]` (int64) and each sample's
 /// index in its dataset (reported, and the key of its attack randomness, so a sample gets the same random starts
 /// whichever subset or batch it is evaluated in).
 #[derive(Debug)]
@@ -70,7 +70,13 @@ impl EvalSet {
             what: "evaluation set",
             message,
         };
-        let x = x.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?;
+        // 8-bit pixels (decoded image files) stay 8-bit, a quarter of the memory; batches are converted to [0,1].
+        let x = x.f_to_device(tch::Device::Cpu)?;
+        let x = if x.kind() == Kind::Uint8 {
+            x
+        } else {
+            x.f_to_kind(Kind::Float)?
+        };
         let y = y.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Int64)?;
         let n = x.size().first().copied().unwrap_or(0);
         if x.dim() != 4 {
@@ -86,7 +92,7 @@ impl EvalSet {
                 indices.len()
             )));
         }
-        if n > 0 {
+        if n > 0 && x.kind() != Kind::Uint8 {
             let (lo, hi) = (
                 x.f_min()?.f_double_value(&[])?,
                 x.f_max()?.f_double_value(&[])?,

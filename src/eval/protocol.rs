@@ -1,5 +1,6 @@
 //! [`evaluate`]: the evaluation protocol, stage by stage (clean → trust checks → attacks → eps curve), batched,
-//! with every adversarial example judged by the scorer.
+//! with every adversarial example judged by the scorer. [`evaluate_score_based`] runs the same protocol without
+//! a differentiable model (a graph robustd cannot interpret): clean accuracy and the score-based attacks only.
 
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use super::result::{
 use super::{batch, trust, EvalError, EvalPlan, EvalSet, Evaluation, Mode, Progress, Stage};
 use crate::attack::noise::derive_seed;
 use crate::attack::pgd::{Keep, PgdParams};
-use crate::attack::Attack;
+use crate::attack::{square, Attack, AttackError, AttackRun};
 use crate::model::{Classifier, Scorer};
 use crate::runtime;
 
@@ -25,15 +26,53 @@ pub fn evaluate(
     plan: &EvalPlan,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Evaluation, EvalError> {
-    let started = Instant::now();
     model.set_train(false);
     let model: &dyn Classifier = model;
-    check_inputs(model, data)?;
+    let shape = Shape {
+        chw: model.input_chw(),
+        classes: model.num_classes(),
+    };
+    run_protocol(Some(model), shape, scorer, data, plan, progress)
+}
+
+/// What the evaluated model takes and gives, when there is no [`Classifier`] to ask.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub chw: [i64; 3],
+    pub classes: i64,
+}
+
+/// The protocol for a model only the scorer can run (its graph cannot be differentiated): clean accuracy and
+/// the plan's score-based attacks (Square) on the scorer. Gradient attacks, the gradient-masking checks and the
+/// robust-accuracy-vs-eps curve (PGD) are left out.
+pub fn evaluate_score_based(
+    shape: Shape,
+    scorer: &mut dyn Scorer,
+    data: &EvalSet,
+    plan: &EvalPlan,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Evaluation, EvalError> {
+    let mut plan = plan.clone();
+    plan.attacks.retain(|a| !a.uses_gradients());
+    plan.eps_curve.clear();
+    run_protocol(None, shape, scorer, data, &plan, progress)
+}
+
+fn run_protocol(
+    model: Option<&dyn Classifier>,
+    shape: Shape,
+    scorer: &mut dyn Scorer,
+    data: &EvalSet,
+    plan: &EvalPlan,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Evaluation, EvalError> {
+    let started = Instant::now();
+    check_inputs(shape, data)?;
     let n = data.len();
-    let batch = if n == 0 {
-        1
-    } else {
-        batch::resolve(plan.batch, model, &data.x)?
+    let batch = match model {
+        _ if n == 0 => 1,
+        Some(model) => batch::resolve(plan.batch, model, &data.x)?,
+        None => batch::resolve_without_model(plan.batch, &data.x),
     };
     let labels = Vec::<i64>::try_from(&data.y)?;
     let mut stages = StageReporter::new(2 + plan.attacks.len() + plan.eps_curve.len(), progress);
@@ -46,15 +85,17 @@ pub fn evaluate(
     for chunk in all.chunks(batch) {
         let xb = rows(&data.x, chunk)?;
         let ort = scored(scorer, &xb)?;
-        let tch = tch_logits(model, &xb)?;
-        let (disagree, diff) = compare(&tch, &ort)?;
-        recheck.clean_disagreements += disagree;
-        recheck.clean_max_logit_diff = recheck.clean_max_logit_diff.max(diff);
+        if let Some(model) = model {
+            let tch = tch_logits(model, &xb)?;
+            let (disagree, diff) = compare(&tch, &ort)?;
+            recheck.clean_disagreements += disagree;
+            recheck.clean_max_logit_diff = recheck.clean_max_logit_diff.max(diff);
+        }
         clean_parts.push(ort);
         stages.advance(chunk.len());
     }
     let clean_logits = if clean_parts.is_empty() {
-        Tensor::f_zeros([0, model.num_classes()], (Kind::Float, Device::Cpu))?
+        Tensor::f_zeros([0, shape.classes], (Kind::Float, Device::Cpu))?
     } else {
         Tensor::f_cat(&clean_parts, 0)?
     };
@@ -82,20 +123,27 @@ pub fn evaluate(
             th.forward_tolerance,
         )?);
     }
-    let (mut zero, mut not_finite) = (0, 0);
-    for chunk in all.chunks(batch) {
-        let (z, nf) =
-            trust::masked_gradient_count(model, &rows(&data.x, chunk)?, &rows(&data.y, chunk)?)?;
-        zero += z;
-        not_finite += nf;
-        stages.advance(chunk.len());
+    if let Some(model) = model {
+        let (mut zero, mut not_finite) = (0, 0);
+        for chunk in all.chunks(batch) {
+            let (z, nf) = trust::masked_gradient_count(
+                model,
+                &rows(&data.x, chunk)?,
+                &rows(&data.y, chunk)?,
+            )?;
+            zero += z;
+            not_finite += nf;
+            stages.advance(chunk.len());
+        }
+        warnings.extend(trust::masked_gradients(
+            zero,
+            not_finite,
+            n,
+            th.masked_gradient_share,
+        ));
+    } else {
+        stages.advance(n);
     }
-    warnings.extend(trust::masked_gradients(
-        zero,
-        not_finite,
-        n,
-        th.masked_gradient_share,
-    ));
 
     // Attacks, in order.
     let mut robust = clean_correct.clone();
@@ -221,7 +269,7 @@ pub fn evaluate(
             sample_indices: IndexRanges::from_indices(&data.indices),
             worst_case_robust: IndexRanges::from_indices(&robust_indices),
             batch_size: batch,
-            device: runtime::device_name(model.device()),
+            device: runtime::device_name(model.map_or(Device::Cpu, |m| m.device())),
             robustd: env!("CARGO_PKG_VERSION").to_owned(),
             libtorch: runtime::libtorch_version(),
             onnxruntime: runtime::loaded_ort_version(),
@@ -245,7 +293,7 @@ pub fn evaluate(
 /// attacks); returns which samples broke and the queries spent.
 fn attack_chunk(
     attack: &Attack,
-    model: &dyn Classifier,
+    model: Option<&dyn Classifier>,
     scorer: &mut dyn Scorer,
     data: &EvalSet,
     chunk: &[usize],
@@ -254,9 +302,25 @@ fn attack_chunk(
     let xb = rows(&data.x, chunk)?;
     let yb = rows(&data.y, chunk)?;
     let keys: Vec<u64> = chunk.iter().map(|&i| data.indices[i]).collect();
-    let run = attack.run(model, scorer, &xb, &yb, &keys)?;
+    let run = match (model, attack) {
+        (Some(model), _) => attack.run(model, scorer, &xb, &yb, &keys)?,
+        (None, Attack::Square(p)) => {
+            let out = square::square(scorer, &xb, &yb, Some(&keys), p)?;
+            AttackRun {
+                x_adv: out.x_adv,
+                queries: Some(out.queries),
+            }
+        }
+        (None, _) => {
+            return Err(AttackError::Invalid {
+                what: "attack",
+                message: format!("{} needs gradients, and this model has none", attack.name()),
+            }
+            .into())
+        }
+    };
     let ort = scored(scorer, &run.x_adv)?;
-    if attack.uses_gradients() {
+    if let (true, Some(model)) = (attack.uses_gradients(), model) {
         let tch = tch_logits(model, &run.x_adv)?;
         let (disagree, diff) = compare(&tch, &ort)?;
         recheck.examples += chunk.len();
@@ -268,9 +332,9 @@ fn attack_chunk(
     Ok((broken, spent))
 }
 
-fn check_inputs(model: &dyn Classifier, data: &EvalSet) -> Result<(), EvalError> {
+fn check_inputs(model: Shape, data: &EvalSet) -> Result<(), EvalError> {
     let shape = data.x.size();
-    let chw = model.input_chw();
+    let chw = model.chw;
     if shape.len() == 4 && shape[1..] != chw {
         return Err(EvalError::Invalid {
             what: "evaluation set",
@@ -282,12 +346,12 @@ fn check_inputs(model: &dyn Classifier, data: &EvalSet) -> Result<(), EvalError>
             data.y.f_min()?.f_int64_value(&[])?,
             data.y.f_max()?.f_int64_value(&[])?,
         );
-        if lo < 0 || hi >= model.num_classes() {
+        if lo < 0 || hi >= model.classes {
             return Err(EvalError::Invalid {
                 what: "labels",
                 message: format!(
                     "labels span [{lo}, {hi}] but the model has {} classes",
-                    model.num_classes()
+                    model.classes
                 ),
             });
         }
@@ -295,10 +359,14 @@ fn check_inputs(model: &dyn Classifier, data: &EvalSet) -> Result<(), EvalError>
     Ok(())
 }
 
-/// Rows `idx` of a CPU tensor.
+/// Rows `idx` of a CPU tensor; 8-bit pixels come back as float32 in [0,1].
 fn rows(t: &Tensor, idx: &[usize]) -> Result<Tensor, EvalError> {
     let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-    Ok(t.f_index_select(0, &Tensor::f_from_slice(&idx)?)?)
+    let picked = t.f_index_select(0, &Tensor::f_from_slice(&idx)?)?;
+    if picked.kind() == Kind::Uint8 {
+        return Ok(picked.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?);
+    }
+    Ok(picked)
 }
 
 /// The scorer's logits as CPU float32, checked to be `[N, classes]`.

@@ -125,20 +125,26 @@ pub fn masked_gradients(
     })
 }
 
-/// Runs the model and the scorer twice on `x` and fires when either changes its output.
+/// Runs the model (when there is one) and the scorer twice on `x` and fires when either changes its output.
 pub fn nondeterminism(
-    model: &dyn Classifier,
+    model: Option<&dyn Classifier>,
     scorer: &mut dyn Scorer,
     x: &Tensor,
     tol: f64,
 ) -> Result<Option<TrustWarning>, EvalError> {
-    let x_model = x.f_to_device(model.device())?;
-    let tch_pair = tch::no_grad(|| -> Result<_, EvalError> {
-        Ok((model.forward(&x_model)?, model.forward(&x_model)?))
-    })?;
-    let scorer_pair = (scorer.logits(x)?, scorer.logits(x)?);
+    let mut pairs = Vec::new();
+    if let Some(model) = model {
+        let x_model = x.f_to_device(model.device())?;
+        pairs.push((
+            "tch",
+            tch::no_grad(|| -> Result<_, EvalError> {
+                Ok((model.forward(&x_model)?, model.forward(&x_model)?))
+            })?,
+        ));
+    }
+    pairs.push(("onnxruntime", (scorer.logits(x)?, scorer.logits(x)?)));
     let mut moving = Vec::new();
-    for (name, (a, b)) in [("tch", tch_pair), ("onnxruntime", scorer_pair)] {
+    for (name, (a, b)) in pairs {
         let diff = relative_row_difference(&a, &b)?;
         if diff > tol {
             moving.push(format!("{name} (relative difference {diff:.1e})"));

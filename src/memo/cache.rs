@@ -1,20 +1,23 @@
-//! The estimator's cache in the state directory: `<paths.state>/memo/<key>/`, one directory per
-//! (data, architecture, estimator settings), so a second model with the same architecture on the same data
-//! reuses the K subset models' predictions instead of training them again.
+//! The estimators' cache in the state directory: `<paths.state>/memo/<key>/`, one directory per
+//! (data, architecture, estimator and its settings), so a second model with the same architecture on the same data
+//! reuses the trained models' predictions instead of training them again.
 //!
 //! The key ([`CacheKey`]) digests everything that determines the predictions: the dataset's SHA-256, the source
 //! indices and labels of the scored and test samples (labels too, so relabelled data in memory never hits a stale
 //! entry), the ONNX graph-structure hash (weights excluded: every subset model starts from fresh weights anyway),
-//! K, the subset ratio, the seed, and the subset models' training settings. The threshold τ is not part of it: it
-//! only applies to the scores afterwards.
+//! the estimator, K, the subset ratio, the fit target, the seed, and the models' training settings (epochs
+//! included). The threshold τ is not part of it: it only applies to the scores afterwards.
 //!
 //! Directory layout:
 //! - `key.yaml` — the key in readable form;
-//! - `model-NN.npz` — model NN's predictions (`train_correct` bool `[N]`, `test_correct` bool `[M]`, `seconds`
-//!   float64 `[1]`), written atomically as soon as the model is trained, so a killed run continues with the next
-//!   model;
-//! - `model-NN.ckpt/` — the training loop's checkpoint while model NN trains (removed once its predictions are
-//!   saved), so a killed run also continues inside a model.
+//! - `model-NN.npz` — model NN's predictions after training (`train_correct` bool `[N]`, `train_p` float32 `[N]`
+//!   = `p(y|x)`, the same for the `M` test samples, `seconds` float64 `[1]`, `epochs` uint32 `[1]`; for the
+//!   learning-speed model also its training passes per sample and epoch parity: `passes_even`/`passes_odd`,
+//!   `correct_even`/`correct_odd` uint32 `[N]`, `p_even`/`p_odd` float64 `[N]`), written atomically as soon as the
+//!   model is trained, so a killed run continues with the next model;
+//! - `model-NN.ckpt/` — the training loop's checkpoint while subset model NN trains (removed once its predictions
+//!   are saved), so a killed run also continues inside a model. The learning-speed model keeps none: its counts
+//!   live only in the observing process, so a killed run trains it again (one model, the cheapest estimator).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -29,7 +32,7 @@ use super::MemoError;
 use crate::data::Split;
 
 /// Version of the cache layout; part of the key.
-pub const CACHE_FORMAT: &str = "robustd.memo-cache/v1";
+pub const CACHE_FORMAT: &str = "robustd.memo-cache/v2";
 /// The readable key file in each entry.
 pub const KEY_FILE: &str = "key.yaml";
 
@@ -46,10 +49,15 @@ pub struct CacheKey {
     pub test_samples: usize,
     pub test_indices_sha256: String,
     pub test_labels_sha256: String,
+    /// `learning-speed`, `feldman-zhang` or `holdout`.
+    pub estimator: String,
+    /// Models trained (K; 2 for holdout; 1 for learning-speed).
     pub k: usize,
     pub subset_ratio: f64,
+    /// Feldman–Zhang: the training accuracy a subset model stops at.
+    pub fit_target: Option<f64>,
     pub seed: u64,
-    /// The subset models' training settings (train spec, threat model, augmentation) as YAML.
+    /// The models' training settings (train spec with its epochs, threat model, augmentation) as YAML.
     pub training: String,
 }
 
@@ -72,15 +80,44 @@ pub fn split_digests(split: &Split) -> Result<(String, String), MemoError> {
     ))
 }
 
-/// What one subset model predicted.
+/// What one trained model predicted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelPredictions {
     /// Per scored training sample: classified correctly.
     pub train_correct: Vec<bool>,
+    /// Per scored training sample: `p(y|x)`.
+    pub train_p: Vec<f32>,
     /// Per test sample: classified correctly.
     pub test_correct: Vec<bool>,
+    pub test_p: Vec<f32>,
     /// Training time of the model.
     pub seconds: f64,
+    /// Epochs it trained.
+    pub epochs: u32,
+    /// The learning-speed model's training passes.
+    pub passes: Option<PassCounts>,
+}
+
+/// Per scored training sample: what its training passes in even and odd epochs (0-based) saw.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PassCounts {
+    pub passes_even: Vec<u32>,
+    pub passes_odd: Vec<u32>,
+    pub correct_even: Vec<u32>,
+    pub correct_odd: Vec<u32>,
+    /// Sums of `p(y|x)`.
+    pub p_even: Vec<f64>,
+    pub p_odd: Vec<f64>,
+}
+
+impl PassCounts {
+    pub fn len(&self) -> usize {
+        self.passes_even.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.passes_even.is_empty()
+    }
 }
 
 /// One cache entry.
@@ -150,7 +187,15 @@ impl Store {
             return Ok(None);
         }
         match read_predictions(&path) {
-            Ok(p) if p.train_correct.len() == train && p.test_correct.len() == test => Ok(Some(p)),
+            Ok(p)
+                if p.train_correct.len() == train
+                    && p.train_p.len() == train
+                    && p.test_correct.len() == test
+                    && p.test_p.len() == test
+                    && p.passes.as_ref().is_none_or(|c| c.len() == train) =>
+            {
+                Ok(Some(p))
+            }
             outcome => {
                 let why = match outcome {
                     Ok(p) => format!(
@@ -183,19 +228,29 @@ impl Store {
         };
         let tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
         let mut writer = NpzWriter::new(tmp.reopen().map_err(io)?);
-        writer
-            .add_array(
-                "train_correct",
-                &Array1::from_vec(predictions.train_correct.clone()),
-            )
-            .and_then(|_| {
-                writer.add_array(
-                    "test_correct",
-                    &Array1::from_vec(predictions.test_correct.clone()),
-                )
-            })
-            .and_then(|_| writer.add_array("seconds", &Array1::from_vec(vec![predictions.seconds])))
-            .map_err(|e| npz(e.to_string()))?;
+        let p = predictions;
+        let mut add = || -> Result<(), ndarray_npy::WriteNpzError> {
+            writer.add_array("train_correct", &Array1::from_vec(p.train_correct.clone()))?;
+            writer.add_array("train_p", &Array1::from_vec(p.train_p.clone()))?;
+            writer.add_array("test_correct", &Array1::from_vec(p.test_correct.clone()))?;
+            writer.add_array("test_p", &Array1::from_vec(p.test_p.clone()))?;
+            writer.add_array("seconds", &Array1::from_vec(vec![p.seconds]))?;
+            writer.add_array("epochs", &Array1::from_vec(vec![p.epochs]))?;
+            if let Some(c) = &p.passes {
+                for (name, counts) in [
+                    ("passes_even", &c.passes_even),
+                    ("passes_odd", &c.passes_odd),
+                    ("correct_even", &c.correct_even),
+                    ("correct_odd", &c.correct_odd),
+                ] {
+                    writer.add_array(name, &Array1::from_vec(counts.clone()))?;
+                }
+                writer.add_array("p_even", &Array1::from_vec(c.p_even.clone()))?;
+                writer.add_array("p_odd", &Array1::from_vec(c.p_odd.clone()))?;
+            }
+            Ok(())
+        };
+        add().map_err(|e| npz(e.to_string()))?;
         let file = writer.finish().map_err(|e| npz(e.to_string()))?;
         file.sync_all().map_err(io)?;
         tmp.persist(&path).map_err(|e| io(e.error))?;
@@ -221,18 +276,41 @@ fn read_predictions(path: &Path) -> Result<ModelPredictions, MemoError> {
         source,
     })?;
     let mut reader = NpzReader::new(file).map_err(|e| bad(e.to_string()))?;
-    let train: Array1<bool> = reader
-        .by_name("train_correct")
-        .map_err(|e| bad(format!("train_correct: {e}")))?;
-    let test: Array1<bool> = reader
-        .by_name("test_correct")
-        .map_err(|e| bad(format!("test_correct: {e}")))?;
-    let seconds: Array1<f64> = reader
-        .by_name("seconds")
-        .map_err(|e| bad(format!("seconds: {e}")))?;
+    let names = reader.names().map_err(|e| bad(e.to_string()))?;
+    let has = |name: &str| {
+        names
+            .iter()
+            .any(|n| n == name || n == &format!("{name}.npy"))
+    };
+    macro_rules! array {
+        ($name:literal, $t:ty) => {{
+            let a: Array1<$t> = reader
+                .by_name($name)
+                .map_err(|e| bad(format!("{}: {e}", $name)))?;
+            a.to_vec()
+        }};
+    }
+    let passes = if has("passes_even") {
+        Some(PassCounts {
+            passes_even: array!("passes_even", u32),
+            passes_odd: array!("passes_odd", u32),
+            correct_even: array!("correct_even", u32),
+            correct_odd: array!("correct_odd", u32),
+            p_even: array!("p_even", f64),
+            p_odd: array!("p_odd", f64),
+        })
+    } else {
+        None
+    };
+    let seconds = array!("seconds", f64);
+    let epochs = array!("epochs", u32);
     Ok(ModelPredictions {
-        train_correct: train.to_vec(),
-        test_correct: test.to_vec(),
+        train_correct: array!("train_correct", bool),
+        train_p: array!("train_p", f32),
+        test_correct: array!("test_correct", bool),
+        test_p: array!("test_p", f32),
         seconds: seconds.first().copied().unwrap_or(0.0),
+        epochs: epochs.first().copied().unwrap_or(0),
+        passes,
     })
 }

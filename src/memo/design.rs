@@ -7,6 +7,11 @@
 //! (clamped to `1..=K-1`), chosen uniformly at random per sample. Every sample is then seen by `m` models and
 //! judged by `K - m`, so every score is defined and all scores have the same variance; each subset holds about
 //! `m/K · N` samples (the effective ratio, reported beside the configured one).
+//!
+//! For an even K ≥ 4 the models form two halves, models `0..K/2` and `K/2..K`, each balanced on its own: sample `i`
+//! is in exactly `round(ratio · K/2)` subsets of each half (clamped to `1..=K/2-1`), so `m` is twice that. Each half
+//! is then a complete estimator that scores every sample, and the self-check compares the two halves' scores
+//! (split-half consistency) on every sample rather than on the few whose left-out models happen to split.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -26,7 +31,7 @@ pub struct SubsetDesign {
 
 impl SubsetDesign {
     /// The balanced design for `n` samples and `k` models: each sample in `round(ratio · k)` subsets (at least 1,
-    /// at most `k - 1`), drawn from `seed`.
+    /// at most `k - 1`) — for an even `k ≥ 4` in `round(ratio · k/2)` of each half — drawn from `seed`.
     pub fn balanced(n: usize, k: usize, ratio: f64, seed: u64) -> Result<Self, MemoError> {
         if k < 2 {
             return Err(MemoError::Invalid {
@@ -42,18 +47,25 @@ impl SubsetDesign {
                 message: format!("{ratio} is not in (0, 1)"),
             });
         }
-        let per_sample = ((ratio * k as f64).round() as usize).clamp(1, k - 1);
+        let halves = k >= 4 && k.is_multiple_of(2);
+        let (groups, group_size) = if halves { (2, k / 2) } else { (1, k) };
+        let per_group = ((ratio * group_size as f64).round() as usize).clamp(1, group_size - 1);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ DESIGN_SALT);
-        let mut members = vec![vec![false; n]; k];
-        let draws = (0..n).map(|_| rand::seq::index::sample(&mut rng, k, per_sample));
-        for (i, models) in draws.enumerate() {
-            for model in models {
-                members[model][i] = true;
+        let mut members = vec![Vec::with_capacity(n); k];
+        for _ in 0..n {
+            let mut column = vec![false; k];
+            for group in 0..groups {
+                for model in rand::seq::index::sample(&mut rng, group_size, per_group) {
+                    column[group * group_size + model] = true;
+                }
+            }
+            for (row, seen) in members.iter_mut().zip(column) {
+                row.push(seen);
             }
         }
         Ok(Self {
             members,
-            per_sample,
+            per_sample: groups * per_group,
         })
     }
 
@@ -77,6 +89,20 @@ impl SubsetDesign {
             members,
             per_sample,
         })
+    }
+
+    /// Whether the models form two halves that each score every sample (an even K ≥ 4 from
+    /// [`SubsetDesign::balanced`]): models `0..K/2` and `K/2..K`.
+    pub fn has_halves(&self) -> bool {
+        let k = self.models();
+        k >= 4
+            && k.is_multiple_of(2)
+            && (0..self.samples()).all(|i| {
+                let seen =
+                    |models: std::ops::Range<usize>| models.filter(|&m| self.members[m][i]).count();
+                let (a, b) = (seen(0..k / 2), seen(k / 2..k));
+                (1..k / 2).contains(&a) && (1..k / 2).contains(&b)
+            })
     }
 
     /// Number of models.

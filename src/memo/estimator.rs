@@ -1,34 +1,38 @@
-//! The Feldman–Zhang subsampling estimator: K models, each trained from fresh weights on its subset of the scored
-//! training samples (the [`SubsetDesign`]) with the shared training loop — standard training, or PGD-AT when
-//! `memorization.adversarial` — then asked to classify every scored training sample and every test sample. The
-//! [`Tally`] turns their answers into `mem(i)`; the test answers into consistency scores.
+//! What every estimator shares: its options (from `memorization.*`), the result ([`Estimate`]: scores, the models'
+//! fit, self-checks, budget), the cache key, the factory of fresh models, and [`train_and_answer`] — train one
+//! model from fresh weights with the shared training loop, then ask it about every scored training sample and every
+//! test sample (correct or not, and `p(y|x)`).
 //!
-//! Models come from a caller's factory `seed → fresh model` (for a dropped ONNX file: its own graph,
-//! re-initialized with that seed — [`onnx_factory`]), so tests can use small models. With a cache root, finished
-//! models' predictions are saved one by one and a run continues where a killed one stopped (see
-//! [`super::cache`]); when every model's predictions are cached, nothing is trained. The cancellation flag is
-//! checked before each model and inside the training loop (which checkpoints the model's position).
+//! [`estimate`] runs the configured estimator: [`super::speed`] (learning-speed) or [`super::subsets`]
+//! (Feldman–Zhang, holdout). Imported scores need no training ([`super::estimate_from_config`] reads them).
+//!
+//! Models come from a caller's factory `seed → fresh model` (for a dropped ONNX file: its own graph, re-initialized
+//! with that seed — [`onnx_factory`]), so tests can use small models. With a cache root, finished models' answers
+//! are saved one by one and a run continues where a killed one stopped (see [`super::cache`]); when every model's
+//! answers are cached, nothing is trained.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use tch::{Device, Kind};
 
-use super::cache::{split_digests, CacheKey, ModelPredictions, Store, CACHE_FORMAT};
+use super::cache::{split_digests, CacheKey, ModelPredictions, PassCounts, CACHE_FORMAT};
 use super::design::SubsetDesign;
 use super::scores::{ScoreSource, TrainScores};
-use super::tally::{Consistency, Tally};
+use super::tally::Tally;
 use super::MemoError;
-use crate::config::{Config, InputLayout, ThreatModel, TrainSpec};
-use crate::data::{Augmentation, Split};
-use crate::logfmt::Sig;
+use crate::config::{Config, Estimator, InputLayout, Method, ThreatModel, TrainSpec};
+use crate::data::{Augmentation, BatchOptions, Split};
 use crate::model::{Classifier, InputAdapter, ModelError};
 use crate::onnx::{OnnxModel, TchModel, TchOptions};
-use crate::train::validate::predictions;
-use crate::train::{train, HoldoutOptions, TrainError, TrainRun};
+use crate::report::{MemoBudget, Memorization, SelfCheck};
+use crate::train::{train, SampleObserver, TrainError, TrainRun};
 
 /// Makes a model with fresh weights drawn from the seed.
 pub type ModelFactory<'f> = dyn FnMut(u64) -> Result<Box<dyn Classifier>, TrainError> + 'f;
+
+/// The quantile a learning-speed τ sits at by default: the top decile is atypical.
+const TOP_DECILE: f64 = 0.9;
 
 /// Salt of the per-model seeds.
 const MODEL_SALT: u64 = 0x4D45_4D4F_0000_0001;
@@ -36,12 +40,20 @@ const MODEL_SALT: u64 = 0x4D45_4D4F_0000_0001;
 /// How the estimator runs.
 #[derive(Debug, Clone)]
 pub struct EstimatorOptions<'a> {
-    /// Number of subset models K (at least 2).
+    pub estimator: Estimator,
+    /// Feldman–Zhang: number of subset models K (at least 2).
     pub k: usize,
-    /// Share of the scored samples each model sees (the design rounds it to `m / K`).
+    /// Feldman–Zhang: share of the scored samples each model sees (the design rounds it to `m / K`).
     pub subset_ratio: f64,
+    /// Feldman–Zhang: a subset model stops once its training accuracy reaches this.
+    pub fit_target: f64,
+    /// Feldman–Zhang: the most epochs per subset model.
+    pub max_epochs: usize,
+    /// Learning-speed and holdout: epochs per model.
+    pub epochs: usize,
     pub seed: u64,
-    /// Each subset model's training: method standard or PGD-AT, no validation split, no early stopping.
+    /// The models' training: method standard or PGD-AT, the peak rate `memorization.lr`, no validation split, no
+    /// early stopping (its `epochs` is set per estimator).
     pub spec: TrainSpec,
     pub threat: ThreatModel,
     pub augmentation: Augmentation,
@@ -51,22 +63,54 @@ pub struct EstimatorOptions<'a> {
 }
 
 impl EstimatorOptions<'_> {
-    /// From the config: `memorization.k`, `subset_ratio`, `epochs`, `adversarial` and `lr`; the rest of the
-    /// `train` optimizer and the batch size (the holdout estimate's rules, [`HoldoutOptions::from_config`]);
-    /// `runtime.seed`; the cache in `paths.state/memo`.
+    /// From the config: `memorization.*`; the rest of the `train` optimizer and the batch size; `runtime.seed`;
+    /// the cache in `paths.state/memo`.
     pub fn from_config(config: &Config, augmentation: Augmentation) -> Self {
-        let training = HoldoutOptions::from_config(config, augmentation);
-        let mut spec = training.spec;
-        spec.optimizer.lr = config.memorization.lr;
+        let m = &config.memorization;
+        let mut spec = config.train.clone();
+        spec.method = if m.adversarial {
+            Method::PgdAt
+        } else {
+            Method::Standard
+        };
+        spec.optimizer.lr = m.lr;
+        spec.val_fraction = 0.0;
+        spec.early_stop_patience = 0;
         Self {
-            k: config.memorization.k,
-            subset_ratio: config.memorization.subset_ratio,
+            estimator: m.estimator,
+            k: m.k,
+            subset_ratio: m.subset_ratio,
+            fit_target: m.fit_target,
+            max_epochs: m.max_epochs,
+            epochs: m.epochs,
             seed: config.runtime.seed,
             spec,
-            threat: training.threat,
+            threat: config.threat.clone(),
             augmentation,
             cache_root: Some(config.paths.state.join("memo")),
             cancel: None,
+        }
+    }
+
+    /// What the estimator may spend, as the report shows it.
+    pub fn budget(&self, samples: usize) -> MemoBudget {
+        let (models, epochs, fit_target) = match self.estimator {
+            Estimator::FeldmanZhang => (self.k, self.max_epochs, Some(self.fit_target)),
+            Estimator::Holdout => (2, self.epochs, None),
+            Estimator::LearningSpeed => (1, self.epochs, None),
+            Estimator::Import => (0, 0, None),
+        };
+        MemoBudget {
+            samples: samples as u64,
+            models: models as u64,
+            epochs: epochs as u64,
+            fit_target,
+            lr: self.spec.optimizer.lr,
+            training: if self.spec.method == Method::PgdAt {
+                "pgd-at".into()
+            } else {
+                "standard".into()
+            },
         }
     }
 }
@@ -80,40 +124,61 @@ pub struct Identity<'a> {
     pub architecture: &'a str,
 }
 
-/// How one subset model did on its own subset, on the samples it never saw, and on the test samples.
+/// How one trained model did on the samples it trained on, on the scored samples it never saw, and on the test
+/// samples (after training, eval mode).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelFit {
     pub in_subset_acc: f64,
-    pub out_of_subset_acc: f64,
+    /// `None` when the model trained on every scored sample (learning-speed).
+    pub out_of_subset_acc: Option<f64>,
     pub test_acc: Option<f64>,
+    pub epochs: usize,
     pub seconds: f64,
     /// Trained in this run (else loaded from the cache).
     pub trained_now: bool,
 }
 
-/// Per test sample: source index and consistency score.
+/// Per test sample: source index and consistency score (the models' mean `p(y|x)`; none of them saw it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestConsistency {
     pub indices: Vec<i64>,
-    pub counts: Consistency,
-    /// Mean accuracy of the K models.
     pub scores: Vec<f64>,
 }
 
 /// The estimator's result.
 #[derive(Debug, Clone)]
 pub struct Estimate {
-    /// `mem(i)` of every scored training sample.
+    /// The score of every scored training sample.
     pub scores: TrainScores,
-    pub tally: Tally,
-    pub consistency: Option<TestConsistency>,
-    pub design: SubsetDesign,
     pub models: Vec<ModelFit>,
+    pub consistency: Option<TestConsistency>,
+    /// Feldman–Zhang and holdout: the design and the per-sample counts over the models.
+    pub design: Option<SubsetDesign>,
+    pub tally: Option<Tally>,
+    /// Learning-speed: the training passes per sample.
+    pub passes: Option<PassCounts>,
+    pub self_check: Option<SelfCheck>,
+    pub budget: Option<MemoBudget>,
     /// The cache entry, when caching.
     pub cache_dir: Option<PathBuf>,
 }
 
 impl Estimate {
+    /// Scores that needed no training (imported).
+    pub fn untrained(scores: TrainScores) -> Self {
+        Self {
+            scores,
+            models: Vec::new(),
+            consistency: None,
+            design: None,
+            tally: None,
+            passes: None,
+            self_check: None,
+            budget: None,
+            cache_dir: None,
+        }
+    }
+
     /// Whether every model came from the cache.
     pub fn cached(&self) -> bool {
         self.models.iter().all(|m| !m.trained_now)
@@ -123,9 +188,38 @@ impl Estimate {
     pub fn trained(&self) -> usize {
         self.models.iter().filter(|m| m.trained_now).count()
     }
+
+    /// τ for these scores: `configured` (`memorization.threshold`), else the source's default
+    /// ([`Estimator::default_threshold`]) — for learning-speed the 90th percentile of the scores, so the top
+    /// decile is atypical.
+    pub fn threshold(&self, configured: Option<f64>) -> f64 {
+        let default = match self.scores.source {
+            ScoreSource::LearningSpeed { .. } => Estimator::LearningSpeed,
+            ScoreSource::FeldmanZhang { .. } => Estimator::FeldmanZhang,
+            ScoreSource::Holdout { .. } => Estimator::Holdout,
+            ScoreSource::Imported { .. } => Estimator::Import,
+        }
+        .default_threshold();
+        configured
+            .or(default)
+            .unwrap_or_else(|| self.scores.quantile(TOP_DECILE))
+    }
+
+    /// The report's `memorization:` section: the scores' section with the estimator's budget and self-checks.
+    pub fn report_section(
+        &self,
+        threshold: f64,
+        harmful: Vec<crate::report::HarmfulSample>,
+    ) -> Memorization {
+        let mut section = self.scores.report_section(threshold, harmful);
+        section.budget = self.budget.clone();
+        section.self_check = self.self_check.clone();
+        section
+    }
 }
 
-/// Runs (or loads) the estimator for the samples of `scored`, with consistency scores for `test` when given.
+/// Runs (or loads) the configured estimator for the samples of `scored`, with consistency scores for `test`
+/// when given.
 pub fn estimate(
     scored: &Split,
     test: Option<&Split>,
@@ -133,147 +227,112 @@ pub fn estimate(
     factory: &mut ModelFactory,
     options: &EstimatorOptions,
 ) -> Result<Estimate, MemoError> {
-    let n = scored.len();
-    if n == 0 {
+    if scored.is_empty() {
         return Err(MemoError::Invalid {
             key: "memorization.train_samples",
             message: "no training samples to score".into(),
         });
     }
-    let design = SubsetDesign::balanced(n, options.k, options.subset_ratio, options.seed)?;
-    let store = match &options.cache_root {
-        Some(root) => Some(Store::open(
-            root,
-            &cache_key(scored, test, identity, options)?,
-        )?),
-        None => None,
-    };
-    let train_labels = host_labels(scored)?;
-    let test_labels = test.map(host_labels).transpose()?;
-    let test_len = test.map_or(0, Split::len);
-    let mut tally = Tally::new(n);
-    let mut consistency = Consistency::new(test_len);
-    let mut models = Vec::with_capacity(options.k);
-    for model in 0..options.k {
-        let cached = match &store {
-            Some(s) => s.load(model, n, test_len)?,
-            None => None,
-        };
-        let (predicted, trained_now) = match cached {
-            Some(p) => (p, false),
-            None => {
-                if options.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                    return Err(MemoError::Cancelled {
-                        completed: model,
-                        models: options.k,
-                        cache: store.as_ref().map(|s| s.dir().to_path_buf()),
-                    });
-                }
-                let p = train_one(
-                    model,
-                    scored,
-                    test,
-                    &design,
-                    (&train_labels, test_labels.as_deref()),
-                    factory,
-                    options,
-                    store.as_ref(),
-                )?;
-                if let Some(s) = &store {
-                    s.save(model, &p)?;
-                }
-                (p, true)
-            }
-        };
-        let member = design.membership(model);
-        tally.add_model(member, &predicted.train_correct)?;
-        if test.is_some() {
-            consistency.add_model(&predicted.test_correct)?;
+    let mut estimate = match options.estimator {
+        Estimator::LearningSpeed => {
+            super::speed::estimate(scored, test, identity, factory, options)
         }
-        let fit = model_fit(member, &predicted, test.is_some(), trained_now);
-        tracing::info!(
-            model = model + 1,
-            of = options.k,
-            in_subset_acc = %Sig(fit.in_subset_acc),
-            out_of_subset_acc = %Sig(fit.out_of_subset_acc),
-            test_acc = fit.test_acc.map(|v| tracing::field::display(Sig(v))),
-            seconds = %Sig(fit.seconds),
-            cached = !trained_now,
-            "memorization subset model"
-        );
-        models.push(fit);
+        Estimator::FeldmanZhang => {
+            super::subsets::feldman_zhang(scored, test, identity, factory, options)
+        }
+        Estimator::Holdout => super::subsets::holdout(scored, test, identity, factory, options),
+        Estimator::Import => Err(MemoError::Invalid {
+            key: "memorization.estimator",
+            message: "imported scores are read, not estimated (memorization.scores)".into(),
+        }),
+    }?;
+    estimate.budget = Some(options.budget(scored.len()));
+    if let Some(check) = &estimate.self_check {
+        for warning in &check.warnings {
+            tracing::warn!(estimator = options.estimator.name(), "{warning}");
+        }
     }
-    let seconds = models.iter().map(|m| m.seconds).sum();
-    let cached = models.iter().all(|m| !m.trained_now);
-    let scores = TrainScores {
-        source: ScoreSource::FeldmanZhang {
-            models: options.k,
-            per_sample: design.per_sample(),
-            configured_ratio: options.subset_ratio,
-            cached,
-            seconds,
-        },
-        indices: scored.indices.clone(),
-        scores: tally.scores(),
-    };
-    let consistency = test.map(|t| TestConsistency {
-        indices: t.indices.clone(),
-        scores: consistency.scores(),
-        counts: consistency,
-    });
-    Ok(Estimate {
-        scores,
-        tally,
-        consistency,
-        design,
-        models,
-        cache_dir: store.map(|s| s.dir().to_path_buf()),
-    })
+    Ok(estimate)
 }
 
-/// Trains subset model `model` from fresh weights and records what it gets right.
-#[allow(clippy::too_many_arguments)]
-fn train_one(
-    model: usize,
+/// One model to train: its seed, epochs, and what watches it.
+pub(super) struct Training<'a> {
+    pub seed: u64,
+    pub epochs: usize,
+    pub fit_target: Option<f64>,
+    pub observer: Option<&'a dyn SampleObserver>,
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// Trains a fresh model from `factory` on `train_on` and returns its answers on every sample of `scored` and of
+/// `test`. A cancellation comes back as [`TrainError::Cancelled`] inside [`MemoError::Train`].
+pub(super) fn train_and_answer(
+    train_on: &Split,
     scored: &Split,
     test: Option<&Split>,
-    design: &SubsetDesign,
-    (train_labels, test_labels): (&[i64], Option<&[i64]>),
     factory: &mut ModelFactory,
     options: &EstimatorOptions,
-    store: Option<&Store>,
+    training: Training,
 ) -> Result<ModelPredictions, MemoError> {
-    let seed = model_seed(options.seed, model);
-    let mut net = factory(seed)?;
-    let mut run = TrainRun::new(&options.spec, &options.threat, seed, options.augmentation)?;
+    let mut net = factory(training.seed)?;
+    let mut spec = options.spec.clone();
+    spec.epochs = training.epochs;
+    let mut run = TrainRun::new(&spec, &options.threat, training.seed, options.augmentation)?;
     run.cancel = options.cancel;
-    run.checkpoint_dir = store.map(|s| s.checkpoint_dir(model));
-    let subset = scored.select(&design.positions(model))?;
-    let result = match train(net.as_mut(), &subset, &run) {
-        Ok(r) => r,
-        Err(TrainError::Cancelled { .. }) => {
-            return Err(MemoError::Cancelled {
-                completed: model,
-                models: options.k,
-                cache: store.map(|s| s.dir().to_path_buf()),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    run.checkpoint_dir = training.checkpoint_dir;
+    run.observer = training.observer;
+    run.fit_target = training.fit_target;
+    run.lr_key = "memorization.lr";
+    let result = train(net.as_mut(), train_on, &run)?;
     let batch = options.spec.batch_size;
-    let train_correct = correct(net.as_mut(), scored, train_labels, batch)?;
-    let test_correct = match (test, test_labels) {
-        (Some(t), Some(labels)) => correct(net.as_mut(), t, labels, batch)?,
-        _ => Vec::new(),
+    let (train_correct, train_p) = answers(net.as_mut(), scored, batch)?;
+    let (test_correct, test_p) = match test {
+        Some(t) => answers(net.as_mut(), t, batch)?,
+        None => (Vec::new(), Vec::new()),
     };
     Ok(ModelPredictions {
         train_correct,
+        train_p,
         test_correct,
+        test_p,
         seconds: result.seconds,
+        epochs: result.epochs as u32,
+        passes: None,
     })
 }
 
-/// The seed of subset model `model` (its weights and its training order).
+/// Per sample of `split`: classified correctly, and `p(y|x)` (eval mode).
+fn answers(
+    model: &mut dyn Classifier,
+    split: &Split,
+    batch_size: usize,
+) -> Result<(Vec<bool>, Vec<f32>), MemoError> {
+    model.set_train(false);
+    let device = model.device();
+    let (mut correct, mut p) = (
+        Vec::with_capacity(split.len()),
+        Vec::with_capacity(split.len()),
+    );
+    for batch in split.batches(&BatchOptions::eval(batch_size.max(1)))? {
+        let batch = batch?;
+        let x = batch.x.f_to_device(device)?;
+        let y = batch.y.f_to_device(device)?.f_unsqueeze(1)?;
+        let logits = tch::no_grad(|| model.forward(&x))?;
+        let right = logits
+            .f_argmax(1, true)?
+            .f_eq_tensor(&y)?
+            .f_squeeze_dim(1)?;
+        let prob = logits
+            .f_softmax(1, Kind::Float)?
+            .f_gather(1, &y, false)?
+            .f_squeeze_dim(1)?;
+        correct.extend(Vec::<bool>::try_from(&right.f_to_device(Device::Cpu)?)?);
+        p.extend(Vec::<f32>::try_from(&prob.f_to_device(Device::Cpu)?)?);
+    }
+    Ok((correct, p))
+}
+
+/// The seed of model `model` (its weights and its training order).
 pub fn model_seed(seed: u64, model: usize) -> u64 {
     let mut z =
         (seed ^ MODEL_SALT).wrapping_add((model as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -282,72 +341,35 @@ pub fn model_seed(seed: u64, model: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-fn correct(
-    model: &mut dyn Classifier,
-    split: &Split,
-    labels: &[i64],
-    batch_size: usize,
-) -> Result<Vec<bool>, MemoError> {
-    let predicted = Vec::<i64>::try_from(&predictions(model, split, batch_size)?)?;
-    Ok(predicted.iter().zip(labels).map(|(p, y)| p == y).collect())
-}
-
-fn host_labels(split: &Split) -> Result<Vec<i64>, MemoError> {
+/// The labels of a split on the host.
+pub(super) fn host_labels(split: &Split) -> Result<Vec<i64>, MemoError> {
     Ok(Vec::<i64>::try_from(
         &split.y.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?,
     )?)
 }
 
-fn model_fit(
-    member: &[bool],
-    predicted: &ModelPredictions,
-    with_test: bool,
-    trained_now: bool,
-) -> ModelFit {
-    let share = |pick: bool| {
-        let (seen, right) = member
-            .iter()
-            .zip(&predicted.train_correct)
-            .filter(|(&m, _)| m == pick)
-            .fold((0usize, 0usize), |(s, r), (_, &c)| {
-                (s + 1, r + usize::from(c))
-            });
-        if seen == 0 {
-            0.0
-        } else {
-            right as f64 / seen as f64
-        }
-    };
-    let test_acc = (with_test && !predicted.test_correct.is_empty()).then(|| {
-        predicted.test_correct.iter().filter(|&&c| c).count() as f64
-            / predicted.test_correct.len() as f64
-    });
-    ModelFit {
-        in_subset_acc: share(true),
-        out_of_subset_acc: share(false),
-        test_acc,
-        seconds: predicted.seconds,
-        trained_now,
-    }
-}
-
-fn cache_key(
+/// The cache key of an estimator run training `models` models for `epochs` epochs each (the cap for
+/// Feldman–Zhang).
+pub(super) fn cache_key(
     scored: &Split,
     test: Option<&Split>,
     identity: Identity,
     options: &EstimatorOptions,
+    (models, subset_ratio, epochs): (usize, f64, usize),
+    fit_target: Option<f64>,
 ) -> Result<CacheKey, MemoError> {
     let (train_indices_sha256, train_labels_sha256) = split_digests(scored)?;
     let (test_indices_sha256, test_labels_sha256) = match test {
         Some(t) => split_digests(t)?,
         None => (String::new(), String::new()),
     };
-    let training =
-        serde_norway::to_string(&(&options.spec, &options.threat, options.augmentation.name()))
-            .map_err(|e| MemoError::Invalid {
-                key: "train",
-                message: e.to_string(),
-            })?;
+    let mut spec = options.spec.clone();
+    spec.epochs = epochs;
+    let training = serde_norway::to_string(&(&spec, &options.threat, options.augmentation.name()))
+        .map_err(|e| MemoError::Invalid {
+            key: "train",
+            message: e.to_string(),
+        })?;
     Ok(CacheKey {
         format: CACHE_FORMAT.into(),
         dataset_sha256: identity.dataset_sha256.into(),
@@ -358,8 +380,10 @@ fn cache_key(
         test_samples: test.map_or(0, Split::len),
         test_indices_sha256,
         test_labels_sha256,
-        k: options.k,
-        subset_ratio: options.subset_ratio,
+        estimator: options.estimator.name().into(),
+        k: models,
+        subset_ratio,
+        fit_target,
         seed: options.seed,
         training,
     })

@@ -2,11 +2,12 @@
 //! group and per score decile, clean and robust accuracy on the test samples per consistency group — the numbers
 //! behind the method's finding that adversarial training fits atypical samples cleanly but not robustly.
 //!
-//! Groups: a training sample is atypical when its score is above τ (`memorization.threshold`); a test sample is
-//! atypical when its consistency score (mean accuracy of the subset models, none of which saw it) is below
+//! Groups: a training sample is atypical when its score is above τ (the estimator's threshold); a test sample is
+//! atypical when its consistency score (the estimator's models' mean `p(y|x)`, none of which saw it) is below
 //! [`test_cut`]`(τ) = 1 − τ` — the mirror image of the training rule: a training sample is atypical when the
-//! models that did not see it are right at least τ less often than the models that did, a test sample when the
-//! models are wrong on it more than a τ share of the time.
+//! models that did not see it give its label at least τ less probability than the models that did (or, for
+//! learning-speed, when the model gave it on average less than `1 − τ` while learning), a test sample when the
+//! models give its label less than `1 − τ`.
 //!
 //! Adversarial/robust accuracy is measured per sample with the shared PGD core ([`Keep::Adversarial`], each
 //! sample's random start keyed by its position, so results do not depend on the batch size); the same pass
@@ -50,8 +51,8 @@ pub struct GroupOptions {
 }
 
 impl GroupOptions {
-    /// `eval.pgd` under the config's threat model, `memorization.threshold`, `train.batch_size`.
-    pub fn from_config(config: &Config) -> Self {
+    /// `eval.pgd` under the config's threat model, τ (the estimate's, `Estimate::threshold`), `train.batch_size`.
+    pub fn from_config(config: &Config, threshold: f64) -> Self {
         Self {
             attack: PgdParams::from_spec(
                 &config.eval.pgd,
@@ -61,7 +62,7 @@ impl GroupOptions {
                 Keep::Adversarial,
             ),
             batch_size: config.train.batch_size,
-            threshold: config.memorization.threshold,
+            threshold,
         }
     }
 }

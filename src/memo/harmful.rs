@@ -1,7 +1,8 @@
 //! Harmful atypical samples: atypical training samples (score above τ) whose adversarial examples the model
 //! still does not fit — ranked by the lowest `p(y | x')` under the given model (ties: higher score first). These
 //! are the samples BAT down-weights most (`w_i = p(y_i | x'_i)^β`). The top N go into the report with their
-//! source index, label, score and adversarial confidence, and into a PNG grid of their images.
+//! source index (and file, for image-file datasets), label, score and adversarial confidence, and into a PNG grid of
+//! their images.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,7 +22,7 @@ const GRID_COLUMNS: usize = 8;
 /// Displayed edge of one image (pixels), before the caption.
 const TILE: u32 = 112;
 const CAPTION: u32 = 40;
-const TITLE: u32 = 48;
+const TITLE: u32 = 64;
 const PAD: u32 = 8;
 
 /// The `top` atypical samples of the scored split with the lowest `p(y | x')` in `outcome`.
@@ -49,6 +50,7 @@ pub fn harmful_atypical(
         .filter(|&i| atypical[i])
         .map(|i| HarmfulSample {
             index: scored.indices[i] as u64,
+            file: scored.file(i).map(|p| p.display().to_string()),
             label: labels[i],
             score: scores.scores[i].unwrap_or(0.0),
             adv_confidence: outcome.adv_confidence[i],
@@ -65,12 +67,14 @@ pub fn harmful_atypical(
 }
 
 /// A PNG grid of the samples' images (from `split`, matched by source index), each captioned with its index,
-/// class, score and `p(y | x')`.
+/// class, score and `p(y | x')`; `about` (the estimator, its budget and self-check, [`super::output::run_line`])
+/// goes under the title, so the grid is never read without knowing where its scores came from.
 pub fn harmful_grid(
     out: &Path,
     split: &Split,
     samples: &[HarmfulSample],
     class_names: &[String],
+    about: &str,
 ) -> Result<(), MemoError> {
     if samples.is_empty() {
         return Err(PlotError::NoData {
@@ -116,8 +120,13 @@ pub fn harmful_grid(
         |root| -> DrawResult {
             root.draw(&Text::new(
                 "Harmful atypical training samples (lowest p(y|x') under the model)",
-                (PAD as i32, 14),
+                (PAD as i32, 10),
                 ("sans-serif", 20).into_font(),
+            ))?;
+            root.draw(&Text::new(
+                about.to_owned(),
+                (PAD as i32, 36),
+                ("sans-serif", 13).into_font(),
             ))?;
             for (k, (s, pixels)) in samples.iter().zip(tiles).enumerate() {
                 let x0 = (k % columns) as u32 * cell_w + PAD;
@@ -133,7 +142,7 @@ pub fn harmful_grid(
                     caption.clone(),
                 ))?;
                 root.draw(&Text::new(
-                    format!("mem {:.2}  p {}", s.score, probability(s.adv_confidence)),
+                    format!("score {:.2}  p {}", s.score, probability(s.adv_confidence)),
                     (x0 as i32, (y0 + TILE + 20) as i32),
                     caption,
                 ))?;
@@ -157,8 +166,8 @@ fn probability(p: f64) -> String {
 /// One image of the split as `TILE × TILE` RGB bytes (nearest-neighbour scaling; one channel shown as gray).
 fn tile_pixels(split: &Split, position: usize) -> Result<Vec<u8>, MemoError> {
     let image = split
-        .x
-        .f_get(position as i64)?
+        .images(&[position as i64])?
+        .f_get(0)?
         .f_to_device(Device::Cpu)?
         .f_to_kind(Kind::Float)?
         .f_contiguous()?;

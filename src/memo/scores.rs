@@ -1,5 +1,5 @@
-//! Training-sample scores from any source — the Feldman–Zhang estimate, imported files, or the learning-speed
-//! proxy — and what every consumer derives from them: BAT's atypicality flags, the typical/atypical split at τ,
+//! Training-sample scores from any source — the learning-speed, Feldman–Zhang or holdout estimators, or imported
+//! files — and what every consumer derives from them: BAT's atypicality flags, the typical/atypical split at τ,
 //! rank deciles, the histogram, and the report's `memorization:` section.
 //!
 //! Scores are aligned with the *scored split* (the first `memorization.train_samples` training samples), each
@@ -16,7 +16,7 @@ pub const DECILES: usize = 10;
 /// Where scores came from, with what the report says about it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScoreSource {
-    /// The subsampling estimator.
+    /// The subsampling estimator (soft score).
     FeldmanZhang {
         models: usize,
         /// Subsets each sample belongs to (`m`).
@@ -27,10 +27,16 @@ pub enum ScoreSource {
         cached: bool,
         seconds: f64,
     },
+    /// Two half models: `1 − p(y|x)` under the one that never saw the sample.
+    Holdout { cached: bool, seconds: f64 },
     /// A file read by [`ScoreTable::load`].
     Imported { origin: String },
-    /// `1 − (mean correctness over the training epochs)`, recorded during a training run.
-    LearningSpeed { epochs: usize },
+    /// `1 − mean p(y|x)` over the training passes of one model.
+    LearningSpeed {
+        epochs: usize,
+        cached: bool,
+        seconds: f64,
+    },
 }
 
 impl ScoreSource {
@@ -38,8 +44,23 @@ impl ScoreSource {
     pub fn name(&self) -> &'static str {
         match self {
             ScoreSource::FeldmanZhang { .. } => "feldman-zhang",
+            ScoreSource::Holdout { .. } => "holdout",
             ScoreSource::Imported { .. } => "imported",
             ScoreSource::LearningSpeed { .. } => "learning-speed",
+        }
+    }
+
+    /// What a score means, as a formula.
+    pub fn formula(&self) -> Option<&'static str> {
+        match self {
+            ScoreSource::FeldmanZhang { .. } => {
+                Some("E[p(y|x) | model trained on x] - E[p(y|x) | model not trained on x]")
+            }
+            ScoreSource::Holdout { .. } => Some("1 - p(y|x) under the half model not trained on x"),
+            ScoreSource::LearningSpeed { .. } => {
+                Some("1 - mean over the training passes (one per epoch) of p(y|x)")
+            }
+            ScoreSource::Imported { .. } => None,
         }
     }
 
@@ -56,9 +77,12 @@ impl ScoreSource {
                  (ratio {configured_ratio} rounded to {:.3})",
                 *per_sample as f64 / *models as f64
             ),
+            ScoreSource::Holdout { .. } => {
+                "holdout: two half models, each judging the half it never saw".into()
+            }
             ScoreSource::Imported { origin } => format!("imported {origin}"),
-            ScoreSource::LearningSpeed { epochs } => format!(
-                "learning-speed proxy: 1 - mean training correctness over {epochs} epoch(s)"
+            ScoreSource::LearningSpeed { epochs, .. } => format!(
+                "learning-speed: one model, 1 - mean p(y|x) over its training passes in {epochs} epoch(s)"
             ),
         }
     }
@@ -121,6 +145,18 @@ impl TrainScores {
             .iter()
             .map(|s| s.is_some_and(|s| s > threshold))
             .collect()
+    }
+
+    /// The `q`-quantile of the defined scores (nearest rank; `q` in [0, 1]); 0 without defined scores.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let mut values: Vec<f64> = self.scores.iter().flatten().copied().collect();
+        if values.is_empty() {
+            return 0.0;
+        }
+        values.sort_by(f64::total_cmp);
+        let rank =
+            ((q.clamp(0.0, 1.0) * values.len() as f64).ceil() as usize).clamp(1, values.len());
+        values[rank - 1]
     }
 
     /// Share of scored samples above `threshold` (of all scored samples, undefined ones included as typical).
@@ -206,7 +242,11 @@ impl TrainScores {
                 *cached,
                 Some(*seconds),
             ),
-            _ => (0, 0.0, false, None),
+            ScoreSource::Holdout { cached, seconds } => (2, 0.5, *cached, Some(*seconds)),
+            ScoreSource::LearningSpeed {
+                cached, seconds, ..
+            } => (1, 1.0, *cached, Some(*seconds)),
+            ScoreSource::Imported { .. } => (0, 0.0, false, None),
         };
         Memorization {
             estimator: self.source.name().into(),
@@ -222,6 +262,9 @@ impl TrainScores {
             undefined_scores: Some((self.len() - self.defined()) as u64),
             test_consistency_cut: Some(super::groups::test_cut(threshold)),
             seconds,
+            score: self.source.formula().map(str::to_owned),
+            budget: None,
+            self_check: None,
         }
     }
 }
@@ -242,6 +285,33 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
         vb += (y - mb) * (y - mb);
     }
     (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
+}
+
+/// The share of `a`'s top decile (the highest 10 % of its values, ties by position) that is also in `b`'s; chance
+/// is 0.1. `None` for fewer than ten pairs. What a split-half check asks of atypicality flags: Spearman's ρ over all
+/// samples is dominated by the bulk of typical samples, whose scores are near-equal and ordered by noise.
+pub fn top_decile_overlap(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() || a.len() < DECILES {
+        return None;
+    }
+    let top = |v: &[f64]| -> Vec<bool> {
+        let scores = TrainScores {
+            source: ScoreSource::Imported {
+                origin: String::new(),
+            },
+            indices: Vec::new(),
+            scores: v.iter().map(|&x| Some(x)).collect(),
+        };
+        scores
+            .deciles()
+            .into_iter()
+            .map(|d| d == Some(DECILES - 1))
+            .collect()
+    };
+    let (ta, tb) = (top(a), top(b));
+    let in_a = ta.iter().filter(|&&t| t).count();
+    let both = ta.iter().zip(&tb).filter(|(x, y)| **x && **y).count();
+    (in_a > 0).then(|| both as f64 / in_a as f64)
 }
 
 /// 1-based ranks, ties sharing the mean of the ranks they span.

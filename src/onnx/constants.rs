@@ -1,5 +1,5 @@
 //! Values carried inside nodes: the `Constant` op's attributes and tensor-valued attributes (ConstantOfShape's
-//! `value`), decoded to CPU tch tensors.
+//! `value`), decoded to CPU tch tensors in the interpreter's compute kind (half precision as float32).
 
 use tch::{Kind, Tensor};
 
@@ -16,7 +16,7 @@ pub fn decode(t: &TensorProto) -> Result<Tensor, OpError> {
         ));
     }
     let data = TensorData::from_proto(t, None).map_err(|e| OpError::Invalid(e.to_string()))?;
-    Ok(data.to_tch()?)
+    Ok(data.to_tch_compute()?)
 }
 
 /// The value of a `Constant` node, from whichever `value*` attribute it carries.

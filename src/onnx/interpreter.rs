@@ -6,7 +6,13 @@
 //! Which initializers train is decided by their role ([`super::Role`]): conv/linear weights, biases and PRelu
 //! slopes always; BatchNorm/Instance/LayerNorm scale and bias only with `train_batchnorm`; running statistics
 //! and every other float constant (in-graph normalization, clip bounds) never. Constants that never change are
-//! folded through the nodes that read only them.
+//! folded through the nodes that read only them; an `If` whose condition folds to a constant is replaced by its
+//! chosen branch.
+//!
+//! Shipped forms: float16/bfloat16 values are computed in float32 (the float32 copies are the master weights
+//! fine-tuning updates; write-back converts back). Quantized weights (see [`super::quantized`]) are kept as
+//! float32 masters and fake-quantized on every forward pass, so attacks get straight-through gradients and
+//! fine-tuning is quantization-aware; write-back rounds them to the original integers with the same scales.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,11 +21,13 @@ use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
 use super::error::OnnxError;
-use super::model::OnnxModel;
-use super::node::Node;
+use super::model::{OnnxModel, ValueInfo};
+use super::node::{is_default_domain, Node};
 use super::ops::{self, OpCtx, OpFn};
 use super::params::{assign_roles, Role};
-use super::tensor_data::DType;
+use super::proto::GraphProto;
+use super::quantized::{self, QuantizedWeight};
+use super::tensor_data::{DType, TensorData};
 
 /// How the interpreter treats the model beyond its graph.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,13 +57,16 @@ struct Step {
     release: Vec<usize>,
 }
 
-/// A floating-point initializer: the model's mutable state.
+/// A floating-point initializer, or the float32 master of a quantized one: the model's mutable state.
 struct StateEntry {
     name: String,
     konst: usize,
+    /// The element type in the file (write-back converts back to it).
     dtype: DType,
     role: Role,
     trainable: bool,
+    /// Set for quantized weights: how the master maps back to the stored integers.
+    quantized: Option<QuantizedWeight>,
 }
 
 /// The ONNX graph as a differentiable, trainable computation on tch. See the module docs.
@@ -65,15 +76,35 @@ pub struct Interpreter {
     device: Device,
     options: TchOptions,
     consts: Vec<Tensor>,
+    /// The constant index of every initializer, by name.
+    const_index: HashMap<String, usize>,
     state: Vec<StateEntry>,
     steps: Vec<Step>,
     slot_count: usize,
     input_slots: Vec<usize>,
+    /// The graph's inputs as declared: every run checks element type and rank against them.
+    inputs: Vec<ValueInfo>,
     input_kinds: Vec<Kind>,
     outputs: Vec<Src>,
     train: bool,
     /// `limits.max_tensor_elements` of the model's load: no tensor the plan builds may be larger.
     max_elements: u64,
+}
+
+/// Builds the plan: constants, value sources, folding, steps. Recursive for the chosen branches of `If`.
+struct Planner<'a> {
+    file: &'a std::path::Path,
+    opset: i64,
+    device: Device,
+    max_elements: u64,
+    consts: Vec<Tensor>,
+    /// Whether each constant never changes (so nodes reading only such constants fold).
+    immutable: Vec<bool>,
+    sources: HashMap<String, Src>,
+    steps: Vec<Step>,
+    slot_count: usize,
+    /// Quantized master weights by constant index: their fake-quantization node, and its slot once planned.
+    masters: HashMap<usize, (Node, Option<usize>)>,
 }
 
 impl Interpreter {
@@ -87,158 +118,108 @@ impl Interpreter {
                 source,
             }
         };
-        let floats: HashMap<String, Vec<i64>> = model
+        let quantized = quantized::quantized_weights(model);
+        let weights: HashMap<String, Vec<i64>> = model
             .initializers()
             .iter()
-            .filter(|i| i.data.dtype.is_float())
+            .filter(|i| i.data.dtype.is_float() || quantized.contains_key(&i.name))
             .map(|i| (i.name.clone(), i.data.dims.clone()))
             .collect();
-        let roles = assign_roles(model.nodes(), &floats);
+        let roles = assign_roles(model.nodes(), &weights);
 
-        let mut consts = Vec::new();
+        let mut planner = Planner {
+            file: model.path(),
+            opset: model.opset(),
+            device,
+            max_elements: model.limits().max_tensor_elements,
+            consts: Vec::new(),
+            immutable: Vec::new(),
+            sources: HashMap::new(),
+            steps: Vec::new(),
+            slot_count: 0,
+            masters: HashMap::new(),
+        };
         let mut state = Vec::new();
-        let mut sources: HashMap<String, Src> = HashMap::new();
-        // Constants whose value never changes, so nodes reading only them can be folded.
-        let mut immutable = vec![];
+        let mut const_index = HashMap::new();
         for init in model.initializers() {
-            let t = init
-                .data
-                .to_tch()
-                .and_then(|t| t.f_to_device(device))
-                .map_err(torch_err(format!("initializer `{}`", init.name)))?;
-            let k = consts.len();
-            consts.push(t);
-            sources.insert(init.name.clone(), Src::Const(k));
+            let q = quantized.get(&init.name);
+            let t = match q {
+                Some(q) => master_weight(model, &init.data, q),
+                None => init.data.to_tch_compute(),
+            }
+            .and_then(|t| t.f_to_device(device))
+            .map_err(torch_err(format!("initializer `{}`", init.name)))?;
+            let k = planner.constant(&init.name, t, true);
+            const_index.insert(init.name.clone(), k);
             let role = roles.get(&init.name).copied();
+            if let Some(q) = q {
+                planner
+                    .masters
+                    .insert(k, (quantized::fake_quantize_node(&init.name, q), None));
+            }
             match role {
-                Some(role) if init.data.dtype.is_float() => {
+                Some(role) if init.data.dtype.is_float() || q.is_some() => {
                     let trainable = role.trainable(options.train_batchnorm);
-                    immutable.push(!trainable && !role.is_running_stat());
+                    planner.immutable[k] = !trainable && !role.is_running_stat() && q.is_none();
                     state.push(StateEntry {
                         name: init.name.clone(),
                         konst: k,
                         dtype: init.data.dtype,
                         role,
                         trainable,
+                        quantized: q.cloned(),
                     });
                 }
-                _ => immutable.push(true),
+                _ => {}
             }
         }
 
-        let mut slot_count = 0;
         let mut input_slots = Vec::new();
         let mut input_kinds = Vec::new();
         for info in model.inputs() {
-            sources.insert(info.name.clone(), Src::Slot(slot_count));
-            input_slots.push(slot_count);
-            input_kinds.push(info.dtype().map_or(Kind::Float, DType::kind));
-            slot_count += 1;
+            planner
+                .sources
+                .insert(info.name.clone(), Src::Slot(planner.slot_count));
+            input_slots.push(planner.slot_count);
+            input_kinds.push(info.dtype().map_or(Kind::Float, DType::compute_kind));
+            planner.slot_count += 1;
         }
-
-        let opset = model.opset();
-        let max_elements = model.limits().max_tensor_elements;
-        let mut steps: Vec<Step> = Vec::new();
-        for node in model.nodes() {
-            let op = ops::lookup(&node.op_type).ok_or_else(|| OnnxError::Node {
-                file: file.clone(),
-                node: node.display_name(),
-                op: node.op_type.clone(),
-                message: "unsupported op".into(),
-            })?;
-            let inputs: Vec<Src> = node
-                .inputs
-                .iter()
-                .map(|name| {
-                    if name.is_empty() {
-                        Ok(Src::Absent)
-                    } else {
-                        lookup_source(&sources, name, &file)
-                    }
-                })
-                .collect::<Result<_, _>>()?;
-            let foldable = ops::is_foldable(&node.op_type)
-                && inputs.iter().all(|s| match s {
-                    Src::Const(k) => immutable[*k],
-                    Src::Absent => true,
-                    Src::Slot(_) => false,
-                });
-            if foldable {
-                let _guard = tch::no_grad_guard();
-                let args: Vec<Option<&Tensor>> = inputs
-                    .iter()
-                    .map(|s| match s {
-                        Src::Const(k) => Some(&consts[*k]),
-                        _ => None,
-                    })
-                    .collect();
-                let ctx = OpCtx {
-                    node,
-                    opset,
-                    train: false,
-                    train_batchnorm: false,
-                    max_elements,
-                };
-                let outs = op(&ctx, &args).map_err(|e| node_error(&file, node, e))?;
-                check_outputs(&outs, max_elements).map_err(|e| node_error(&file, node, e))?;
-                drop(args);
-                for (name, t) in node.outputs.iter().zip(outs) {
-                    if name.is_empty() {
-                        continue;
-                    }
-                    let t = t
-                        .f_to_device(device)
-                        .map_err(torch_err(format!("folding `{name}`")))?;
-                    sources.insert(name.clone(), Src::Const(consts.len()));
-                    consts.push(t);
-                    immutable.push(true);
-                }
-                continue;
-            }
-            let outputs = node
-                .outputs
-                .iter()
-                .map(|name| {
-                    (!name.is_empty()).then(|| {
-                        sources.insert(name.clone(), Src::Slot(slot_count));
-                        slot_count += 1;
-                        slot_count - 1
-                    })
-                })
-                .collect();
-            steps.push(Step {
-                node: node.clone(),
-                op,
-                inputs,
-                outputs,
-                release: Vec::new(),
-            });
-        }
+        planner.plan(model.nodes())?;
         let outputs: Vec<Src> = model
             .outputs()
             .iter()
-            .map(|o| lookup_source(&sources, &o.name, &file))
+            .map(|o| lookup_source(&planner.sources, &o.name, &file))
             .collect::<Result<_, _>>()?;
+        let Planner {
+            consts,
+            mut steps,
+            slot_count,
+            ..
+        } = planner;
         compute_releases(&mut steps, &outputs, slot_count);
 
         Ok(Self {
             file,
-            opset,
+            opset: model.opset(),
             device,
             options,
             consts,
+            const_index,
             state,
             steps,
             slot_count,
             input_slots,
+            inputs: model.inputs().to_vec(),
             input_kinds,
             outputs,
             train: false,
-            max_elements,
+            max_elements: model.limits().max_tensor_elements,
         })
     }
 
-    /// Runs the raw graph: one tensor per declared input (in order, on this model's device), every output.
+    /// Runs the raw graph: one tensor per declared input (in order, on this model's device), every output. Each
+    /// input must have the declared element type (float16 inputs may come as float16 or float32: the graph
+    /// computes them in float32) and rank, as onnxruntime requires.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, OnnxError> {
         if inputs.len() != self.input_slots.len() {
             return Err(OnnxError::model(
@@ -251,8 +232,8 @@ impl Interpreter {
             ));
         }
         let mut slots: Vec<Option<Tensor>> = (0..self.slot_count).map(|_| None).collect();
-        for (&s, t) in self.input_slots.iter().zip(inputs) {
-            slots[s] = Some(t.shallow_clone());
+        for ((&s, t), info) in self.input_slots.iter().zip(inputs).zip(&self.inputs) {
+            slots[s] = Some(self.checked_input(t, info)?);
         }
         for step in &self.steps {
             let args: Vec<Option<&Tensor>> = step
@@ -305,6 +286,37 @@ impl Interpreter {
                 Src::Absent => Err(OnnxError::model(&self.file, "an output has no name")),
             })
             .collect()
+    }
+
+    /// An input checked against its declaration (element type and rank), in the compute kind.
+    fn checked_input(&self, t: &Tensor, info: &ValueInfo) -> Result<Tensor, OnnxError> {
+        let declared = info.dtype();
+        let kind_ok = match declared {
+            None => info.elem_type == 0,
+            Some(d) => t.kind() == d.compute_kind() || t.kind() == d.kind(),
+        };
+        let rank_ok = info.dims.as_ref().is_none_or(|d| d.len() == t.dim());
+        if !(kind_ok && rank_ok) {
+            let given = DType::from_kind(t.kind()).map_or("an unsupported type", DType::name);
+            return Err(OnnxError::model(
+                &self.file,
+                format!(
+                    "input `{}` is declared {} of shape {}; given {given} of shape {:?}",
+                    info.name,
+                    info.dtype_name(),
+                    info.shape_string(),
+                    t.size()
+                ),
+            ));
+        }
+        match declared.map(DType::compute_kind) {
+            Some(k) if k != t.kind() => t.f_to_kind(k).map_err(|source| OnnxError::Torch {
+                file: self.file.clone(),
+                message: format!("widening input `{}`", info.name),
+                source,
+            }),
+            _ => Ok(t.shallow_clone()),
+        }
     }
 
     /// Draws fresh weights (seeded): Kaiming-uniform for conv kernels, Xavier-uniform for linear weights, zero
@@ -399,9 +411,67 @@ impl Interpreter {
         Ok(())
     }
 
-    /// The original element type of a state tensor (write-back converts back to it).
-    pub(crate) fn state_dtype(&self, name: &str) -> Option<DType> {
-        self.state.iter().find(|e| e.name == name).map(|e| e.dtype)
+    /// What write-back stores for a state tensor: its value in the file's element type — float16 rounded from
+    /// the float32 master, a quantized weight re-quantized with its own scale and zero point. `None` for names
+    /// that are not state.
+    pub(crate) fn stored_value(&self, name: &str) -> Option<Result<TensorData, OnnxError>> {
+        let entry = self.state.iter().find(|e| e.name == name)?;
+        let value = &self.consts[entry.konst];
+        let torch = |source| OnnxError::Torch {
+            file: self.file.clone(),
+            message: format!("storing `{name}`"),
+            source,
+        };
+        Some(match &entry.quantized {
+            None => TensorData::from_tch(value, entry.dtype).map_err(torch),
+            Some(q) => self.requantized(name, value, q, entry.dtype),
+        })
+    }
+
+    /// A master weight rounded back to its integers with its own scale and zero point.
+    fn requantized(
+        &self,
+        name: &str,
+        value: &Tensor,
+        q: &QuantizedWeight,
+        dtype: DType,
+    ) -> Result<TensorData, OnnxError> {
+        let _guard = tch::no_grad_guard();
+        let zp = q
+            .zero_point
+            .as_deref()
+            .map(|z| self.named_const(z))
+            .transpose()?;
+        let ints = ops::fake_quantize(
+            value,
+            &self.named_const(&q.scale)?,
+            zp.as_ref(),
+            q.axis,
+            q.range,
+        )
+        .map_err(|e| OnnxError::Tensor {
+            file: self.file.clone(),
+            tensor: name.to_owned(),
+            message: format!("re-quantizing: {e}"),
+        })?;
+        TensorData::from_tch(&ints, dtype).map_err(|source| OnnxError::Torch {
+            file: self.file.clone(),
+            message: format!("storing `{name}`"),
+            source,
+        })
+    }
+
+    /// Whether any weight is quantized (fine-tuning is then quantization-aware).
+    pub fn has_quantized_weights(&self) -> bool {
+        self.state.iter().any(|e| e.quantized.is_some())
+    }
+
+    /// A constant by its graph name (a quantization parameter).
+    fn named_const(&self, name: &str) -> Result<Tensor, OnnxError> {
+        self.const_index
+            .get(name)
+            .map(|&k| self.consts[k].shallow_clone())
+            .ok_or_else(|| OnnxError::model(&self.file, format!("no constant `{name}`")))
     }
 
     pub fn is_train(&self) -> bool {
@@ -438,6 +508,226 @@ impl Interpreter {
     /// Number of plan steps left after constant folding (for diagnostics).
     pub fn step_count(&self) -> usize {
         self.steps.len()
+    }
+}
+
+/// A quantized weight's float32 master in real units: `(q - zero_point) · scale`.
+fn master_weight(
+    model: &OnnxModel,
+    data: &TensorData,
+    q: &QuantizedWeight,
+) -> Result<Tensor, tch::TchError> {
+    let param = |name: &str| -> Result<Tensor, tch::TchError> {
+        match model.initializer(name) {
+            Some(i) => i.data.to_tch_compute(),
+            None => Err(tch::TchError::Kind(format!("no initializer `{name}`"))),
+        }
+    };
+    let zp = q.zero_point.as_deref().map(param).transpose()?;
+    ops::dequantize(&data.to_tch()?, &param(&q.scale)?, zp.as_ref(), q.axis)
+        .map_err(|e| tch::TchError::Kind(e.to_string()))?
+        .f_to_kind(Kind::Float)
+}
+
+impl Planner<'_> {
+    /// Adds a constant under `name`; returns its index.
+    fn constant(&mut self, name: &str, t: Tensor, immutable: bool) -> usize {
+        let k = self.consts.len();
+        self.consts.push(t);
+        self.immutable.push(immutable);
+        self.sources.insert(name.to_owned(), Src::Const(k));
+        k
+    }
+
+    fn torch_err(&self, message: String) -> impl Fn(tch::TchError) -> OnnxError + '_ {
+        move |source| OnnxError::Torch {
+            file: self.file.to_path_buf(),
+            message: message.clone(),
+            source,
+        }
+    }
+
+    /// Plans `nodes` (in a valid order) one by one.
+    fn plan(&mut self, nodes: &[Node]) -> Result<(), OnnxError> {
+        for node in nodes {
+            if node.op_type == "If" && is_default_domain(&node.domain) {
+                self.plan_if(node)?;
+            } else {
+                self.plan_node(node)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where input `name` comes from; a quantized master weight is read through its fake-quantization step,
+    /// planned before its first reader.
+    fn source(&mut self, name: &str) -> Result<Src, OnnxError> {
+        if name.is_empty() {
+            return Ok(Src::Absent);
+        }
+        let src = lookup_source(&self.sources, name, self.file)?;
+        let Src::Const(k) = src else { return Ok(src) };
+        let Some((node, slot)) = self.masters.get(&k).cloned() else {
+            return Ok(src);
+        };
+        if let Some(slot) = slot {
+            return Ok(Src::Slot(slot));
+        }
+        let mut inputs = vec![Src::Const(k)];
+        for n in &node.inputs[1..] {
+            inputs.push(if n.is_empty() {
+                Src::Absent
+            } else {
+                lookup_source(&self.sources, n, self.file)?
+            });
+        }
+        let slot = self.slot_count;
+        self.slot_count += 1;
+        self.steps.push(Step {
+            node,
+            op: quantized::fake_quantize_op,
+            inputs,
+            outputs: vec![Some(slot)],
+            release: Vec::new(),
+        });
+        if let Some(entry) = self.masters.get_mut(&k) {
+            entry.1 = Some(slot);
+        }
+        Ok(Src::Slot(slot))
+    }
+
+    fn plan_node(&mut self, node: &Node) -> Result<(), OnnxError> {
+        let op = ops::lookup(&node.domain, &node.op_type).ok_or_else(|| OnnxError::Node {
+            file: self.file.to_path_buf(),
+            node: node.display_name(),
+            op: node.qualified_op(),
+            message: "unsupported op".into(),
+        })?;
+        let inputs: Vec<Src> = node
+            .inputs
+            .iter()
+            .map(|name| self.source(name))
+            .collect::<Result<_, _>>()?;
+        let foldable = ops::is_foldable(&node.op_type)
+            && inputs.iter().all(|s| match s {
+                Src::Const(k) => self.immutable[*k],
+                Src::Absent => true,
+                Src::Slot(_) => false,
+            });
+        if foldable {
+            let _guard = tch::no_grad_guard();
+            let args: Vec<Option<&Tensor>> = inputs
+                .iter()
+                .map(|s| match s {
+                    Src::Const(k) => Some(&self.consts[*k]),
+                    _ => None,
+                })
+                .collect();
+            let ctx = OpCtx {
+                node,
+                opset: self.opset,
+                train: false,
+                train_batchnorm: false,
+                max_elements: self.max_elements,
+            };
+            let outs = op(&ctx, &args).map_err(|e| node_error(self.file, node, e))?;
+            check_outputs(&outs, self.max_elements).map_err(|e| node_error(self.file, node, e))?;
+            drop(args);
+            for (name, t) in node.outputs.iter().zip(outs) {
+                if name.is_empty() {
+                    continue;
+                }
+                let t = t
+                    .f_to_device(self.device)
+                    .map_err(self.torch_err(format!("folding `{name}`")))?;
+                self.constant(name, t, true);
+            }
+            return Ok(());
+        }
+        let outputs = node
+            .outputs
+            .iter()
+            .map(|name| {
+                (!name.is_empty()).then(|| {
+                    self.sources
+                        .insert(name.clone(), Src::Slot(self.slot_count));
+                    self.slot_count += 1;
+                    self.slot_count - 1
+                })
+            })
+            .collect();
+        self.steps.push(Step {
+            node: node.clone(),
+            op,
+            inputs,
+            outputs,
+            release: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// An `If` whose condition folded to a constant: the chosen branch's initializers and nodes join the plan,
+    /// and the If's outputs are the branch's outputs. A condition computed from the input is not supported.
+    fn plan_if(&mut self, node: &Node) -> Result<(), OnnxError> {
+        let cond = match node.input_name(0).map(|c| self.source(c)).transpose()? {
+            Some(Src::Const(k)) if self.immutable[k] => {
+                ops::to_f64(&self.consts[k]).map_err(|e| node_error(self.file, node, e))?
+            }
+            _ => {
+                return Err(OnnxError::UnsupportedOps {
+                    file: self.file.to_path_buf(),
+                    opset: self.opset,
+                    ops: vec![("If (condition computed from the input)".into(), 1)],
+                })
+            }
+        };
+        let which = if cond != 0.0 {
+            "then_branch"
+        } else {
+            "else_branch"
+        };
+        let branch: GraphProto = node
+            .attr(which)
+            .map_err(|e| node_error(self.file, node, e.into()))?
+            .ok_or_else(|| {
+                node_error(
+                    self.file,
+                    node,
+                    ops::OpError::Invalid(format!("attribute `{which}` is required")),
+                )
+            })?;
+        for t in &branch.initializer {
+            let value = TensorData::from_proto(t, None)
+                .map_err(|e| OnnxError::Tensor {
+                    file: self.file.to_path_buf(),
+                    tensor: t.name.clone(),
+                    message: e.to_string(),
+                })?
+                .to_tch_compute()
+                .and_then(|v| v.f_to_device(self.device))
+                .map_err(self.torch_err(format!("branch initializer `{}`", t.name)))?;
+            self.constant(&t.name, value, true);
+        }
+        let nodes: Vec<Node> = branch.node.iter().map(Node::from_proto).collect();
+        self.plan(&nodes)?;
+        if branch.output.len() < node.outputs.iter().filter(|o| !o.is_empty()).count() {
+            return Err(node_error(
+                self.file,
+                node,
+                ops::OpError::Invalid(format!(
+                    "the {which} has {} outputs, the node {}",
+                    branch.output.len(),
+                    node.outputs.len()
+                )),
+            ));
+        }
+        for (name, out) in node.outputs.iter().zip(&branch.output) {
+            if !name.is_empty() {
+                let src = lookup_source(&self.sources, &out.name, self.file)?;
+                self.sources.insert(name.clone(), src);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -525,7 +815,7 @@ mod tests {
                 outputs: Vec::new(),
                 attributes: Vec::new(),
             },
-            op: ops::lookup("Identity").unwrap(),
+            op: ops::lookup("", "Identity").unwrap(),
             inputs,
             outputs,
             release: Vec::new(),

@@ -7,8 +7,10 @@
 //!   (opset, parameters, external-data files) before loading;
 //! - `tensor_data`: initializer payloads ↔ bytes ↔ tch tensors; `external`: external-data files, confined;
 //! - `node`: nodes and typed attributes; `constants`: values carried in nodes;
-//! - `model`: loading, validation, topological order, structure hash;
-//! - `ops`: the operator registry; `params`: what each initializer is (weight, bias, BN statistic…);
+//! - `model`: loading, validation, topological order, structure hash; `form`: the shipped form (precision,
+//!   quantization, contrib ops) and what it allows;
+//! - `ops`: the operator registry (default domain and onnxruntime's `com.microsoft`); `params`: what each
+//!   initializer is (weight, bias, BN statistic…); `quantized`: quantized weights and their float32 masters;
 //! - `interpreter`: the plan and its evaluation; `tch_model`: the classifier on top; `layout`: input layout and
 //!   image size;
 //! - `session`: the one onnxruntime session builder; `ort_scorer`: the classifier on a session; `write_back`:
@@ -17,6 +19,7 @@
 pub(crate) mod constants;
 mod error;
 pub mod external;
+mod form;
 mod interpreter;
 mod layout;
 mod model;
@@ -25,6 +28,7 @@ pub mod ops;
 mod ort_scorer;
 mod params;
 pub mod proto;
+mod quantized;
 pub mod scan;
 mod session;
 mod tch_model;
@@ -32,6 +36,7 @@ pub mod tensor_data;
 mod write_back;
 
 pub use error::OnnxError;
+pub use form::{GraphForm, Quantization};
 pub use interpreter::{Interpreter, TchOptions};
 pub use layout::{infer_input_chw, resolve_layout, LayoutError};
 pub use model::{Dim, Initializer, OnnxModel, ValueInfo, MAX_OPSET, MIN_OPSET};

@@ -275,18 +275,7 @@ impl OnnxModel {
                 ));
             }
         }
-        let nodes: Vec<Node> = graph
-            .node
-            .iter()
-            .map(|n| Node {
-                name: n.name.clone(),
-                op_type: n.op_type.clone(),
-                domain: n.domain.clone(),
-                inputs: n.input.clone(),
-                outputs: n.output.clone(),
-                attributes: n.attribute.clone(),
-            })
-            .collect();
+        let nodes: Vec<Node> = graph.node.iter().map(Node::from_proto).collect();
         let unsupported = check_supported(path, opset, &nodes).err();
         let known: HashSet<&str> = inputs
             .iter()
@@ -523,13 +512,21 @@ pub(crate) fn strip_payload(t: &mut TensorProto) {
     t.data_location = 0;
 }
 
+/// Every op robustd cannot interpret, counted, including those inside subgraphs (If branches).
 fn check_supported(path: &Path, opset: i64, nodes: &[Node]) -> Result<(), OnnxError> {
-    let mut missing: BTreeMap<String, usize> = BTreeMap::new();
-    for n in nodes {
-        if !is_default_domain(&n.domain) || ops::lookup(&n.op_type).is_none() {
-            *missing.entry(n.qualified_op()).or_default() += 1;
+    fn count(nodes: &[Node], missing: &mut BTreeMap<String, usize>) {
+        for n in nodes {
+            if ops::lookup(&n.domain, &n.op_type).is_none() {
+                *missing.entry(n.qualified_op()).or_default() += 1;
+            }
+            for g in n.subgraphs() {
+                let inner: Vec<Node> = g.node.iter().map(Node::from_proto).collect();
+                count(&inner, missing);
+            }
         }
     }
+    let mut missing: BTreeMap<String, usize> = BTreeMap::new();
+    count(nodes, &mut missing);
     if missing.is_empty() {
         return Ok(());
     }
@@ -563,7 +560,10 @@ fn topological_order(
     let mut pending = vec![0usize; nodes.len()];
     let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
-        for input in n.inputs.iter().filter(|s| !s.is_empty()) {
+        let outer = n.outer_references();
+        let mut reads: Vec<&String> = n.inputs.iter().filter(|s| !s.is_empty()).collect();
+        reads.extend(outer.iter().filter(|s| !n.inputs.contains(s)));
+        for input in reads {
             if known.contains(input.as_str()) {
                 continue;
             }

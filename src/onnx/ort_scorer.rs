@@ -1,6 +1,7 @@
 //! [`OrtScorer`]: onnxruntime on the original file — what Square queries, what re-checks use, and the reference
 //! the interpreter is tested against. Inputs are tch CPU tensors passed to onnxruntime as borrowed views
-//! (no copy); outputs are copied once into tch tensors.
+//! (no copy); outputs are copied once into tch tensors. A float16/bfloat16 model gets its image in its own
+//! element type: the verdicts are those of the shipped precision.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,8 @@ pub struct OrtScorer {
     adapter: InputAdapter,
     file: PathBuf,
     input_names: Vec<String>,
+    /// The tch kind of the first input as the session declares it (float16 models take float16 images).
+    image_kind: Kind,
     interrupt: Option<Interrupt>,
 }
 
@@ -44,11 +47,27 @@ impl OrtScorer {
             .iter()
             .map(|i| i.name().to_owned())
             .collect();
+        let image_kind = match session.inputs().first().map(|i| i.dtype()) {
+            Some(ValueType::Tensor {
+                ty: TensorElementType::Float16,
+                ..
+            }) => Kind::Half,
+            Some(ValueType::Tensor {
+                ty: TensorElementType::Bfloat16,
+                ..
+            }) => Kind::BFloat16,
+            Some(ValueType::Tensor {
+                ty: TensorElementType::Float64,
+                ..
+            }) => Kind::Double,
+            _ => Kind::Float,
+        };
         Ok(Self {
             session,
             adapter,
             file,
             input_names,
+            image_kind,
             interrupt: None,
         })
     }
@@ -121,7 +140,8 @@ impl Scorer for OrtScorer {
         }
         let adapted = self
             .adapter
-            .apply(&x.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?);
+            .apply(&x.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?)
+            .f_to_kind(self.image_kind)?;
         let mut out = self
             .run(&[adapted])
             .map_err(|e| ModelError::Forward(e.to_string()))?;
@@ -131,7 +151,7 @@ impl Scorer for OrtScorer {
                 self.file.display()
             )));
         }
-        Ok(out.swap_remove(0))
+        Ok(out.swap_remove(0).f_to_kind(Kind::Float)?)
     }
 }
 
@@ -164,6 +184,8 @@ fn tensor_view(t: &Tensor) -> Result<SessionInputValue<'_>, ConvertError> {
     }
     match t.kind() {
         Kind::Float => view::<f32>(t),
+        Kind::Half => view::<half::f16>(t),
+        Kind::BFloat16 => view::<half::bf16>(t),
         Kind::Double => view::<f64>(t),
         Kind::Int64 => view::<i64>(t),
         Kind::Int => view::<i32>(t),
@@ -186,6 +208,8 @@ fn to_tch(value: &ort::value::DynValue) -> Result<Tensor, ConvertError> {
     match value.dtype() {
         ValueType::Tensor { ty, .. } => match ty {
             TensorElementType::Float32 => copy::<f32>(value),
+            TensorElementType::Float16 => copy::<half::f16>(value),
+            TensorElementType::Bfloat16 => copy::<half::bf16>(value),
             TensorElementType::Float64 => copy::<f64>(value),
             TensorElementType::Int64 => copy::<i64>(value),
             TensorElementType::Int32 => copy::<i32>(value),

@@ -48,9 +48,10 @@ impl Role {
     }
 }
 
-/// The role of every initializer named in `floats` (name → dims), from its consumers. Pass-through ops
-/// (Identity, Cast, Transpose, Reshape, Squeeze, Unsqueeze, Flatten) are looked through, so a weight reached via
-/// `Identity` (as exporters emit for shared weights) is still a weight.
+/// The role of every initializer named in `floats` (name → dims: the float initializers and the quantized
+/// weights), from its consumers. Pass-through ops (Identity, Cast, Transpose, Reshape, Squeeze, Unsqueeze,
+/// Flatten, DequantizeLinear) are looked through, so a weight reached via `Identity` (as exporters emit for
+/// shared weights), a `Cast` (float16/bfloat16 storage) or a `DequantizeLinear` (QDQ) is still a weight.
 pub fn assign_roles(nodes: &[Node], floats: &HashMap<String, Vec<i64>>) -> HashMap<String, Role> {
     let producers: HashMap<&str, &Node> = nodes
         .iter()
@@ -79,7 +80,14 @@ fn is_pass_through(n: &Node, slot: usize) -> bool {
     slot == 0
         && matches!(
             n.op_type.as_str(),
-            "Identity" | "Cast" | "Transpose" | "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten"
+            "Identity"
+                | "Cast"
+                | "Transpose"
+                | "Reshape"
+                | "Squeeze"
+                | "Unsqueeze"
+                | "Flatten"
+                | "DequantizeLinear"
         )
 }
 
@@ -116,8 +124,17 @@ fn role_through(
 
 fn role_at(n: &Node, slot: usize, dims: &[i64], producers: &HashMap<&str, &Node>) -> Role {
     let prod = |d: &[i64]| d.iter().product::<i64>();
+    let linear = |trans_b: bool| {
+        let (fan_in, fan_out) = if trans_b {
+            (dims[1], dims[0])
+        } else {
+            (dims[0], dims[1])
+        };
+        Role::LinearWeight { fan_in, fan_out }
+    };
+    let trans_b = || n.attr_or("transB", 0i64).unwrap_or(0) != 0;
     match (n.op_type.as_str(), slot) {
-        ("Conv", 1) => Role::ConvWeight {
+        ("Conv" | "FusedConv", 1) | ("QLinearConv", 3) if dims.len() >= 2 => Role::ConvWeight {
             fan_in: prod(&dims[1..]),
         },
         ("ConvTranspose", 1) => {
@@ -126,17 +143,14 @@ fn role_at(n: &Node, slot: usize, dims: &[i64], producers: &HashMap<&str, &Node>
                 fan_in: dims.get(1).copied().unwrap_or(1) * prod(dims.get(2..).unwrap_or(&[])),
             }
         }
-        ("Conv" | "ConvTranspose" | "Gemm", 2) => Role::Bias,
-        ("Gemm", 1) if dims.len() == 2 => {
-            let trans_b = n.attr_or("transB", 0i64).unwrap_or(0) != 0;
-            let (fan_in, fan_out) = if trans_b {
-                (dims[1], dims[0])
-            } else {
-                (dims[0], dims[1])
-            };
-            Role::LinearWeight { fan_in, fan_out }
-        }
-        ("MatMul", _) if dims.len() >= 2 => {
+        ("Conv" | "ConvTranspose" | "Gemm" | "FusedConv" | "FusedGemm" | "Attention", 2)
+        | ("BiasGelu" | "FastGelu", 1)
+        | ("MultiHeadAttention", 3)
+        | ("SkipLayerNormalization", 4)
+        | ("SkipSimplifiedLayerNormalization", 3) => Role::Bias,
+        ("Gemm" | "FusedGemm", 1) | ("QGemm", 3) if dims.len() == 2 => linear(trans_b()),
+        ("Attention", 1) | ("QLinearMatMul", 3) if dims.len() == 2 => linear(false),
+        ("MatMul" | "FusedMatMul", _) if dims.len() >= 2 => {
             let r = dims.len();
             Role::LinearWeight {
                 fan_in: dims[r - 2],
@@ -148,18 +162,35 @@ fn role_at(n: &Node, slot: usize, dims: &[i64], producers: &HashMap<&str, &Node>
                 .inputs
                 .get(1 - slot.min(1))
                 .and_then(|o| producers.get(o.as_str()));
-            if other.is_some_and(|p| matches!(p.op_type.as_str(), "MatMul" | "Conv" | "Gemm")) {
+            if other.is_some_and(|p| {
+                matches!(
+                    p.op_type.as_str(),
+                    "MatMul" | "Conv" | "Gemm" | "FusedMatMul" | "Einsum"
+                )
+            }) {
                 Role::Bias
             } else {
                 Role::Other
             }
         }
-        ("BatchNormalization" | "InstanceNormalization" | "LayerNormalization", 1) => {
-            Role::NormScale
-        }
-        ("BatchNormalization" | "InstanceNormalization" | "LayerNormalization", 2) => {
-            Role::NormBias
-        }
+        (
+            "BatchNormalization"
+            | "InstanceNormalization"
+            | "LayerNormalization"
+            | "GroupNormalization"
+            | "RMSNormalization"
+            | "SimplifiedLayerNormalization",
+            1,
+        )
+        | ("SkipLayerNormalization" | "SkipSimplifiedLayerNormalization", 2) => Role::NormScale,
+        (
+            "BatchNormalization"
+            | "InstanceNormalization"
+            | "LayerNormalization"
+            | "GroupNormalization",
+            2,
+        )
+        | ("SkipLayerNormalization", 3) => Role::NormBias,
         ("BatchNormalization", 3) => Role::RunningMean,
         ("BatchNormalization", 4) => Role::RunningVar,
         ("PRelu", 1) => Role::Slope,

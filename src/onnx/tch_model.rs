@@ -10,7 +10,6 @@ use super::error::OnnxError;
 use super::interpreter::{Interpreter, TchOptions};
 use super::layout::{infer_input_chw, resolve_layout};
 use super::model::OnnxModel;
-use super::tensor_data::DType;
 use crate::config::InputLayout;
 use crate::model::{Classifier, InputAdapter, ModelError};
 
@@ -241,8 +240,12 @@ impl TchModel {
         self.graph.load_named(named)
     }
 
-    pub(crate) fn state_dtype(&self, name: &str) -> Option<DType> {
-        self.graph.state_dtype(name)
+    /// The value write-back stores for a state tensor (see [`Interpreter::stored_value`]).
+    pub(crate) fn stored_value(
+        &self,
+        name: &str,
+    ) -> Option<Result<super::tensor_data::TensorData, OnnxError>> {
+        self.graph.stored_value(name)
     }
 
     pub fn adapter(&self) -> &InputAdapter {

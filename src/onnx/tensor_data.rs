@@ -70,6 +70,16 @@ impl DType {
         }
     }
 
+    /// The kind the interpreter computes values of this type in: float16 and bfloat16 in float32, so gradients,
+    /// attacks and fine-tuning run in float32 (the master weights); everything else as is. The shipped precision
+    /// is what onnxruntime runs, and write-back converts back to it.
+    pub fn compute_kind(self) -> Kind {
+        match self {
+            Self::F16 | Self::BF16 => Kind::Float,
+            other => other.kind(),
+        }
+    }
+
     pub fn from_kind(kind: Kind) -> Option<Self> {
         Some(match kind {
             Kind::Float => Self::F32,
@@ -251,6 +261,15 @@ impl TensorData {
     /// A CPU tch tensor holding a copy of the data.
     pub fn to_tch(&self) -> Result<Tensor, tch::TchError> {
         Tensor::f_from_data_size(&self.bytes, &self.dims, self.dtype.kind())
+    }
+
+    /// [`TensorData::to_tch`] in the interpreter's compute kind (half precision widened to float32).
+    pub fn to_tch_compute(&self) -> Result<Tensor, tch::TchError> {
+        let t = self.to_tch()?;
+        match self.dtype.compute_kind() {
+            k if k == t.kind() => Ok(t),
+            k => t.f_to_kind(k),
+        }
     }
 
     /// The little-endian bytes of a tch tensor (any device, any layout), converted to `dtype`.

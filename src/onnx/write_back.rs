@@ -1,4 +1,5 @@
-//! Write-back: the original graph (same opset, IR version, functions, metadata) with the trained initializers,
+//! Write-back: the original graph (same opset, IR version, functions, metadata, fused and quantized nodes) with
+//! the trained initializers in their original element types,
 //! plus `metadata_props` saying which robustd version and method produced it. Weights go to an external-data file
 //! beside the model when the original used external data or the model would exceed 1 GiB. Both files are written
 //! atomically: a temp file in the target directory, fsync, rename, then the directory is synced.
@@ -12,7 +13,6 @@ use super::error::OnnxError;
 use super::model::OnnxModel;
 use super::proto::{StringStringEntryProto, DATA_LOCATION_EXTERNAL};
 use super::tch_model::TchModel;
-use super::tensor_data::TensorData;
 
 /// Models larger than this are always written with external data (protobuf's 2 GiB ceiling, with margin).
 pub const EXTERNAL_DATA_THRESHOLD: u64 = 1 << 30;
@@ -58,7 +58,6 @@ pub(crate) fn write_back_with_threshold(
         }
     };
     let mut proto = model.skeleton().clone();
-    let state = trained.state_dict();
     let graph = proto
         .graph
         .as_mut()
@@ -72,17 +71,9 @@ pub(crate) fn write_back_with_threshold(
                 tensor: t.name.clone(),
                 message: "initializer missing from the loaded model".into(),
             })?;
-        let bytes = match state.iter().find(|(n, _)| n == &t.name) {
-            Some((name, tensor)) => {
-                let dtype = trained.state_dtype(name).unwrap_or(original.data.dtype);
-                TensorData::from_tch(tensor, dtype)
-                    .map_err(|source| OnnxError::Torch {
-                        file: out.to_path_buf(),
-                        message: format!("reading trained `{name}`"),
-                        source,
-                    })?
-                    .bytes
-            }
+        // Trained state in the file's own element type (float16 stays float16, int8 weights are re-quantized).
+        let bytes = match trained.stored_value(&t.name) {
+            Some(stored) => stored?.bytes,
             None => original.data.bytes.clone(),
         };
         payloads.push(bytes);

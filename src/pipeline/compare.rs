@@ -4,9 +4,12 @@
 //! parity checked) and evaluates the written-back file with the same protocol. Every run uses the same data,
 //! epochs, batch size, training PGD, evaluation attacks and samples; only the method and `runtime.seed` change.
 //!
-//! Resumable: the original's scores and each finished run's record are kept in the checkpoint directory, and an
-//! interrupted run resumes its training from its own checkpoint; the atypicality flags are asked for again (the
-//! memorization scores come from their cache, the seeded holdout estimate recomputes identically).
+//! A run whose training collapses to one class stops there (the training loop's collapse detection) and is
+//! recorded as collapsed, with the cause and what to change, instead of ending the comparison.
+//!
+//! Resumable: the original's scores and each finished (or collapsed) run's record are kept in the checkpoint
+//! directory, and an interrupted run resumes its training from its own checkpoint; the atypicality flags are asked
+//! for again (the memorization estimate comes from its cache).
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,23 +18,52 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::runner::{report_eval_progress, stage_error};
-use super::stages::{self, method_name};
+use super::stages::{self, method_name, Evaluee};
+use super::subject::Engine;
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
 use crate::durable;
 use crate::eval::result::OrderedMap;
 use crate::job::{CancelToken, JobError, Progress};
 use crate::report::comparison::{
-    Budget, Comparison, MethodSummary, RunRecord, Scores, SharedAtypicality, COMPARISON_SCHEMA,
+    Budget, CollapsedRun, Comparison, MethodSummary, RunRecord, Scores, SharedAtypicality,
+    COMPARISON_SCHEMA,
 };
 use crate::report::FileRef;
-use crate::train::{self, Atypicality};
+use crate::train::{self, Atypicality, TrainError};
+
+/// How one (method, seed) run ended.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunOutcome {
+    Finished(RunRecord),
+    Collapsed(CollapsedRun),
+}
 
 /// What `robustd compare` varies: the methods, and the seed of each repetition.
 #[derive(Debug, Clone)]
 pub struct CompareSettings {
     pub methods: Vec<Method>,
     pub seeds: Vec<u64>,
+}
+
+/// The interpreter of a model that can be fine-tuned; a clear error for one that cannot (a graph robustd cannot
+/// differentiate, a dynamically quantized model).
+fn fine_tunable(subject: &Subject) -> Result<crate::onnx::TchModel, PipelineError> {
+    let refuse = |message: String| PipelineError::Mismatch {
+        model: subject.path.clone(),
+        message: format!("compare fine-tunes the model, and {message}"),
+    };
+    match subject.engine()? {
+        Engine::ScoreBased(ops) => Err(refuse(format!(
+            "this one allows score-based evaluation only: {} not supported",
+            ops.join(", ")
+        ))),
+        Engine::WhiteBox(model) => match subject.form().fine_tuning() {
+            Ok(_) => Ok(*model),
+            Err(refusal) => Err(refuse(format!("for this model fine-tuning is {refusal}"))),
+        },
+    }
 }
 
 /// Runs the comparison of `settings` on `model` with `config` (its `train.method` is ignored). Files go under
@@ -52,7 +84,7 @@ pub fn run(
     for dir in [out_dir, checkpoint_dir] {
         durable::create_dir_all(dir).map_err(|e| failed("prepare")(e.into()))?;
     }
-    let mut original_model = subject.tch_model().map_err(failed("prepare"))?;
+    let mut original_model = fine_tunable(&subject).map_err(failed("prepare"))?;
     let classes = stages::classes(&original_model);
     let info = subject.model_info(classes).map_err(failed("prepare"))?;
     let budget = budget(&subject, settings);
@@ -61,7 +93,7 @@ pub fn run(
     let original = cached(&checkpoint_dir.join("original.yaml"), || {
         let evaluated = stages::evaluate(
             &subject,
-            &mut original_model,
+            Evaluee::WhiteBox(&mut original_model),
             model,
             out_dir,
             "original",
@@ -85,7 +117,7 @@ pub fn run(
         if let Some(found) =
             stages::atypicality(&subject, Some(cancel.flag())).map_err(failed("atypicality"))?
         {
-            warnings.extend(found.warning);
+            warnings.extend(found.warnings);
             shared = Some(found.flags);
             break;
         }
@@ -98,42 +130,52 @@ pub fn run(
     cancel.check()?;
 
     let mut runs = Vec::new();
+    let mut collapsed = Vec::new();
     for &method in &settings.methods {
         for &seed in &settings.seeds {
             let tag = format!("{}-seed{seed}", method_name(method));
             progress.stage(&format!("run {tag}"));
             let saved = checkpoint_dir.join(&tag).join("result.yaml");
-            let record = match read_yaml::<RunRecord>(&saved)
-                .filter(|r| out_dir.join(&r.fine_tuned_model.path).is_file())
-            {
-                Some(record) => {
+            let outcome = match read_yaml::<RunOutcome>(&saved).filter(|o| match o {
+                RunOutcome::Finished(r) => out_dir.join(&r.fine_tuned_model.path).is_file(),
+                RunOutcome::Collapsed(_) => true,
+            }) {
+                Some(outcome) => {
                     tracing::info!(run = %tag, "reused from the comparison's checkpoint");
-                    record
+                    outcome
                 }
                 None => {
-                    let record = run_method(
+                    let outcome = run_method(
                         &mut subject,
-                        method,
-                        seed,
+                        (method, seed),
+                        original.clean_acc,
                         shared.as_ref(),
                         out_dir,
                         &checkpoint_dir.join(&tag),
                         cancel,
                         progress,
                     )?;
-                    durable::write_yaml_atomic(&saved, &record)
+                    durable::write_yaml_atomic(&saved, &outcome)
                         .map_err(|e| failed("finetune")(e.into()))?;
-                    record
+                    outcome
                 }
             };
-            tracing::info!(
-                run = %tag,
-                clean = record.clean_acc,
-                robust = record.robust_acc,
-                seconds = record.seconds,
-                "run done"
-            );
-            runs.push(record);
+            match outcome {
+                RunOutcome::Finished(record) => {
+                    tracing::info!(
+                        run = %tag,
+                        clean = %format!("{:.4}", record.clean_acc),
+                        robust = %format!("{:.4}", record.robust_acc),
+                        seconds = %format!("{:.1}", record.seconds),
+                        "run done"
+                    );
+                    runs.push(record);
+                }
+                RunOutcome::Collapsed(c) => {
+                    tracing::warn!(run = %tag, epoch = c.epoch, "run collapsed");
+                    collapsed.push(c);
+                }
+            }
             cancel.check()?;
         }
     }
@@ -141,7 +183,7 @@ pub fn run(
     let methods = settings
         .methods
         .iter()
-        .map(|&m| MethodSummary::of(method_name(m), &runs))
+        .map(|&m| MethodSummary::of(method_name(m), &runs, &collapsed))
         .collect();
     Ok(Comparison {
         schema: COMPARISON_SCHEMA.to_owned(),
@@ -156,6 +198,7 @@ pub fn run(
         original,
         atypicality,
         runs,
+        collapsed,
         dataset: Some(subject.dataset_info()),
         environment: crate::job::outcome::environment(config),
         warnings,
@@ -166,18 +209,19 @@ pub fn run(
 /// One run: a fresh copy of the model from the file, fine-tuned with `method` under `seed`, written back to
 /// `runs/<method>/seed<seed>/` in `out_dir`, and evaluated on the written-back file (onnxruntime verdicts).
 /// `atypicality` is used only when the method reweights atypical samples. Sets the subject's `train.method` and
-/// `runtime.seed` to the run's.
+/// `runtime.seed` to the run's. A training that collapses ends the run as [`RunOutcome::Collapsed`];
+/// `original_clean_acc` tells a collapse the loop did not catch from a model that was never accurate.
 #[allow(clippy::too_many_arguments)]
 pub fn run_method(
     subject: &mut Subject,
-    method: Method,
-    seed: u64,
+    (method, seed): (Method, u64),
+    original_clean_acc: f64,
     atypicality: Option<&Atypicality>,
     out_dir: &Path,
     checkpoint_dir: &Path,
     cancel: &CancelToken,
     progress: &Progress,
-) -> Result<RunRecord, JobError> {
+) -> Result<RunOutcome, JobError> {
     let started = Instant::now();
     let failed = |stage: &'static str| move |e: PipelineError| stage_error(stage, e, cancel);
     subject.config.train.method = method;
@@ -191,21 +235,31 @@ pub fn run_method(
     let needs_flags = train::Objective::from_spec(&subject.config.train)
         .map_err(|e| failed("finetune")(e.into()))?
         .needs_atypicality();
-    let training = stages::finetune(
+    let training = match stages::finetune(
         subject,
         &mut model,
         atypicality.filter(|_| needs_flags),
         &checkpoint_dir.join("finetune"),
         &run_dir,
         Some(cancel.flag()),
-    )
-    .map_err(failed("finetune"))?;
+    ) {
+        Err(PipelineError::Train(e @ TrainError::Collapsed { epoch, .. })) => {
+            let _ = std::fs::remove_dir_all(checkpoint_dir.join("finetune"));
+            return Ok(RunOutcome::Collapsed(CollapsedRun {
+                method: name.to_owned(),
+                seed,
+                epoch,
+                cause: e.to_string(),
+            }));
+        }
+        other => other.map_err(failed("finetune"))?,
+    };
     cancel.check()?;
     let (tuned, parity) =
         stages::write_back(subject, &mut model, method, &run_dir).map_err(failed("write_back"))?;
     let after = stages::evaluate(
         subject,
-        &mut model,
+        Evaluee::WhiteBox(&mut model),
         &run_dir.join(&tuned),
         &run_dir,
         "after",
@@ -221,7 +275,7 @@ pub fn run_method(
         })
     })?;
     let result = &after.result;
-    Ok(RunRecord {
+    Ok(RunOutcome::Finished(RunRecord {
         method: name.to_owned(),
         seed,
         clean_acc: result.clean_acc,
@@ -242,8 +296,13 @@ pub fn run_method(
         fine_tuned_model,
         training_log: rel(stages::files::TRAIN_LOG),
         per_sample: rel(&stages::files::per_sample("after")),
-        warnings: stages::summary_warnings("after", result, stages::classes(&model)),
-    })
+        warnings: stages::summary_warnings(
+            "after",
+            result,
+            stages::classes(&model),
+            Some(original_clean_acc),
+        ),
+    }))
 }
 
 /// The settings every run shares, as the comparison reports them.

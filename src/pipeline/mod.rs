@@ -25,8 +25,33 @@ pub use runner::PipelineRunner;
 pub use subject::Subject;
 pub use triage::TriageRunner;
 
-/// Largest |logit| difference accepted between tch and onnxruntime on the written-back model (issue: ≤ 1e-4).
+/// Largest |logit| difference accepted between tch and onnxruntime on a written-back float32 model (≤ 1e-4).
 pub const WRITE_BACK_PARITY_TOLERANCE: f64 = 1e-4;
+/// For a float16/bfloat16 model, relative to the largest |logit|: onnxruntime computes in half precision, tch in
+/// float32 (half precision keeps 8–11 significant bits).
+pub const HALF_PRECISION_PARITY: f64 = 2e-2;
+/// For a quantized model, relative to the largest |logit|: both engines compute the same integers, but a value
+/// that lands within float32 rounding of a quantization step's midpoint may round the other way in one of them.
+pub const QUANTIZED_PARITY: f64 = 2e-2;
+
+/// The largest |logit| difference accepted between tch's `logits` and onnxruntime on the same file, by form.
+pub fn parity_tolerance(form: &crate::onnx::GraphForm, logits: &tch::Tensor) -> f64 {
+    let scale = || {
+        logits
+            .f_abs()
+            .and_then(|a| a.f_max())
+            .and_then(|m| m.f_double_value(&[]))
+            .unwrap_or(1.0)
+            .max(1.0)
+    };
+    if form.quantization.is_some() {
+        QUANTIZED_PARITY * scale()
+    } else if form.half_precision() {
+        HALF_PRECISION_PARITY * scale()
+    } else {
+        WRITE_BACK_PARITY_TOLERANCE
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum PipelineError {

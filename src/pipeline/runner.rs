@@ -1,20 +1,19 @@
 //! The whole job in order — evaluate, find atypical samples, fine-tune, write back, evaluate again — as the
-//! daemon's [`JobRunner`], and as a plain function the CLI calls. Stage results that are expensive to recompute
-//! (the first evaluation, the atypicality flags) are kept in the job's checkpoint directory, so a job resumed after
+//! daemon's [`JobRunner`], and as a plain function the CLI calls. The first evaluation is kept in the job's
+//! checkpoint directory and the memorization estimate in its own cache (`paths.state/memo`), so a job resumed after
 //! a restart continues where it stopped; training resumes from its own per-epoch checkpoint.
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-use super::stages::{self, method_name, Evaluated};
+use super::stages::{self, method_name, Evaluated, Evaluee};
+use super::subject::Engine;
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
 use crate::durable;
 use crate::eval::{self, EvalResult, PerSample};
 use crate::job::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
 use crate::report::{AccuracySummary, Evaluation, Summary, Verdict};
-use crate::train::{Atypicality, TrainError};
+use crate::train::TrainError;
 
 /// Robust-accuracy change below which a fine-tuning counts as `unchanged`.
 pub const VERDICT_TOLERANCE: f64 = 0.005;
@@ -61,10 +60,33 @@ pub fn run(
     // Forward passes stop once the job is cancelled (SIGTERM, limits.job_timeout_s), even inside an attack.
     let token = cancel.clone();
     subject.interrupt = Some(std::sync::Arc::new(move || token.is_cancelled()));
-    let mut tch_model = subject.tch_model().map_err(failed("prepare"))?;
-    let classes = stages::classes(&tch_model);
+    let (mut tch_model, score_based) = match subject.engine().map_err(failed("prepare"))? {
+        Engine::WhiteBox(model) => (Some(*model), None),
+        Engine::ScoreBased(ops) => {
+            tracing::info!(ops = %ops.join(", "), "score-based evaluation only");
+            (None, Some(ops))
+        }
+    };
+    let classes = match &tch_model {
+        Some(model) => stages::classes(model),
+        None => subject
+            .scorer(model)
+            .and_then(|mut scorer| subject.probe_classes(&mut scorer))
+            .map_err(|e| PipelineError::Mismatch {
+                model: model.to_path_buf(),
+                message: format!(
+                    "unsupported operators for robustd's interpreter ({}), and onnxruntime cannot run the \
+                     model either, so not even a score-based evaluation is possible: {e}",
+                    score_based.as_deref().unwrap_or_default().join(", ")
+                ),
+            })
+            .map_err(failed("prepare"))?,
+    };
     let mut model_info = subject.model_info(classes).map_err(failed("prepare"))?;
     model_info.file = subject.file_name();
+    let form = subject.model_form(score_based.as_deref());
+    let scope = subject.scope(&form);
+    model_info.form = Some(form);
     std::fs::create_dir_all(out_dir)
         .and_then(|_| std::fs::create_dir_all(checkpoint_dir))
         .map_err(|source| {
@@ -78,7 +100,10 @@ pub fn run(
     progress.stage("eval_before");
     let before = resumable_eval(
         &subject,
-        &mut tch_model,
+        match &mut tch_model {
+            Some(m) => Evaluee::WhiteBox(m),
+            None => Evaluee::ScoreBased { classes },
+        },
         model,
         out_dir,
         checkpoint_dir,
@@ -89,7 +114,7 @@ pub fn run(
     cancel.check()?;
 
     let method = config.train.method;
-    let mut warnings = stages::summary_warnings("before", &before.result, classes);
+    let mut warnings = stages::summary_warnings("before", &before.result, classes, None);
     let mut outcome = JobOutcome::new(
         Summary {
             model: subject.file_name(),
@@ -98,6 +123,7 @@ pub fn run(
             before: Some(accuracy(&before.result, None)),
             after: None,
             atypical_share: None,
+            scope,
             warnings: Vec::new(),
             artifacts: Default::default(),
         },
@@ -106,7 +132,27 @@ pub fn run(
     outcome.dataset = Some(subject.dataset_info());
     outcome.per_sample = before.result.reproducibility.per_sample_file.clone();
 
-    if method == Method::None {
+    // Fine-tuning needs the interpreter and a form that allows it; otherwise the job ends evaluated.
+    let tuning = match tch_model {
+        Some(model) if method != Method::None => match subject.form().fine_tuning() {
+            Ok(_) => Some(model),
+            Err(refusal) => {
+                warnings.push(format!("fine-tuning ({}) {refusal}", method_name(method)));
+                None
+            }
+        },
+        _ => {
+            if method != Method::None {
+                warnings.push(format!(
+                    "fine-tuning ({}) skipped: score-based evaluation only, there are no gradients through \
+                     this graph",
+                    method_name(method)
+                ));
+            }
+            None
+        }
+    };
+    let Some(mut tch_model) = tuning else {
         let (plots, plot_warnings) = stages::plots(out_dir, &before.result, None, None);
         outcome.plots = plots;
         warnings.extend(plot_warnings);
@@ -116,15 +162,15 @@ pub fn run(
         });
         outcome.summary.warnings = warnings;
         return Ok(outcome);
-    }
+    };
 
     progress.stage("atypicality");
     let atypicality =
-        resumable_atypicality(&subject, checkpoint_dir, cancel).map_err(failed("atypicality"))?;
+        stages::atypicality(&subject, Some(cancel.flag())).map_err(failed("atypicality"))?;
     if let Some(a) = &atypicality {
         outcome.summary.atypical_share = Some(a.flags.share());
-        warnings.extend(a.warning.clone());
-        outcome.memorization = a.memorization.clone();
+        warnings.extend(a.warnings.iter().cloned());
+        outcome.memorization = Some(a.memorization.clone());
     }
     cancel.check()?;
 
@@ -148,14 +194,19 @@ pub fn run(
     progress.stage("eval_after");
     let after = stages::evaluate(
         &subject,
-        &mut tch_model,
+        Evaluee::WhiteBox(&mut tch_model),
         &out_dir.join(&tuned),
         out_dir,
         "after",
         &mut |p| report_eval_progress(progress, p),
     )
     .map_err(failed("eval_after"))?;
-    warnings.extend(stages::summary_warnings("after", &after.result, classes));
+    warnings.extend(stages::summary_warnings(
+        "after",
+        &after.result,
+        classes,
+        Some(before.result.clean_acc),
+    ));
 
     progress.stage("plots");
     let name = method_name(method);
@@ -167,11 +218,19 @@ pub fn run(
     );
     outcome.plots = plots;
     warnings.extend(plot_warnings);
-    outcome.summary.verdict = Verdict::compare(
-        before.result.worst_case_acc,
-        after.result.worst_case_acc,
-        VERDICT_TOLERANCE,
-    );
+    // A model fine-tuned down to chance has a "robust" accuracy at chance too, which can exceed a non-robust
+    // model's: never call that an improvement.
+    let collapsed = stages::near_chance(&after.result, classes)
+        && !stages::near_chance(&before.result, classes);
+    outcome.summary.verdict = if collapsed {
+        Verdict::Degraded
+    } else {
+        Verdict::compare(
+            before.result.worst_case_acc,
+            after.result.worst_case_acc,
+            VERDICT_TOLERANCE,
+        )
+    };
     outcome.summary.after = Some(accuracy(&after.result, Some(name)));
     outcome.summary.warnings = warnings;
     outcome.fine_tuned_model = Some(tuned);
@@ -181,8 +240,10 @@ pub fn run(
         .map(|p| p.to_string_lossy().into_owned());
     outcome.training = Some(training);
     let (mut before_result, mut after_result) = (before.result, after.result);
-    if let Some(consistency) = atypicality.as_ref().and_then(|a| a.consistency.as_ref()) {
-        let threshold = config.memorization.threshold;
+    if let Some((consistency, threshold)) = atypicality
+        .as_ref()
+        .and_then(|a| Some((a.consistency.as_ref()?, a.threshold)))
+    {
         before_result.groups = stages::test_groups(&before.per_sample, consistency, threshold);
         after_result.groups = stages::test_groups(&after.per_sample, consistency, threshold);
     }
@@ -247,6 +308,10 @@ fn hint_for(error: &PipelineError) -> Option<String> {
         PipelineError::Train(TrainError::NonFiniteLoss { .. }) => {
             Some("lower train.optimizer.lr in a sidecar NAME.yaml".into())
         }
+        PipelineError::Train(TrainError::Collapsed { hint, .. })
+        | PipelineError::Memo(crate::memo::MemoError::Train(TrainError::Collapsed { hint, .. })) => {
+            Some(format!("in a sidecar NAME.yaml: {hint}"))
+        }
         _ => None,
     }
 }
@@ -254,7 +319,7 @@ fn hint_for(error: &PipelineError) -> Option<String> {
 /// The first evaluation, reused from the checkpoint directory when a resumed job already ran it.
 fn resumable_eval(
     subject: &Subject,
-    model: &mut crate::onnx::TchModel,
+    model: Evaluee<'_>,
     file: &Path,
     out_dir: &Path,
     checkpoint_dir: &Path,
@@ -280,57 +345,4 @@ fn resumable_eval(
     durable::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
     durable::write_yaml_atomic(&saved_yaml, &evaluated.result)?;
     Ok(evaluated)
-}
-
-/// The atypicality flags as kept in the checkpoint directory.
-#[derive(Serialize, Deserialize)]
-struct SavedFlags {
-    source: String,
-    threshold: Option<f64>,
-    scored: usize,
-    warning: Option<String>,
-    /// One character per training sample: `1` atypical, `0` typical.
-    flags: String,
-}
-
-/// The atypicality flags, reused from the checkpoint directory when a resumed job already computed them (the
-/// memorization estimator has its own cache, so only the holdout and imported flags are kept here).
-fn resumable_atypicality(
-    subject: &Subject,
-    checkpoint_dir: &Path,
-    cancel: &CancelToken,
-) -> Result<Option<stages::AtypicalityOutcome>, PipelineError> {
-    let path = checkpoint_dir.join("atypicality.yaml");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(saved) = serde_norway::from_str::<SavedFlags>(&text) {
-            if saved.flags.len() == subject.dataset.train.len() {
-                tracing::info!("atypicality flags reused from the job's checkpoint");
-                let flags = saved.flags.bytes().map(|b| b == b'1').collect();
-                return Ok(Some(stages::AtypicalityOutcome {
-                    flags: Atypicality {
-                        flags,
-                        source: saved.source,
-                        threshold: saved.threshold,
-                        scored: saved.scored,
-                    },
-                    warning: saved.warning,
-                    memorization: None,
-                    consistency: None,
-                }));
-            }
-        }
-    }
-    let found = stages::atypicality(subject, Some(cancel.flag()))?;
-    if let Some(outcome) = found.as_ref().filter(|o| o.memorization.is_none()) {
-        let a = &outcome.flags;
-        let saved = SavedFlags {
-            source: a.source.clone(),
-            threshold: a.threshold,
-            scored: a.scored,
-            warning: outcome.warning.clone(),
-            flags: a.flags.iter().map(|&f| if f { '1' } else { '0' }).collect(),
-        };
-        durable::write_yaml_atomic(&path, &saved)?;
-    }
-    Ok(found)
 }

@@ -4,16 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use super::{PipelineError, Subject, WRITE_BACK_PARITY_TOLERANCE};
+use super::{parity_tolerance, PipelineError, Subject};
 use crate::config::{Config, Method, Norm};
 use crate::eval::{self, EvalPlan, EvalResult, PerSample};
 use crate::model::{Classifier, Scorer};
 use crate::onnx::TchModel;
 use crate::report::plots::{self, Series, TradeoffPoint};
 use crate::report::ThreatModelInfo;
-use crate::train::{
-    self, Atypicality, AtypicalitySetting, HoldoutOptions, ScoreTable, TrainResult, TrainRun,
-};
+use crate::train::{self, Atypicality, TrainResult, TrainRun};
 
 /// Names of the files a job writes, relative to its output directory.
 pub mod files {
@@ -39,11 +37,18 @@ pub struct Evaluated {
     pub per_sample: PerSample,
 }
 
-/// Evaluates `model` (tch, gradients) against `file` (onnxruntime, verdicts) with the configured protocol, and
-/// saves per-sample results as `per_sample_<tag>.npz` in `out_dir`.
+/// What an evaluation runs on: the interpreter (gradient attacks), or onnxruntime alone (score-based, for a graph
+/// robustd cannot differentiate; the class count from [`Subject::probe_classes`]).
+pub enum Evaluee<'m> {
+    WhiteBox(&'m mut TchModel),
+    ScoreBased { classes: i64 },
+}
+
+/// Evaluates the model (tch for gradients, when white-box) against `file` (onnxruntime, verdicts) with the
+/// configured protocol, and saves per-sample results as `per_sample_<tag>.npz` in `out_dir`.
 pub fn evaluate(
     subject: &Subject,
-    model: &mut TchModel,
+    model: Evaluee<'_>,
     file: &Path,
     out_dir: &Path,
     tag: &str,
@@ -55,7 +60,16 @@ pub fn evaluate(
     let eval::Evaluation {
         mut result,
         per_sample,
-    } = eval::evaluate(model, &mut scorer, &set, &plan, progress)?;
+    } = match model {
+        Evaluee::WhiteBox(model) => eval::evaluate(model, &mut scorer, &set, &plan, progress)?,
+        Evaluee::ScoreBased { classes } => {
+            let shape = eval::Shape {
+                chw: subject.dataset.chw,
+                classes,
+            };
+            eval::evaluate_score_based(shape, &mut scorer, &set, &plan, progress)?
+        }
+    };
     let rel = files::per_sample(tag);
     per_sample.save_npz(&out_dir.join(&rel))?;
     result.reproducibility.per_sample_file = Some(rel);
@@ -63,38 +77,59 @@ pub fn evaluate(
 }
 
 /// Warnings about an evaluation a person should see in the summary: the trust checks, and clean accuracy near
-/// chance (almost always a wrong normalization, layout or dataset).
-pub fn summary_warnings(tag: &str, result: &EvalResult, classes: i64) -> Vec<String> {
+/// chance — almost always a wrong normalization, layout or dataset when the model was given so; but when `before`
+/// (the model as given) was well above chance, it is the fine-tuning that collapsed the model.
+pub fn summary_warnings(
+    tag: &str,
+    result: &EvalResult,
+    classes: i64,
+    before_clean_acc: Option<f64>,
+) -> Vec<String> {
     let mut out: Vec<String> = result
         .warnings
         .iter()
         .map(|w| format!("{tag}: {}", w.message))
         .collect();
     let chance = 1.0 / classes.max(1) as f64;
-    if result.samples > 0 && result.clean_acc < 1.5 * chance {
-        out.push(format!(
-            "{tag}: clean accuracy {:.3} is near chance ({chance:.3}): check model.mean/std, model.input_layout \
-             and dataset.name",
-            result.clean_acc
-        ));
+    if near_chance(result, classes) {
+        match before_clean_acc.filter(|&b| b >= 1.5 * chance) {
+            Some(b) => out.push(format!(
+                "{tag}: clean accuracy {:.3} is near chance ({chance:.3}) after fine-tuning, {:.3} before: the \
+                 training collapsed the model; lower train.optimizer.lr (or train.trades_beta / train.bat.beta), \
+                 or add a warm-up (train.optimizer.warmup_epochs)",
+                result.clean_acc, b
+            )),
+            None => out.push(format!(
+                "{tag}: clean accuracy {:.3} is near chance ({chance:.3}): check model.mean/std, \
+                 model.input_layout and dataset.name",
+                result.clean_acc
+            )),
+        }
     }
     out
+}
+
+/// Clean accuracy below 1.5× chance.
+pub fn near_chance(result: &EvalResult, classes: i64) -> bool {
+    result.samples > 0 && result.clean_acc < 1.5 / classes.max(1) as f64
 }
 
 /// Which training samples are atypical, and what else the source tells the report.
 pub struct AtypicalityOutcome {
     pub flags: Atypicality,
-    /// Set when a fallback was used, for the summary.
-    pub warning: Option<String>,
-    /// The report's `memorization:` section, when the Feldman–Zhang estimator produced the flags.
-    pub memorization: Option<crate::report::Memorization>,
-    /// Test-sample consistency (dataset index, mean accuracy of the subset models), for the test groups.
+    /// τ the flags were cut at (also for the test groups).
+    pub threshold: f64,
+    /// The report's `memorization:` section (estimator, budget, self-checks).
+    pub memorization: crate::report::Memorization,
+    /// The estimator's self-check warnings, for the summary.
+    pub warnings: Vec<String>,
+    /// Test-sample consistency (dataset index, score), for the test groups.
     pub consistency: Option<(Vec<i64>, Vec<f64>)>,
 }
 
-/// Which training samples are atypical, when the method needs to know (BAT and its reweighting ablation):
-/// Feldman–Zhang memorization scores (cached across models of one architecture), the K=2 holdout estimate, or
-/// imported scores, as `train.bat.atypicality` says.
+/// Which training samples are atypical, when the method needs to know (BAT and its reweighting ablation): the
+/// memorization estimator in force (`memorization.estimator`, or the shorthand in `train.bat.atypicality`), cached
+/// across models of one architecture, thresholded at its τ.
 pub fn atypicality(
     subject: &Subject,
     cancel: Option<&AtomicBool>,
@@ -104,46 +139,37 @@ pub fn atypicality(
     if !objective.needs_atypicality() {
         return Ok(None);
     }
-    let split = &subject.dataset.train;
-    let threshold = cfg.memorization.threshold;
-    let plain = |flags| AtypicalityOutcome {
-        flags,
-        warning: None,
-        memorization: None,
-        consistency: None,
-    };
-    Ok(Some(
-        match AtypicalitySetting::parse(&cfg.train.bat.atypicality) {
-            AtypicalitySetting::File { path, key } => {
-                plain(ScoreTable::load(&path, key.as_deref())?.flags(split, threshold))
-            }
-            AtypicalitySetting::Holdout => plain(holdout(subject, cancel)?),
-            AtypicalitySetting::Memorization => {
-                let mut factory = crate::memo::onnx_factory(
-                    &subject.onnx,
-                    subject.adapter.clone(),
-                    cfg.model.input_layout,
-                    subject.device,
-                );
-                let (_scored, estimate) = crate::memo::estimate_from_config(
-                    cfg,
-                    &subject.dataset,
-                    subject.onnx.structure_hash(),
-                    &mut factory,
-                    cancel,
-                )?;
-                AtypicalityOutcome {
-                    flags: crate::memo::bat_atypicality(&estimate, split, threshold),
-                    warning: None,
-                    memorization: Some(estimate.scores.report_section(threshold, Vec::new())),
-                    consistency: estimate.consistency.map(|c| (c.indices, c.scores)),
-                }
-            }
-        },
-    ))
+    let mut factory = crate::memo::onnx_factory(
+        &subject.onnx,
+        subject.adapter.clone(),
+        cfg.model.input_layout,
+        subject.device,
+    );
+    let (_scored, estimate) = crate::memo::estimate_from_config(
+        cfg,
+        &subject.dataset,
+        subject.onnx.structure_hash(),
+        &mut factory,
+        cancel,
+    )?;
+    let threshold = estimate.threshold(crate::memo::effective_spec(cfg).threshold);
+    let memorization = estimate.report_section(threshold, Vec::new());
+    let warnings = memorization
+        .self_check
+        .iter()
+        .flat_map(|c| c.warnings.iter())
+        .map(|w| format!("memorization: {w}"))
+        .collect();
+    Ok(Some(AtypicalityOutcome {
+        flags: crate::memo::bat_atypicality(&estimate, &subject.dataset.train, threshold),
+        threshold,
+        memorization,
+        warnings,
+        consistency: estimate.consistency.map(|c| (c.indices, c.scores)),
+    }))
 }
 
-/// Typical vs atypical accuracy of the evaluated test samples (atypical = low consistency across the subset
+/// Typical vs atypical accuracy of the evaluated test samples (atypical = low consistency under the estimator's
 /// models), from an evaluation's per-sample results.
 pub fn test_groups(
     per_sample: &PerSample,
@@ -161,26 +187,6 @@ pub fn test_groups(
         test: Some(pair),
         train_deciles: Vec::new(),
     })
-}
-
-/// The built-in K=2 half-split estimate on freshly initialized copies of the model's own graph.
-fn holdout(subject: &Subject, cancel: Option<&AtomicBool>) -> Result<Atypicality, PipelineError> {
-    let mut options = HoldoutOptions::from_config(&subject.config, subject.dataset.augmentation);
-    options.cancel = cancel;
-    let mut factory = |seed: u64| -> Result<Box<dyn Classifier>, train::TrainError> {
-        let mut model = subject
-            .tch_model()
-            .map_err(|e| model_error(e.to_string()))?;
-        model
-            .reinitialize(seed)
-            .map_err(|e| model_error(e.to_string()))?;
-        Ok(Box::new(model))
-    };
-    Ok(train::holdout_atypicality(
-        &subject.dataset.train,
-        &mut factory,
-        &options,
-    )?)
 }
 
 fn model_error(message: String) -> train::TrainError {
@@ -214,8 +220,8 @@ pub fn finetune(
 }
 
 /// Writes the trained weights back into the original graph (`<stem>.<method>.onnx` in `out_dir`) and checks that
-/// onnxruntime on the new file gives tch's logits within [`WRITE_BACK_PARITY_TOLERANCE`]. Returns the file name
-/// (relative to `out_dir`) and the measured max |logit diff|.
+/// onnxruntime on the new file gives tch's logits within the tolerance of the model's form
+/// ([`parity_tolerance`]). Returns the file name (relative to `out_dir`) and the measured max |logit diff|.
 pub fn write_back(
     subject: &Subject,
     model: &mut TchModel,
@@ -234,7 +240,9 @@ pub fn write_back(
     model.set_train(false);
     let test = &subject.dataset.test;
     let n = test.len().min(64) as i64;
-    let x = test.x.f_narrow(0, 0, n)?;
+    let x = test
+        .images(&(0..n).collect::<Vec<_>>())?
+        .f_to_device(tch::Device::Cpu)?;
     let tch_logits = {
         let _guard = tch::no_grad_guard();
         model
@@ -250,11 +258,12 @@ pub fn write_back(
         .f_abs()?
         .f_max()?
         .f_double_value(&[])?;
-    if diff.is_nan() || diff > WRITE_BACK_PARITY_TOLERANCE {
+    let tolerance = parity_tolerance(&subject.form(), &tch_logits);
+    if diff.is_nan() || diff > tolerance {
         return Err(PipelineError::Parity {
             model: out,
             diff,
-            tolerance: WRITE_BACK_PARITY_TOLERANCE,
+            tolerance,
         });
     }
     Ok((rel, diff))

@@ -8,11 +8,15 @@ use tch::Device;
 
 use super::PipelineError;
 use crate::config::Config;
-use crate::data::Dataset;
+use crate::data::{Dataset, ImageFiles};
 use crate::eval::EvalSet;
+use crate::model::Scorer;
 use crate::model::{InputAdapter, Layout};
-use crate::onnx::{self, OnnxModel, OrtScorer, TchModel, TchOptions};
-use crate::report::{DatasetInfo, FileRef, ModelInfo, Normalization, TensorSpec};
+use crate::onnx::{self, GraphForm, OnnxError, OnnxModel, OrtScorer, TchModel, TchOptions};
+use crate::report::{
+    DatasetFiles, DatasetInfo, FileRef, ModelForm, ModelInfo, Normalization, SkippedFiles,
+    TensorSpec,
+};
 use crate::runtime;
 
 pub struct Subject {
@@ -28,6 +32,24 @@ pub struct Subject {
     pub display_name: Option<String>,
     /// Installed in every interpreter this subject builds (see [`crate::onnx::Interrupt`]).
     pub interrupt: Option<onnx::Interrupt>,
+    /// The ops robustd cannot interpret, as the loader listed them (`com.microsoft.nchwc::Conv (2 nodes)`):
+    /// the model is then evaluated score-based only.
+    unsupported: Vec<String>,
+}
+
+/// How robustd can run a subject's model.
+pub enum Engine {
+    /// The trainable interpreter: gradient attacks and fine-tuning.
+    WhiteBox(Box<TchModel>),
+    /// onnxruntime only, because the graph holds ops robustd cannot interpret or differentiate (listed).
+    ScoreBased(Vec<String>),
+}
+
+/// `Op (n nodes)` for each entry of an unsupported-ops list.
+fn describe_ops(ops: &[(String, usize)]) -> Vec<String> {
+    ops.iter()
+        .map(|(op, n)| format!("{op} ({n} node{})", if *n == 1 { "" } else { "s" }))
+        .collect()
 }
 
 impl Subject {
@@ -37,8 +59,12 @@ impl Subject {
         runtime::tune_allocator();
         runtime::set_torch_threads(config.runtime.threads);
         let device = runtime::parse_device(&config.runtime.device)?;
-        let onnx = OnnxModel::load(path, &config.limits)?;
-        let dataset = Dataset::load(&config.dataset, config.runtime.seed)?;
+        let (onnx, unsupported) = OnnxModel::load_lenient(path, &config.limits)?;
+        let unsupported = match unsupported {
+            None => Vec::new(),
+            Some(OnnxError::UnsupportedOps { ops, .. }) => describe_ops(&ops),
+            Some(other) => return Err(other.into()),
+        };
         let input = onnx
             .inputs()
             .first()
@@ -52,7 +78,9 @@ impl Subject {
                 message: e.to_string(),
             }
         })?;
-        if let Some(chw) = onnx::infer_input_chw(input, layout) {
+        let model_chw = onnx::infer_input_chw(input, layout);
+        let dataset = Dataset::open(config, model_chw)?;
+        if let Some(chw) = model_chw {
             if chw != dataset.chw {
                 return Err(PipelineError::Mismatch {
                     model: path.to_path_buf(),
@@ -91,7 +119,51 @@ impl Subject {
             path: path.to_path_buf(),
             display_name: None,
             interrupt: None,
+            unsupported,
         })
+    }
+
+    /// The shipped form of the model (precision, quantization, contrib ops).
+    pub fn form(&self) -> GraphForm {
+        GraphForm::of(&self.onnx)
+    }
+
+    /// The interpreter, or — when the graph holds ops robustd cannot interpret (found at load, or when planning:
+    /// an `If` on the input) — the list of them, for score-based evaluation.
+    pub fn engine(&self) -> Result<Engine, PipelineError> {
+        if !self.unsupported.is_empty() {
+            return Ok(Engine::ScoreBased(self.unsupported.clone()));
+        }
+        match self.tch_model() {
+            Ok(model) => Ok(Engine::WhiteBox(Box::new(model))),
+            Err(PipelineError::Onnx(OnnxError::UnsupportedOps { ops, .. })) => {
+                Ok(Engine::ScoreBased(describe_ops(&ops)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The class count from one onnxruntime forward pass on an all-zero image (what the interpreter's probe
+    /// gives for models it runs), checked to be finite logits `[1, classes]`.
+    pub fn probe_classes(&self, scorer: &mut OrtScorer) -> Result<i64, PipelineError> {
+        let [c, h, w] = self.dataset.chw;
+        let zeros = tch::Tensor::f_zeros([1, c, h, w], (tch::Kind::Float, Device::Cpu))?;
+        let logits = scorer.logits(&zeros).map_err(|e| PipelineError::Mismatch {
+            model: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let finite = logits.f_isfinite()?.f_all()?.f_int64_value(&[])? == 1;
+        match logits.size().as_slice() {
+            [1, n] if *n >= 2 && finite => Ok(*n),
+            other => Err(PipelineError::Mismatch {
+                model: self.path.clone(),
+                message: format!(
+                    "onnxruntime gives {other:?} logits{} for one all-zero image; a classifier gives finite \
+                     [1, classes] with 2 or more classes",
+                    if finite { "" } else { " (not finite)" }
+                ),
+            }),
+        }
     }
 
     /// A fresh trainable interpreter of the model on the job's device.
@@ -117,7 +189,7 @@ impl Subject {
         let test = &self.dataset.test;
         let indices = test.indices.iter().map(|&i| i as u64).collect();
         Ok(EvalSet::new(
-            test.x.shallow_clone(),
+            test.eval_pixels()?,
             test.y.shallow_clone(),
             indices,
         )?)
@@ -141,6 +213,48 @@ impl Subject {
             .file_stem()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
+    }
+
+    /// The report's `model.form` block: the graph's form and how this job works with it (`score_based`: the
+    /// ops that kept it from white-box evaluation).
+    pub fn model_form(&self, score_based: Option<&[String]>) -> ModelForm {
+        let form = self.form();
+        let precision = form.precision_name().to_owned();
+        let quantized = form
+            .quantization
+            .map_or(String::new(), |q| format!(", {} quantized", q.name()));
+        ModelForm {
+            precision: precision.clone(),
+            quantization: form.quantization.map(|q| q.name().to_owned()),
+            contrib_ops: describe_ops(&form.contrib_ops),
+            unsupported_ops: score_based.map(<[String]>::to_vec).unwrap_or_default(),
+            gradients: match score_based {
+                Some(_) => "none: robustd cannot differentiate this graph".into(),
+                None => form.gradients(),
+            },
+            verdicts: format!("onnxruntime on the shipped file ({precision}{quantized})"),
+            fine_tuning: match score_based {
+                Some(_) => "not possible: it needs gradients through the graph".into(),
+                None => form.fine_tuning().unwrap_or_else(|refusal| refusal),
+            },
+        }
+    }
+
+    /// The summary's `scope` line: said whenever the model is not a float32 graph evaluated white-box.
+    pub fn scope(&self, form: &ModelForm) -> Option<String> {
+        if !form.unsupported_ops.is_empty() {
+            return Some(format!(
+                "{} {} not supported",
+                crate::report::SCORE_BASED_SCOPE,
+                form.unsupported_ops.join(", ")
+            ));
+        }
+        (form.precision != "float32" || form.quantization.is_some()).then(|| {
+            format!(
+                "white-box: gradients from {}; verdicts from {}; fine-tuning: {}",
+                form.gradients, form.verdicts, form.fine_tuning
+            )
+        })
     }
 
     /// The report's `model:` block, from the parsed graph.
@@ -194,6 +308,7 @@ impl Subject {
             classes: Some(classes as u64),
             external_data,
             forward_check: None,
+            form: None,
         })
     }
 
@@ -214,11 +329,22 @@ impl Subject {
                 self.dataset.test.len(),
                 self.dataset.test.source_len
             )),
-            sha256: Some(self.dataset.sha256.clone()),
+            // Image files have no content digest (reading every file would cost a pass); `files` holds their
+            // fingerprint instead.
+            sha256: self
+                .dataset
+                .files
+                .is_none()
+                .then(|| self.dataset.sha256.clone()),
             normalization: self.adapter.normalizes().then(|| Normalization {
                 mean: self.adapter.mean.clone(),
                 std: self.adapter.std.clone(),
             }),
+            files: self
+                .dataset
+                .files
+                .as_ref()
+                .map(|f| files_report(f, &self.dataset)),
         }
     }
 
@@ -229,5 +355,27 @@ impl Subject {
             Layout::Nhwc => "nhwc",
             Layout::Flat => "flat",
         }
+    }
+}
+
+/// The report's record of an image-file dataset.
+fn files_report(files: &ImageFiles, dataset: &Dataset) -> DatasetFiles {
+    let skipped = files.skipped();
+    DatasetFiles {
+        format: files.format.into(),
+        root: files.root.display().to_string(),
+        fingerprint: files.fingerprint.clone(),
+        train_source: files.train_source.clone(),
+        test_source: files.test_source.clone(),
+        classes: dataset.class_names.clone(),
+        preprocessing: files.preprocess.clone(),
+        decoder: crate::data::DECODER.into(),
+        decode_threads: files.decode_threads,
+        prefetch_batches: files.prefetch_batches,
+        cache: files.cache.as_ref().map(|c| c.display().to_string()),
+        skipped: SkippedFiles {
+            count: skipped.count as u64,
+            files: skipped.files,
+        },
     }
 }

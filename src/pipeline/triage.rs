@@ -103,6 +103,7 @@ impl JobRunner for TriageRunner {
             before: None,
             after: None,
             atypical_share: None,
+            scope: None,
             warnings: vec![
                 "triage only: the model was loaded and checked, no dataset evaluation ran (runner `triage`)"
                     .into(),
@@ -433,6 +434,7 @@ fn model_info(
         classes,
         external_data,
         forward_check: forward,
+        form: None,
     }
 }
 

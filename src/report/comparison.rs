@@ -29,6 +29,10 @@ pub struct Comparison {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub atypicality: Option<SharedAtypicality>,
     pub runs: Vec<RunRecord>,
+    /// Runs whose training collapsed to one class: stopped there, neither written back nor evaluated, and left
+    /// out of their method's mean.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collapsed: Vec<CollapsedRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetInfo>,
     pub environment: EnvironmentInfo,
@@ -103,6 +107,18 @@ pub struct RunRecord {
     pub warnings: Vec<String>,
 }
 
+/// A run stopped by the training loop's collapse detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollapsedRun {
+    pub method: String,
+    pub seed: u64,
+    /// 1-based epoch the collapse was detected in.
+    pub epoch: usize,
+    /// What the loop saw and what to change.
+    pub cause: String,
+}
+
 /// Mean and sample standard deviation (0 for a single value).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,7 +150,11 @@ impl MeanStd {
 #[serde(deny_unknown_fields)]
 pub struct MethodSummary {
     pub method: String,
+    /// Runs that finished (collapsed ones not included).
     pub runs: usize,
+    /// Runs whose training collapsed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub collapsed: usize,
     pub clean_acc: MeanStd,
     pub robust_acc: MeanStd,
     pub epochs: MeanStd,
@@ -143,8 +163,8 @@ pub struct MethodSummary {
 }
 
 impl MethodSummary {
-    /// The summary of `method` over its runs in `runs`.
-    pub fn of(method: &str, runs: &[RunRecord]) -> Self {
+    /// The summary of `method` over its runs in `runs` (and its collapsed ones).
+    pub fn of(method: &str, runs: &[RunRecord], collapsed: &[CollapsedRun]) -> Self {
         let mine: Vec<&RunRecord> = runs.iter().filter(|r| r.method == method).collect();
         let stat = |pick: fn(&RunRecord) -> f64| {
             MeanStd::of(&mine.iter().map(|r| pick(r)).collect::<Vec<_>>())
@@ -152,6 +172,7 @@ impl MethodSummary {
         Self {
             method: method.to_owned(),
             runs: mine.len(),
+            collapsed: collapsed.iter().filter(|c| c.method == method).count(),
             clean_acc: stat(|r| r.clean_acc),
             robust_acc: stat(|r| r.robust_acc),
             epochs: stat(|r| r.epochs as f64),
@@ -203,11 +224,18 @@ impl Comparison {
             100.0 * self.original.robust_acc
         );
         for m in &self.methods {
+            let runs = match m.collapsed {
+                0 => m.runs.to_string(),
+                c => format!("{} ({c} collapsed)", m.runs),
+            };
+            if m.runs == 0 {
+                let _ = writeln!(md, "| {} | {runs} | – | – | – | – | – |", m.method);
+                continue;
+            }
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.1} | {} | {} |",
+                "| {} | {runs} | {} | {} | {:.1} | {} | {} |",
                 m.method,
-                m.runs,
                 pct(&m.clean_acc),
                 pct(&m.robust_acc),
                 m.epochs.mean,
@@ -230,6 +258,13 @@ impl Comparison {
                 a.seconds
             );
         }
+        for c in &self.collapsed {
+            let _ = writeln!(
+                md,
+                "\n> {} seed {} collapsed at epoch {}: {}",
+                c.method, c.seed, c.epoch, c.cause
+            );
+        }
         for w in &self.warnings {
             let _ = writeln!(md, "\n> warning: {w}");
         }
@@ -245,15 +280,24 @@ impl Comparison {
             robust: self.original.robust_acc,
             robust_err: 0.0,
         }];
-        points.extend(self.methods.iter().map(|m| TradeoffPoint {
-            label: m.method.clone(),
-            clean: m.clean_acc.mean,
-            clean_err: m.clean_acc.std,
-            robust: m.robust_acc.mean,
-            robust_err: m.robust_acc.std,
-        }));
+        points.extend(
+            self.methods
+                .iter()
+                .filter(|m| m.runs > 0)
+                .map(|m| TradeoffPoint {
+                    label: m.method.clone(),
+                    clean: m.clean_acc.mean,
+                    clean_err: m.clean_acc.std,
+                    robust: m.robust_acc.mean,
+                    robust_err: m.robust_acc.std,
+                }),
+        );
         points
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub const REPORT_SCHEMA: &str = "robustd.report/v1";
 /// The report's file name inside a result directory.
 pub const REPORT_FILE: &str = "report.yaml";
+/// How `summary.scope` begins for a model robustd could only evaluate through onnxruntime's scores.
+pub const SCORE_BASED_SCOPE: &str = "score-based evaluation only:";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +47,11 @@ pub struct Summary {
     /// Share of training samples with memorization score above the threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub atypical_share: Option<f64>,
+    /// How far robustd could go with this model, when not all the way (a float16 or quantized model: how it was
+    /// attacked and fine-tuned; a graph it cannot differentiate: `score-based evaluation only: <ops> not
+    /// supported`). Absent for a float32 model evaluated white-box.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     #[serde(default)]
     pub warnings: Vec<String>,
     #[serde(default)]
@@ -128,6 +135,33 @@ pub struct ModelInfo {
     /// The forward pass the daemon ran to check the model before any evaluation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_check: Option<ForwardCheck>,
+    /// The shipped form of the graph and what robustd did with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<ModelForm>,
+}
+
+/// The shipped form of a graph (precision, quantization, onnxruntime contrib ops) and how robustd worked with
+/// it: where gradients came from, who gave the verdicts, how (or whether) it was fine-tuned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelForm {
+    /// Element type of the weights: `float32`, `float16`, `bfloat16`.
+    pub precision: String,
+    /// `qdq`, `qoperator` or `dynamic` (onnxruntime.quantization's formats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
+    /// Non-default-domain ops with their node counts, e.g. `com.microsoft::FusedConv (2 nodes)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contrib_ops: Vec<String>,
+    /// Ops robustd cannot interpret or differentiate; non-empty means score-based evaluation only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_ops: Vec<String>,
+    /// Where attack gradients came from (`none` for score-based evaluation).
+    pub gradients: String,
+    /// Which engine judged every sample.
+    pub verdicts: String,
+    /// How the model was (or would be) fine-tuned, or why it is not.
+    pub fine_tuning: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +225,46 @@ pub struct DatasetInfo {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalization: Option<Normalization>,
+    /// Image-file datasets (`folder`, `manifest`): where the files are, the fingerprint, the whole preprocessing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<DatasetFiles>,
+}
+
+/// The record of an image-file dataset: enough to find the same files and turn them into the same tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetFiles {
+    /// `folder` or `manifest`.
+    pub format: String,
+    pub root: String,
+    /// SHA-256 over the class names and every file's relative path, size and label, split by split in index
+    /// order: the same fingerprint means the same samples under the same indices.
+    pub fingerprint: String,
+    /// The folder or manifest of each split.
+    pub train_source: String,
+    pub test_source: String,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// Resize, crop, interpolation and output size, applied before the [0,1] pixels the attacks perturb; the
+    /// normalization is `normalization` above.
+    pub preprocessing: crate::data::Preprocess,
+    /// Decoder: the crates and versions that read the files.
+    pub decoder: String,
+    pub decode_threads: usize,
+    pub prefetch_batches: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// Files left out as unreadable or corrupt (`dataset.corrupt: skip`).
+    pub skipped: SkippedFiles,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedFiles {
+    pub count: u64,
+    /// The first few, relative to the root, with the cause.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,9 +345,9 @@ pub struct GroupAccuracy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Memorization {
-    /// `feldman-zhang`, `holdout`, or `imported`.
+    /// `learning-speed`, `feldman-zhang`, `holdout`, or `imported`.
     pub estimator: String,
-    /// Subset models K (0 for imported scores and the learning-speed proxy).
+    /// Models the estimator trained: K subset models, 2 half models, 1 for learning-speed, 0 for imported scores.
     pub models: u64,
     /// Share of the scored samples each subset model saw (the balanced design's `m / K`).
     pub subset_ratio: f64,
@@ -296,9 +370,80 @@ pub struct Memorization {
     /// Test samples whose consistency (mean accuracy of the subset models) is below this are atypical.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_consistency_cut: Option<f64>,
-    /// Training time of the K subset models (also when they came from the cache: what the scores cost).
+    /// Training time of the estimator's models (also when they came from the cache: what the scores cost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// What a score means, as a formula (e.g. `1 - mean_epochs p(y|x)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<String>,
+    /// What the estimator was given to spend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<MemoBudget>,
+    /// Whether the scores can be trusted: how the estimator's models fit, how consistent the scores are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_check: Option<SelfCheck>,
+}
+
+/// The estimator's budget: what bounds its cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoBudget {
+    /// Training samples scored.
+    pub samples: u64,
+    /// Models trained.
+    pub models: u64,
+    /// Learning-speed and holdout: epochs per model. Feldman–Zhang: the cap per subset model.
+    pub epochs: u64,
+    /// Feldman–Zhang: a subset model stops once its training accuracy on its subset reaches this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_target: Option<f64>,
+    /// Peak learning rate of the models.
+    pub lr: f64,
+    /// `standard` or `pgd-at` training of the models.
+    pub training: String,
+}
+
+/// The estimator's self-checks. Scores are flagged unreliable (`reliable: false`, with the reasons in `warnings`)
+/// when the models did not fit what they had to (subset models below 95 % on their own subsets, a learning-speed
+/// model that stays near chance) or when the scores disagree with themselves (the two halves' top deciles share
+/// less than 30 %, three times chance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfCheck {
+    pub reliable: bool,
+    /// Mean accuracy of the models on the samples they trained on (after training, eval mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_subset_acc: Option<f64>,
+    /// The lowest of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_subset_acc_min: Option<f64>,
+    /// Mean accuracy of the models on the scored samples they did not train on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_acc: Option<f64>,
+    /// Mean accuracy of the models on the test samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc: Option<f64>,
+    /// Epochs each model trained: the fewest and the most.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs_run: Vec<u64>,
+    /// Learning-speed: the epochs whose training passes the scores count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs_counted: Option<u64>,
+    /// Spearman's rank correlation between the scores of two halves of the evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_half_spearman: Option<f64>,
+    /// The share of one half's top decile that is also in the other's (chance 0.1): how well the halves agree on
+    /// the samples that get flagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_half_top_decile: Option<f64>,
+    /// Which halves: `models 1-4 vs 5-8`, `even vs odd epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_half: Option<String>,
+    /// Mean per-sample standard error of the score (Feldman–Zhang), where defined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_standard_error: Option<f64>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `counts[i]` samples fall in `[bins[i], bins[i+1])`.
@@ -316,6 +461,9 @@ pub struct Histogram {
 pub struct HarmfulSample {
     /// Source index in the training split.
     pub index: u64,
+    /// The image file, relative to the dataset root (image-file datasets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     pub label: i64,
     pub score: f64,
     pub adv_confidence: f64,

@@ -1,13 +1,14 @@
 //! The report validator: checks a `report.yaml` against schema `robustd.report/v1` — key order (schema, then
 //! summary first), types and required fields (the typed structs, unknown keys refused), and the rules types
-//! cannot say: accuracies in [0,1], sha256 digests, a verdict consistent with the sections present, ordered
+//! cannot say: accuracies in [0,1], sha256 digests, a verdict consistent with the sections present, a
+//! score-based-only evaluation said plainly and consistently (no gradient attacks, no fine-tuning), ordered
 //! timestamps, histogram shape, relative artifact paths, and (given the report's directory) that every artifact
 //! exists with the recorded digest. Tests use it on every report the daemon writes.
 
 use std::fmt;
 use std::path::Path;
 
-use super::schema::{EvalBlock, Report, Verdict, REPORT_SCHEMA};
+use super::schema::{EvalBlock, Report, Verdict, REPORT_SCHEMA, SCORE_BASED_SCOPE};
 
 /// One broken rule: where (a dotted path into the document) and what.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +171,7 @@ impl Checker {
             self.fraction("summary.atypical_share", share);
         }
         self.verdict(r);
+        self.scope(r);
 
         self.sha256("model.sha256", &r.model.sha256);
         if r.model.inputs.is_empty() || r.model.outputs.is_empty() {
@@ -213,6 +215,39 @@ impl Checker {
             }
             if !h.bins.windows(2).all(|w| w[0] < w[1]) {
                 self.fail("memorization.histogram.bins", "bin edges must increase");
+            }
+            if let Some(c) = &m.self_check {
+                for (key, value) in [
+                    ("memorization.self_check.in_subset_acc", c.in_subset_acc),
+                    (
+                        "memorization.self_check.in_subset_acc_min",
+                        c.in_subset_acc_min,
+                    ),
+                    ("memorization.self_check.held_out_acc", c.held_out_acc),
+                    ("memorization.self_check.test_acc", c.test_acc),
+                    (
+                        "memorization.self_check.split_half_top_decile",
+                        c.split_half_top_decile,
+                    ),
+                ] {
+                    if let Some(v) = value {
+                        self.fraction(key, v);
+                    }
+                }
+                if c.split_half_spearman
+                    .is_some_and(|r| !(-1.0..=1.0).contains(&r))
+                {
+                    self.fail(
+                        "memorization.self_check.split_half_spearman",
+                        "a rank correlation lies in [-1, 1]",
+                    );
+                }
+                if c.reliable != c.warnings.is_empty() {
+                    self.fail(
+                        "memorization.self_check.reliable",
+                        "reliable exactly when there are no warnings",
+                    );
+                }
             }
         }
         if let Some(t) = &r.training {
@@ -292,6 +327,50 @@ impl Checker {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A model with unsupported ops is evaluated score-based only, and the report says so in `summary.scope`;
+    /// such a report has no gradient attacks, no fine-tuning and verdict `evaluation-only`.
+    fn scope(&mut self, r: &Report) {
+        let unsupported = r
+            .model
+            .form
+            .as_ref()
+            .is_some_and(|f| !f.unsupported_ops.is_empty());
+        let said = r
+            .summary
+            .scope
+            .as_deref()
+            .is_some_and(|s| s.starts_with(SCORE_BASED_SCOPE));
+        if unsupported != said {
+            self.fail(
+                "summary.scope",
+                format!(
+                    "model.form.unsupported_ops is {}, so the scope must {}start with `{SCORE_BASED_SCOPE}`",
+                    if unsupported { "non-empty" } else { "empty" },
+                    if unsupported { "" } else { "not " }
+                ),
+            );
+        }
+        if !unsupported {
+            return;
+        }
+        if r.summary.verdict != Verdict::EvaluationOnly {
+            self.fail(
+                "summary.verdict",
+                "a score-based evaluation is evaluation-only",
+            );
+        }
+        if let Some(before) = r.evaluation.as_ref().and_then(|e| e.before.as_ref()) {
+            for name in before.attacks.0.iter().map(|(n, _)| n) {
+                if name != "square" {
+                    self.fail(
+                        format!("evaluation.before.attacks.{name}"),
+                        "a score-based evaluation runs no gradient attack",
+                    );
+                }
+            }
         }
     }
 

@@ -6,38 +6,29 @@
 //!   training split); a sample is atypical when its score is above the threshold τ (`memorization.threshold`).
 //!   Tables come from imported files ([`ScoreTable::load`]: `.npy` — a 1-D array indexed by source index; `.npz`
 //!   — the same under a named key, `scores.npz#mem`; `.csv` — `index,score` rows, header optional) or from the
-//!   memorization module, which builds one with [`ScoreTable::from_pairs`] (the hook for that issue). Samples
-//!   without a score count as typical (the memorization module may score fewer samples than training uses).
-//! - **holdout** ([`holdout_atypicality`]): the built-in K=2 estimate: split the samples into two seeded halves,
-//!   train a fresh model on each with the standard training loop, and flag a sample atypical when the model that
-//!   never saw it misclassifies it.
+//!   memorization module, which builds one with [`ScoreTable::from_pairs`]. Samples without a score count as
+//!   typical (the memorization module may score fewer samples than training uses).
+//!
+//! `train.bat.atypicality` names the source ([`AtypicalitySetting`]): `memorization` (the memorization module's
+//! configured estimator), `holdout` (its half-split estimator) or a score file.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use ndarray::ArrayD;
 use ndarray_npy::{ReadNpyError, ReadNpyExt};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use tch::Kind;
 
-use super::trainer::{train, TrainRun};
-use super::validate::predictions;
 use super::TrainError;
-use crate::config::{Config, Method, ThreatModel, TrainSpec};
-use crate::data::{Augmentation, Split};
-use crate::model::Classifier;
+use crate::data::Split;
 
 /// How `train.bat.atypicality` says to find atypical samples.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AtypicalitySetting {
-    /// The memorization module's Feldman–Zhang scores (thresholded at `memorization.threshold`).
+    /// The memorization module's scores from `memorization.estimator` (thresholded at τ).
     Memorization,
-    /// The built-in K=2 half-split holdout estimate.
+    /// The memorization module's half-split holdout estimator, whatever `memorization.estimator` says.
     Holdout,
     /// Imported scores; `key` names the array inside an `.npz` (`path#key`).
     File { path: PathBuf, key: Option<String> },
@@ -137,12 +128,18 @@ impl ScoreTable {
     }
 
     /// Reads `.npy`, `.npz` (array `key`, or its only array) or `.csv` (`index,score`). Non-finite scores and
-    /// negative indices are errors naming the entry.
+    /// negative indices are errors naming the entry; anything but a regular file is refused before it is opened
+    /// (a FIFO would block, a device never end).
     pub fn load(path: &Path, key: Option<&str>) -> Result<Self, TrainError> {
         let bad = |message: String| TrainError::Scores {
             path: path.to_path_buf(),
             message,
         };
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(bad("not a regular file".into())),
+            Err(e) => return Err(bad(e.to_string())),
+        }
         let extension = path
             .extension()
             .and_then(|e| e.to_str())
@@ -302,100 +299,3 @@ fn parse_csv(text: &str, path: &Path) -> Result<Vec<(i64, f64)>, TrainError> {
     }
     Ok(pairs)
 }
-
-/// How the holdout models are trained.
-#[derive(Debug, Clone)]
-pub struct HoldoutOptions<'a> {
-    /// The training settings of each half model (method standard or PGD-AT, no validation, no early stopping).
-    pub spec: TrainSpec,
-    pub threat: ThreatModel,
-    pub seed: u64,
-    pub augmentation: Augmentation,
-    pub cancel: Option<&'a AtomicBool>,
-}
-
-impl<'a> HoldoutOptions<'a> {
-    /// From the config: `train` optimizer and batch size, `memorization.epochs`, standard training (PGD-AT when
-    /// `memorization.adversarial`).
-    pub fn from_config(config: &Config, augmentation: Augmentation) -> Self {
-        let mut spec = config.train.clone();
-        spec.method = if config.memorization.adversarial {
-            Method::PgdAt
-        } else {
-            Method::Standard
-        };
-        spec.epochs = config.memorization.epochs;
-        spec.val_fraction = 0.0;
-        spec.early_stop_patience = 0;
-        Self {
-            spec,
-            threat: config.threat.clone(),
-            seed: config.runtime.seed,
-            augmentation,
-            cancel: None,
-        }
-    }
-}
-
-/// The K=2 holdout estimate on `data`: `factory(seed)` must return a model with fresh weights (e.g. the ONNX
-/// model re-initialized with that seed); each is trained on one half and judges the other half.
-pub fn holdout_atypicality(
-    data: &Split,
-    factory: &mut dyn FnMut(u64) -> Result<Box<dyn Classifier>, TrainError>,
-    options: &HoldoutOptions,
-) -> Result<Atypicality, TrainError> {
-    let n = data.len();
-    if n < 2 {
-        return Err(TrainError::Invalid {
-            key: "train.bat.atypicality",
-            message: format!("the holdout estimate needs at least 2 training samples, got {n}"),
-        });
-    }
-    let mut order: Vec<i64> = (0..n as i64).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed ^ HOLDOUT_SALT));
-    let (first, second) = order.split_at(n / 2);
-    let mut flags = vec![false; n];
-    for (half, (train_on, judge)) in [(first, second), (second, first)].into_iter().enumerate() {
-        let model_seed = options
-            .seed
-            .wrapping_add(half as u64 + 1)
-            .wrapping_mul(HOLDOUT_SALT);
-        let mut model = factory(model_seed)?;
-        let mut run = TrainRun::new(
-            &options.spec,
-            &options.threat,
-            model_seed,
-            options.augmentation,
-        )?;
-        run.cancel = options.cancel;
-        let trained = train(model.as_mut(), &data.select(train_on)?, &run)?;
-        let judged = data.select(judge)?;
-        let predicted = predictions(model.as_mut(), &judged, options.spec.batch_size)?;
-        let labels = judged
-            .y
-            .f_to_device(tch::Device::Cpu)?
-            .f_to_kind(Kind::Int64)?;
-        let wrong = Vec::<bool>::try_from(&predicted.f_ne_tensor(&labels)?)?;
-        let misclassified = wrong.iter().filter(|&&w| w).count();
-        for (&p, w) in judge.iter().zip(wrong) {
-            flags[p as usize] = w;
-        }
-        tracing::info!(
-            half = half + 1,
-            trained_on = train_on.len(),
-            judged = judge.len(),
-            misclassified,
-            seconds = trained.seconds,
-            "holdout model trained"
-        );
-    }
-    Ok(Atypicality {
-        flags,
-        source: "holdout K=2 (misclassified by the half model that never saw it)".into(),
-        threshold: None,
-        scored: n,
-    })
-}
-
-/// Separates the holdout's random draws from the other streams derived from the master seed.
-const HOLDOUT_SALT: u64 = 0x9E37_79B9_7F4A_7C15;

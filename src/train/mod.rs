@@ -5,8 +5,9 @@
 //! - [`objective`]: what each method minimizes per batch (the BAT weights and regularizer live here).
 //! - [`optim`]: hand-written SGD and Adam whose state is plain tensors (checkpointable).
 //! - [`schedule`]: the learning rate per step (warm-up, cosine, piecewise, constant).
-//! - [`atypical`]: which training samples are atypical — imported scores, the memorization module's scores, or
-//!   the built-in K=2 half-split holdout estimate.
+//! - [`atypical`]: which training samples are atypical — flags from scores (the memorization module's, or an
+//!   imported file).
+//! - [`collapse`]: spotting a run whose model collapsed to one class, at the batch it becomes clear.
 //! - [`trainer`]: the loop ([`train`]) and its options ([`TrainRun`]).
 //! - [`validate`]: clean and PGD robust accuracy on a held-out split.
 //! - [`checkpoint`]: atomic per-epoch (and on-cancel) checkpoints and resume.
@@ -20,6 +21,7 @@
 pub mod accel;
 pub mod atypical;
 pub mod checkpoint;
+pub mod collapse;
 pub mod objective;
 pub mod optim;
 pub mod record;
@@ -35,9 +37,7 @@ use crate::attack::AttackError;
 use crate::data::DataError;
 use crate::model::ModelError;
 
-pub use atypical::{
-    holdout_atypicality, Atypicality, AtypicalitySetting, HoldoutOptions, ScoreTable,
-};
+pub use atypical::{Atypicality, AtypicalitySetting, ScoreTable};
 pub use objective::{bat_weights, BatParams, Objective};
 pub use optim::Optimizer;
 pub use record::{EpochRecord, TrainResult};
@@ -64,6 +64,25 @@ pub enum TrainError {
         epoch: usize,
         batch: usize,
         value: f64,
+    },
+    #[error(
+        "training collapsed at epoch {epoch} (batch {batch}): over the last {batches} batches the model gave one \
+         class to {:.0} % of each batch (most often class {class}), accuracy {accuracy:.3} (chance {:.3}), \
+         cross-entropy {cross_entropy:.2} (ln {classes} = {:.2}); the run was stopped and the model left as it \
+         was given. Try: {hint}",
+        100.0 * class_share, 1.0 / *classes as f64, (*classes as f64).ln()
+    )]
+    Collapsed {
+        epoch: usize,
+        batch: usize,
+        batches: usize,
+        accuracy: f64,
+        classes: usize,
+        cross_entropy: f64,
+        class: usize,
+        class_share: f64,
+        /// What to change (learning rate, β, warm-up, eps), with the run's current values.
+        hint: String,
     },
     #[error(
         "training cancelled at epoch {epoch}, batch {batch}{}",

@@ -70,6 +70,9 @@ pub struct TrainResult {
     pub best_epoch: usize,
     pub best_val_robust_acc: Option<f64>,
     pub early_stopped: bool,
+    /// The run stopped because its training accuracy reached the fit target (memorization subset models).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reached_fit_target: bool,
     /// `[epoch, batch]` (0-based) a checkpoint resumed from.
     pub resumed_from: Option<[usize; 2]>,
     pub train_samples: usize,

@@ -7,6 +7,10 @@
 //! accuracy, best-epoch tracking and early stopping, a checkpoint and the CSV log. At the end the model holds the
 //! best epoch's weights (the last epoch's without validation) and is in eval mode.
 //!
+//! With a fit target the run also stops after the first epoch whose training accuracy reaches it (the memorization
+//! estimators' subset models train until they fit their subset). Every batch feeds a [`CollapseWatch`]: a run whose
+//! model collapses to one class stops there with [`TrainError::Collapsed`].
+//!
 //! A run whose checkpoint directory already holds a checkpoint of the same run resumes from it. The cancellation
 //! flag is checked before every training and validation batch: the run then saves a checkpoint of its exact
 //! position (a cancelled validation is redone on resume) and returns [`TrainError::Cancelled`]. Any error restores
@@ -25,6 +29,7 @@ use tch::{Device, Kind, Tensor};
 use super::accel::Accel;
 use super::atypical::Atypicality;
 use super::checkpoint::{self, host_copy, Best, EpochSums, Meta};
+use super::collapse::{BatchView, Collapse, CollapseWatch};
 use super::objective::{BatchLoss, Objective};
 use super::optim::Optimizer;
 use super::record::{self, AtypicalitySummary, EpochRecord, OptimizerReport, TrainResult};
@@ -34,7 +39,6 @@ use super::TrainError;
 use crate::attack::pgd::{Keep, PgdParams};
 use crate::config::{Norm, ThreatModel, TrainSpec};
 use crate::data::{Augmentation, BatchOptions, Split};
-use crate::logfmt::Sig;
 use crate::model::Classifier;
 
 /// Salts separating the seeds derived for each purpose.
@@ -60,15 +64,21 @@ pub struct TrainRun<'a> {
     pub log_csv: Option<PathBuf>,
     /// Set (e.g. on SIGTERM) to checkpoint and stop before the next batch.
     pub cancel: Option<&'a AtomicBool>,
-    /// Receives every batch's per-sample correctness (the memorization module's learning-speed proxy).
+    /// Receives every batch's per-sample correctness (the memorization module's learning-speed estimator).
     pub observer: Option<&'a dyn SampleObserver>,
+    /// Stop after the first epoch whose training accuracy (clean, or adversarial when only that is computed)
+    /// reaches this.
+    pub fit_target: Option<f64>,
+    /// The config key of the run's learning rate, for hints (`train.optimizer.lr`, `memorization.lr`).
+    pub lr_key: &'static str,
 }
 
-/// Sees which training samples each batch classified correctly: `source_indices[i]` (the sample's index in the
-/// dataset's training split) was predicted right iff `correct[i]`, judged on the clean logits where the objective
-/// computed them (standard, TRADES) and on the adversarial ones otherwise (PGD-AT, BAT). `epoch` is 0-based.
+/// Sees how each batch classified its training samples: `source_indices[i]` (the sample's index in the dataset's
+/// training split) was predicted right iff `correct[i]`, with probability `p_label[i]` for its label — judged on
+/// the clean logits where the objective computed them (standard, TRADES) and on the adversarial ones otherwise
+/// (PGD-AT, BAT). `epoch` is 0-based.
 pub trait SampleObserver: std::fmt::Debug {
-    fn observe(&self, epoch: usize, source_indices: &[i64], correct: &[bool]);
+    fn observe(&self, epoch: usize, source_indices: &[i64], correct: &[bool], p_label: &[f32]);
 }
 
 impl<'a> TrainRun<'a> {
@@ -92,6 +102,8 @@ impl<'a> TrainRun<'a> {
             log_csv: None,
             cancel: None,
             observer: None,
+            fit_target: None,
+            lr_key: "train.optimizer.lr",
         })
     }
 
@@ -184,6 +196,7 @@ struct Loop<'r> {
     schedule: LrSchedule,
     accel: Accel,
     fingerprint: String,
+    collapse: CollapseWatch,
     // Progress (what a checkpoint saves).
     epoch: usize,
     batch: usize,
@@ -234,6 +247,7 @@ impl<'r> Loop<'r> {
         let optimizer = Optimizer::from_spec(&run.spec.optimizer, &params)?;
         let schedule = LrSchedule::from_spec(&run.spec.optimizer, run.spec.epochs)?;
         let fingerprint = fingerprint(run, model, &train, val.as_ref());
+        let collapse = CollapseWatch::new(train.len().div_ceil(run.spec.batch_size));
         let mut state = Self {
             run,
             train,
@@ -246,6 +260,7 @@ impl<'r> Loop<'r> {
             schedule,
             accel: Accel::new(&run.spec, device),
             fingerprint,
+            collapse,
             epoch: 0,
             batch: 0,
             sums: EpochSums::default(),
@@ -302,7 +317,7 @@ impl<'r> Loop<'r> {
     fn run(&mut self, model: &mut dyn Classifier) -> Result<TrainResult, TrainError> {
         let started = Instant::now();
         let mut early_stopped = self.stopped_early();
-        while self.epoch < self.run.spec.epochs && !early_stopped {
+        while self.epoch < self.run.spec.epochs && !early_stopped && !self.fitted() {
             self.train_epoch(model, started)?;
             let val_started = Instant::now();
             let val = match &self.val {
@@ -327,16 +342,18 @@ impl<'r> Loop<'r> {
                 val.map(|a| (a.clean, a.robust)),
                 val_started.elapsed().as_secs_f64(),
             );
+            let rounded = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
             tracing::info!(
                 method = ?self.run.objective.method(),
                 epoch = record.epoch,
-                loss = %Sig(record.loss),
-                val_clean = record.val_clean_acc.map(|v| display(Sig(v))),
-                val_robust = record.val_robust_acc.map(|v| display(Sig(v))),
-                train_adv = record.train_adv_acc.map(|v| display(Sig(v))),
-                lr = %Sig(record.lr),
-                samples_per_s = %Sig(record.samples_per_s),
-                seconds = %Sig(record.seconds),
+                loss = %format!("{:.4}", record.loss),
+                val_clean = %rounded(record.val_clean_acc),
+                val_robust = %rounded(record.val_robust_acc),
+                train_clean = %rounded(record.train_clean_acc),
+                train_adv = %rounded(record.train_adv_acc),
+                lr = %format!("{:.3e}", record.lr),
+                samples_per_s = %format!("{:.0}", record.samples_per_s),
+                seconds = %format!("{:.1}", record.seconds),
                 "epoch done"
             );
             self.records.push(record);
@@ -367,6 +384,13 @@ impl<'r> Loop<'r> {
                     "early stopping: no robust validation improvement"
                 );
             }
+            if self.fitted() {
+                tracing::debug!(
+                    epoch = self.epoch,
+                    target = self.run.fit_target,
+                    "training accuracy reached the fit target"
+                );
+            }
         }
         if !self.best_weights.is_empty() {
             model.load_state_dict(&self.best_weights)?;
@@ -378,6 +402,16 @@ impl<'r> Loop<'r> {
     fn stopped_early(&self) -> bool {
         let patience = self.run.spec.early_stop_patience;
         patience > 0 && self.stale_epochs >= patience
+    }
+
+    /// Whether the last finished epoch reached the run's fit target.
+    fn fitted(&self) -> bool {
+        let (Some(target), Some(last)) = (self.run.fit_target, self.records.last()) else {
+            return false;
+        };
+        last.train_clean_acc
+            .or(last.train_adv_acc)
+            .is_some_and(|acc| acc >= target)
     }
 
     /// One pass over the training split from the current batch on.
@@ -426,6 +460,9 @@ impl<'r> Loop<'r> {
                     .batch_loss(model, &x, &batch.y, atypical.as_ref(), &attack, &rows)
             })?;
             let stats = batch_stats(&out, &batch.y, atypical.as_ref())?;
+            if let Some(collapse) = self.collapse.observe(self.epoch, index, stats.view.clone()) {
+                return Err(self.collapsed(collapse));
+            }
             if let Some(observer) = run.observer {
                 observe(
                     observer,
@@ -452,6 +489,53 @@ impl<'r> Loop<'r> {
             self.batch = index + 1;
         }
         Ok(())
+    }
+
+    /// The error that stops a collapsed run, with what to change.
+    fn collapsed(&self, c: Collapse) -> TrainError {
+        let run = self.run;
+        let mut tips = vec![format!(
+            "lower {} (now {})",
+            run.lr_key, run.spec.optimizer.lr
+        )];
+        match run.objective {
+            Objective::Trades { beta } => {
+                tips.push(format!("lower train.trades_beta (now {beta})"));
+            }
+            Objective::Bat(p) if p.beta > 0.0 || p.lambda > 0.0 => tips.push(format!(
+                "lower train.bat.beta / train.bat.lambda (now {} / {})",
+                p.beta, p.lambda
+            )),
+            _ => {}
+        }
+        if run.spec.optimizer.warmup_epochs == 0 {
+            tips.push("add a warm-up (train.optimizer.warmup_epochs: 1)".into());
+        }
+        if run.objective.is_adversarial() {
+            tips.push(format!(
+                "or train on a smaller threat.eps (now {})",
+                run.eps
+            ));
+        }
+        tracing::warn!(
+            epoch = c.epoch,
+            batch = c.batch,
+            accuracy = %format!("{:.3}", c.accuracy),
+            class = c.class,
+            share = %format!("{:.2}", c.class_share),
+            "training collapsed; run stopped"
+        );
+        TrainError::Collapsed {
+            epoch: c.epoch,
+            batch: c.batch,
+            batches: c.batches,
+            accuracy: c.accuracy,
+            classes: c.classes,
+            cross_entropy: c.cross_entropy,
+            class: c.class,
+            class_share: c.class_share,
+            hint: tips.join(", "),
+        }
     }
 
     /// Saves a checkpoint of the exact position and returns the error that reports the cancellation.
@@ -562,6 +646,7 @@ impl<'r> Loop<'r> {
             best_epoch,
             best_val_robust_acc: self.best.map(|b| b.val_robust_acc),
             early_stopped,
+            reached_fit_target: self.fitted(),
             resumed_from: self.resumed_from,
             train_samples: self.train.len(),
             val_samples: self.val.as_ref().map_or(0, Split::len),
@@ -578,7 +663,8 @@ impl<'r> Loop<'r> {
     }
 }
 
-/// Hands the batch's per-sample correctness to `observer` (rows are positions in the training part).
+/// Hands the batch's per-sample correctness and label probability to `observer` (rows are positions in the
+/// training part).
 fn observe(
     observer: &dyn SampleObserver,
     epoch: usize,
@@ -587,7 +673,7 @@ fn observe(
     rows: &[u64],
     indices: &[i64],
 ) -> Result<(), TrainError> {
-    let Some(logits) = out.clean_logits.as_ref().or(out.adv_logits.as_ref()) else {
+    let Some(logits) = judged(out) else {
         return Ok(());
     };
     let correct = Vec::<bool>::try_from(
@@ -596,9 +682,21 @@ fn observe(
             .f_eq_tensor(y)?
             .f_to_device(Device::Cpu)?,
     )?;
+    let p_label = Vec::<f32>::try_from(
+        &logits
+            .f_softmax(1, Kind::Float)?
+            .f_gather(1, &y.f_unsqueeze(1)?, false)?
+            .f_squeeze_dim(1)?
+            .f_to_device(Device::Cpu)?,
+    )?;
     let source: Vec<i64> = rows.iter().map(|&r| indices[r as usize]).collect();
-    observer.observe(epoch, &source, &correct);
+    observer.observe(epoch, &source, &correct, &p_label);
     Ok(())
+}
+
+/// The logits a batch is judged by: clean where the objective computed them, else adversarial.
+fn judged(out: &BatchLoss) -> Option<&Tensor> {
+    out.clean_logits.as_ref().or(out.adv_logits.as_ref())
 }
 
 /// One batch's numbers, read back from the device in one transfer.
@@ -609,6 +707,8 @@ struct BatchStats {
     adv_correct: Option<f64>,
     /// `(sum, min, max, atypical sum, atypical count)` of the BAT weights.
     weights: Option<[f64; 5]>,
+    /// The judged logits' accuracy, cross-entropy and predicted classes, for the collapse watch.
+    view: BatchView,
 }
 
 fn batch_stats(
@@ -631,6 +731,12 @@ fn batch_stats(
     if let Some(l) = &out.adv_logits {
         values.push(correct(l)?);
     }
+    let judged_logits = judged(out);
+    let judged_correct_at = clean_at.or(adv_at);
+    let cross_entropy_at = values.len();
+    if let Some(l) = judged_logits {
+        values.push(cross_entropy_sum(l, y)?);
+    }
     let weights_at = out.weights.as_ref().map(|_| values.len());
     if let Some(w) = &out.weights {
         let w = w.f_to_kind(Kind::Double)?;
@@ -652,14 +758,50 @@ fn batch_stats(
             atyp_count,
         ]);
     }
-    let host = Vec::<f64>::try_from(&Tensor::f_stack(&values, 0)?.f_to_device(Device::Cpu)?)?;
+    // Scalars first, then the judged logits' per-class prediction counts: one transfer.
+    let mut parts = vec![Tensor::f_stack(&values, 0)?];
+    if let Some(l) = judged_logits {
+        let classes = l.size().get(1).copied().unwrap_or(0);
+        parts.push(
+            l.f_argmax(1, false)?
+                .f_bincount::<Tensor>(None, classes)?
+                .f_to_kind(Kind::Double)?,
+        );
+    }
+    let host = Vec::<f64>::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
+    let view = match (judged_logits, judged_correct_at) {
+        (Some(_), Some(at)) => BatchView {
+            samples: y.size()[0] as f64,
+            correct: host[at],
+            cross_entropy: host[cross_entropy_at],
+            predicted: host[values.len()..].to_vec(),
+            clean: clean_at.is_some(),
+        },
+        _ => BatchView {
+            samples: 0.0,
+            correct: 0.0,
+            cross_entropy: 0.0,
+            predicted: Vec::new(),
+            clean: false,
+        },
+    };
     Ok(BatchStats {
         samples: y.size()[0] as u64,
         loss: host[0],
         clean_correct: clean_at.map(|i| host[i]),
         adv_correct: adv_at.map(|i| host[i]),
         weights: weights_at.map(|i| [host[i], host[i + 1], host[i + 2], host[i + 3], host[i + 4]]),
+        view,
     })
+}
+
+/// `Σ_i CE(logits_i, y_i)` as a 0-d double tensor.
+fn cross_entropy_sum(logits: &Tensor, y: &Tensor) -> Result<Tensor, TrainError> {
+    Ok(logits
+        .f_log_softmax(1, Kind::Double)?
+        .f_gather(1, &y.f_unsqueeze(1)?, false)?
+        .f_sum(Kind::Double)?
+        .f_neg()?)
 }
 
 impl EpochSums {

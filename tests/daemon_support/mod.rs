@@ -13,6 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use robustd::job::{Job, JobState};
 
+#[allow(unused_imports)] // used by some of the binaries that include this module
+pub use fixtures::copy_dir;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_robustd");
 
 /// A generated fixture model (`make fixtures` writes them).

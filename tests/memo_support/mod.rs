@@ -14,7 +14,7 @@ pub use train_support::CancelAfter;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
-use robustd::config::{Config, InputLayout, Limits, Method, TrainSpec};
+use robustd::config::{Config, Estimator, InputLayout, Limits, Method, TrainSpec};
 use robustd::data::{Augmentation, Split};
 use robustd::memo::EstimatorOptions;
 use robustd::model::{Classifier, InputAdapter};
@@ -24,18 +24,39 @@ use tch::{Device, Tensor};
 /// `split` with the label of every `every`-th sample (positions 0, every, 2·every, …) moved to another class;
 /// returns the moved positions.
 pub fn flip_labels(split: &Split, every: usize) -> (Split, Vec<usize>) {
+    relabel(split, every, |_, y| (y + 3) % 10)
+}
+
+/// `split` with a few percent of its labels moved to another class, by the rule the recall benchmark
+/// (`benches/memo_recall.rs`) and its PyTorch reference (`scripts/memo_recall_reference.py`) share: position `i` is
+/// flipped when `i % period == 0`, to class `(y + 1 + (i / period) % 9) % 10`. Returns the flipped positions.
+pub fn mislabel(split: &Split, period: usize) -> (Split, Vec<usize>) {
+    relabel(split, period, |i, y| {
+        (y + 1 + ((i / period) % 9) as i64) % 10
+    })
+}
+
+/// `split` with the label `y` of every `every`-th position `i` replaced by `to(i, y)`; returns those positions.
+fn relabel(split: &Split, every: usize, to: impl Fn(usize, i64) -> i64) -> (Split, Vec<usize>) {
     let mut labels = Vec::<i64>::try_from(&split.y).unwrap();
     let flipped: Vec<usize> = (0..labels.len()).step_by(every).collect();
     for &i in &flipped {
-        labels[i] = (labels[i] + 3) % 10;
+        labels[i] = to(i, labels[i]);
     }
     let noisy = Split {
         x: split.x.shallow_clone(),
         y: Tensor::from_slice(&labels),
         indices: split.indices.clone(),
         source_len: split.source_len,
+        source: None,
     };
     (noisy, flipped)
+}
+
+/// Share of `flipped` positions whose score is in the top decile (ranks as `TrainScores::deciles` forms them).
+pub fn top_decile_recall(scores: &robustd::memo::TrainScores, flipped: &[usize]) -> f64 {
+    let deciles = scores.deciles();
+    flipped.iter().filter(|&&i| deciles[i] == Some(9)).count() as f64 / flipped.len() as f64
 }
 
 /// The generated model `<name>.onnx`.
@@ -48,8 +69,9 @@ pub fn mlp() -> OnnxModel {
     OnnxModel::load(&fixture("mlp_legacy"), &Limits::default()).unwrap()
 }
 
-/// Estimator settings that make the MLP fit (and, with enough epochs, memorize) its subset in seconds: SGD with
-/// momentum 0.9 at a constant rate 0.05, batches of 64, no weight decay, no validation; cache under `cache`.
+/// Feldman–Zhang settings that make the MLP fit (and, with enough epochs, memorize) its subset in seconds: SGD
+/// with momentum 0.9 at a constant rate 0.05, batches of 64, no weight decay, no validation; exactly `epochs`
+/// epochs per subset model (fit target 100 %); cache under `cache`.
 pub fn quick_options<'a>(
     k: usize,
     epochs: usize,
@@ -57,7 +79,10 @@ pub fn quick_options<'a>(
     cache: Option<&Path>,
 ) -> EstimatorOptions<'a> {
     let mut config = Config::default();
+    config.memorization.estimator = Estimator::FeldmanZhang;
     config.memorization.k = k;
+    config.memorization.max_epochs = epochs;
+    config.memorization.fit_target = 1.0;
     config.memorization.epochs = epochs;
     config.runtime.seed = seed;
     config.train.batch_size = 64;
@@ -78,17 +103,24 @@ pub fn quick_spec(method: Method, epochs: usize) -> TrainSpec {
     spec
 }
 
+/// Re-initialized copies of `onnx`'s graph on the CPU, identity input adapter, layout from the graph.
+pub fn cpu_factory(
+    onnx: &OnnxModel,
+) -> impl FnMut(u64) -> Result<Box<dyn Classifier>, robustd::train::TrainError> + '_ {
+    robustd::memo::onnx_factory(
+        onnx,
+        InputAdapter::identity(),
+        InputLayout::Auto,
+        Device::Cpu,
+    )
+}
+
 /// Re-initialized copies of the MLP, counting how many were made.
 pub fn counting_factory<'m>(
     onnx: &'m OnnxModel,
     made: &'m Cell<usize>,
 ) -> impl FnMut(u64) -> Result<Box<dyn Classifier>, robustd::train::TrainError> + 'm {
-    let mut inner = robustd::memo::onnx_factory(
-        onnx,
-        InputAdapter::identity(),
-        InputLayout::Auto,
-        Device::Cpu,
-    );
+    let mut inner = cpu_factory(onnx);
     move |seed| {
         made.set(made.get() + 1);
         inner(seed)
@@ -147,5 +179,6 @@ pub fn synthetic(n: usize, seed: u64, first_index: i64) -> Split {
         y: Tensor::from_slice(&labels),
         indices: (0..n as i64).map(|i| i + first_index).collect(),
         source_len: n,
+        source: None,
     }
 }

@@ -171,9 +171,17 @@ fn is_inf(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 }
 
 fn leaky_relu(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
-    let x = c.input(i, 0)?;
-    let alpha = c.attr_or("alpha", 0.01f32)? as f64;
-    one(x.f_where_self(&x.f_ge(0.0)?, &x.f_mul_scalar(alpha)?)?)
+    one(leaky(c.input(i, 0)?, c.attr_or("alpha", 0.01f32)? as f64)?)
+}
+
+/// `x` where `x >= 0`, `alpha·x` elsewhere (LeakyRelu; also the fused activations of the contrib ops).
+pub(super) fn leaky(x: &Tensor, alpha: f64) -> Result<Tensor, tch::TchError> {
+    x.f_where_self(&x.f_ge(0.0)?, &x.f_mul_scalar(alpha)?)
+}
+
+/// `clamp(alpha·x + beta, 0, 1)` (HardSigmoid; also a fused activation).
+pub(super) fn hard_sigmoid_of(x: &Tensor, alpha: f64, beta: f64) -> Result<Tensor, tch::TchError> {
+    x.f_mul_scalar(alpha)?.f_add_scalar(beta)?.f_clamp(0.0, 1.0)
 }
 
 fn elu(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
@@ -208,13 +216,9 @@ fn thresholded_relu(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 }
 
 fn hard_sigmoid(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
-    let x = c.input(i, 0)?;
     let alpha = c.attr_or("alpha", 0.2f32)? as f64;
     let beta = c.attr_or("beta", 0.5f32)? as f64;
-    one(x
-        .f_mul_scalar(alpha)?
-        .f_add_scalar(beta)?
-        .f_clamp(0.0, 1.0)?)
+    one(hard_sigmoid_of(c.input(i, 0)?, alpha, beta)?)
 }
 
 fn gelu(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
@@ -287,7 +291,8 @@ fn cast(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     if to == data_type::BOOL {
         return one(x.f_ne(0)?);
     }
-    one(x.f_to_kind(dtype.kind())?)
+    // Half-precision values are computed in float32 (see `DType::compute_kind`).
+    one(x.f_to_kind(dtype.compute_kind())?)
 }
 
 fn cast_like(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {

@@ -1,16 +1,28 @@
-//! The operator registry: a table from ONNX op type to the function that evaluates it on tch tensors. Each
-//! submodule owns a family of ops and exports its own `OPS` table; [`lookup`] searches them all. Where an opset
-//! changed an op's meaning (Clip 6→11, Split/Squeeze/Unsqueeze/ReduceSum 13, Reduce* 18, Pad 11/18), the op
-//! function branches on [`OpCtx::opset`].
+//! The operator registry: a table from (domain, op type) to the function that evaluates it on tch tensors. Each
+//! submodule owns a family of ops and exports its own tables; [`lookup`] searches those of the node's domain.
+//! Where an opset changed an op's meaning (Clip 6→11, Split/Squeeze/Unsqueeze/ReduceSum 13, Reduce* 18, Pad
+//! 11/18), the op function branches on [`OpCtx::opset`].
+//!
+//! Domains: the default ONNX domain, and `com.microsoft` — the contrib ops onnxruntime's optimizers and
+//! quantizers write (fused activations, transformer fusions, QOperator kernels). Quantized tensors are carried
+//! as integer-valued float tensors (see `quant`), so gradients pass through them straight-through.
 
+mod attention;
+mod contrib;
 mod elementwise;
 mod nn;
+mod norm;
+mod quant;
 mod reduce;
+mod resize;
 mod shape;
+mod tensor;
+
+pub use quant::{dequantize, fake_quantize, QuantRange};
 
 use tch::{Kind, Tensor};
 
-use super::node::{AttrError, AttrValue, Node};
+use super::node::{is_default_domain, AttrError, AttrValue, Node};
 
 /// An error inside one op; the interpreter adds the file, node name and op type.
 #[derive(Debug)]
@@ -189,20 +201,59 @@ pub fn axis(a: i64, rank: i64) -> Result<i64, OpError> {
     Ok(r)
 }
 
-/// The function evaluating a default-domain op type, if robustd supports it.
-pub fn lookup(op_type: &str) -> Option<OpFn> {
-    [elementwise::OPS, nn::OPS, reduce::OPS, shape::OPS]
+/// onnxruntime's contrib-op domain.
+pub const MICROSOFT: &str = "com.microsoft";
+
+type Table = &'static [(&'static str, OpFn)];
+
+/// The op tables of a domain (none for domains robustd does not interpret).
+fn tables(domain: &str) -> &'static [Table] {
+    if is_default_domain(domain) {
+        &[
+            elementwise::OPS,
+            nn::OPS,
+            norm::OPS,
+            reduce::OPS,
+            shape::OPS,
+            tensor::OPS,
+            resize::OPS,
+            attention::OPS,
+            quant::OPS,
+            // onnxruntime registers a few contrib ops in the default domain (SimplifiedLayerNormalization).
+            contrib::DEFAULT_DOMAIN_OPS,
+        ]
+    } else if domain == MICROSOFT {
+        &[contrib::OPS, quant::MICROSOFT_OPS]
+    } else {
+        &[]
+    }
+}
+
+/// The function evaluating `op_type` of `domain`, if robustd supports it.
+pub fn lookup(domain: &str, op_type: &str) -> Option<OpFn> {
+    tables(domain)
         .iter()
         .flat_map(|table| table.iter())
         .find(|(name, _)| *name == op_type)
         .map(|&(_, f)| f)
 }
 
-/// Every supported op type, sorted (for `robustd info` and the backend-test list).
-pub fn supported_ops() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = [elementwise::OPS, nn::OPS, reduce::OPS, shape::OPS]
+/// Every supported op, domain-qualified as [`Node::qualified_op`] spells it (`Conv`, `com.microsoft::FusedConv`),
+/// sorted (for `robustd info` and the per-op test list).
+pub fn supported_ops() -> Vec<String> {
+    let mut v: Vec<String> = ["", MICROSOFT]
         .iter()
-        .flat_map(|table| table.iter().map(|&(n, _)| n))
+        .flat_map(|&domain| {
+            tables(domain).iter().flat_map(move |table| {
+                table.iter().map(move |&(op, _)| {
+                    if domain.is_empty() {
+                        op.to_owned()
+                    } else {
+                        format!("{domain}::{op}")
+                    }
+                })
+            })
+        })
         .collect();
     v.sort_unstable();
     v

@@ -152,7 +152,7 @@ pub fn torch_pad_list(begin: &[i64], end: &[i64]) -> Vec<i64> {
         .collect()
 }
 
-fn conv(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+pub(super) fn conv(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let (x, w, b) = (
         c.input(i, 0)?,
         conv_weight(c.input(i, 1)?, "Conv")?,
@@ -274,7 +274,7 @@ fn conv_transpose(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 
 /// Y = alpha * A' B' + beta * C. The common Linear case (alpha = beta = 1, B transposed) goes through
 /// `linear`, the kernel PyTorch's nn.Linear uses.
-fn gemm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
+pub(super) fn gemm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let (a, b, bias) = (c.input(i, 0)?, c.input(i, 1)?, c.opt(i, 2));
     let alpha = c.attr_or("alpha", 1.0f32)? as f64;
     let beta = c.attr_or("beta", 1.0f32)? as f64;
