@@ -7,7 +7,6 @@
 //! - [`config`]: the YAML configuration and sidecar overrides.
 //! - [`runtime`]: loading onnxruntime, libtorch devices and threads.
 //! - [`durable`]: durable file writing (temp file, fsync, rename), the layer under every file robustd writes.
-//! - [`logfmt`]: numbers in log lines rounded for people.
 //! - [`model`]: the classifier/scorer contracts and the input adapter (normalization + layout).
 //!
 //! Engines and science
@@ -42,7 +41,6 @@ pub mod durable;
 pub mod eval;
 pub mod http;
 pub mod job;
-pub mod logfmt;
 pub mod memo;
 pub mod model;
 pub mod onnx;
