@@ -36,7 +36,7 @@ fn config_yaml(base: &Path, url: &str, worker: &str, ingest: bool) -> String {
         "paths: {{watch: {b}/{worker}/watch, models: {b}/models, state: {b}/{worker}/state}}\n\
          runtime: {{threads: 1, device: cpu}}\n\
          train: {{method: none}}\n\
-         daemon: {{runner: triage, stable_ms: 100, rescan_ms: 1000}}\n\
+         daemon: {{runner: triage, stable_ms: 100, rescan_ms: 1000, http: {{listen: null}}}}\n\
          queue: {{backend: postgres, url: '{url}', shared: {b}/store, worker: {worker}, ingest: {ingest}, \
                   poll_ms: 2000}}\n",
         b = base.display()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo (`make demo`): train a small CNN on Fashion-MNIST the way a user would (standard training, PyTorch),
 # export it to ONNX, start the robustd daemon, drop the model into watch/, wait for the report, print its summary,
-# and stop the daemon. Results stay in models/fmnist_cnn/latest/.
+# print the dashboard address (on a terminal the daemon keeps serving it until Enter), and stop the daemon.
+# Results stay in models/fmnist_cnn/latest/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release/robustd
@@ -53,3 +54,11 @@ log "report: $result/report.yaml ($(( $(date +%s) - start ))s after the drop)"
 sed -n '/^summary:/,/^model:/p' "$result/report.yaml" | sed '$d'
 "$BIN" status --config "$CONFIG" --last 3
 log "plots: $(ls "$result/plots" | tr '\n' ' ')"
+url=$(grep -o 'HTTP listening on http://[^ ]*' state/demo-daemon.log | tail -n 1 | sed 's/^HTTP listening on //')
+if [ -n "$url" ]; then
+  log "dashboard: $url (this model: ${url}models/$(basename "$(dirname "$result")"); metrics: ${url}metrics)"
+  if [ -t 0 ]; then
+    log "the daemon keeps serving the dashboard; press Enter to stop it"
+    read -r _ || true
+  fi
+fi

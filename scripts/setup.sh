@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything robustd needs on a fresh Debian machine, idempotently (a second run takes seconds):
 #   - Debian packages: python3-venv (for the venv), dataset-fashion-mnist (the embedded default dataset),
-#     fonts-dejavu-core (the font the report plots are drawn with; plotters renders it in pure Rust) and
+#     fonts-dejavu-core (the font the report plots are drawn with; plotters renders it in pure Rust),
 #     postgresql (its server binaries: the fleet tests start a throwaway cluster of their own; no service is
-#     enabled or started here);
+#     enabled or started here) and chromium (the headless browser tests/http_dashboard.rs reads the dashboard with);
 #   - a project-local .venv with the pinned wheels (scripts/requirements.txt): torch==2.11.0 carries libtorch,
 #     onnxruntime==1.31.1 carries libonnxruntime.so;
 #   - .venv/libtorch -> the wheel's torch/ directory, a python-version-independent path that
@@ -16,7 +16,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages. dpkg-query is cheap, so the second run never touches apt.
 need_pkgs=()
-for pkg in python3-venv dataset-fashion-mnist fonts-dejavu-core postgresql; do
+for pkg in python3-venv dataset-fashion-mnist fonts-dejavu-core postgresql chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

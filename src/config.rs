@@ -434,6 +434,21 @@ pub struct DaemonSpec {
     pub runner: JobRunnerKind,
     /// How long a dropped model waits for an external-data file it references before it fails (seconds).
     pub companion_wait_s: u64,
+    /// The read-only HTTP face: metrics, health, the JSON API and the dashboard.
+    pub http: HttpSpec,
+}
+
+/// `daemon.http` (served by src/http/).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSpec {
+    /// Address served; null = no HTTP server. Any address but loopback needs `token_file`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token every request must carry (`Authorization: Bearer <token>`); required when
+    /// `listen` is not a loopback address, and enforced on loopback too when set.
+    pub token_file: Option<PathBuf>,
+    /// Requests answered per second, all clients together (bursts up to twice that); the rest get 429.
+    pub requests_per_s: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -700,6 +715,17 @@ impl Default for DaemonSpec {
             poll: false,
             runner: JobRunnerKind::Pipeline,
             companion_wait_s: 3600,
+            http: HttpSpec::default(),
+        }
+    }
+}
+
+impl Default for HttpSpec {
+    fn default() -> Self {
+        Self {
+            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+            token_file: None,
+            requests_per_s: 50,
         }
     }
 }
@@ -804,6 +830,22 @@ impl Config {
             return Err(bad(
                 "memorization.lr",
                 format!("{} is not a positive learning rate", self.memorization.lr),
+            ));
+        }
+        let http = &self.daemon.http;
+        if http
+            .listen
+            .is_some_and(|a| !a.ip().is_loopback() && http.token_file.is_none())
+        {
+            return Err(bad(
+                "daemon.http.token_file",
+                "is required when daemon.http.listen is not a loopback address".into(),
+            ));
+        }
+        if http.requests_per_s == 0 {
+            return Err(bad(
+                "daemon.http.requests_per_s",
+                "must be at least 1".into(),
             ));
         }
         if !(self.memorization.fit_target > 0.0 && self.memorization.fit_target <= 1.0) {

@@ -29,6 +29,7 @@
 //!
 //! Faces
 //! - [`daemon`]: one machine's worker: the watched inbox, intake, the service loop, systemd.
+//! - [`http`]: the read-only HTTP face the daemon serves: Prometheus metrics, probes, the JSON API, the dashboard.
 //! - [`commands`]: one function per CLI subcommand; `main.rs` only wires them.
 
 pub mod attack;
@@ -38,6 +39,7 @@ pub mod daemon;
 pub mod data;
 pub mod durable;
 pub mod eval;
+pub mod http;
 pub mod job;
 pub mod memo;
 pub mod model;

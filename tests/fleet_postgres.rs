@@ -441,7 +441,7 @@ fn refused_start_with(base: &Path, name: &str, yaml: &str) -> String {
     let root = base.join(name);
     std::fs::create_dir_all(&root).unwrap();
     let config = root.join("robustd.yaml");
-    std::fs::write(&config, yaml).unwrap();
+    std::fs::write(&config, http_off_unless_set(yaml)).unwrap();
     let t = Instant::now();
     let out = Command::new(BIN)
         .args(["run", "--config"])

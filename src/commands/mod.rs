@@ -97,8 +97,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logs go to stderr: human-readable on a terminal; without ANSI colors or timestamps otherwise, which is what
-/// journald wants (it stamps lines itself).
+/// Logs go to stderr: human-readable on a terminal; without ANSI colors or timestamps otherwise. Under systemd
+/// (stderr is the journal stream `$JOURNAL_STREAM` names) they go to journald directly instead, with every field
+/// as a journal field (a job's lines carry JOB_ID, MODEL, DEVICE, STAGE from its span), so
+/// `journalctl -u robustd JOB_ID=...` selects one job.
 pub fn init_logging(verbose: u8, quiet: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -109,6 +111,21 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Under systemd straight to journald; without its socket after all, plain lines (journald reads stderr too).
+    if let Some(journal) = stderr_is_journal()
+        .then(tracing_journald::layer)
+        .and_then(Result::ok)
+    {
+        use tracing_subscriber::prelude::*;
+        let journal = journal
+            .with_field_prefix(None)
+            .with_syslog_identifier("robustd".into());
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(journal)
+            .try_init();
+        return;
+    }
     let tty = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -119,6 +136,21 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     } else {
         builder.without_time().with_target(false).try_init()
     };
+}
+
+/// Whether stderr is the stream systemd connected to journald: `$JOURNAL_STREAM` is `<device>:<inode>` of it.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        v.split_once(':')
+            .map(|(d, i)| (d.parse::<u64>(), i.parse::<u64>()))
+    }) else {
+        return false;
+    };
+    match (dev, ino, std::fs::metadata("/proc/self/fd/2")) {
+        (Ok(dev), Ok(ino), Ok(meta)) => meta.dev() == dev && meta.ino() == ino,
+        _ => false,
+    }
 }
 
 /// `--config FILE` shared by the subcommands that read one.

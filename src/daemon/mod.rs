@@ -5,7 +5,7 @@
 //!
 //! Modules: [`watcher`] (notify → channel), [`inbox`] (when a drop is complete), [`names`] (which files, safe
 //! names), [`intake`] (what a complete drop becomes), [`executor`] (one job from claim to done/failed), [`service`]
-//! (sd_notify), [`server`] (the loop).
+//! (sd_notify), [`server`] (the loop), [`observe`] (a job's log span and metrics).
 
 // Code the daemon runs unattended must not panic on bad input: no unwrap/expect/panic outside tests.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,6 +14,7 @@ pub mod executor;
 pub mod inbox;
 pub mod intake;
 pub mod names;
+pub mod observe;
 pub mod server;
 pub mod service;
 pub mod watcher;

@@ -20,6 +20,7 @@ use super::service::{self, ActiveJob, ActiveJobs};
 use super::watcher::{self, WatchError};
 use crate::config::{Config, ConfigError, QueueBackend};
 use crate::durable::WriteError;
+use crate::http::{HttpError, Metrics, Readiness};
 use crate::job::{CancelReason, CancelToken, Job, JobKind, JobRunner, Progress, ProgressUpdate};
 use crate::queue::{self, Claimable, Queue, QueueError};
 
@@ -39,6 +40,8 @@ pub enum DaemonError {
     Watch { path: PathBuf, source: WatchError },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start the HTTP server: {0}")]
+    Http(#[from] HttpError),
 }
 
 /// The daemon's inputs.
@@ -61,7 +64,17 @@ pub async fn run(
     crate::durable::create_dir_all(&paths.watch).map_err(DaemonError::Inbox)?;
     warn_if_world_writable(&paths.watch);
     let queue = queue::open(&config, &worker_devices(&config))?;
+    let (metrics, readiness) = (Arc::new(Metrics::new()), Arc::new(Readiness::default()));
+    let http = crate::http::start(
+        &config.daemon.http,
+        &paths,
+        queue.clone(),
+        metrics.clone(),
+        readiness.clone(),
+    )
+    .await?;
     let recovery = queue.recover(&paths.watch)?;
+    readiness.set_recovered();
     if !recovery.resumed.is_empty() {
         tracing::info!(
             "resuming {} job(s) left running: {}",
@@ -99,11 +112,14 @@ pub async fn run(
     } else {
         None
     };
+    // (A worker that does not ingest has no inbox to watch: ready once the others are.)
+    readiness.set_watching();
     let wakeup = queue.wakeup();
     let (intake_tx, intake_rx) = std::sync::mpsc::channel::<(OsString, SystemTime, Arc<Config>)>();
     let (intake_done_tx, mut intake_done_rx) = mpsc::unbounded_channel::<(OsString, Intake)>();
     let intake_thread = {
         let queue = queue.clone();
+        let metrics = metrics.clone();
         let inbox = paths.watch.clone();
         std::thread::Builder::new()
             .name("intake".into())
@@ -115,6 +131,7 @@ pub async fn run(
                             tracing::error!("intake of {}: {e}", name.to_string_lossy());
                             Intake::Waiting(format!("intake error: {e}"))
                         });
+                    super::observe::intake_done(&outcome, &metrics);
                     if intake_done_tx.send((name, outcome)).is_err() {
                         break;
                     }
@@ -131,6 +148,7 @@ pub async fn run(
         active: Arc::new(Mutex::new(Default::default())),
         done_tx,
         last_status: String::new(),
+        metrics,
     };
     if ingest {
         if let Err(e) = state.inbox.rescan() {
@@ -220,6 +238,9 @@ pub async fn run(
         }
     }
     drop(watcher);
+    if let Some(http) = http {
+        http.stop().await;
+    }
     let _ = intake_thread.join();
     state.exec.queue.close();
     Ok(())
@@ -254,6 +275,7 @@ struct Loop {
     active: ActiveJobs,
     done_tx: mpsc::UnboundedSender<Finished>,
     last_status: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Loop {
@@ -328,17 +350,20 @@ impl Loop {
             .as_deref()
             .and_then(|t| humantime::parse_rfc3339(t).ok())
             .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .filter(|_| job.record.attempts == 1)
+            .filter(|_| job.record.attempts == 1);
+        self.metrics.job_started(since_drop);
+        let since_drop = since_drop
             .map(|d| format!(", {} ms after it appeared in the inbox", d.as_millis()))
             .unwrap_or_default();
         tracing::info!(job = %id, attempt = job.record.attempts, "started {}{since_drop}", job.record.dropped_as);
         let progress = progress_sink(&job, &self.exec.queue, &self.active, &cancel);
         let exec = self.exec.clone();
         let done = self.done_tx.clone();
+        let metrics = self.metrics.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("job-{}", job.record.name))
             .spawn(move || {
-                let finished = exec.execute(job, cancel, progress);
+                let finished = super::observe::execute(&exec, job, cancel, progress, &metrics);
                 let _ = done.send(finished);
             });
         if let Err(e) = spawned {
@@ -416,6 +441,9 @@ fn progress_sink(
             a.stage = update.stage.clone();
             a.fraction = update.fraction;
         }
+        if update.new_stage {
+            super::observe::stage_changed(&update.stage);
+        }
         job.record.stage = Some(update.stage.clone());
         job.record.progress = Some(update.fraction);
         if update.new_stage || last_write.elapsed() >= Duration::from_millis(500) {
@@ -450,6 +478,9 @@ fn reload(current: &Config, path: Option<&std::path::Path>) -> Option<Config> {
             }
             if new.daemon.poll != current.daemon.poll {
                 tracing::warn!("SIGHUP: `daemon.poll` takes effect at the next restart");
+            }
+            if new.daemon.http != current.daemon.http {
+                tracing::warn!("SIGHUP: `daemon.http` takes effect at the next restart");
             }
             tracing::info!("SIGHUP: reloaded {}; new drops use it", path.display());
             Some(new)

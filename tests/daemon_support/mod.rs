@@ -32,14 +32,27 @@ pub fn base_config(root: &Path, extra: &str) -> String {
     } else {
         format!("{extra}\ndaemon: {{runner: triage}}")
     };
-    format!(
+    let yaml = format!(
         "paths: {{watch: {r}/watch, models: {r}/models, state: {r}/state}}\n\
          runtime: {{threads: 1, device: cpu}}\n\
          train: {{method: none}}\n\
          {extra}\n",
         r = root.display()
     )
-    .replace("\n\n", "\n")
+    .replace("\n\n", "\n");
+    http_off_unless_set(&yaml)
+}
+
+/// Test daemons run side by side: unless a test configures `daemon.http` itself, its daemon serves no HTTP (the
+/// default address, 127.0.0.1:9464, would go to whichever started first).
+pub fn http_off_unless_set(yaml: &str) -> String {
+    if yaml.contains("http:") {
+        yaml.to_owned()
+    } else if yaml.contains("daemon: {") {
+        yaml.replacen("daemon: {", "daemon: {http: {listen: null}, ", 1)
+    } else {
+        format!("{yaml}\ndaemon: {{http: {{listen: null}}}}\n")
+    }
 }
 
 pub struct Daemon {
@@ -72,7 +85,7 @@ impl Daemon {
         configure: impl FnOnce(&mut Command),
     ) -> Self {
         let config = root.join("robustd.yaml");
-        std::fs::write(&config, config_yaml).unwrap();
+        std::fs::write(&config, http_off_unless_set(config_yaml)).unwrap();
         let log = root.join(format!("daemon-{}.log", now_millis()));
         let socket_path = root.join(format!("notify-{}.sock", now_millis()));
         let notify = UnixDatagram::bind(&socket_path).unwrap();
