@@ -1,6 +1,6 @@
 # robustd — one entry point per job. Everything installs itself (scripts/setup.sh) on a fresh Debian machine.
 #   make demo   set up, build, train + export a small CNN, run the daemon on it, print the report summary
-#   make test   set up, build, generate fixtures, run every test
+#   make test   set up, generate fixtures, build with the crash tests' failpoints, run every test
 #   make crosscheck  robustd vs reference implementations: robust accuracies vs torchattacks (~30 min on 2 cores),
 #                    then memo-recall
 #   make memo-recall memorization estimators' recall of flipped labels vs PyTorch, writes benches/MEMO_RECALL.md
@@ -43,12 +43,17 @@ fixture-digests: build
 	@$(MAKE) --no-print-directory fixtures
 	ROBUSTD_WRITE_DIGESTS=1 $(CARGO) test $(CARGO_FLAGS) --test fixture_digests
 
-test: build fixtures
-	$(CARGO) test $(CARGO_FLAGS) --no-fail-fast
+# The tests build with the named failpoints compiled in (src/failpoint.rs; tests/kill_matrix.rs kills the daemon at
+# each); cargo builds every target, the robustd binary included, once with them. `make build` has none.
+TEST_FEATURES := --features failpoints
+
+test: setup fixtures
+	$(CARGO) test $(CARGO_FLAGS) $(TEST_FEATURES) --no-fail-fast
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	$(CARGO) clippy $(CARGO_FLAGS) --all-targets $(TEST_FEATURES) -- -D warnings
 
 demo: build
 	@scripts/demo.sh

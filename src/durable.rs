@@ -3,6 +3,7 @@
 //! in the same directory, flushed to disk (fsync), renamed over the target, and the directory is fsynced, so a
 //! reader (or a restart after power loss) sees either the old file or the complete new one, never a torn one. Files
 //! get mode 0644 and directories 0755 whatever the umask, so results are readable by other users of the machine.
+//! Every write passes the failpoints `file.before:<name>` and `file.after:<name>` ([`crate::failpoint`]).
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -93,6 +94,7 @@ pub fn write_atomic_file(
     path: &Path,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), WriteError> {
+    crate::failpoint::file(path, true);
     let dir = parent_dir(path);
     if !dir.is_dir() {
         create_dir_all(dir)?;
@@ -116,7 +118,25 @@ pub fn write_atomic_file(
         let _ = std::fs::remove_file(&tmp);
         return Err(WriteError::io(path, source));
     }
-    sync_dir(dir).map_err(|e| WriteError::io(dir, e))
+    sync_dir(dir).map_err(|e| WriteError::io(dir, e))?;
+    crate::failpoint::file(path, false);
+    Ok(())
+}
+
+/// The npz archive (numpy's zip of `.npy` arrays) being written by [`write_npz`].
+pub type NpzWriter<'f> = ndarray_npy::NpzWriter<&'f mut File>;
+
+/// Atomically writes the npz archive whose arrays `fill` adds (uncompressed, as `numpy.savez`).
+pub fn write_npz(
+    path: &Path,
+    fill: impl FnOnce(&mut NpzWriter<'_>) -> Result<(), ndarray_npy::WriteNpzError>,
+) -> Result<(), WriteError> {
+    write_atomic_file(path, |file| {
+        let mut writer = ndarray_npy::NpzWriter::new(file);
+        fill(&mut writer)
+            .and_then(|()| writer.finish().map(drop))
+            .map_err(io::Error::other)
+    })
 }
 
 /// Copies `src` to `dst` atomically; returns the bytes copied.
@@ -175,6 +195,7 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<(), WriteError> {
 
 /// Points the symlink `link` at `target` atomically (a temporary link renamed over the old one).
 pub fn symlink_atomic(target: &Path, link: &Path) -> Result<(), WriteError> {
+    crate::failpoint::file(link, true);
     let tmp = temp_path(link);
     std::os::unix::fs::symlink(target, &tmp).map_err(|e| WriteError::io(link, e))?;
     if let Err(e) = std::fs::rename(&tmp, link) {
@@ -182,7 +203,9 @@ pub fn symlink_atomic(target: &Path, link: &Path) -> Result<(), WriteError> {
         return Err(WriteError::io(link, e));
     }
     let dir = parent_dir(link);
-    sync_dir(dir).map_err(|e| WriteError::io(dir, e))
+    sync_dir(dir).map_err(|e| WriteError::io(dir, e))?;
+    crate::failpoint::file(link, false);
+    Ok(())
 }
 
 /// fsyncs a directory so renames and creations inside it are durable.

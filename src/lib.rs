@@ -7,6 +7,7 @@
 //! - [`config`]: the YAML configuration and sidecar overrides.
 //! - [`runtime`]: loading onnxruntime, libtorch devices and threads.
 //! - [`durable`]: durable file writing (temp file, fsync, rename), the layer under every file robustd writes.
+//! - [`failpoint`]: named crash points for the crash tests (compiled in only with the `failpoints` feature).
 //! - [`model`]: the classifier/scorer contracts and the input adapter (normalization + layout).
 //!
 //! Engines and science
@@ -39,6 +40,7 @@ pub mod daemon;
 pub mod data;
 pub mod durable;
 pub mod eval;
+pub mod failpoint;
 pub mod http;
 pub mod job;
 pub mod memo;

@@ -146,6 +146,7 @@ impl Store {
         let record = &job.record;
         let final_dir = self.result_dir(record);
         rename_durable(&self.staging_dir(job), &final_dir)?;
+        crate::failpoint::point(crate::failpoint::STORE_PUBLISHED_RENAMED);
         self.point_latest(record)?;
         Ok(final_dir)
     }

@@ -34,53 +34,6 @@ fn config(root: &Path, models: &Path) -> String {
     )
 }
 
-/// Everything visible under `models/` is complete: each `models/<name>/<key12>` holds a report that validates,
-/// and `latest` points at one of them.
-fn assert_nothing_partial_visible(models: &Path) {
-    for model in std::fs::read_dir(models).into_iter().flatten().flatten() {
-        if model.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        for entry in std::fs::read_dir(model.path()).unwrap().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue; // staging and temp names: hidden, and swept at startup
-            }
-            let path = entry.path();
-            if name == "latest" {
-                let target = std::fs::read_link(&path).unwrap();
-                assert!(
-                    model.path().join(&target).join("report.yaml").is_file(),
-                    "{} points at {} which has no report",
-                    path.display(),
-                    target.display()
-                );
-                continue;
-            }
-            validate_report_file(&path.join("report.yaml"))
-                .unwrap_or_else(|e| panic!("visible result {} is incomplete: {e}", path.display()));
-        }
-    }
-}
-
-/// Hidden leftovers anywhere under `dir` (staging directories, temporary files).
-fn hidden_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                out.push(path.clone());
-            }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn sigkill_at_twenty_random_points_loses_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::durable;
+use crate::failpoint;
 use crate::job::outcome::ArtifactError;
 use crate::job::{
     now_rfc3339, CancelReason, CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner,
@@ -96,6 +97,7 @@ impl Executor {
         cancel: CancelToken,
         progress: Progress,
     ) -> Result<Finished, Failure> {
+        failpoint::point(failpoint::JOB_CLAIMED);
         if let Some(existing) = self.existing_result(job) {
             return self.link(job, existing);
         }
@@ -122,6 +124,7 @@ impl Executor {
         };
         durable::create_dir_all(&ctx.checkpoint_dir)
             .map_err(|e| Failure::new("checkpoint", &e, None))?;
+        failpoint::point(failpoint::JOB_STAGED);
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.runner.run(job, &ctx)));
         let outcome = match outcome {
@@ -206,10 +209,16 @@ impl Executor {
                 Some("the runner produced an inconsistent report: a robustd bug".into()),
             )
         })?;
-        let result_dir = match self
-            .queue
-            .complete(job, &mut || self.store.publish(job), None)
-        {
+        failpoint::point(failpoint::JOB_REPORT_WRITTEN);
+        // The checkpoints go with the publishing, before the queue marks the job done: once the result is in
+        // place, a resume (a kill before the mark) finds it and needs them no more.
+        let mut publish = || {
+            let dir = self.store.publish(job)?;
+            self.store.remove_checkpoints(&record.key);
+            failpoint::point(failpoint::JOB_PUBLISHED);
+            Ok(dir)
+        };
+        let result_dir = match self.queue.complete(job, &mut publish, None) {
             Ok(done) => done
                 .record
                 .result_dir
@@ -218,7 +227,7 @@ impl Executor {
             Err(QueueError::Publish(e)) => return Err(Failure::new("publish", &e, None)),
             Err(e) => return Err(Failure::new("queue", &e, None)),
         };
-        self.store.remove_checkpoints(&record.key);
+        failpoint::point(failpoint::JOB_DONE);
         Ok(Finished::Done {
             id: record.id.clone(),
             result_dir,
@@ -240,11 +249,16 @@ impl Executor {
     fn link(&self, job: &Job, (existing, owner): (PathBuf, String)) -> Result<Finished, Failure> {
         let id = job.id().to_owned();
         let dedup_of = (owner != id).then_some(owner);
-        let linked = self.queue.complete(
-            job,
-            &mut || self.store.link_existing(&job.record, &existing),
-            dedup_of.as_deref(),
-        );
+        // A resume that finds its own result published (killed between publishing and the done-mark) leaves
+        // checkpoints behind; the result makes them useless either way.
+        let mut publish = || {
+            let dir = self.store.link_existing(&job.record, &existing)?;
+            self.store.remove_checkpoints(&job.record.key);
+            Ok(dir)
+        };
+        let linked = self
+            .queue
+            .complete(job, &mut publish, dedup_of.as_deref());
         let result_dir = match linked {
             Ok(done) => done
                 .record

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ndarray::{Array1, ArrayD, IxDyn};
-use ndarray_npy::{NpzWriter, WritableElement, WriteDataError};
+use ndarray_npy::{WritableElement, WriteDataError};
 use tch::{Device, Kind, Tensor};
 
 use super::EvalError;
@@ -117,62 +117,35 @@ impl AdversarialExamples {
         self.kept.is_empty()
     }
 
-    /// Writes the npz atomically (temporary file in the same directory, then rename).
+    /// Writes the npz atomically, through [`crate::durable`].
     pub fn save_npz(&self, path: &Path) -> Result<(), EvalError> {
-        let io = |source: std::io::Error| EvalError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let npz = |e: ndarray_npy::WriteNpzError| EvalError::Npz {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        let mut writer = NpzWriter::new(tmp.reopen().map_err(io)?);
         let examples: Vec<(&u64, &Example)> = self.kept.iter().collect();
         let column = |f: &dyn Fn(&Example) -> i64| -> Array1<i64> {
             examples.iter().map(|(_, e)| f(e)).collect()
         };
         let index: Array1<i64> = examples.iter().map(|(&i, _)| i as i64).collect();
-        writer.add_array("index", &index).map_err(npz)?;
-        writer
-            .add_array("label", &column(&|e| e.label))
-            .map_err(npz)?;
-        writer
-            .add_array("pred", &column(&|e| e.pred))
-            .map_err(npz)?;
         let attacks: Array1<NpyText> = examples
             .iter()
             .map(|(_, e)| NpyText::new(&e.attack))
             .collect();
-        writer.add_array("attack", &attacks).map_err(npz)?;
         let norms: Array1<f32> = examples.iter().map(|(_, e)| e.norm as f32).collect();
-        writer.add_array("norm", &norms).map_err(npz)?;
-        for (name, pick) in [
-            ("x_adv", (|e: &Example| &e.x_adv) as fn(&Example) -> &Tensor),
-            ("x", |e: &Example| &e.x),
-        ] {
-            writer
-                .add_array(name, &self.images(&examples, pick)?)
-                .map_err(npz)?;
-        }
+        let x_adv = self.images(&examples, |e| &e.x_adv)?;
+        let x = self.images(&examples, |e| &e.x)?;
         let threat = match self.threat_norm {
             Norm::Linf => "linf",
             Norm::L2 => "l2",
         };
-        writer
-            .add_array("threat_norm", &Array1::from_vec(vec![NpyText::new(threat)]))
-            .map_err(npz)?;
-        writer
-            .add_array("eps", &Array1::from_vec(vec![self.eps]))
-            .map_err(npz)?;
-        let file = writer.finish().map_err(npz)?;
-        file.sync_all().map_err(io)?;
-        tmp.persist(path).map_err(|e| io(e.error))?;
+        crate::durable::write_npz(path, |writer| {
+            writer.add_array("index", &index)?;
+            writer.add_array("label", &column(&|e| e.label))?;
+            writer.add_array("pred", &column(&|e| e.pred))?;
+            writer.add_array("attack", &attacks)?;
+            writer.add_array("norm", &norms)?;
+            writer.add_array("x_adv", &x_adv)?;
+            writer.add_array("x", &x)?;
+            writer.add_array("threat_norm", &Array1::from_vec(vec![NpyText::new(threat)]))?;
+            writer.add_array("eps", &Array1::from_vec(vec![self.eps]))
+        })?;
         Ok(())
     }
 

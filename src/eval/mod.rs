@@ -59,6 +59,8 @@ pub enum EvalError {
     },
     #[error("{path}: {message}")]
     Npz { path: PathBuf, message: String },
+    #[error(transparent)]
+    Write(#[from] crate::durable::WriteError),
 }
 
 /// The samples to evaluate: images `[N, C, H, W]` (float32 in [0,1], or uint8 = value / 255; CPU), labels `[N]` (int64) and each sample's

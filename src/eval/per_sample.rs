@@ -14,7 +14,7 @@ use std::fs::File;
 use std::path::Path;
 
 use ndarray::{Array1, Array2};
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray_npy::NpzReader;
 
 use super::EvalError;
 
@@ -60,51 +60,26 @@ impl PerSample {
         Some((share(&|i| clean[i]), share(&|i| self.worst_case_robust[i])))
     }
 
-    /// Writes the npz atomically (temporary file in the same directory, then rename).
+    /// Writes the npz atomically, through [`crate::durable`].
     pub fn save_npz(&self, path: &Path) -> Result<(), EvalError> {
-        let io = |source: std::io::Error| EvalError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let npz = |e: ndarray_npy::WriteNpzError| EvalError::Npz {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        let mut writer = NpzWriter::new(tmp.reopen().map_err(io)?);
         let as_i64 = |v: &[u64]| Array1::from_iter(v.iter().map(|&i| i as i64));
-        writer
-            .add_array("index", &as_i64(&self.index))
-            .map_err(npz)?;
-        writer
-            .add_array("label", &Array1::from_vec(self.label.clone()))
-            .map_err(npz)?;
-        writer
-            .add_array("clean_pred", &Array1::from_vec(self.clean_pred.clone()))
-            .map_err(npz)?;
-        for (name, outcome) in &self.attacks {
-            writer
-                .add_array(format!("attack_{name}"), &Array1::from_vec(outcome.clone()))
-                .map_err(npz)?;
-        }
-        writer
-            .add_array(
-                "worst_case_robust",
-                &Array1::from_vec(self.worst_case_robust.clone()),
-            )
-            .map_err(npz)?;
         let eps: Array1<f64> = self.curve.iter().map(|(e, _)| *e).collect();
         let n = self.index.len();
         let robust = Array2::from_shape_fn((self.curve.len(), n), |(e, i)| self.curve[e].1[i]);
-        writer.add_array("curve_eps", &eps).map_err(npz)?;
-        writer.add_array("curve_robust", &robust).map_err(npz)?;
-        let file = writer.finish().map_err(npz)?;
-        file.sync_all().map_err(io)?;
-        tmp.persist(path).map_err(|e| io(e.error))?;
+        crate::durable::write_npz(path, |writer| {
+            writer.add_array("index", &as_i64(&self.index))?;
+            writer.add_array("label", &Array1::from_vec(self.label.clone()))?;
+            writer.add_array("clean_pred", &Array1::from_vec(self.clean_pred.clone()))?;
+            for (name, outcome) in &self.attacks {
+                writer.add_array(format!("attack_{name}"), &Array1::from_vec(outcome.clone()))?;
+            }
+            writer.add_array(
+                "worst_case_robust",
+                &Array1::from_vec(self.worst_case_robust.clone()),
+            )?;
+            writer.add_array("curve_eps", &eps)?;
+            writer.add_array("curve_robust", &robust)
+        })?;
         Ok(())
     }
 

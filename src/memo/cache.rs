@@ -23,7 +23,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ndarray::Array1;
-use ndarray_npy::{NpzReader, NpzWriter};
+use ndarray_npy::NpzReader;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind};
@@ -218,18 +218,8 @@ impl Store {
     /// Saves model `model`'s predictions atomically, then removes its training checkpoint.
     pub fn save(&self, model: usize, predictions: &ModelPredictions) -> Result<(), MemoError> {
         let path = self.model_file(model);
-        let npz = |message: String| MemoError::Cache {
-            path: path.clone(),
-            message,
-        };
-        let io = |source: std::io::Error| MemoError::Io {
-            path: path.clone(),
-            source,
-        };
-        let tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
-        let mut writer = NpzWriter::new(tmp.reopen().map_err(io)?);
         let p = predictions;
-        let mut add = || -> Result<(), ndarray_npy::WriteNpzError> {
+        crate::durable::write_npz(&path, |writer| {
             writer.add_array("train_correct", &Array1::from_vec(p.train_correct.clone()))?;
             writer.add_array("train_p", &Array1::from_vec(p.train_p.clone()))?;
             writer.add_array("test_correct", &Array1::from_vec(p.test_correct.clone()))?;
@@ -249,12 +239,7 @@ impl Store {
                 writer.add_array("p_odd", &Array1::from_vec(c.p_odd.clone()))?;
             }
             Ok(())
-        };
-        add().map_err(|e| npz(e.to_string()))?;
-        let file = writer.finish().map_err(|e| npz(e.to_string()))?;
-        file.sync_all().map_err(io)?;
-        tmp.persist(&path).map_err(|e| io(e.error))?;
-        crate::durable::sync_dir(&self.dir).map_err(io)?;
+        })?;
         let checkpoint = self.checkpoint_dir(model);
         if checkpoint.exists() {
             std::fs::remove_dir_all(&checkpoint).map_err(|source| MemoError::Io {
@@ -262,6 +247,7 @@ impl Store {
                 source,
             })?;
         }
+        crate::failpoint::point(crate::failpoint::MEMO_MODEL_SAVED);
         Ok(())
     }
 }

@@ -1,7 +1,9 @@
 //! The whole job in order — evaluate, find atypical samples, fine-tune, write back, evaluate again — as the
-//! daemon's [`JobRunner`], and as a plain function the CLI calls. The first evaluation is kept in the job's
-//! checkpoint directory and the memorization estimate in its own cache (`paths.state/memo`), so a job resumed after
-//! a restart continues where it stopped; training resumes from its own per-epoch checkpoint.
+//! daemon's [`JobRunner`], and as a plain function the CLI calls. A job resumed after a restart starts with an empty
+//! output directory (the store sweeps half-made ones), so whatever a later stage needs from an earlier one is in the
+//! job's checkpoint directory or recomputed: the first evaluation and the atypicality outcome are kept there once
+//! known (the memorization estimate also in its own cache, `paths.state/memo`), training resumes from its per-epoch
+//! checkpoint and rewrites its log into the output from the epoch records, and the rest is recomputed.
 
 use std::path::Path;
 
@@ -10,6 +12,7 @@ use super::subject::Engine;
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
 use crate::durable;
+use crate::failpoint;
 use crate::eval::{self, EvalResult, PerSample};
 use crate::job::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
 use crate::report::{AccuracySummary, Evaluation, Summary, Verdict};
@@ -166,7 +169,8 @@ pub fn run(
 
     progress.stage("atypicality");
     let atypicality =
-        stages::atypicality(&subject, Some(cancel.flag())).map_err(failed("atypicality"))?;
+        stages::resumable_atypicality(&subject, checkpoint_dir, Some(cancel.flag()))
+            .map_err(failed("atypicality"))?;
     if let Some(a) = &atypicality {
         outcome.summary.atypical_share = Some(a.flags.share());
         warnings.extend(a.warnings.iter().cloned());
@@ -184,11 +188,13 @@ pub fn run(
         Some(cancel.flag()),
     )
     .map_err(failed("finetune"))?;
+    failpoint::point(failpoint::FINETUNE_DONE);
     cancel.check()?;
 
     progress.stage("write_back");
     let (tuned, _parity) = stages::write_back(&subject, &mut tch_model, method, out_dir)
         .map_err(failed("write_back"))?;
+    failpoint::point(failpoint::WRITE_BACK_DONE);
     cancel.check()?;
 
     progress.stage("eval_after");
@@ -201,6 +207,7 @@ pub fn run(
         &mut |p| report_eval_progress(progress, p),
     )
     .map_err(failed("eval_after"))?;
+    failpoint::point(failpoint::EVAL_AFTER_DONE);
     warnings.extend(stages::summary_warnings(
         "after",
         &after.result,
@@ -218,6 +225,7 @@ pub fn run(
     );
     outcome.plots = plots;
     warnings.extend(plot_warnings);
+    failpoint::point(failpoint::PLOTS_DONE);
     // A model fine-tuned down to chance has a "robust" accuracy at chance too, which can exceed a non-robust
     // model's: never call that an improvement.
     let collapsed = stages::near_chance(&after.result, classes)
@@ -349,12 +357,15 @@ fn resumable_eval(
     let evaluated = stages::evaluate(subject, model, file, out_dir, tag, &mut |p| {
         report_eval_progress(progress, p)
     })?;
+    failpoint::point(failpoint::EVAL_BEFORE_EVALUATED);
     durable::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
     for rel in example_files(&evaluated.result) {
         durable::create_dir_all(checkpoint_dir.join(&rel).parent().unwrap_or(checkpoint_dir))?;
         durable::copy_atomic(&out_dir.join(&rel), &checkpoint_dir.join(&rel))?;
     }
+    // The yaml last: it commits the saved evaluation (a resume reuses it only when it is there).
     durable::write_yaml_atomic(&saved_yaml, &evaluated.result)?;
+    failpoint::point(failpoint::EVAL_BEFORE_CHECKPOINTED);
     Ok(evaluated)
 }
 

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use serde::{Deserialize, Serialize};
+
 use super::{parity_tolerance, PipelineError, Subject};
 use crate::config::{Config, Method, Norm};
 use crate::eval::{self, EvalPlan, EvalResult, PerSample};
@@ -19,6 +21,8 @@ pub mod files {
     pub const PLOT_ROBUST_VS_EPS: &str = "plots/robust_vs_eps.png";
     pub const PLOT_TRAINING: &str = "plots/training.png";
     pub const PLOT_TRADEOFF: &str = "plots/tradeoff.png";
+    /// In the job's checkpoint directory: the atypicality outcome.
+    pub const ATYPICALITY_CHECKPOINT: &str = "atypicality.yaml";
 
     /// `per_sample_before.npz` / `per_sample_after.npz`.
     pub fn per_sample(tag: &str) -> String {
@@ -156,6 +160,8 @@ pub fn near_chance(result: &EvalResult, classes: i64) -> bool {
 }
 
 /// Which training samples are atypical, and what else the source tells the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "SavedAtypicality", into = "SavedAtypicality")]
 pub struct AtypicalityOutcome {
     pub flags: Atypicality,
     /// τ the flags were cut at (also for the test groups).
@@ -166,6 +172,81 @@ pub struct AtypicalityOutcome {
     pub warnings: Vec<String>,
     /// Test-sample consistency (dataset index, score), for the test groups.
     pub consistency: Option<(Vec<i64>, Vec<f64>)>,
+}
+
+/// [`AtypicalityOutcome`] as a job's checkpoint keeps it (`atypicality.yaml`): the flags as the positions of the
+/// atypical samples, a short list where the flags would be one line per training sample.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedAtypicality {
+    samples: usize,
+    atypical: Vec<usize>,
+    source: String,
+    flag_threshold: Option<f64>,
+    scored: usize,
+    threshold: f64,
+    memorization: crate::report::Memorization,
+    warnings: Vec<String>,
+    consistency: Option<(Vec<i64>, Vec<f64>)>,
+}
+
+impl From<AtypicalityOutcome> for SavedAtypicality {
+    fn from(o: AtypicalityOutcome) -> Self {
+        Self {
+            samples: o.flags.flags.len(),
+            atypical: (o.flags.flags.iter().enumerate())
+                .filter_map(|(i, &f)| f.then_some(i))
+                .collect(),
+            source: o.flags.source,
+            flag_threshold: o.flags.threshold,
+            scored: o.flags.scored,
+            threshold: o.threshold,
+            memorization: o.memorization,
+            warnings: o.warnings,
+            consistency: o.consistency,
+        }
+    }
+}
+
+impl From<SavedAtypicality> for AtypicalityOutcome {
+    fn from(s: SavedAtypicality) -> Self {
+        let mut flags = vec![false; s.samples];
+        for i in s.atypical.into_iter().filter(|&i| i < s.samples) {
+            flags[i] = true;
+        }
+        Self {
+            flags: Atypicality {
+                flags,
+                source: s.source,
+                threshold: s.flag_threshold,
+                scored: s.scored,
+            },
+            threshold: s.threshold,
+            memorization: s.memorization,
+            warnings: s.warnings,
+            consistency: s.consistency,
+        }
+    }
+}
+
+/// [`atypicality`], kept in the job's checkpoint directory (`atypicality.yaml`) once known, so a resumed job takes
+/// the same outcome — the report's `memorization:` section included — whatever became of the estimator's cache.
+pub fn resumable_atypicality(
+    subject: &Subject,
+    checkpoint_dir: &Path,
+    cancel: Option<&AtomicBool>,
+) -> Result<Option<AtypicalityOutcome>, PipelineError> {
+    let saved = checkpoint_dir.join(files::ATYPICALITY_CHECKPOINT);
+    if let Ok(outcome) = crate::durable::read_yaml::<AtypicalityOutcome>(&saved) {
+        tracing::info!("atypicality reused from the job's checkpoint");
+        return Ok(Some(outcome));
+    }
+    let outcome = atypicality(subject, cancel)?;
+    if let Some(o) = &outcome {
+        crate::durable::write_yaml_atomic(&saved, o)?;
+        crate::failpoint::point(crate::failpoint::ATYPICALITY_CHECKPOINTED);
+    }
+    Ok(outcome)
 }
 
 /// Which training samples are atypical, when the method needs to know (BAT and its reweighting ablation): the
@@ -235,7 +316,9 @@ fn model_error(message: String) -> train::TrainError {
 }
 
 /// Fine-tunes `model` in place with the configured method; checkpoints in `checkpoint_dir` (resumed from when
-/// present), the CSV log in `out_dir`. The returned result's `log` is relative to `out_dir`.
+/// present), with the CSV log that grows epoch by epoch. The log in `out_dir` is written from the run's epoch
+/// records once it ends, so a run resumed after its last epoch (nothing left to train) has it too. The returned
+/// result's `log` is relative to `out_dir`.
 pub fn finetune(
     subject: &Subject,
     model: &mut TchModel,
@@ -253,9 +336,10 @@ pub fn finetune(
     )?;
     run.atypicality = atypicality;
     run.checkpoint_dir = Some(checkpoint_dir.to_path_buf());
-    run.log_csv = Some(out_dir.join(files::TRAIN_LOG));
+    run.log_csv = Some(checkpoint_dir.join(files::TRAIN_LOG));
     run.cancel = cancel;
     let mut result = train::train(model, &subject.dataset.train, &run)?;
+    train::record::write_csv(&out_dir.join(files::TRAIN_LOG), &result.curves)?;
     result.log = Some(PathBuf::from(files::TRAIN_LOG));
     Ok(result)
 }

@@ -5,15 +5,17 @@
 //! result. One daemon owns a spool; `robustd status` reads it from outside.
 //!
 //! [`Queue::recover`] puts jobs left in `running/` back in `queued/` (they resume from their checkpoints) and
-//! finishes or undoes half-built `incoming/` jobs. The queued jobs are also kept in memory, oldest first, so a claim
+//! finishes or undoes half-built `incoming/` jobs (their files go back to the inbox under the names they came with,
+//! recorded in the job's `sources.yaml` before any was moved). The queued jobs are also kept in memory, oldest first, so a claim
 //! does not list the directory.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{Claimable, DropFiles, Publish, Published, Queue, QueueError, Recovery};
 use crate::durable::{self, create_dir_all, move_file, rename_durable, write_yaml_atomic};
+use crate::failpoint;
 use crate::job::{now_rfc3339, Job, JobRecord, JobState, CONFIG_FILE, ERROR_FILE, JOB_FILE};
 use crate::report::ErrorReport;
 
@@ -26,6 +28,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QueueError + '_ {
 
 const INCOMING: &str = "incoming";
 const INDEX: &str = "index";
+/// In a job being assembled: the inbox name of each file whose name in the job differs (the sidecar).
+const SOURCES: &str = "sources.yaml";
 
 #[derive(Debug)]
 pub struct Spool {
@@ -98,14 +102,28 @@ impl Spool {
         }
         record.state = state;
         write_yaml_atomic(&building.join(JOB_FILE), &record)?;
+        // Where each file came from, so that a half-built job goes back to the inbox under its own names (the
+        // sidecar is `sidecar.yaml` here, `<model>.yaml` there).
+        let sources: BTreeMap<&str, &str> = files
+            .iter()
+            .filter_map(|(src, name)| {
+                let original = src.file_name()?.to_str()?;
+                (original != name).then_some((name.as_str(), original))
+            })
+            .collect();
+        if !sources.is_empty() {
+            write_yaml_atomic(&building.join(SOURCES), &sources)?;
+        }
         let mut moved: Vec<(&Path, PathBuf)> = Vec::new();
         let result = (|| {
             for (src, name) in &files {
                 let dst = building.join(name);
                 move_file(src, &dst)?;
                 moved.push((src, dst));
+                failpoint::point(failpoint::INTAKE_FILE_MOVED);
             }
             durable::sync_dir(&building).map_err(io_err(&building))?;
+            failpoint::point(failpoint::INTAKE_ASSEMBLED);
             let dir = self.state_dir(state).join(&record.id);
             rename_durable(&building, &dir)?;
             Ok(dir)
@@ -160,20 +178,28 @@ impl Spool {
         self.root.join(INDEX).join(format!("{key}.yaml"))
     }
 
-    /// Puts a half-built job's files back into the inbox and removes it.
+    /// Puts a half-built job's files back into the inbox under the names they came with ([`SOURCES`]) and
+    /// removes it.
     fn return_to_inbox(
         &self,
         dir: &Path,
         inbox: &Path,
         rec: &mut Recovery,
     ) -> Result<(), QueueError> {
+        let sources: BTreeMap<String, String> =
+            durable::read_yaml(&dir.join(SOURCES)).unwrap_or_default();
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
             let name = entry.file_name();
             let meta = name == JOB_FILE
                 || name == CONFIG_FILE
+                || name == SOURCES
                 || durable::is_temp_name(&name.to_string_lossy());
             if !meta {
-                let back = inbox.join(&name);
+                let original = name
+                    .to_str()
+                    .and_then(|n| sources.get(n))
+                    .map(std::ffi::OsString::from);
+                let back = inbox.join(original.as_ref().unwrap_or(&name));
                 move_file(&entry.path(), &back)?;
                 rec.returned_to_inbox.push(back);
             }
@@ -185,6 +211,7 @@ impl Spool {
 impl Queue for Spool {
     fn recover(&self, inbox: &Path) -> Result<Recovery, QueueError> {
         let mut rec = Recovery::default();
+        remove_temp_files(&self.root.join(INDEX));
         let incoming = self.root.join(INCOMING);
         for dir in subdirs(&incoming)? {
             let id = file_name(&dir);
@@ -198,6 +225,7 @@ impl Queue for Spool {
         }
         for job in self.list(JobState::Running)? {
             let id = job.id().to_owned();
+            remove_temp_files(&job.dir);
             self.requeue(&job)?;
             rec.resumed.push(id);
         }
@@ -262,6 +290,7 @@ impl Queue for Spool {
             };
             write_yaml_atomic(&self.index_path(&record.key), &published)?;
         }
+        failpoint::point(failpoint::SPOOL_COMPLETE_INDEXED);
         // The model is kept once, in the result directory (published before this point, so a crash here still
         // finds the result at the next start and needs no model).
         for path in std::iter::once(job.model_path()).chain(job.companion_paths()) {
@@ -313,6 +342,17 @@ impl Queue for Spool {
     }
 }
 
+/// Removes the temporary files of atomic writes a kill interrupted (a record being rewritten) from a job's directory.
+fn remove_temp_files(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if durable::is_temp_name(&entry.file_name().to_string_lossy()) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!("cannot remove {}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
 fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, QueueError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
@@ -350,6 +390,27 @@ mod tests {
             kinds: vec![JobKind::Eval, JobKind::Train],
             busy_keys: Vec::new(),
         }
+    }
+
+    #[test]
+    fn an_assembled_job_records_where_its_renamed_files_came_from() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (inbox, state) = (tmp.path().join("watch"), tmp.path().join("state"));
+        std::fs::create_dir_all(&inbox).unwrap();
+        let spool = Spool::open(&state).unwrap();
+        let (model, sidecar) = (inbox.join("m.onnx"), inbox.join("m.yaml"));
+        std::fs::write(&model, b"model").unwrap();
+        std::fs::write(&sidecar, b"{}").unwrap();
+        let files = vec![
+            (sidecar, crate::job::SIDECAR_FILE.to_owned()),
+            (model, "m.onnx".to_owned()),
+        ];
+        let job = spool.enqueue(record("j1"), "{}", files).unwrap();
+        let sources: BTreeMap<String, String> = durable::read_yaml(&job.dir.join(SOURCES)).unwrap();
+        assert_eq!(
+            sources,
+            BTreeMap::from([(crate::job::SIDECAR_FILE.to_owned(), "m.yaml".to_owned())])
+        );
     }
 
     fn enqueue_model(spool: &Spool, inbox: &Path, record: JobRecord) -> Job {
@@ -444,17 +505,32 @@ mod tests {
         std::fs::create_dir_all(&complete).unwrap();
         write_yaml_atomic(&complete.join(JOB_FILE), &record("j1")).unwrap();
         std::fs::write(complete.join("m.onnx"), b"model").unwrap();
-        // Incomplete: the record, and a companion moved in before the model.
+        // Incomplete: the record, and the sidecar and a companion moved in before the model (killed in the
+        // middle of `assemble`, which wrote where each file came from first).
         let partial = state.join("incoming/j2");
         std::fs::create_dir_all(&partial).unwrap();
         write_yaml_atomic(&partial.join(JOB_FILE), &record("j2")).unwrap();
+        write_yaml_atomic(
+            &partial.join(SOURCES),
+            &BTreeMap::from([(crate::job::SIDECAR_FILE, "m2.yaml")]),
+        )
+        .unwrap();
+        std::fs::write(partial.join(crate::job::SIDECAR_FILE), b"train: {epochs: 2}").unwrap();
         std::fs::write(partial.join("m2.onnx.data"), b"weights").unwrap();
-        let rec = spool.recover(&inbox).unwrap();
+        let mut rec = spool.recover(&inbox).unwrap();
         assert_eq!(rec.completed_incoming, vec!["j1".to_string()]);
-        assert_eq!(rec.returned_to_inbox, vec![inbox.join("m2.onnx.data")]);
+        rec.returned_to_inbox.sort();
+        assert_eq!(
+            rec.returned_to_inbox,
+            vec![inbox.join("m2.onnx.data"), inbox.join("m2.yaml")]
+        );
         assert_eq!(
             std::fs::read(inbox.join("m2.onnx.data")).unwrap(),
             b"weights"
+        );
+        assert_eq!(
+            std::fs::read(inbox.join("m2.yaml")).unwrap(),
+            b"train: {epochs: 2}"
         );
         assert_eq!(spool.list(JobState::Queued).unwrap().len(), 1);
         assert_eq!(spool.queued(), 1);

@@ -377,6 +377,9 @@ impl<'r> Loop<'r> {
             if let Some(path) = &self.run.log_csv {
                 record::write_csv(path, &self.records)?;
             }
+            if self.run.checkpoint_dir.is_some() {
+                crate::failpoint::point(crate::failpoint::TRAIN_EPOCH_SAVED);
+            }
             if early_stopped {
                 tracing::info!(
                     patience = self.run.spec.early_stop_patience,
@@ -487,6 +490,9 @@ impl<'r> Loop<'r> {
                 .add(&stats, lr, step_started.elapsed().as_secs_f64());
             step_started = Instant::now();
             self.batch = index + 1;
+            if run.checkpoint_dir.is_some() && self.batch == count.div_ceil(2) {
+                crate::failpoint::point(crate::failpoint::TRAIN_MID_EPOCH);
+            }
         }
         Ok(())
     }
