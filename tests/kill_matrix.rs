@@ -16,6 +16,7 @@
 mod daemon_support;
 
 use std::collections::{BTreeSet, HashMap};
+use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,16 +62,21 @@ fn config(root: &Path) -> String {
     )
 }
 
-/// One daemon process of a run, with its log and failpoint trace.
+/// One daemon process of a run, with its log and failpoint trace, and the socket it reports READY=1 on.
 struct Run {
     child: Child,
     log: PathBuf,
+    notify: UnixDatagram,
+    ready: bool,
 }
 
 impl Run {
     /// Starts `robustd run` on `root`'s config, killed at `kill` (a failpoint target list) when given.
     fn start(root: &Path, tag: &str, kill: Option<&str>) -> Self {
         let log = root.join(format!("daemon-{tag}.log"));
+        let socket = root.join(format!("notify-{tag}.sock"));
+        let notify = UnixDatagram::bind(&socket).unwrap();
+        notify.set_nonblocking(true).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--config"])
             .arg(root.join("robustd.yaml"))
@@ -78,7 +84,7 @@ impl Run {
             .env(failpoint::ENV_TRACE, root.join(format!("trace-{tag}")))
             .env_remove(failpoint::ENV_KILL)
             .env_remove(failpoint::ENV_DAEMON_PID)
-            .env_remove("NOTIFY_SOCKET")
+            .env("NOTIFY_SOCKET", &socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -88,7 +94,20 @@ impl Run {
         Self {
             child: cmd.spawn().expect("spawn robustd"),
             log,
+            notify,
+            ready: false,
         }
+    }
+
+    /// Whether the daemon said READY=1 (it handles SIGTERM from then on).
+    fn is_ready(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            self.ready |= String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1");
+        }
+        self.ready
     }
 
     fn log_text(&self) -> String {
@@ -109,7 +128,7 @@ impl Run {
                     )),
                 };
             }
-            if finished(root) {
+            if self.is_ready() && finished(root) {
                 // A point right after the done-mark (job.done) kills just after the job looks finished.
                 std::thread::sleep(Duration::from_millis(500));
                 return match self.child.try_wait().unwrap().map(|s| s.signal()) {
@@ -470,8 +489,9 @@ fn sigkill_at_every_failpoint_and_again_in_the_resumed_run_loses_nothing() {
                     break;
                 };
                 let root = tmp.path().join(format!("t{i:03}"));
-                let outcome = std::panic::catch_unwind(|| run_target(&root, target, later, &expected))
-                    .unwrap_or_else(|p| Err(panic_text(p)));
+                let outcome =
+                    std::panic::catch_unwind(|| run_target(&root, target, later, &expected))
+                        .unwrap_or_else(|p| Err(panic_text(p)));
                 if outcome.is_ok() {
                     let _ = std::fs::remove_dir_all(&root);
                 }

@@ -256,9 +256,7 @@ impl Executor {
             self.store.remove_checkpoints(&job.record.key);
             Ok(dir)
         };
-        let linked = self
-            .queue
-            .complete(job, &mut publish, dedup_of.as_deref());
+        let linked = self.queue.complete(job, &mut publish, dedup_of.as_deref());
         let result_dir = match linked {
             Ok(done) => done
                 .record

@@ -12,8 +12,8 @@ use super::subject::Engine;
 use super::{PipelineError, Subject};
 use crate::config::{Config, Method};
 use crate::durable;
-use crate::failpoint;
 use crate::eval::{self, EvalResult, PerSample};
+use crate::failpoint;
 use crate::job::{CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner, Progress};
 use crate::report::{AccuracySummary, Evaluation, Summary, Verdict};
 use crate::train::TrainError;
@@ -168,9 +168,8 @@ pub fn run(
     };
 
     progress.stage("atypicality");
-    let atypicality =
-        stages::resumable_atypicality(&subject, checkpoint_dir, Some(cancel.flag()))
-            .map_err(failed("atypicality"))?;
+    let atypicality = stages::resumable_atypicality(&subject, checkpoint_dir, Some(cancel.flag()))
+        .map_err(failed("atypicality"))?;
     if let Some(a) = &atypicality {
         outcome.summary.atypical_share = Some(a.flags.share());
         warnings.extend(a.warnings.iter().cloned());

@@ -515,7 +515,11 @@ mod tests {
             &BTreeMap::from([(crate::job::SIDECAR_FILE, "m2.yaml")]),
         )
         .unwrap();
-        std::fs::write(partial.join(crate::job::SIDECAR_FILE), b"train: {epochs: 2}").unwrap();
+        std::fs::write(
+            partial.join(crate::job::SIDECAR_FILE),
+            b"train: {epochs: 2}",
+        )
+        .unwrap();
         std::fs::write(partial.join("m2.onnx.data"), b"weights").unwrap();
         let mut rec = spool.recover(&inbox).unwrap();
         assert_eq!(rec.completed_incoming, vec!["j1".to_string()]);
