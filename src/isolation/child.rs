@@ -44,7 +44,10 @@ pub fn run() -> Result<(), ChildError> {
         .map_err(|e| ChildError::Spec(e.to_string()))?;
     let spec: Spec = serde_json::from_str(&line).map_err(|e| ChildError::Spec(e.to_string()))?;
     drop(stdin);
-    listen(&cancel, events.proceed.clone()).map_err(ChildError::Setup)?;
+    listen(&cancel, events.answers.clone()).map_err(ChildError::Setup)?;
+    // Before each checkpoint write the runner confirms the job's claim: the daemon holds the queue, so ask it.
+    let asker = events.clone();
+    cancel.set_claim_check(Arc::new(move || asker.ask_claim()));
     events.emit(&Event::Started {
         pid: std::process::id(),
     });
@@ -186,7 +189,7 @@ fn die_of(signal: i32) -> ! {
 #[derive(Clone)]
 struct Emitter {
     state: Arc<Mutex<EmitterState>>,
-    proceed: Arc<Proceed>,
+    answers: Arc<Answers>,
 }
 
 struct EmitterState {
@@ -194,34 +197,40 @@ struct EmitterState {
     parent_checked: Instant,
 }
 
-/// The daemon's [`Command::Proceed`] answers (counted), and whether its commands ended (stdin closed).
+/// The daemon's answers: [`Command::Proceed`] and [`Command::Claim`] (counted, the last claim kept), and whether
+/// its commands ended (stdin closed: no answer will come).
 #[derive(Default)]
-struct Proceed {
-    state: Mutex<(u64, bool)>,
+struct Answers {
+    state: Mutex<AnswerState>,
     changed: Condvar,
 }
 
-impl Proceed {
-    fn signal(&self, closed: bool) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if closed {
-            st.1 = true;
-        } else {
-            st.0 += 1;
-        }
+#[derive(Default)]
+struct AnswerState {
+    proceeds: u64,
+    claims: u64,
+    holds: bool,
+    closed: bool,
+}
+
+impl Answers {
+    fn update(&self, f: impl FnOnce(&mut AnswerState)) {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
         self.changed.notify_all();
     }
 
-    fn count(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+    fn counts(&self) -> (u64, u64) {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.proceeds, st.claims)
     }
 
-    /// Waits until the count passes `seen` or the commands end.
-    fn wait_past(&self, seen: u64) {
+    /// Waits until `arrived` says the awaited answer came, or the commands end; returns the state then.
+    fn wait(&self, arrived: impl Fn(&AnswerState) -> bool) -> (bool, bool) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        while st.0 == seen && !st.1 {
+        while !arrived(&st) && !st.closed {
             st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+        (st.holds, st.closed)
     }
 }
 
@@ -240,8 +249,17 @@ impl Emitter {
                 out,
                 parent_checked: Instant::now(),
             })),
-            proceed: Arc::default(),
+            answers: Arc::default(),
         })
+    }
+
+    /// Asks the daemon whether the job still owns its checkpoint directory; no answer (the daemon is gone) is no.
+    fn ask_claim(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, seen) = self.answers.counts();
+        st.write(&Event::ClaimCheck);
+        let (holds, closed) = self.answers.wait(|a| a.claims > seen);
+        holds && !closed
     }
 
     fn emit(&self, event: &Event) {
@@ -249,9 +267,9 @@ impl Emitter {
         if st.parent_checked.elapsed() >= PARENT_CHECK_EVERY {
             if wait_while_parent_stopped() {
                 // The daemon ran again: nothing more happens here until it says the job is still its own.
-                let seen = self.proceed.count();
+                let (seen, _) = self.answers.counts();
                 st.write(&Event::Resumed);
-                self.proceed.wait_past(seen);
+                self.answers.wait(|a| a.proceeds > seen);
                 tracing::info!("the daemon runs again and still holds the job: going on");
             }
             st.parent_checked = Instant::now();
@@ -327,8 +345,8 @@ fn cancel_on_sigterm(cancel: &CancelToken) -> std::io::Result<()> {
 }
 
 /// A thread that reads the daemon's commands: `stop`, or the end of stdin (the daemon closed it), cancels the run
-/// for a shutdown; `proceed` releases a process waiting after the daemon was stopped.
-fn listen(cancel: &CancelToken, proceed: Arc<Proceed>) -> std::io::Result<()> {
+/// for a shutdown; `proceed` and `claim` answer a waiting question.
+fn listen(cancel: &CancelToken, answers: Arc<Answers>) -> std::io::Result<()> {
     let cancel = cancel.clone();
     std::thread::Builder::new()
         .name("commands".into())
@@ -337,12 +355,16 @@ fn listen(cancel: &CancelToken, proceed: Arc<Proceed>) -> std::io::Result<()> {
                 let Ok(line) = line else { break };
                 match serde_json::from_str::<Command>(&line) {
                     Ok(Command::Stop) => cancel.cancel(CancelReason::Shutdown),
-                    Ok(Command::Proceed) => proceed.signal(false),
+                    Ok(Command::Proceed) => answers.update(|a| a.proceeds += 1),
+                    Ok(Command::Claim { holds }) => answers.update(|a| {
+                        a.claims += 1;
+                        a.holds = holds;
+                    }),
                     Err(e) => tracing::warn!("unknown command from the daemon ({e}): {line}"),
                 }
             }
             cancel.cancel(CancelReason::Shutdown);
-            proceed.signal(true);
+            answers.update(|a| a.closed = true);
         })
         .map(drop)
 }

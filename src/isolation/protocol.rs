@@ -44,6 +44,8 @@ pub enum Command {
     Stop,
     /// The answer to [`Event::Resumed`]: the job is still this worker's, go on.
     Proceed,
+    /// The answer to [`Event::ClaimCheck`]: whether the job still owns its checkpoint directory.
+    Claim { holds: bool },
 }
 
 /// From the job's process.
@@ -70,6 +72,10 @@ pub enum Event {
     /// The process waited while the daemon was stopped and now waits for [`Command::Proceed`]: meanwhile the
     /// daemon checks that the job is still its own (its lease), and kills the process if not.
     Resumed,
+    /// Before a checkpoint write: does the job still own its checkpoint directory? (The daemon asks its queue —
+    /// a fenced heartbeat — and answers with [`Command::Claim`], or kills the process if another worker took the
+    /// job over.)
+    ClaimCheck,
 }
 
 impl Event {
@@ -90,6 +96,7 @@ impl Command {
         let mut text = match self {
             Self::Stop => r#"{"command":"stop"}"#.to_owned(),
             Self::Proceed => r#"{"command":"proceed"}"#.to_owned(),
+            Self::Claim { holds } => format!(r#"{{"command":"claim","holds":{holds}}}"#),
         };
         text.push('\n');
         text
@@ -150,13 +157,19 @@ mod tests {
             },
             Event::Interrupted,
             Event::Resumed,
+            Event::ClaimCheck,
         ];
         for event in events {
             let line = event.line();
             assert_eq!(line.matches('\n').count(), 1, "{line}");
             assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
         }
-        for command in [Command::Stop, Command::Proceed] {
+        for command in [
+            Command::Stop,
+            Command::Proceed,
+            Command::Claim { holds: true },
+            Command::Claim { holds: false },
+        ] {
             assert_eq!(
                 serde_json::from_str::<Command>(&command.line()).unwrap(),
                 command

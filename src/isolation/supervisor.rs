@@ -158,12 +158,15 @@ impl ProcessRunner {
                     }
                 }
                 Ok(Event::Resumed) => {
-                    // The daemon was stopped, maybe past its lease: a progress report heartbeats the queue, which
-                    // cancels the run if another worker took the job over (the process is then killed below).
-                    ctx.progress.process(Some(pid));
-                    if ctx.cancel.reason().is_none() {
+                    // The daemon was stopped, maybe past its lease: the claim check (a fenced heartbeat) cancels
+                    // the run if another worker took the job over, and the process is killed below.
+                    if ctx.cancel.holds_claim() {
                         watch.send(Command::Proceed);
                     }
+                }
+                Ok(Event::ClaimCheck) => {
+                    let holds = ctx.cancel.holds_claim();
+                    watch.send(Command::Claim { holds });
                 }
                 Ok(event) => end = Some(event),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -407,7 +410,10 @@ impl Ended {
                 source: Box::new(ChainLink::from_chain(chain)),
                 hint,
             })),
-            Some(Event::Started { .. } | Event::Progress { .. } | Event::Resumed) | None => {
+            Some(
+                Event::Started { .. } | Event::Progress { .. } | Event::Resumed | Event::ClaimCheck,
+            )
+            | None => {
                 if ctx.cancel.reason() == Some(CancelReason::Shutdown) {
                     return Verdict::Done(Err(JobError::Cancelled(CancelReason::Shutdown)));
                 }
