@@ -142,7 +142,7 @@ impl ProcessRunner {
             match events.recv_timeout(CANCEL_POLL) {
                 Ok(Event::Started { .. }) => tracing::info!(
                     job = %job.id(),
-                    "job process {pid} started in {:.2} s (memory cap {})",
+                    "job process {pid} up {:.2} s after spawn (memory cap {})",
                     spawned_at.elapsed().as_secs_f64(),
                     cap.describe()
                 ),
