@@ -27,6 +27,8 @@
 //! - [`queue`]: the `Queue` trait (enqueue, claim, heartbeat, complete/fail/requeue, dedupe by content key) and
 //!   the folder spool that implements it.
 //! - [`store`]: the artifact store: published results (staged, renamed into place) and checkpoints.
+//! - [`isolation`]: one process per job: the runner the daemon runs jobs through (a child process each, with its
+//!   memory cap), and the child's side.
 //!
 //! Faces
 //! - [`daemon`]: one machine's worker: the watched inbox, intake, the service loop, systemd.
@@ -42,6 +44,7 @@ pub mod durable;
 pub mod eval;
 pub mod failpoint;
 pub mod http;
+pub mod isolation;
 pub mod job;
 pub mod memo;
 pub mod model;

@@ -195,22 +195,43 @@ fn watchdog_pings_arrive_when_systemd_asks_for_them() {
     assert!(ok);
 }
 
+/// The deadline counts from the job's start, which includes starting its process (seconds on a loaded machine)
+/// and loading the model: 10 s leaves room for both, and the forward stage it then falls in would run for hours
+/// (50 million samples), so the kill lands there however slow the start was.
+const TIMEOUT_S: u64 = 10;
+
 #[test]
 fn a_job_past_limits_job_timeout_s_fails_with_a_clear_error_and_the_daemon_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let mut d = Daemon::start(
         root,
-        &base_config(root, "daemon: {stable_ms: 100}\nlimits: {job_timeout_s: 1}"),
+        &base_config(
+            root,
+            &format!("daemon: {{stable_ms: 100}}\nlimits: {{job_timeout_s: {TIMEOUT_S}}}"),
+        ),
     );
-    start_long_job(&mut d);
-    d.wait_finished(1, Duration::from_secs(60));
+    std::fs::write(
+        d.watch().join("endless.yaml"),
+        "dataset: {eval_samples: 50000000}\n",
+    )
+    .unwrap();
+    drop_fixture(&d.watch(), "cnn_bn_legacy.onnx", "endless.onnx");
+    d.wait_finished(1, Duration::from_secs(TIMEOUT_S + 60));
     let failed = d.jobs(JobState::Failed);
     assert_eq!(failed.len(), 1, "{}", d.log_text());
     let err = robustd::report::ErrorReport::read(&failed[0].dir.join("error.yaml")).unwrap();
     assert!(err.cause.contains("timed out"), "{err:?}");
-    assert_eq!(err.stage, "forward");
+    assert_eq!(err.stage, "forward", "{err:?}");
     assert!(err.hint.unwrap().contains("job_timeout_s"));
+    let r = &failed[0].record;
+    let took = parse_time(r.finished_at.as_deref().unwrap())
+        .duration_since(parse_time(r.started_at.as_deref().unwrap()))
+        .unwrap();
+    assert!(
+        took >= Duration::from_secs(TIMEOUT_S) && took < Duration::from_secs(TIMEOUT_S + 20),
+        "killed {took:?} after the start"
+    );
     assert!(!d
         .state()
         .join("checkpoints")

@@ -10,6 +10,7 @@ mod infer;
 mod info;
 mod inspect;
 mod interrupt;
+mod job_process;
 mod memorization;
 mod queue;
 mod run;
@@ -77,6 +78,9 @@ pub enum Command {
     Compare(compare::Args),
     /// Score training samples by memorization (Feldman-Zhang, cached) and measure the model per typical/atypical group.
     Memorization(memorization::Args),
+    /// One job of the daemon, in a process of its own (the daemon starts it; not for people).
+    #[command(name = "job-process", hide = true)]
+    JobProcess,
 }
 
 /// Runs one subcommand; the returned code is the process exit code.
@@ -94,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Finetune(args) => finetune::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Memorization(args) => memorization::run(args),
+        Command::JobProcess => job_process::run(),
     }
 }
 
@@ -112,7 +117,7 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Under systemd straight to journald; without its socket after all, plain lines (journald reads stderr too).
-    if let Some(journal) = stderr_is_journal()
+    if let Some(journal) = logs_to_journal()
         .then(tracing_journald::layer)
         .and_then(Result::ok)
     {
@@ -136,6 +141,12 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     } else {
         builder.without_time().with_target(false).try_init()
     };
+}
+
+/// Whether logs go to journald: stderr is the journal stream, or this is a job's process of a daemon whose logs
+/// go there.
+pub fn logs_to_journal() -> bool {
+    stderr_is_journal() || std::env::var_os(crate::isolation::protocol::JOURNAL_ENV).is_some()
 }
 
 /// Whether stderr is the stream systemd connected to journald: `$JOURNAL_STREAM` is `<device>:<inode>` of it.

@@ -1,5 +1,6 @@
 //! `robustd run [--config F]`: the daemon in the foreground (systemd runs it this way, `Type=notify`). SIGTERM
-//! or SIGINT stops it — running jobs checkpoint and resume at the next start; SIGHUP reloads the config.
+//! or SIGINT stops it — running jobs checkpoint and resume at the next start; SIGHUP reloads the config. Each job
+//! runs in a process of its own (`robustd job-process`, see [`crate::isolation`]).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,10 +10,9 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::ConfigArg;
-use crate::config::JobRunnerKind;
 use crate::daemon::{self, DaemonOptions};
+use crate::isolation::{MemoryCaps, ProcessRunner};
 use crate::job::JobRunner;
-use crate::pipeline::{PipelineRunner, TriageRunner};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,10 +28,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let runner: Arc<dyn JobRunner> = match config.daemon.runner {
-        JobRunnerKind::Pipeline => Arc::new(PipelineRunner),
-        JobRunnerKind::Triage => Arc::new(TriageRunner),
-    };
+    // Each job runs in a process of its own under its memory cap (crate::isolation).
+    let runner: Arc<dyn JobRunner> = Arc::new(ProcessRunner::new(
+        config.daemon.runner,
+        MemoryCaps::detect(),
+        super::logs_to_journal(),
+    ));
     let options = DaemonOptions {
         config,
         config_path: args.config.config.clone(),

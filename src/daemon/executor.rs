@@ -13,13 +13,16 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::durable;
 use crate::failpoint;
+use crate::isolation::ProcessError;
 use crate::job::outcome::ArtifactError;
 use crate::job::{
     now_rfc3339, CancelReason, CancelToken, Job, JobContext, JobError, JobOutcome, JobRunner,
     Progress,
 };
 use crate::queue::{Queue, QueueError};
-use crate::report::{self, error_chain, ErrorReport, FileRef, JobInfo, Report, REPORT_FILE};
+use crate::report::{
+    self, error_chain, ErrorReport, FileRef, JobInfo, ProcessInfo, Report, REPORT_FILE,
+};
 use crate::store::Store;
 
 /// How a job ended.
@@ -153,7 +156,7 @@ impl Executor {
                         .stage_times()
                         .last()
                         .map(|s| s.name.as_str())
-                        .unwrap_or("run"),
+                        .unwrap_or("starting"),
                     vec![format!(
                         "job timed out after {:.0} s",
                         started.elapsed().as_secs_f64()
@@ -168,7 +171,12 @@ impl Executor {
                 source,
                 hint,
             })) => {
-                return Err(Failure::from_chain(&stage, error_chain(&*source), hint));
+                let mut failure = Failure::from_chain(&stage, error_chain(&*source), hint);
+                // A job whose process crashed: how it ended goes into error.yaml.
+                failure.process = source
+                    .downcast_ref::<ProcessError>()
+                    .map(|e| e.info.clone());
+                return Err(failure);
             }
             Err(panic) => {
                 let message = panic
@@ -308,6 +316,7 @@ impl Executor {
             config_sha256: record.config_sha256.clone(),
             attempts: record.attempts,
             runner: self.runner.name().to_owned(),
+            limits: None,
         };
         let timing = progress.timing(
             record.queued_at.clone(),
@@ -342,7 +351,8 @@ impl Executor {
             &failure.stage,
             chain,
             Some(hint),
-        );
+        )
+        .with_process(failure.process);
         self.queue.fail(job, &error)?;
         // Only once the queue took the failure: a worker that lost the job must not remove the checkpoints the
         // worker that owns it now resumes from.
@@ -370,6 +380,7 @@ struct Failure {
     stage: String,
     chain: Vec<String>,
     hint: Option<String>,
+    process: Option<ProcessInfo>,
 }
 
 impl Failure {
@@ -382,6 +393,7 @@ impl Failure {
             stage: stage.to_owned(),
             chain,
             hint,
+            process: None,
         }
     }
 }

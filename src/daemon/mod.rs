@@ -1,5 +1,6 @@
 //! The daemon, one machine's worker: it watches an inbox (`paths.watch`), takes complete drops into the job queue
-//! ([`crate::queue`]), runs queued jobs on dedicated threads through a pluggable [`crate::job::JobRunner`], publishes
+//! ([`crate::queue`]), runs queued jobs on dedicated threads through a pluggable [`crate::job::JobRunner`] (`robustd
+//! run`'s runs each job in a process of its own, [`crate::isolation`]), publishes
 //! results in the artifact store ([`crate::store`]), and talks to systemd (READY/STATUS/STOPPING/WATCHDOG, SIGTERM
 //! checkpoints, SIGHUP reload).
 //!

@@ -20,7 +20,7 @@ pub fn execute(
     progress: Progress,
     metrics: &Arc<Metrics>,
 ) -> Finished {
-    let device = device_of(&job);
+    let device = job.device();
     let span = tracing::info_span!(
         "job",
         job_id = %job.id(),
@@ -62,16 +62,4 @@ pub fn intake_done(outcome: &Intake, metrics: &Metrics) {
 /// Records the stage on the current job span (a no-op outside one).
 pub fn stage_changed(stage: &str) {
     tracing::Span::current().record("stage", stage);
-}
-
-/// The device the job's config asks for, as reports name it (`cpu`, `cuda:0`); the spec itself if it is invalid
-/// (the job then fails and says why).
-fn device_of(job: &Job) -> String {
-    let spec = job
-        .load_config()
-        .map(|c| c.runtime.device)
-        .unwrap_or_else(|_| "cpu".into());
-    crate::runtime::parse_device(&spec)
-        .map(crate::runtime::device_name)
-        .unwrap_or(spec)
 }

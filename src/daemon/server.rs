@@ -1,7 +1,7 @@
 //! The service loop: one `select!` over inbox events, a tick (stability checks, dispatch, timeouts, STATUS), the
 //! rescan timer, finished jobs, SIGHUP (reload) and the injected shutdown future (SIGTERM/SIGINT in the binary,
-//! anything in tests). Intake runs on one dedicated thread, each job on a thread of its own; the loop itself never
-//! blocks on model work.
+//! anything in tests). Intake runs on one dedicated thread, each job on a thread of its own (which, in `robustd
+//! run`, supervises the job's process: [`crate::isolation`]); the loop itself never blocks on model work.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -343,6 +343,8 @@ impl Loop {
                     name: job.record.name.clone(),
                     stage: "starting".into(),
                     fraction: 0.0,
+                    pid: None,
+                    attempt: job.record.attempts,
                 },
             );
         let since_drop = job
@@ -477,6 +479,7 @@ fn progress_sink(
         {
             a.stage = update.stage.clone();
             a.fraction = update.fraction;
+            a.pid = update.pid;
         }
         if update.new_stage {
             super::observe::stage_changed(&update.stage);

@@ -19,6 +19,10 @@ pub struct ActiveJob {
     pub name: String,
     pub stage: String,
     pub fraction: f64,
+    /// The job's process, while one runs.
+    pub pid: Option<u32>,
+    /// Starts of the job (a resume after a restart counts again).
+    pub attempt: u32,
 }
 
 /// Running jobs by id, updated by the jobs' progress reporters, read by the loop for STATUS.
@@ -62,12 +66,21 @@ pub fn watchdog_interval() -> Option<Duration> {
     Some(Duration::from_micros(usec / 2).max(Duration::from_millis(100)))
 }
 
-/// The STATUS line: `idle; 3 queued` or `mlp: forward 50%; 2 queued`.
+/// The STATUS line: `idle; 3 queued` or `mlp: forward 50% (pid 4242, attempt 1); 2 queued`.
 pub fn status_line(active: &ActiveJobs, queued: usize) -> String {
     let jobs = active.lock().unwrap_or_else(|p| p.into_inner());
     let mut parts: Vec<String> = jobs
         .values()
-        .map(|j| format!("{}: {} {:.0}%", j.name, j.stage, j.fraction * 100.0))
+        .map(|j| {
+            let pid = j.pid.map(|p| format!("pid {p}, ")).unwrap_or_default();
+            format!(
+                "{}: {} {:.0}% ({pid}attempt {})",
+                j.name,
+                j.stage,
+                j.fraction * 100.0,
+                j.attempt
+            )
+        })
         .collect();
     if parts.is_empty() {
         parts.push("idle".into());

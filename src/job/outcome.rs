@@ -4,18 +4,20 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::Config;
 use crate::report::{
-    sha256_hex, Artifacts, DatasetInfo, EnvironmentInfo, Evaluation, FileRef, JobInfo,
+    sha256_hex, Artifacts, DatasetInfo, EnvironmentInfo, Evaluation, FileRef, JobInfo, JobLimits,
     Memorization, ModelInfo, Report, Summary, Timing, Training, REPORT_SCHEMA,
 };
 use crate::runtime;
 
 /// What a successful run produced: the report sections it owns. [`JobOutcome::into_report`] adds environment,
-/// artifacts (with digests), job and timing.
-#[derive(Debug, Clone, PartialEq)]
+/// artifacts (with digests), job and timing. A job's process sends it to the daemon as YAML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobOutcome {
     pub summary: Summary,
     pub model: ModelInfo,
@@ -28,6 +30,14 @@ pub struct JobOutcome {
     pub plots: Vec<String>,
     pub per_sample: Option<String>,
     pub training_log: Option<String>,
+    /// The hard limits the job ran under (its process's memory cap and the timeout), when it ran in a process of
+    /// its own: the report's `job.limits`.
+    #[serde(default)]
+    pub limits: Option<JobLimits>,
+    /// Where it ran (versions, device, threads), when the runner ran elsewhere than the report is assembled (a
+    /// job's process: the daemon itself never loads onnxruntime); otherwise [`environment`] of the config.
+    #[serde(default)]
+    pub environment: Option<EnvironmentInfo>,
 }
 
 impl JobOutcome {
@@ -44,6 +54,8 @@ impl JobOutcome {
             plots: Vec::new(),
             per_sample: None,
             training_log: None,
+            limits: None,
+            environment: None,
         }
     }
 
@@ -79,7 +91,7 @@ impl JobOutcome {
             summary,
             model: self.model,
             dataset: self.dataset,
-            environment: environment(config),
+            environment: self.environment.unwrap_or_else(|| environment(config)),
             evaluation: self.evaluation,
             memorization: self.memorization,
             training: self.training,
@@ -90,7 +102,10 @@ impl JobOutcome {
                 per_sample: self.per_sample,
                 training_log: self.training_log,
             },
-            job,
+            job: job.map(|j| JobInfo {
+                limits: self.limits,
+                ..j
+            }),
             timing,
         })
     }

@@ -15,6 +15,8 @@ pub struct ProgressUpdate {
     pub fraction: f64,
     /// True when the stage just changed.
     pub new_stage: bool,
+    /// The process running the job, when it runs in one of its own (the daemon's jobs).
+    pub pid: Option<u32>,
 }
 
 type ProgressSink = Arc<dyn Fn(&ProgressUpdate) + Send + Sync>;
@@ -33,6 +35,8 @@ pub struct Progress {
 struct ProgressState {
     stage: Option<(String, Instant)>,
     finished: Vec<StageTime>,
+    fraction: f64,
+    pid: Option<u32>,
 }
 
 impl Progress {
@@ -41,6 +45,8 @@ impl Progress {
             inner: Arc::new(Mutex::new(ProgressState {
                 stage: None,
                 finished: Vec::new(),
+                fraction: 0.0,
+                pid: None,
             })),
             sink: Arc::new(sink),
             eval_detail: None,
@@ -80,24 +86,52 @@ impl Progress {
             });
         }
         st.stage = Some((name.to_owned(), now));
+        st.fraction = 0.0;
+        let pid = st.pid;
         drop(st);
         (self.sink)(&ProgressUpdate {
             stage: name.to_owned(),
             fraction: 0.0,
             new_stage: true,
+            pid,
         });
     }
 
     /// How far the current stage is, in [0, 1].
     pub fn fraction(&self, fraction: f64) {
-        let stage = match &self.lock().stage {
+        let fraction = fraction.clamp(0.0, 1.0);
+        let mut st = self.lock();
+        let stage = match &st.stage {
             Some((s, _)) => s.clone(),
             None => return,
         };
+        st.fraction = fraction;
+        let pid = st.pid;
+        drop(st);
         (self.sink)(&ProgressUpdate {
             stage,
-            fraction: fraction.clamp(0.0, 1.0),
+            fraction,
             new_stage: false,
+            pid,
+        });
+    }
+
+    /// The process now running the job (`None` once it ended): the sink hears of it with the current stage
+    /// (`starting` before the first).
+    pub fn process(&self, pid: Option<u32>) {
+        let mut st = self.lock();
+        st.pid = pid;
+        let stage = st
+            .stage
+            .as_ref()
+            .map_or_else(|| "starting".to_owned(), |(s, _)| s.clone());
+        let fraction = st.fraction;
+        drop(st);
+        (self.sink)(&ProgressUpdate {
+            stage,
+            fraction,
+            new_stage: false,
+            pid,
         });
     }
 

@@ -198,6 +198,18 @@ impl Job {
         Config::load(&self.dir.join(CONFIG_FILE))
     }
 
+    /// The device the job's config asks for, as reports name it (`cpu`, `cuda:0`); the spec itself if it is
+    /// invalid (the job then fails and says why).
+    pub fn device(&self) -> String {
+        let spec = self
+            .load_config()
+            .map(|c| c.runtime.device)
+            .unwrap_or_else(|_| "cpu".into());
+        crate::runtime::parse_device(&spec)
+            .map(crate::runtime::device_name)
+            .unwrap_or(spec)
+    }
+
     /// Reads a job from its directory.
     pub fn read(dir: &Path) -> Result<Self, ReadError> {
         let record: JobRecord = read_yaml(&dir.join(JOB_FILE))?;

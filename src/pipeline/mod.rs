@@ -25,6 +25,14 @@ pub use runner::PipelineRunner;
 pub use subject::Subject;
 pub use triage::TriageRunner;
 
+/// The runner `daemon.runner` names.
+pub fn runner_for(kind: crate::config::JobRunnerKind) -> std::sync::Arc<dyn crate::job::JobRunner> {
+    match kind {
+        crate::config::JobRunnerKind::Pipeline => std::sync::Arc::new(PipelineRunner),
+        crate::config::JobRunnerKind::Triage => std::sync::Arc::new(TriageRunner),
+    }
+}
+
 /// Largest |logit| difference accepted between tch and onnxruntime on a written-back float32 model (≤ 1e-4).
 pub const WRITE_BACK_PARITY_TOLERANCE: f64 = 1e-4;
 /// For a float16/bfloat16 model, relative to the largest |logit|: onnxruntime computes in half precision, tch in

@@ -28,6 +28,38 @@ pub struct ErrorReport {
     pub hint: Option<String>,
     /// RFC 3339, UTC.
     pub time: String,
+    /// How the job's process ended, when it crashed or ran into its memory cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+}
+
+/// What the daemon saw of a job's process that crashed (or hit its memory cap).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// The signal that killed it (`SIGSEGV`, `SIGABRT`, `SIGKILL`, ...), if one did.
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// Its exit code, if it exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub core_dumped: bool,
+    /// Whether it ran into its memory cap (an OOM kill in its cgroup, or an allocation refused under
+    /// `RLIMIT_DATA`).
+    pub memory_cap_hit: bool,
+    /// `768 MiB (RLIMIT_DATA)` or `768 MiB (cgroup memory.max)`.
+    pub memory_cap: String,
+    /// Processes started for the job in this run of the daemon (a crash that may be transient is tried once more).
+    pub tries: u32,
+    /// Peak resident memory of the last process (MiB).
+    pub peak_rss_mb: f64,
+    /// The stage it was in.
+    pub last_stage: String,
+    /// Its last lines on stderr.
+    #[serde(default)]
+    pub stderr: Vec<String>,
 }
 
 impl ErrorReport {
@@ -65,7 +97,14 @@ impl ErrorReport {
             chain,
             hint,
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            process: None,
         }
+    }
+
+    /// The report with what is known of the job's process.
+    pub fn with_process(mut self, process: Option<ProcessInfo>) -> Self {
+        self.process = process;
+        self
     }
 
     /// Writes the file atomically.

@@ -10,6 +10,6 @@ pub mod plots;
 pub mod schema;
 pub mod validate;
 
-pub use error_report::{error_chain, ErrorReport, ERROR_SCHEMA};
+pub use error_report::{error_chain, ErrorReport, ProcessInfo, ERROR_SCHEMA};
 pub use schema::*;
 pub use validate::{sha256_hex, validate_report_file, validate_report_yaml, InvalidReport, Issue};

@@ -510,6 +510,41 @@ pub struct JobInfo {
     pub attempts: u32,
     /// The runner that produced the report (`triage`, `pipeline`, ...).
     pub runner: String,
+    /// The hard limits the job's process ran under (absent when the job did not run in a process of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<JobLimits>,
+}
+
+/// The hard limits of a job's process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobLimits {
+    /// `limits.job_memory_mb`: the process's memory cap (MiB).
+    pub memory_mb: u64,
+    /// How the cap was enforced: `cgroup` (cgroup v2 `memory.max`, the kernel OOM-kills the process at the cap)
+    /// or `rlimit-data` (`RLIMIT_DATA`: allocations past the cap are refused).
+    pub memory_cap: MemoryCapKind,
+    /// `limits.job_timeout_s` (0 = none): the process is killed at this wall-clock age of the job.
+    pub timeout_s: u64,
+}
+
+/// How a job's memory cap is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryCapKind {
+    /// A cgroup v2 group with `memory.max`: the kernel OOM-kills the process at the cap.
+    Cgroup,
+    /// `RLIMIT_DATA`: allocations past the cap are refused.
+    RlimitData,
+}
+
+impl std::fmt::Display for MemoryCapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cgroup => "cgroup memory.max",
+            Self::RlimitData => "RLIMIT_DATA",
+        })
+    }
 }
 
 /// Wall-clock timestamps (RFC 3339, UTC) and seconds per stage, in the order the stages ran.
