@@ -245,7 +245,7 @@ fn run_protocol(
     let curve = {
         let verdicts = curve::Verdicts {
             clean_correct: &clean_correct,
-            anchor: (!attacks.is_empty()).then(|| (robust.as_slice(), anchor_attacks)),
+            anchor: (!attacks.is_empty()).then_some((robust.as_slice(), anchor_attacks)),
             min_norm: &mut min_norm,
         };
         let mut attack_at = |eps: f64, pgd: &Attack, rows: &[usize]| {
