@@ -13,7 +13,9 @@ thread count, and computes the ratios.
     bench_reference.py autoattack --model DIR/NAME.onnx --n N --eps E --reps R
 
 Models (see MODELS): `small_cnn` is the demo model's shape (fixture_models.SmallCNN, ~0.1 M parameters) and
-`resnet18` the ResNet-18 topology (BasicBlocks 2-2-2-2, widths 16-32-64-128, ~0.7 M parameters) on 1x28x28
+`resnet18` the ResNet-18 topology (BasicBlocks 2-2-2-2, widths 16-32-64-128, ~0.7 M parameters); for the attack
+loop on activations those two lack, `act_cnn` (LeakyReLU, ELU, average pooling, SiLU), `mobilenet_hs` (depthwise
+convolutions, hard-swish) and `vit` (a small vision transformer: LayerNorm, softmax attention, GELU); all on 1x28x28
 Fashion-MNIST images, each given one epoch of standard training on 3000 images at export (so the attacks meet real
 decision boundaries; NAME.pt keeps the weights). BatchNorm is folded into the convolutions in both the exported
 ONNX file and the eager module, so both sides compute the same graph. Labels for
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fmnist  # noqa: E402
-from fixture_models import ResNet18, SmallCNN, export, seeded_model  # noqa: E402
+from fixture_models import ActCNN, MobileNetHS, ResNet18, SmallCNN, ViT, export, seeded_model  # noqa: E402
 
 
 def resnet18_gray():
@@ -44,7 +46,8 @@ def resnet18_gray():
     return model
 
 
-MODELS = {"small_cnn": SmallCNN, "resnet18": resnet18_gray}
+MODELS = {"small_cnn": SmallCNN, "resnet18": resnet18_gray, "act_cnn": ActCNN, "mobilenet_hs": MobileNetHS,
+          "vit": ViT}
 SEED = 0
 
 
@@ -56,7 +59,9 @@ def build(onnx_path):
     name = os.path.splitext(os.path.basename(onnx_path))[0]
     model = MODELS[name]()
     model.load_state_dict(torch.load(os.path.splitext(onnx_path)[0] + ".pt"))
-    model = fuse(model.eval())
+    model = model.eval()
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        model = fuse(model)
     for p in model.parameters():
         p.requires_grad_(True)
     return model

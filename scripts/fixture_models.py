@@ -10,7 +10,6 @@ import io
 import math
 import warnings
 
-import onnx
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -164,6 +163,44 @@ class VGGBN(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+class ActCNN(nn.Module):
+    """A Fashion-MNIST CNN on activations the other models lack: LeakyReLU, ELU, average pooling, SiLU."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.LeakyReLU(0.1), nn.AvgPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ELU(), nn.AvgPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.SiLU(), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class MobileNetHS(nn.Module):
+    """MobileNetV3-style on 1x28x28: depthwise-separable inverted residuals with hard-swish, BatchNorm."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+
+        def block(cin, cout, stride, expand):
+            hidden = cin * expand
+            return nn.Sequential(
+                nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish(),
+                nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                nn.Hardswish(), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        self.blocks = nn.Sequential(block(16, 24, 2, 4), block(24, 24, 1, 4), block(24, 40, 2, 4))
+        self.head = nn.Sequential(nn.Conv2d(40, 96, 1, bias=False), nn.BatchNorm2d(96), nn.Hardswish())
+        self.fc = nn.Linear(96, classes)
+
+    def forward(self, x):
+        h = self.blocks[0](self.stem(x))
+        h = h + self.blocks[1](h)
+        return self.fc(self.head(self.blocks[2](h)).mean([2, 3]))
 
 
 class LeNetNHWC(LeNet):
@@ -371,6 +408,8 @@ def fold_batchnorm_exactly(model):
 def strip_node_metadata(path, keys):
     """Removes node metadata entries named `keys` from the ONNX file at `path`, in place; external data (the .data
     file and each initializer's reference into it) stays exactly as written."""
+    import onnx  # only here: a script that imports this module for its models does not pay for onnx
+
     model = onnx.load(path, load_external_data=False)
     for node in model.graph.node:
         kept = [p for p in node.metadata_props if p.key not in keys]

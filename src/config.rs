@@ -220,6 +220,11 @@ pub struct EvalSpec {
     pub square_p_init: f64,
     /// Radii for the robust-accuracy-vs-eps curve (PGD only).
     pub eps_curve: Vec<f64>,
+    /// How the curve is measured: `sweep` (from the attacks' verdict at `threat.eps` outward, each sample attacked
+    /// only until its verdict changes) or `independent` (`eval.pgd` on every clean-correct sample at every radius).
+    pub curve_protocol: CurveProtocol,
+    /// PGD steps per radius of the `sweep` curve (step size scaled to keep `eval.pgd`'s total travel).
+    pub curve_steps: usize,
     /// Batch size for evaluation and attacks; 0 = automatic within `limits.job_memory_mb`.
     pub batch_size: usize,
     /// Exit code 3 from `robustd eval` when worst-case robust accuracy is below this; null = never.
@@ -264,6 +269,18 @@ pub struct ExamplesSpec {
     pub max: usize,
     /// Examples drawn in the PNG grid (one row each: original, magnified perturbation, adversarial); 0 = no grid.
     pub grid: usize,
+}
+
+/// How the robust-accuracy-vs-eps curve is measured (`eval.curve_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CurveProtocol {
+    /// The configured attacks' verdict at `threat.eps`, then each sample attacked at the radii outward from it
+    /// until its verdict changes (a break holds at every larger radius; a hold is taken to hold at every smaller
+    /// one), with `eval.curve_steps` steps: about one attack's cost.
+    Sweep,
+    /// `eval.pgd` on every clean-correct sample at every radius, each radius on its own.
+    Independent,
 }
 
 /// How the configured attacks share the samples (see `eval::Mode`, which this selects).
@@ -584,6 +601,8 @@ impl Default for EvalSpec {
             square_queries: 1000,
             square_p_init: 0.3,
             eps_curve: vec![0.0, 0.025, 0.05, 0.1, 0.15],
+            curve_protocol: CurveProtocol::Sweep,
+            curve_steps: 10,
             batch_size: 0,
             min_robust_acc: None,
             gate: Gate::Point,
@@ -818,6 +837,12 @@ impl Config {
         {
             return Err(bad("eval.eps_curve", format!("{e} is outside [0, 1]")));
         }
+        if self.eval.curve_steps == 0 {
+            return Err(bad(
+                "eval.curve_steps",
+                "0 steps would attack nothing; use 1 or more".into(),
+            ));
+        }
         if !(0.0..1.0).contains(&self.memorization.subset_ratio)
             || self.memorization.subset_ratio <= 0.0
         {
@@ -1035,7 +1060,7 @@ impl Config {
     /// Counts that set how much work a job does, with the most accepted of each: far above any useful setting,
     /// they keep a typo or a hostile sidecar from asking for years of computation (`limits.job_timeout_s` bounds
     /// the rest).
-    fn work_bounds(&self) -> [(&'static str, u64, u64); 18] {
+    fn work_bounds(&self) -> [(&'static str, u64, u64); 19] {
         let n = |v: usize| v as u64;
         [
             ("eval.pgd.steps", n(self.eval.pgd.steps), 10_000),
@@ -1052,6 +1077,7 @@ impl Config {
                 1_000_000,
             ),
             ("eval.eps_curve", n(self.eval.eps_curve.len()), 100),
+            ("eval.curve_steps", n(self.eval.curve_steps), 10_000),
             ("eval.attacks", n(self.eval.attacks.len()), 32),
             ("train.epochs", n(self.train.epochs), 10_000),
             ("train.pgd.steps", n(self.train.pgd.steps), 10_000),

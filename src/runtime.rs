@@ -201,6 +201,24 @@ pub const MALLOC_MMAP_THRESHOLD: usize = 32 << 20;
 /// Free heap top glibc keeps instead of trimming, under [`tune_allocator`] (bytes).
 pub const MALLOC_TRIM_THRESHOLD: usize = 128 << 20;
 
+/// Seconds since this process was exec'd (Linux: `/proc/self/stat`'s start time against `/proc/uptime`, to the
+/// kernel's clock tick, usually 10 ms); `None` elsewhere.
+pub fn process_age_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: fields are counted after its closing parenthesis.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let start_ticks: f64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (uptime - start_ticks / ticks as f64).max(0.0))
+}
+
 /// Keeps glibc's allocator from returning libtorch's large, short-lived buffers to the kernel after every use.
 ///
 /// libtorch allocates each activation and gradient with `posix_memalign`. glibc serves blocks above its mmap

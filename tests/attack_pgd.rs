@@ -35,7 +35,12 @@ fn pgd_never_leaves_the_ball_or_the_pixel_box() {
     let cnn = TinyCnn::trained();
     let (x, y) = fashion_mnist("t10k", 64);
     for (norm, eps) in [(Norm::Linf, 0.1), (Norm::L2, 1.5)] {
-        for keep in [Keep::Final, Keep::MaxLoss, Keep::Adversarial] {
+        for keep in [
+            Keep::Final,
+            Keep::MaxLoss,
+            Keep::Adversarial,
+            Keep::FirstAdversarial,
+        ] {
             let adv = pgd(
                 &cnn,
                 &x,
@@ -60,7 +65,7 @@ fn pgd_never_leaves_the_ball_or_the_pixel_box() {
 fn pgd_with_zero_steps_and_no_random_start_returns_the_clean_input() {
     let cnn = TinyCnn::new(1);
     let (x, y) = fashion_mnist("t10k", 16);
-    for keep in [Keep::Final, Keep::Adversarial] {
+    for keep in [Keep::Final, Keep::Adversarial, Keep::FirstAdversarial] {
         let p = PgdParams {
             steps: 0,
             random_start: false,
@@ -326,4 +331,36 @@ fn losses_refuse_too_few_classes() {
     assert!(losses::dlr(&logits, &y).is_err());
     let t = Tensor::ones([4], (Kind::Int64, tch::Device::Cpu));
     assert!(losses::targeted_dlr(t)(&logits, &y).is_err());
+}
+
+#[test]
+fn stopping_each_sample_at_its_first_success_keeps_every_verdict() {
+    // A row's iterates do not depend on the other rows, so a row that leaves the batch once fooled breaks exactly
+    // where the full run finds it broken: same verdicts, fewer passes. Two restarts: the second runs only on rows
+    // the first did not break.
+    let cnn = TinyCnn::trained();
+    let (x, y) = fashion_mnist("t10k", 160);
+    let keys: Vec<u64> = (0..160).map(|i| 1000 + 3 * i).collect();
+    for (norm, eps) in [(Norm::Linf, 0.03), (Norm::Linf, 0.08), (Norm::L2, 0.8)] {
+        let run = |keep| {
+            let adv = pgd_rows(
+                &cnn,
+                &x,
+                &y,
+                Some(&keys),
+                &params(norm, eps, 6, keep),
+                &losses::cross_entropy,
+            )
+            .unwrap();
+            correct(&cnn, &adv, &y)
+        };
+        let full = run(Keep::Adversarial);
+        let first = run(Keep::FirstAdversarial);
+        let broken = full.iter().filter(|c| !**c).count();
+        assert!(
+            broken > 10 && broken < 150,
+            "{norm:?} {eps}: {broken} broken does not test much"
+        );
+        assert_eq!(first, full, "{norm:?} {eps}: verdicts differ");
+    }
 }

@@ -20,6 +20,9 @@ fn evaluation(report: &Report) -> EvalResult {
     for (_, attack) in result.attacks.0.iter_mut() {
         attack.seconds = 0.0;
     }
+    if let Some(curve) = &mut result.curve {
+        curve.seconds = 0.0;
+    }
     result
 }
 

@@ -12,14 +12,19 @@ use robustd::eval::batch::{resolve, MAX_BATCH};
 use robustd::eval::per_sample::{BROKEN, HELD, NOT_ATTACKED};
 use robustd::eval::result::IndexRanges;
 use robustd::eval::{
-    evaluate, BatchSize, EvalPlan, EvalResult, EvalSet, Evaluation, Mode, PerSample, Progress,
-    Stage,
+    evaluate, BatchSize, CurveProtocol, EvalPlan, EvalResult, EvalSet, Evaluation, Mode, PerSample,
+    Progress, Stage,
 };
 use robustd::model::Classifier;
 use tch::{Kind, Tensor};
 
 fn small_plan(attacks: &[&str]) -> EvalPlan {
+    plan_at(attacks, Config::default().threat.eps)
+}
+
+fn plan_at(attacks: &[&str], eps: f64) -> EvalPlan {
     let mut cfg = Config::default();
+    cfg.threat.eps = eps;
     cfg.eval.attacks = attacks.iter().map(|s| s.to_string()).collect();
     cfg.eval.pgd.steps = 8;
     cfg.eval.pgd.step_size_factor = 0.3;
@@ -40,6 +45,9 @@ fn eval_cnn(cnn: &mut TinyCnn, copy: &TinyCnn, plan: &EvalPlan, n: usize) -> Eva
 
 fn without_timing(mut r: EvalResult) -> EvalResult {
     r.seconds = 0.0;
+    if let Some(c) = &mut r.curve {
+        c.seconds = 0.0;
+    }
     for (_, a) in &mut r.attacks.0 {
         a.seconds = 0.0;
     }
@@ -377,9 +385,10 @@ fn progress_reports_every_stage_in_order_up_to_its_total() {
         (2, Stage::Checks),
         (3, Stage::Attack("pgd")),
         (4, Stage::Attack("square")),
+        // The sweep's order: the radii whose verdict is known (0 and the anchor, eps 0.1), then outward.
         (5, Stage::Curve(0.0)),
-        (6, Stage::Curve(0.05)),
-        (7, Stage::Curve(0.1)),
+        (6, Stage::Curve(0.1)),
+        (7, Stage::Curve(0.05)),
     ];
     assert_eq!(starts, expected);
     assert!(seen.iter().all(|p| p.stages == 7 && p.done <= p.total));
@@ -440,4 +449,99 @@ fn bad_inputs_are_refused_with_a_reason() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("classes"), "{err}");
+}
+
+/// Per sample, robust at a larger radius implies robust at every smaller one.
+fn assert_monotone(e: &Evaluation) {
+    let mut curve = e.per_sample.curve.clone();
+    curve.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for pair in curve.windows(2) {
+        for (i, (small, large)) in pair[0].1.iter().zip(&pair[1].1).enumerate() {
+            assert!(
+                *small || !*large,
+                "sample {i} holds at eps {} but not at {}",
+                pair[1].0,
+                pair[0].0
+            );
+        }
+    }
+}
+
+#[test]
+fn the_sweep_keeps_every_verdict_at_eps_and_its_curve_is_monotone() {
+    let mut cnn = TinyCnn::trained();
+    let copy = cnn.duplicate();
+    let mut plan = plan_at(&["pgd", "apgd-ce"], 0.05);
+    plan.eps_curve = vec![0.0, 0.02, 0.05, 0.08, 0.12];
+    assert_eq!(plan.curve_protocol, CurveProtocol::Sweep, "the default");
+    let sweep = eval_cnn(&mut cnn, &copy, &plan, 120);
+    let at = |e: &Evaluation, eps: f64| {
+        e.per_sample
+            .curve
+            .iter()
+            .find(|(r, _)| *r == eps)
+            .unwrap()
+            .1
+            .clone()
+    };
+    // The attacks' verdict at eps is the curve's there, sample by sample; eps 0 is clean accuracy.
+    assert_eq!(at(&sweep, 0.05), sweep.per_sample.worst_case_robust);
+    assert_eq!(at(&sweep, 0.0), sweep.per_sample.clean_correct());
+    assert_eq!(
+        sweep.result.robust_acc_vs_eps.get(&0.05),
+        Some(&sweep.result.worst_case_acc)
+    );
+    assert_monotone(&sweep);
+    let info = sweep.result.curve.clone().unwrap();
+    assert_eq!(info.anchor, Some(0.05));
+    assert_eq!(info.anchor_attacks, ["pgd", "apgd-ce"]);
+    assert_eq!((info.steps, info.keep.as_str()), (10, "first-adversarial"));
+    // eval.pgd's travel (8 steps of 0.3 eps) in 10 steps.
+    assert!((info.step_size_factor - 0.24).abs() < 1e-12);
+
+    plan.curve_protocol = CurveProtocol::Independent;
+    let independent = eval_cnn(&mut cnn, &copy, &plan, 120);
+    let info_ind = independent.result.curve.clone().unwrap();
+    let correct = independent
+        .per_sample
+        .clean_correct()
+        .iter()
+        .filter(|c| **c)
+        .count();
+    assert_eq!(info_ind.attacked, 4 * correct, "every radius but 0");
+    assert_eq!((info_ind.anchor, info_ind.steps), (None, 8));
+    assert!(
+        2 * info.attacked < info_ind.attacked,
+        "sweep attacked {} sample-radii, independent {}",
+        info.attacked,
+        info_ind.attacked
+    );
+    // The worst case is never weaker than PGD alone at the anchor, so the sweep never reports more robustness.
+    let (s, i) = (
+        sweep.result.robust_acc_vs_eps.get(&0.05).unwrap(),
+        independent.result.robust_acc_vs_eps.get(&0.05).unwrap(),
+    );
+    assert!(s <= i, "sweep {s} > independent {i} at the anchor");
+    // The per-sample file and the report's block carry the protocol.
+    let yaml = serde_norway::to_string(&sweep.result).unwrap();
+    let doc: serde_norway::Value = serde_norway::from_str(&yaml).unwrap();
+    assert_eq!(doc["curve"]["protocol"].as_str(), Some("sweep"), "{yaml}");
+    assert_eq!(doc["curve"]["anchor"].as_f64(), Some(0.05));
+}
+
+#[test]
+fn minimal_perturbations_found_by_fab_decide_radii_below_eps_without_an_attack() {
+    let mut cnn = TinyCnn::trained();
+    let copy = cnn.duplicate();
+    let mut cfg = Config::default();
+    cfg.threat.eps = 0.1;
+    cfg.eval.attacks = vec!["fab".into()];
+    cfg.eval.fab_steps = 10;
+    cfg.eval.eps_curve = vec![0.0, 0.03, 0.06, 0.1];
+    let mut plan = EvalPlan::from_config(&cfg).unwrap();
+    plan.batch = BatchSize::Fixed(32);
+    let e = eval_cnn(&mut cnn, &copy, &plan, 60);
+    let info = e.result.curve.clone().unwrap();
+    assert!(info.from_perturbation > 0, "{info:?}");
+    assert_monotone(&e);
 }

@@ -6,7 +6,9 @@ use std::cell::Cell;
 
 use common::{fashion_mnist, TchScorer, TinyCnn};
 use robustd::config::{Config, Norm, PgdSpec};
-use robustd::eval::{evaluate, BatchSize, EvalPlan, EvalSet, Evaluation, WarningKind};
+use robustd::eval::{
+    evaluate, BatchSize, CurveProtocol, EvalPlan, EvalSet, Evaluation, WarningKind,
+};
 use robustd::model::{Classifier, ModelError};
 use tch::{Device, Kind, Tensor};
 
@@ -225,6 +227,8 @@ fn robust_accuracy_rising_with_eps_is_reported_and_a_monotone_curve_is_not() {
             step_size_factor: 0.25,
             random_start: false,
         },
+        curve_protocol: CurveProtocol::Independent,
+        curve_steps: 10,
         seed: 0,
         batch: BatchSize::Fixed(20),
         mode: robustd::eval::Mode::Ensemble,
@@ -249,6 +253,23 @@ fn robust_accuracy_rising_with_eps_is_reported_and_a_monotone_curve_is_not() {
         e.result.warnings
     );
 
+    // The sweep carries a break at 0.035 to every larger radius: its curve cannot rise.
+    plan.curve_protocol = CurveProtocol::Sweep;
+    let e = evaluate(&mut Trap, &mut scorer, &data, &plan, &mut |_| {}).unwrap();
+    let curve: Vec<f64> = e
+        .result
+        .robust_acc_vs_eps
+        .0
+        .iter()
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(curve, vec![1.0, 0.0, 0.0]);
+    assert!(e.result.warnings.is_empty(), "{:#?}", e.result.warnings);
+    let info = e.result.curve.as_ref().unwrap();
+    // No attack configured: no verdict at eps to reuse, so the sweep starts from the clean samples.
+    assert_eq!((info.anchor, info.attacked), (Some(0.0), 20));
+
+    plan.curve_protocol = CurveProtocol::Independent;
     plan.eps_curve = vec![0.0, 0.035];
     let e = evaluate(&mut Trap, &mut scorer, &data, &plan, &mut |_| {}).unwrap();
     assert!(e.result.warnings.is_empty(), "{:#?}", e.result.warnings);

@@ -219,9 +219,14 @@ curves: []
             started_at: "2026-01-01T00:00:01Z".into(),
             finished_at: "2026-01-01T00:01:00Z".into(),
             seconds: 59.0,
+            startup_seconds: Some(0.2),
             stages: vec![StageTime {
                 name: "finetune".into(),
                 seconds: 40.0,
+                parts: vec![StagePart {
+                    name: "dataset".into(),
+                    seconds: 0.5,
+                }],
             }],
         },
     }

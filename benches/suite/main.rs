@@ -11,11 +11,21 @@
 //! this binary's `worker` mode, `worker.rs`; reference: `scripts/bench_reference.py`), repeated, min and median
 //! kept; ratios are computed from medians of the same run.
 //!
+//! (i) the user's view (`eval-process`, `process.rs`): the whole `robustd eval MODEL --attacks pgd` process with
+//! the default config against a torchattacks PGD-20 script including its imports, both timed as processes. The
+//! attack loop (a) and (i) also run on three architectures with activations the first two lack (`act_cnn`:
+//! LeakyReLU/ELU/AvgPool/SiLU; `mobilenet_hs`: depthwise convolutions, hard-swish; `vit`: a small transformer
+//! with GELU).
+//!
 //! Environment: `BENCH_THREADS` (default: the machine's cores) intra-op threads for every engine; `BENCH_REPS`
 //! (default 3); `BENCH_QUICK=1` tiny sizes, results under `target/bench/quick/` (a smoke run of the harness);
-//! `BENCH_ONLY=images` only the image-loading section, printed.
+//! `BENCH_ONLY=images` only the image-loading section, printed; `BENCH_WORKLOADS=pgd-eval,eval-process` only those
+//! workloads (names or labels such as `epoch bat`), and `BENCH_MODELS=small_cnn,vit` only those models, without
+//! the daemon latency and image loading, results under `target/bench/partial/` (the committed table stays an
+//! idle machine's full run).
 
 mod images;
+mod process;
 mod report;
 mod worker;
 
@@ -66,14 +76,26 @@ fn main() -> Result<()> {
         if settings.quick { ", quick sizes" } else { "" },
         settings.work.join("models").display()
     );
-    let models = export_models(&settings)?;
+    let models: Vec<ModelInfo> = export_models(&settings)?
+        .into_iter()
+        .filter(|m| Settings::picked(&settings.models, &[&m.name]))
+        .collect();
     let mut results = Vec::new();
     for model in &models {
         let sizes = Sizes::for_model(&model.name, settings.quick);
         for workload in sizes.workloads() {
+            if !Settings::picked(&settings.workloads, &[workload.name, &workload.label()]) {
+                continue;
+            }
             eprintln!("[bench] {} {}", model.name, workload.label());
-            let robustd = settings.run_robustd(&model.path, &workload)?;
-            let reference = settings.run_reference(&model.path, &workload)?;
+            let (robustd, reference) = if workload.name == "eval-process" {
+                process::measure(&settings, &model.path, &workload)?
+            } else {
+                (
+                    settings.run_robustd(&model.path, &workload)?,
+                    settings.run_reference(&model.path, &workload)?,
+                )
+            };
             results.push(report::Measured {
                 model: model.clone(),
                 workload,
@@ -82,15 +104,20 @@ fn main() -> Result<()> {
             });
         }
     }
-    eprintln!("[bench] daemon drop-to-job-start latency");
-    let default_stable = Config::default().daemon.stable_ms;
-    let drops = if settings.quick { 2 } else { 7 };
-    let latency = vec![
-        (default_stable, daemon_latency(default_stable, drops)?),
-        (100, daemon_latency(100, drops)?),
-    ];
-    eprintln!("[bench] image loading");
-    let image_loading = images::measure(&settings)?;
+    let partial = settings.workloads.is_some() || settings.models.is_some();
+    let (latency, image_loading) = if partial {
+        (Vec::new(), None)
+    } else {
+        eprintln!("[bench] daemon drop-to-job-start latency");
+        let default_stable = Config::default().daemon.stable_ms;
+        let drops = if settings.quick { 2 } else { 7 };
+        let latency = vec![
+            (default_stable, daemon_latency(default_stable, drops)?),
+            (100, daemon_latency(100, drops)?),
+        ];
+        eprintln!("[bench] image loading");
+        (latency, Some(images::measure(&settings)?))
+    };
     let run = report::Run {
         settings: &settings,
         machine_before,
@@ -99,7 +126,7 @@ fn main() -> Result<()> {
         models: &models,
         results: &results,
         latency: &latency,
-        images: &image_loading,
+        images: image_loading.as_ref(),
     };
     let (md, png) = run.write(&settings.out)?;
     eprintln!("[bench] wrote {} and {}", md.display(), png.display());
@@ -114,6 +141,9 @@ pub struct Settings {
     pub work: PathBuf,
     /// RESULTS.md and the chart.
     pub out: PathBuf,
+    /// `BENCH_WORKLOADS` and `BENCH_MODELS`: only these (`None`: all).
+    pub workloads: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -122,6 +152,18 @@ impl Settings {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let quick = var("BENCH_QUICK").unwrap_or(0) != 0;
         let root = Path::new(MANIFEST);
+        let list = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .collect::<Vec<_>>()
+                })
+        };
+        let (workloads, models) = (list("BENCH_WORKLOADS"), list("BENCH_MODELS"));
+        let partial = workloads.is_some() || models.is_some();
         Self {
             threads: var("BENCH_THREADS").unwrap_or(cores),
             reps: var("BENCH_REPS")
@@ -131,10 +173,21 @@ impl Settings {
             work: root.join("target/bench"),
             out: if quick {
                 root.join("target/bench/quick")
+            } else if partial {
+                root.join("target/bench/partial")
             } else {
                 root.join("benches")
             },
+            workloads,
+            models,
         }
+    }
+
+    /// Whether a selection (`BENCH_WORKLOADS`, `BENCH_MODELS`) keeps something known by any of `names`.
+    fn picked(selection: &Option<Vec<String>>, names: &[&str]) -> bool {
+        selection
+            .as_ref()
+            .is_none_or(|keep| keep.iter().any(|k| names.contains(&k.as_str())))
     }
 
     fn run_robustd(&self, model: &Path, w: &Workload) -> Result<Value> {
@@ -245,8 +298,10 @@ fn export_models(settings: &Settings) -> Result<Vec<ModelInfo>> {
         .collect()
 }
 
-/// How much work each workload does on a model: sized so the whole suite takes ~4 minutes on 2 cores.
+/// How much work each workload does on a model: sized so the whole suite takes ~6 minutes on 2 cores.
 struct Sizes {
+    /// Only the attack loop and the whole process (the architectures beyond the first two).
+    attack_only: bool,
     pgd_n: usize,
     pgd_batch: usize,
     epoch_samples: usize,
@@ -261,6 +316,7 @@ impl Sizes {
     fn for_model(name: &str, quick: bool) -> Self {
         match (name, quick) {
             (_, true) => Self {
+                attack_only: !matches!(name, "small_cnn" | "resnet18"),
                 pgd_n: 20,
                 pgd_batch: 20,
                 epoch_samples: 128,
@@ -270,6 +326,7 @@ impl Sizes {
                 autoattack_n: 8,
             },
             ("small_cnn", _) => Self {
+                attack_only: false,
                 pgd_n: 500,
                 pgd_batch: 250,
                 epoch_samples: 2048,
@@ -278,13 +335,24 @@ impl Sizes {
                 forward_iters: 30,
                 autoattack_n: 100,
             },
-            _ => Self {
+            ("resnet18", _) => Self {
+                attack_only: false,
                 pgd_n: 100,
                 pgd_batch: 100,
                 epoch_samples: 384,
                 square_n: 100,
                 square_queries: 200,
                 forward_iters: 10,
+                autoattack_n: 0,
+            },
+            _ => Self {
+                attack_only: true,
+                pgd_n: 200,
+                pgd_batch: 200,
+                epoch_samples: 0,
+                square_n: 0,
+                square_queries: 0,
+                forward_iters: 0,
                 autoattack_n: 0,
             },
         }
@@ -295,17 +363,32 @@ impl Sizes {
             name,
             flags: flags.to_vec(),
         };
+        let attack_loop = w(
+            "pgd-eval",
+            &[
+                ("n", self.pgd_n.to_string()),
+                ("batch", self.pgd_batch.to_string()),
+                ("steps", "20".into()),
+                ("eps", "0.1".into()),
+                ("step-size", "0.0125".into()),
+            ],
+        );
+        // The user's view: `robustd eval --attacks pgd` with the default config (its automatic batch) vs a
+        // torchattacks PGD-20 script at the attack loop's batch.
+        let process = w(
+            "eval-process",
+            &[
+                ("n", self.pgd_n.to_string()),
+                ("batch", self.pgd_batch.to_string()),
+                ("eps", "0.1".into()),
+            ],
+        );
+        if self.attack_only {
+            return vec![attack_loop, process];
+        }
         let mut all = vec![
-            w(
-                "pgd-eval",
-                &[
-                    ("n", self.pgd_n.to_string()),
-                    ("batch", self.pgd_batch.to_string()),
-                    ("steps", "20".into()),
-                    ("eps", "0.1".into()),
-                    ("step-size", "0.0125".into()),
-                ],
-            ),
+            attack_loop,
+            process,
             w(
                 "epoch",
                 &[

@@ -26,7 +26,8 @@ pub struct Run<'a> {
     pub results: &'a [Measured],
     /// (`daemon.stable_ms`, latencies in seconds).
     pub latency: &'a [(u64, Vec<f64>)],
-    pub images: &'a crate::images::ImageLoading,
+    /// `None` in a partial run (`BENCH_WORKLOADS`, `BENCH_MODELS`).
+    pub images: Option<&'a crate::images::ImageLoading>,
 }
 
 /// What the machine was while the suite ran.
@@ -164,6 +165,9 @@ impl Run<'_> {
             group("PGD-20 eval", Some(1.0 / 0.9), &|m| {
                 self.time_ratio(m, "pgd-eval").map(|r| 1.0 / r)
             }),
+            group("eval process", Some(1.0), &|m| {
+                self.time_ratio(m, "eval-process").map(|r| 1.0 / r)
+            }),
             group("PGD-AT epoch", Some(1.0), &|m| {
                 self.time_ratio(m, "epoch pgd-at").map(|r| 1.0 / r)
             }),
@@ -281,6 +285,13 @@ impl Run<'_> {
             );
             row(
                 s,
+                "whole `robustd eval --attacks pgd` process (default config) ≤ 1.0× a torchattacks script's",
+                self.time_ratio(m, "eval-process"),
+                "{}×",
+                &|v| v <= 1.0,
+            );
+            row(
+                s,
                 "PGD-AT epoch time ≤ 1.0× PyTorch eager",
                 self.time_ratio(m, "epoch pgd-at"),
                 "{}×",
@@ -317,7 +328,9 @@ impl Run<'_> {
             let worst_rss = self
                 .results
                 .iter()
-                .filter(|r| r.model.name == m && r.workload.name != "forward")
+                .filter(|r| {
+                    r.model.name == m && !matches!(r.workload.name, "forward" | "eval-process")
+                })
                 .filter_map(|r| {
                     Some(r.robustd["peak_rss_mb"].as_f64()? / r.reference["peak_rss_mb"].as_f64()?)
                 })
@@ -383,6 +396,7 @@ impl Run<'_> {
                 sanity
             );
         }
+        self.process_breakdown(s);
         let unbroken = self
             .results
             .iter()
@@ -443,14 +457,58 @@ impl Run<'_> {
                 a / b
             );
         }
-        let _ = writeln!(s, "\n## Daemon drop-to-job-start latency\n");
-        let _ = writeln!(s, "A real `robustd run` (triage runner), models dropped one after another the careful way (temp name, then rename); latency = the job record's `started_at` − the rename. A file is taken once its size and mtime have been stable for `daemon.stable_ms`, which dominates.\n");
-        for (stable, lat) in self.latency {
-            let list: Vec<String> = lat.iter().map(|v| format!("{:.0}", v * 1e3)).collect();
-            let _ = writeln!(s, "- stable_ms {stable}: {} ms", list.join(", "));
+        if !self.latency.is_empty() {
+            let _ = writeln!(s, "\n## Daemon drop-to-job-start latency\n");
+            let _ = writeln!(s, "A real `robustd run` (triage runner), models dropped one after another the careful way (temp name, then rename); latency = the job record's `started_at` − the rename. A file is taken once its size and mtime have been stable for `daemon.stable_ms`, which dominates.\n");
+            for (stable, lat) in self.latency {
+                let list: Vec<String> = lat.iter().map(|v| format!("{:.0}", v * 1e3)).collect();
+                let _ = writeln!(s, "- stable_ms {stable}: {} ms", list.join(", "));
+            }
         }
-        s.push_str(&self.images.markdown());
+        if let Some(images) = self.images {
+            s.push_str(&images.markdown());
+        }
         let _ = writeln!(s, "\n![robustd vs references](results.png)");
+    }
+}
+
+impl Run<'_> {
+    /// Where robustd's `eval-process` time went, per model, from the last repeat's report: start-up, each
+    /// stage's parts, and the PGD attack and the curve as the evaluation block times them.
+    fn process_breakdown(&self, s: &mut String) {
+        let rows: Vec<&Measured> = self
+            .results
+            .iter()
+            .filter(|r| r.workload.name == "eval-process")
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "\nWhole process (`eval-process`): both sides timed from outside as processes, repeats alternating. robustd: `robustd eval MODEL --attacks pgd --n N --eps 0.1` with the default config (eps curve included; `runtime.threads` set); reference: `scripts/bench_user_pgd.py` (python start, `import torch, torchattacks`, the model, the test images, torchattacks PGD-20 of eps/8, clean and robust accuracy), run without the suite's allocator settings, as a user runs it. Where robustd's time went (seconds, from its report's `timing` block, last repeat):\n");
+        for r in rows {
+            let b = &r.robustd["breakdown"];
+            let num = |v: &Value| v.as_f64().map_or("?".into(), |x| format!("{x:.2}"));
+            let parts: Vec<String> = b["parts"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let (k, v) = p.as_mapping()?.iter().next()?;
+                    Some(format!("{} {}", k.as_str()?, num(v)))
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "- {}: start-up {}, command {} (PGD stage {}, eps curve {}); {}",
+                pretty(&r.model.name),
+                num(&b["startup_s"]),
+                num(&b["seconds"]),
+                num(&b["attack_s"]),
+                num(&b["curve_s"]),
+                parts.join(", ")
+            );
+        }
+        let _ = writeln!(s);
     }
 }
 
@@ -458,6 +516,9 @@ fn pretty(name: &str) -> &str {
     match name {
         "small_cnn" => "small CNN",
         "resnet18" => "ResNet-18-style",
+        "act_cnn" => "CNN (LeakyReLU/ELU/SiLU)",
+        "mobilenet_hs" => "MobileNet-style",
+        "vit" => "small ViT",
         other => other,
     }
 }
@@ -466,6 +527,13 @@ fn description(name: &str) -> &'static str {
     match name {
         "small_cnn" => "the demo model's shape: conv16-conv32 with max-pooling, two linear layers",
         "resnet18" => "ResNet-18 topology (BasicBlocks 2-2-2-2), widths 16-32-64-128",
+        "act_cnn" => "conv16-conv32 with LeakyReLU, ELU and average pooling, a SiLU hidden layer",
+        "mobilenet_hs" => {
+            "inverted residuals with depthwise convolutions and hard-swish, BatchNorm"
+        }
+        "vit" => {
+            "7x7 patches, three pre-norm encoder blocks (dim 32, 2 heads), erf/tanh/quick GELU"
+        }
         _ => "",
     }
 }

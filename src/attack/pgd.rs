@@ -37,6 +37,11 @@ pub enum Keep {
     /// A misclassified iterate if any step of any restart found one (the one with the highest loss among them),
     /// else the highest-loss iterate. The evaluation's choice: success is never lost by later steps.
     Adversarial,
+    /// The first misclassified iterate found, else the highest-loss iterate. A row leaves the attack (its later
+    /// steps and restarts) as soon as the model misclassifies it, so the batch shrinks as samples break: the
+    /// robust-accuracy curve's choice, where only the verdict matters. A row's iterates do not depend on the other
+    /// rows, so it breaks exactly where [`Keep::Adversarial`] would find it broken.
+    FirstAdversarial,
 }
 
 /// One projected-gradient attack configuration.
@@ -126,38 +131,150 @@ pub fn pgd_rows(
 ) -> Result<Tensor, AttackError> {
     params.validate()?;
     let (x, y) = on_model_device(model, x, y)?;
-    let keys = noise::row_keys(rows, x.size()[0] as usize)?;
+    let n = x.size()[0];
+    let keys = noise::row_keys(rows, n as usize)?;
     let restarts = params.restarts.max(1);
+    let first = params.keep == Keep::FirstAdversarial;
     let mut best = BestIterate::new(params.keep);
+    // Under Keep::FirstAdversarial a row is `done` once fooled and takes no further steps or restarts.
+    let mut done = vec![false; n as usize];
     for restart in 0..restarts {
+        let mut live = Live::new(&x, &y, &keys, &done)?;
+        if live.is_empty() {
+            break;
+        }
         let mut x_adv = if params.random_start {
             random_start(
-                &x,
+                &live.x,
                 params.norm,
                 params.eps,
                 Start::UniformBall,
                 params.seed,
                 stream::START + restart as u64,
-                &keys,
+                &live.keys,
             )?
         } else {
-            x.f_detach_copy()?
+            live.x.f_detach_copy()?
         };
         for _ in 0..params.steps {
-            let at = loss_and_input_grad(model, &x_adv, &y, loss)?;
+            let at = loss_and_input_grad(model, &x_adv, &live.y, loss)?;
             if params.keep != Keep::Final {
-                best.offer(&x_adv, &at.loss, &at.logits, &y)?;
+                best.offer(live.index(), &x_adv, &at.loss, &at.logits, &live.y)?;
             }
-            let step = ascent_direction(&at.grad, params.norm)?.f_mul_scalar(params.step_size)?;
-            x_adv = project(&x_adv.f_add(&step)?, &x, params.norm, params.eps)?;
+            let mut grad = at.grad;
+            if first {
+                let fooled = at.logits.f_argmax(1, false)?.f_ne_tensor(&live.y)?;
+                if let Some(kept) = live.leave(&fooled, &mut done)? {
+                    x_adv = x_adv.f_index_select(0, &kept)?;
+                    grad = grad.f_index_select(0, &kept)?;
+                }
+                if live.is_empty() {
+                    break;
+                }
+            }
+            let step = ascent_direction(&grad, params.norm)?.f_mul_scalar(params.step_size)?;
+            x_adv = project(&x_adv.f_add(&step)?, &live.x, params.norm, params.eps)?;
+        }
+        if live.is_empty() {
+            continue;
         }
         if params.keep == Keep::Final && restarts == 1 {
             return Ok(x_adv);
         }
-        let (logits, value) = loss_no_grad(model, &x_adv, &y, loss)?;
-        best.offer(&x_adv, &value, &logits, &y)?;
+        let (logits, value) = loss_no_grad(model, &x_adv, &live.y, loss)?;
+        best.offer(live.index(), &x_adv, &value, &logits, &live.y)?;
+        if first {
+            let fooled = logits.f_argmax(1, false)?.f_ne_tensor(&live.y)?;
+            live.leave(&fooled, &mut done)?;
+        }
     }
     best.into_best()
+}
+
+/// The rows of a batch still under attack: their clean inputs, labels, noise keys and positions in the batch.
+struct Live {
+    x: Tensor,
+    y: Tensor,
+    keys: Vec<u64>,
+    rows: Vec<i64>,
+    /// `rows` as a tensor on the inputs' device; `None` while every row of the batch is live.
+    index: Option<Tensor>,
+}
+
+impl Live {
+    /// The rows not `done`.
+    fn new(x: &Tensor, y: &Tensor, keys: &[u64], done: &[bool]) -> Result<Self, AttackError> {
+        let rows: Vec<i64> = (0..done.len() as i64)
+            .filter(|&i| !done[i as usize])
+            .collect();
+        let mut live = Self {
+            x: x.shallow_clone(),
+            y: y.shallow_clone(),
+            keys: keys.to_vec(),
+            rows: (0..done.len() as i64).collect(),
+            index: None,
+        };
+        if rows.len() < done.len() {
+            let positions = Tensor::f_from_slice(&rows)?.f_to_device(x.device())?;
+            live.narrow(&positions, &rows)?;
+        }
+        Ok(live)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Positions of the live rows in the batch (for [`BestIterate::offer`]); `None` = all rows.
+    fn index(&self) -> Option<&Tensor> {
+        self.index.as_ref()
+    }
+
+    /// Marks the live rows that `fooled` flags as done and drops them. Returns the positions (among the live
+    /// rows before the call) of those that stay, to narrow the caller's per-row tensors, when any left.
+    fn leave(&mut self, fooled: &Tensor, done: &mut [bool]) -> Result<Option<Tensor>, AttackError> {
+        let fooled = Vec::<bool>::try_from(fooled)?;
+        if !fooled.iter().any(|f| *f) {
+            return Ok(None);
+        }
+        let mut stay = Vec::with_capacity(fooled.len());
+        for (position, (&row, f)) in self.rows.iter().zip(&fooled).enumerate() {
+            if *f {
+                done[row as usize] = true;
+            } else {
+                stay.push(position as i64);
+            }
+        }
+        let kept = Tensor::f_from_slice(&stay)?.f_to_device(self.x.device())?;
+        let rows: Vec<i64> = stay.iter().map(|&p| self.rows[p as usize]).collect();
+        self.narrow(&kept, &rows)?;
+        Ok(Some(kept))
+    }
+
+    /// Keeps the live rows at `positions` (among the current live rows), which are batch rows `rows`.
+    fn narrow(&mut self, positions: &Tensor, rows: &[i64]) -> Result<(), AttackError> {
+        self.x = self.x.f_index_select(0, positions)?;
+        self.y = self.y.f_index_select(0, positions)?;
+        self.keys = positions_of(&self.keys, &self.rows, rows);
+        self.rows = rows.to_vec();
+        self.index = Some(Tensor::f_from_slice(rows)?.f_to_device(self.x.device())?);
+        Ok(())
+    }
+}
+
+/// The entries of `values` (one per row of `rows`) for the rows `wanted` (a subsequence of `rows`).
+fn positions_of(values: &[u64], rows: &[i64], wanted: &[i64]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(wanted.len());
+    let mut it = rows.iter().zip(values);
+    for w in wanted {
+        for (r, v) in it.by_ref() {
+            if r == w {
+                out.push(*v);
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// What one forward/backward pass at an iterate gives: detached logits and per-sample loss, and the gradient of
@@ -430,9 +547,11 @@ impl BestIterate {
         Self { keep, state: None }
     }
 
-    /// Offers a candidate iterate with its per-sample loss and logits; rows that beat the current best replace it.
+    /// Offers a candidate iterate with its per-sample loss and logits for the batch rows `index` (`None`: every
+    /// row); rows that beat the current best replace it. The first offer covers every row.
     pub(crate) fn offer(
         &mut self,
+        index: Option<&Tensor>,
         x_adv: &Tensor,
         loss: &Tensor,
         logits: &Tensor,
@@ -440,25 +559,49 @@ impl BestIterate {
     ) -> Result<(), AttackError> {
         let fooled = logits.f_argmax(1, false)?.f_ne_tensor(y)?;
         let Some((best_x, best_loss, best_fooled)) = self.state.take() else {
+            if index.is_some() {
+                return Err(AttackError::Invalid {
+                    what: "iterates",
+                    message: "the first iterate offered must cover every row".into(),
+                });
+            }
             self.state = Some((x_adv.f_detach()?, loss.f_detach()?, fooled));
             return Ok(());
         };
-        let higher = loss.f_gt_tensor(&best_loss)?;
+        let pick = |t: &Tensor| -> Result<Tensor, AttackError> {
+            Ok(match index {
+                Some(i) => t.f_index_select(0, i)?,
+                None => t.shallow_clone(),
+            })
+        };
+        let (old_x, old_loss, old_fooled) =
+            (pick(&best_x)?, pick(&best_loss)?, pick(&best_fooled)?);
+        let higher = loss.f_gt_tensor(&old_loss)?;
+        let newly_fooled = fooled.f_logical_and(&old_fooled.f_logical_not()?)?;
         let better = match self.keep {
             Keep::Final | Keep::MaxLoss => higher,
             Keep::Adversarial => {
-                let newly_fooled = fooled.f_logical_and(&best_fooled.f_logical_not()?)?;
-                let same_status = fooled.f_eq_tensor(&best_fooled)?;
+                let same_status = fooled.f_eq_tensor(&old_fooled)?;
                 newly_fooled.f_logical_or(&same_status.f_logical_and(&higher)?)?
             }
+            Keep::FirstAdversarial => {
+                let neither = fooled.f_logical_or(&old_fooled)?.f_logical_not()?;
+                newly_fooled.f_logical_or(&neither.f_logical_and(&higher)?)?
+            }
         };
-        self.state = Some((
-            x_adv
-                .f_detach()?
-                .f_where_self(&per_row(&better, x_adv)?, &best_x)?,
-            loss.f_where_self(&better, &best_loss)?,
-            fooled.f_where_self(&better, &best_fooled)?,
-        ));
+        let new_x = x_adv
+            .f_detach()?
+            .f_where_self(&per_row(&better, x_adv)?, &old_x)?;
+        let new_loss = loss.f_where_self(&better, &old_loss)?;
+        let new_fooled = fooled.f_where_self(&better, &old_fooled)?;
+        self.state = Some(match index {
+            None => (new_x, new_loss, new_fooled),
+            Some(i) => (
+                best_x.f_index_copy(0, i, &new_x)?,
+                best_loss.f_index_copy(0, i, &new_loss)?,
+                best_fooled.f_index_copy(0, i, &new_fooled)?,
+            ),
+        });
         Ok(())
     }
 

@@ -79,6 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(outcome) => outcome,
         Err(e) => return Ok(experiment::job_failed(e, &interrupts, None)),
     };
+    progress.stage("report");
     drop(scratch);
     let original = target.copy_into(&out)?;
     let (report, path) =

@@ -337,10 +337,11 @@ pub fn terminal_progress() -> Progress {
     })
 }
 
-/// When a command started, for its report's timing block.
+/// When a command started, for its report's timing block, and how long the process took to get there.
 pub struct Clock {
     started_at: String,
     started: Instant,
+    startup: Option<f64>,
 }
 
 impl Clock {
@@ -348,6 +349,7 @@ impl Clock {
         Self {
             started_at: crate::job::now_rfc3339(),
             started: Instant::now(),
+            startup: crate::runtime::process_age_seconds(),
         }
     }
 
@@ -366,11 +368,12 @@ pub fn write_report(
     clock: &Clock,
     progress: &Progress,
 ) -> anyhow::Result<(Report, PathBuf)> {
-    let timing = progress.timing(
+    let mut timing = progress.timing(
         clock.started_at.clone(),
         clock.started_at.clone(),
         clock.seconds(),
     );
+    timing.startup_seconds = clock.startup;
     let report = outcome
         .into_report(config, dir, original, None, timing)
         .with_context(|| format!("assembling the report in {}", dir.display()))?;

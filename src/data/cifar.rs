@@ -7,8 +7,8 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::profile::{Format, Profile};
-use super::source::{SourceFile, SourceReader};
-use super::{DataError, Loaded, RawSplit};
+use super::source::{sha256_file, SourceFile, SourceReader};
+use super::{DataError, Loaded, RawSplit, Splits};
 
 /// The record layout and file names of one CIFAR variant.
 struct Layout {
@@ -64,10 +64,28 @@ pub(crate) fn wanted_files(format: Format) -> String {
         .join(", ")
 }
 
-pub(crate) fn load(dir: &Path, profile: &Profile) -> Result<Loaded, DataError> {
+pub(crate) fn load(dir: &Path, profile: &Profile, splits: Splits) -> Result<Loaded, DataError> {
     let layout = layout(profile.format);
     let mut sources = Vec::new();
-    let train = load_split(dir, layout.train_files, layout, profile, &mut sources)?;
+    let train = match splits {
+        Splits::All => Some(load_split(
+            dir,
+            layout.train_files,
+            layout,
+            profile,
+            &mut sources,
+        )?),
+        Splits::TestOnly => {
+            for name in layout.train_files {
+                let path = dir.join(name);
+                if !path.is_file() {
+                    return Err(not_found(dir, name, profile));
+                }
+                sources.push(sha256_file(&path)?);
+            }
+            None
+        }
+    };
     let test = load_split(dir, layout.test_files, layout, profile, &mut sources)?;
     Ok(Loaded {
         train,
@@ -93,12 +111,7 @@ fn load_split(
     for name in files {
         let path = dir.join(name);
         if !path.is_file() {
-            return Err(DataError::NotFound {
-                name: profile.name.clone(),
-                missing: name.to_string(),
-                looked: dir.display().to_string(),
-                how_to_get: profile.how_to_get.clone(),
-            });
+            return Err(not_found(dir, name, profile));
         }
         let mut reader = SourceReader::open(&path)?;
         let bytes = reader.read_to_end()?;
@@ -133,4 +146,13 @@ fn load_split(
         y: Tensor::f_from_slice(&labels)?.f_to_kind(Kind::Int64)?,
         first_index: 0,
     })
+}
+
+fn not_found(dir: &Path, name: &str, profile: &Profile) -> DataError {
+    DataError::NotFound {
+        name: profile.name.clone(),
+        missing: name.to_string(),
+        looked: dir.display().to_string(),
+        how_to_get: profile.how_to_get.clone(),
+    }
 }

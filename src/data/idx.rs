@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 use super::profile::Profile;
-use super::source::{SourceFile, SourceReader};
-use super::{DataError, Loaded, RawSplit};
+use super::source::{sha256_file, SourceFile, SourceReader};
+use super::{DataError, Loaded, RawSplit, Splits};
 
 const TRAIN_PREFIXES: &[&str] = &["train"];
 const TEST_PREFIXES: &[&str] = &["t10k", "test"];
@@ -63,9 +63,22 @@ pub(crate) fn wanted_files() -> String {
     "train-images-idx3-ubyte[.gz]".to_string()
 }
 
-pub(crate) fn load(dir: &Path, profile: &Profile) -> Result<Loaded, DataError> {
+pub(crate) fn load(dir: &Path, profile: &Profile, splits: Splits) -> Result<Loaded, DataError> {
     let mut sources = Vec::new();
-    let train = load_split(dir, TRAIN_PREFIXES, profile, &mut sources)?;
+    let train = match splits {
+        Splits::All => Some(load_split(dir, TRAIN_PREFIXES, profile, &mut sources)?),
+        Splits::TestOnly => {
+            for content in [Content::Images, Content::Labels] {
+                sources.push(sha256_file(&find_file(
+                    dir,
+                    content,
+                    TRAIN_PREFIXES,
+                    profile,
+                )?)?);
+            }
+            None
+        }
+    };
     let test = load_split(dir, TEST_PREFIXES, profile, &mut sources)?;
     Ok(Loaded {
         train,

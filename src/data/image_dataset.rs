@@ -12,7 +12,9 @@ use tch::{Kind, Tensor};
 use super::confine::Root;
 use super::image_source::{ImageSource, SourceOptions, Transform};
 use super::preprocess::Preprocess;
-use super::{choose, folder, manifest, stream, Augmentation, DataError, Dataset, Split, Stream};
+use super::{
+    choose, folder, manifest, stream, Augmentation, DataError, Dataset, Split, Splits, Stream,
+};
 use crate::config::{Config, CorruptPolicy};
 
 /// The largest file (and decode allocation) one image may take, whatever the memory budget.
@@ -81,9 +83,18 @@ impl Dataset {
     /// Opens the dataset `config.dataset` names for a model taking `input_chw` (`[C, H, W]`; `None` when the ONNX
     /// input does not fix it): image files through `model.preprocess`, anything else as [`Dataset::load`].
     pub fn open(config: &Config, input_chw: Option<[i64; 3]>) -> Result<Dataset, DataError> {
+        Self::open_splits(config, input_chw, Splits::All)
+    }
+
+    /// [`Dataset::open`] decoding only `splits` of an in-RAM dataset (image files are decoded on demand anyway).
+    pub fn open_splits(
+        config: &Config,
+        input_chw: Option<[i64; 3]>,
+        splits: Splits,
+    ) -> Result<Dataset, DataError> {
         let spec = &config.dataset;
         if !is_image_files(&spec.name) {
-            return Dataset::load(spec, config.runtime.seed);
+            return Dataset::load_splits(spec, config.runtime.seed, splits);
         }
         let started = std::time::Instant::now();
         let path = spec.path.as_deref().ok_or_else(|| DataError::NotFound {

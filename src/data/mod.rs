@@ -6,7 +6,8 @@
 //! split with [`Split::to_device`]; the model's own layout and normalization are applied later, inside its forward
 //! path, by `model::InputAdapter`. [`Dataset::load`] reads a `dataset:` config block: the named dataset from its
 //! standard location (the built-in profiles in `configs/datasets/`), then the first N samples of each split or a
-//! seeded random subset. [`Dataset::open`] also reads image files, which need the model's input size.
+//! seeded random subset. [`Dataset::open`] also reads image files, which need the model's input size. An evaluation asks for
+//! [`Splits::TestOnly`]: the training files are hashed, not decoded.
 //! [`Split::batches`] is the one batching loop that evaluation, training and memorization share, for both kinds;
 //! [`Split::images`] gives any samples by position.
 //!
@@ -112,9 +113,20 @@ pub(crate) struct RawSplit {
     pub first_index: i64,
 }
 
+/// Which splits a command decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Splits {
+    /// Both (fine-tuning, memorization).
+    All,
+    /// The test split only (evaluation): the training files are hashed for `sha256`, not decoded, and the
+    /// training split is empty.
+    TestOnly,
+}
+
 /// What a format loader returns.
 pub(crate) struct Loaded {
-    pub train: RawSplit,
+    /// `None` when only the test split was asked for (its files still counted in `sources`).
+    pub train: Option<RawSplit>,
     pub test: RawSplit,
     pub sources: Vec<SourceFile>,
     pub num_classes: i64,
@@ -126,22 +138,37 @@ impl Dataset {
     /// (first N, or a random subset seeded by `seed` when `random_subset`; 0 = all; more than the split holds =
     /// all, with a warning).
     pub fn load(spec: &DatasetSpec, seed: u64) -> Result<Dataset, DataError> {
+        Self::load_splits(spec, seed, Splits::All)
+    }
+
+    /// [`Dataset::load`] decoding only the `splits` asked for; `sha256` covers every source file either way.
+    pub fn load_splits(
+        spec: &DatasetSpec,
+        seed: u64,
+        splits: Splits,
+    ) -> Result<Dataset, DataError> {
         let started = Instant::now();
-        let (loaded, root, profile) = read_source(spec)?;
-        for (name, split) in [("training", &loaded.train), ("test", &loaded.test)] {
-            if split.y.size()[0] == 0 {
+        let (loaded, root, profile) = read_source(spec, splits)?;
+        for (name, split) in [
+            ("training", loaded.train.as_ref()),
+            ("test", Some(&loaded.test)),
+        ] {
+            if split.is_some_and(|s| s.y.size()[0] == 0) {
                 return Err(DataError::Shape {
                     path: root,
                     detail: format!("the {name} split holds no samples"),
                 });
             }
         }
-        let train = Split::from_raw(
-            loaded.train,
-            spec.train_samples,
-            spec.random_subset
-                .then(|| stream(seed, Stream::TrainSubset, 0)),
-        )?;
+        let train = match loaded.train {
+            Some(raw) => Split::from_raw(
+                raw,
+                spec.train_samples,
+                spec.random_subset
+                    .then(|| stream(seed, Stream::TrainSubset, 0)),
+            )?,
+            None => Split::empty(loaded.chw)?,
+        };
         let test = Split::from_raw(
             loaded.test,
             spec.eval_samples,
@@ -199,7 +226,10 @@ impl Dataset {
 }
 
 /// Finds and decodes the files for `spec`; returns the profile for built-in names.
-fn read_source(spec: &DatasetSpec) -> Result<(Loaded, PathBuf, Option<Profile>), DataError> {
+fn read_source(
+    spec: &DatasetSpec,
+    splits: Splits,
+) -> Result<(Loaded, PathBuf, Option<Profile>), DataError> {
     if image_dataset::is_image_files(&spec.name) {
         return Err(DataError::Invalid {
             what: "dataset loader",
@@ -231,7 +261,7 @@ fn read_source(spec: &DatasetSpec) -> Result<(Loaded, PathBuf, Option<Profile>),
     let (dir, loaded) = match profile.format {
         Format::Idx => {
             let dir = profile.resolve_dir(explicit, idx::holds_files, &idx::wanted_files())?;
-            let loaded = idx::load(&dir, &profile)?;
+            let loaded = idx::load(&dir, &profile, splits)?;
             (dir, loaded)
         }
         Format::Cifar10 | Format::Cifar100 => {
@@ -240,7 +270,7 @@ fn read_source(spec: &DatasetSpec) -> Result<(Loaded, PathBuf, Option<Profile>),
                 |d| cifar::holds_files(d, profile.format),
                 &cifar::wanted_files(profile.format),
             )?;
-            let loaded = cifar::load(&dir, &profile)?;
+            let loaded = cifar::load(&dir, &profile, splits)?;
             (dir, loaded)
         }
     };
@@ -248,6 +278,18 @@ fn read_source(spec: &DatasetSpec) -> Result<(Loaded, PathBuf, Option<Profile>),
 }
 
 impl Split {
+    /// A split of no samples of images `[C, H, W]` (the training split of an evaluation).
+    pub fn empty(chw: [i64; 3]) -> Result<Split, DataError> {
+        let [c, h, w] = chw;
+        Ok(Split {
+            x: Tensor::f_zeros([0, c, h, w], (Kind::Float, Device::Cpu))?,
+            y: Tensor::f_zeros([0], (Kind::Int64, Device::Cpu))?,
+            indices: Vec::new(),
+            source_len: 0,
+            source: None,
+        })
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.indices.len()

@@ -98,7 +98,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, DataError> {
         })
     };
     Ok(Loaded {
-        train: split(train)?,
+        train: Some(split(train)?),
         test: split(test)?,
         sources: vec![sha256_file(path)?],
         num_classes,

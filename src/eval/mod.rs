@@ -10,12 +10,14 @@
 //! - [`examples`]: the adversarial examples of broken samples and their npz file.
 //! - [`trust`]: the warnings about results that may not be trustworthy.
 //! - [`batch`]: fixed or automatic batch size within the job's memory budget.
+//! - [`curve`]: the robust-accuracy-vs-eps curve, swept outward from the attacks' verdict at `threat.eps`.
 //! - [`progress`]: an indicatif bar for the CLI's progress callback.
 //!
 //! Success is always judged by the scorer (onnxruntime on the shipped file): an attack breaks a sample when the
 //! scorer misclassifies the adversarial example. Gradient attacks run on the tch model; Square only on the scorer.
 
 pub mod batch;
+pub mod curve;
 pub mod examples;
 pub mod per_sample;
 pub mod preset;
@@ -33,6 +35,7 @@ use tch::{Kind, Tensor};
 use thiserror::Error;
 
 use crate::attack::{Attack, AttackError};
+pub use crate::config::CurveProtocol;
 use crate::config::{Config, EvalMode, EvalPreset, ExamplesSpec, Norm, PgdSpec};
 use crate::model::ModelError;
 pub use batch::BatchSize;
@@ -152,6 +155,10 @@ pub struct EvalPlan {
     /// Radii of the robust-accuracy curve, attacked with PGD configured by `curve_pgd`.
     pub eps_curve: Vec<f64>,
     pub curve_pgd: PgdSpec,
+    /// How the curve is measured (see [`curve`]).
+    pub curve_protocol: CurveProtocol,
+    /// PGD steps per radius of the `sweep` curve.
+    pub curve_steps: usize,
     pub seed: u64,
     pub batch: BatchSize,
     pub mode: Mode,
@@ -179,6 +186,8 @@ impl EvalPlan {
             attacks,
             eps_curve: cfg.eval.eps_curve.clone(),
             curve_pgd: cfg.eval.pgd.clone(),
+            curve_protocol: cfg.eval.curve_protocol,
+            curve_steps: cfg.eval.curve_steps,
             seed,
             batch,
             mode: match cfg.eval.mode {

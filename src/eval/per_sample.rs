@@ -8,7 +8,7 @@
 //! | `attack_<name>` | int8 | `[N]` | 1 broken, 0 attacked and held, −1 not attacked (already broken or misclassified) |
 //! | `worst_case_robust` | bool | `[N]` | correct and held against every attack |
 //! | `curve_eps` | float64 | `[E]` | radii of the robust-accuracy curve |
-//! | `curve_robust` | bool | `[E, N]` | robust under PGD at each radius |
+//! | `curve_robust` | bool | `[E, N]` | robust at each radius (under `eval.curve_protocol`) |
 
 use std::fs::File;
 use std::path::Path;
@@ -31,7 +31,7 @@ pub struct PerSample {
     /// Per attack in the order run: [`BROKEN`], [`HELD`] or [`NOT_ATTACKED`] per sample.
     pub attacks: Vec<(String, Vec<i8>)>,
     pub worst_case_robust: Vec<bool>,
-    /// Per radius of the curve: robust under PGD per sample.
+    /// Per radius of the curve: robust per sample (see `eval::curve` for how).
     pub curve: Vec<(f64, Vec<bool>)>,
 }
 

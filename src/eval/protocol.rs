@@ -1,4 +1,5 @@
-//! [`evaluate`]: the evaluation protocol, stage by stage (clean → trust checks → attacks → eps curve), batched,
+//! [`evaluate`]: the evaluation protocol, stage by stage (clean → trust checks → attacks → eps curve, see
+//! [`super::curve`]), batched,
 //! with every adversarial example judged by the scorer, and the numbers the report gives (intervals, per class).
 //! [`evaluate_score_based`] runs the same protocol without a differentiable model (a graph robustd cannot
 //! interpret): clean accuracy and the score-based attacks only.
@@ -15,11 +16,9 @@ use super::result::{
 };
 use super::stats::clopper_pearson;
 use super::{
-    batch, preset, trust, EvalError, EvalPlan, EvalSet, Evaluation, Mode, Progress, Stage,
+    batch, curve, preset, trust, EvalError, EvalPlan, EvalSet, Evaluation, Mode, Progress, Stage,
 };
-use crate::attack::noise::derive_seed;
-use crate::attack::pgd::{Keep, PgdParams};
-use crate::attack::{square, Attack, AttackError, AttackRun};
+use crate::attack::{pgd, square, Attack, AttackError, AttackRun};
 use crate::model::{Classifier, Scorer};
 use crate::runtime;
 
@@ -102,17 +101,23 @@ fn run_protocol(
     let mut recheck = OrtRecheck::default();
     let all: Vec<usize> = (0..n).collect();
 
-    // Clean accuracy through the scorer, compared with tch.
+    // Clean accuracy through the scorer, compared with tch. tch's pass is a forward + backward one: the same pass
+    // gives the logits compared and the margin-loss input gradients the masked-gradient check counts.
     stages.begin(Stage::Clean, n);
     let mut clean_parts = Vec::new();
+    let mut first_tch = None;
+    let (mut zero, mut not_finite) = (0, 0);
     for chunk in all.chunks(batch) {
         let xb = rows(&data.x, chunk)?;
         let ort = scored(scorer, &xb)?;
         if let Some(model) = model {
-            let tch = tch_logits(model, &xb)?;
+            let (tch, masked) = trust::clean_pass(model, &xb, &rows(&data.y, chunk)?)?;
             let (disagree, diff) = compare(&tch, &ort)?;
             recheck.clean_disagreements += disagree;
             recheck.clean_max_logit_diff = recheck.clean_max_logit_diff.max(diff);
+            zero += masked.zero;
+            not_finite += masked.not_finite;
+            first_tch.get_or_insert(tch);
         }
         clean_parts.push(ort);
         stages.advance(chunk.len());
@@ -129,7 +134,8 @@ fn run_protocol(
         .map(|(p, y)| p == y)
         .collect();
 
-    // Trust checks that need no attack.
+    // Trust checks that need no attack; the first batch's clean logits are the first of the two forward passes
+    // the determinism check compares.
     stages.begin(Stage::Checks, n);
     let th = &plan.thresholds;
     let mut warnings = Vec::new();
@@ -139,37 +145,32 @@ fn run_protocol(
     )?);
     if n > 0 {
         let probe = rows(&data.x, &all[..batch.min(n)])?;
+        let first = trust::FirstPass {
+            tch: first_tch.as_ref(),
+            scorer: &clean_parts[0],
+        };
         warnings.extend(trust::nondeterminism(
             model,
             scorer,
             &probe,
+            first,
             th.forward_tolerance,
         )?);
     }
-    if let Some(model) = model {
-        let (mut zero, mut not_finite) = (0, 0);
-        for chunk in all.chunks(batch) {
-            let (z, nf) = trust::masked_gradient_count(
-                model,
-                &rows(&data.x, chunk)?,
-                &rows(&data.y, chunk)?,
-            )?;
-            zero += z;
-            not_finite += nf;
-            stages.advance(chunk.len());
-        }
+    if model.is_some() {
         warnings.extend(trust::masked_gradients(
             zero,
             not_finite,
             n,
             th.masked_gradient_share,
         ));
-    } else {
-        stages.advance(n);
     }
+    stages.advance(n);
 
     // Attacks, in order.
     let mut robust = clean_correct.clone();
+    // Per sample, the smallest perturbation of a verified adversarial example (the curve reuses it).
+    let mut min_norm = vec![f64::INFINITY; n];
     let mut outcomes: Vec<(String, Vec<i8>)> = Vec::new();
     let mut summaries = Vec::new();
     for (attack, note) in &attacks {
@@ -197,8 +198,11 @@ fn run_protocol(
                 x_adv: &done.x_adv,
                 x: &done.x,
             })?;
-            for (&i, b) in chunk.iter().zip(done.broken) {
+            for ((&i, b), d) in chunk.iter().zip(done.broken).zip(&done.norms) {
                 outcome[i] = if b { BROKEN } else { HELD };
+                if b {
+                    min_norm[i] = min_norm[i].min(*d);
+                }
             }
             queries += done.queries;
             stages.advance(chunk.len());
@@ -236,32 +240,33 @@ fn run_protocol(
         outcomes.push((attack.name().to_owned(), outcome));
     }
 
-    // Robust accuracy vs eps (PGD on the clean-correct samples at each radius).
-    let mut curve = Vec::new();
-    let correct_rows: Vec<usize> = all.iter().copied().filter(|&i| clean_correct[i]).collect();
-    for &eps in &plan.eps_curve {
-        stages.begin(Stage::Curve(eps), correct_rows.len());
-        let mut held = clean_correct.clone();
-        if eps > 0.0 {
-            let pgd = Attack::Pgd(PgdParams::from_spec(
-                &plan.curve_pgd,
-                plan.norm,
-                eps,
-                derive_seed(plan.seed, "pgd"),
-                Keep::Adversarial,
-            ));
-            for chunk in correct_rows.chunks(batch) {
-                let done = attack_chunk(&pgd, model, scorer, data, chunk, &mut recheck)?;
-                for (&i, b) in chunk.iter().zip(done.broken) {
-                    held[i] &= !b;
-                }
+    // Robust accuracy vs eps (see `curve`): swept outward from the attacks' verdict at eps, or independently.
+    let anchor_attacks: Vec<String> = attacks.iter().map(|(a, _)| a.name().to_owned()).collect();
+    let curve = {
+        let verdicts = curve::Verdicts {
+            clean_correct: &clean_correct,
+            anchor: (!attacks.is_empty()).then_some((robust.as_slice(), anchor_attacks)),
+            min_norm: &mut min_norm,
+        };
+        let mut attack_at = |eps: f64, pgd: &Attack, rows: &[usize]| {
+            stages.begin(Stage::Curve(eps), rows.len());
+            let mut found = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(batch) {
+                let done = attack_chunk(pgd, model, scorer, data, chunk, &mut recheck)?;
+                found.extend(
+                    done.broken
+                        .iter()
+                        .zip(&done.norms)
+                        .map(|(&b, &d)| b.then_some(d)),
+                );
                 stages.advance(chunk.len());
             }
-        } else {
-            stages.advance(correct_rows.len());
-        }
-        curve.push((eps, held));
-    }
+            Ok::<_, EvalError>(found)
+        };
+        curve::measure(plan, verdicts, &mut attack_at)?
+    };
+    let curve_info = curve.info;
+    let curve = curve.held;
 
     // Trust checks on the attacks' outcomes.
     let square_only = (0..n)
@@ -314,6 +319,7 @@ fn run_protocol(
         ort_recheck: recheck,
         robust_acc_vs_eps: OrderedMap(curve_acc),
         robust_acc_vs_eps_ci95: OrderedMap(curve_ci),
+        curve: curve_info,
         adversarial_examples: None,
         warnings,
         reproducibility: Reproducibility {
@@ -381,6 +387,8 @@ fn per_class(
 /// adversarial and clean inputs (CPU), and the queries spent.
 struct ChunkOutcome {
     broken: Vec<bool>,
+    /// Each row's perturbation `‖x_adv − x‖` in the threat norm.
+    norms: Vec<f64>,
     preds: Vec<i64>,
     x_adv: Tensor,
     x: Tensor,
@@ -427,8 +435,13 @@ fn attack_chunk(
     }
     let preds = ort.f_argmax(1, false)?;
     let broken = Vec::<bool>::try_from(&preds.f_ne_tensor(&yb)?)?;
+    let (norm, _) = attack.threat();
+    let norms = Vec::<f64>::try_from(
+        &pgd::row_norms(&run.x_adv.f_sub(&xb)?, norm)?.f_to_kind(Kind::Double)?,
+    )?;
     Ok(ChunkOutcome {
         broken,
+        norms,
         preds: Vec::<i64>::try_from(&preds)?,
         x_adv: run.x_adv,
         x: xb,

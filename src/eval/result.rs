@@ -52,6 +52,9 @@ pub struct EvalResult {
     pub robust_acc_vs_eps: OrderedMap<f64, f64>,
     #[serde(default)]
     pub robust_acc_vs_eps_ci95: OrderedMap<f64, Interval>,
+    /// How the curve was measured, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<CurveInfo>,
     /// The adversarial examples of broken samples (npz) and their picture, when written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adversarial_examples: Option<ExamplesFiles>,
@@ -123,6 +126,36 @@ pub struct ClassAccuracy {
     #[serde(serialize_with = "rounded::accuracy")]
     pub robust: f64,
     pub robust_ci95: Interval,
+}
+
+/// How `robust_acc_vs_eps` was measured (`eval.curve_protocol`) and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurveInfo {
+    pub protocol: crate::config::CurveProtocol,
+    /// `sweep`: the radius whose verdict is the configured attacks' worst case (`threat.eps`), reused as it is;
+    /// the other radii are swept outward from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<f64>,
+    /// What decided the anchor's verdict: the configured attacks by name, or the curve's own PGD when no attack
+    /// was configured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anchor_attacks: Vec<String>,
+    /// The curve's PGD at each radius.
+    pub steps: usize,
+    pub restarts: usize,
+    pub step_size_factor: f64,
+    /// `sweep` stops attacking a sample at its first misclassified iterate (`first-adversarial`); `independent`
+    /// keeps the best iterate of every step (`adversarial`).
+    pub keep: String,
+    /// Sample × radius attacks run for the curve.
+    pub attacked: usize,
+    /// Sample × radius verdicts below the anchor decided without an attack: an adversarial example already
+    /// found (by any attack, verified on the scorer) lies within that radius (FAB's minimal perturbations mostly).
+    #[serde(default)]
+    pub from_perturbation: usize,
+    #[serde(serialize_with = "rounded::seconds")]
+    pub seconds: f64,
 }
 
 /// Where the adversarial examples were written, relative to the report.

@@ -89,15 +89,32 @@ pub fn probabilities(logits: &Tensor, tol: f64) -> Result<Option<TrustWarning>, 
     }))
 }
 
-/// Counts samples whose margin-loss input gradient is all zero or has a non-finite entry.
-pub fn masked_gradient_count(
+/// Samples of a batch whose margin-loss input gradient is all zero, or has a non-finite entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Masked {
+    pub zero: usize,
+    pub not_finite: usize,
+}
+
+/// The clean pass of the protocol on one batch: tch's logits (CPU float32) and, from the same forward + backward
+/// pass, the count of samples whose margin-loss input gradient is all zero or not finite.
+pub fn clean_pass(
     model: &dyn Classifier,
     x: &Tensor,
     y: &Tensor,
-) -> Result<(usize, usize), EvalError> {
+) -> Result<(Tensor, Masked), EvalError> {
     let (x, y) = pgd::on_model_device(model, x, y)?;
     let at = pgd::loss_and_input_grad(model, &x, &y, &losses::cw_margin)?;
-    let grad = at.grad.f_flatten(1, -1)?;
+    let logits = at
+        .logits
+        .f_to_device(tch::Device::Cpu)?
+        .f_to_kind(Kind::Float)?;
+    Ok((logits, masked_count(&at.grad)?))
+}
+
+/// Counts samples whose input gradient (`[N, …]`) is all zero or has a non-finite entry.
+pub fn masked_count(grad: &Tensor) -> Result<Masked, EvalError> {
+    let grad = grad.f_flatten(1, -1)?;
     let zero = grad.f_abs()?.f_amax([1i64].as_slice(), false)?.f_eq(0.0)?;
     let not_finite = grad
         .f_isfinite()?
@@ -106,7 +123,10 @@ pub fn masked_gradient_count(
     let count = |t: &Tensor| -> Result<usize, EvalError> {
         Ok(t.f_sum(Kind::Int64)?.f_int64_value(&[])? as usize)
     };
-    Ok((count(&zero)?, count(&not_finite)?))
+    Ok(Masked {
+        zero: count(&zero)?,
+        not_finite: count(&not_finite)?,
+    })
 }
 
 pub fn masked_gradients(
@@ -125,24 +145,38 @@ pub fn masked_gradients(
     })
 }
 
-/// Runs the model (when there is one) and the scorer twice on `x` and fires when either changes its output.
+/// Outputs on a probe batch from a pass made before (the protocol's clean pass), to compare a second pass with.
+#[derive(Clone, Copy)]
+pub struct FirstPass<'a> {
+    /// tch's logits, when there is a model and it already ran on the probe.
+    pub tch: Option<&'a Tensor>,
+    pub scorer: &'a Tensor,
+}
+
+/// Runs the model (when there is one) and the scorer on `x` once more than `first` and fires when either changes
+/// its output (a model without a first pass runs twice).
 pub fn nondeterminism(
     model: Option<&dyn Classifier>,
     scorer: &mut dyn Scorer,
     x: &Tensor,
+    first: FirstPass<'_>,
     tol: f64,
 ) -> Result<Option<TrustWarning>, EvalError> {
     let mut pairs = Vec::new();
     if let Some(model) = model {
         let x_model = x.f_to_device(model.device())?;
-        pairs.push((
-            "tch",
-            tch::no_grad(|| -> Result<_, EvalError> {
-                Ok((model.forward(&x_model)?, model.forward(&x_model)?))
-            })?,
-        ));
+        let forward =
+            || -> Result<Tensor, EvalError> { Ok(tch::no_grad(|| model.forward(&x_model))?) };
+        let earlier = match first.tch {
+            Some(t) => t.shallow_clone(),
+            None => forward()?,
+        };
+        pairs.push(("tch", (earlier, forward()?)));
     }
-    pairs.push(("onnxruntime", (scorer.logits(x)?, scorer.logits(x)?)));
+    pairs.push((
+        "onnxruntime",
+        (first.scorer.shallow_clone(), scorer.logits(x)?),
+    ));
     let mut moving = Vec::new();
     for (name, (a, b)) in pairs {
         let diff = relative_row_difference(&a, &b)?;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::record::now_rfc3339;
-use crate::report::{StageTime, Timing};
+use crate::report::{StagePart, StageTime, Timing};
 
 /// One progress update as the daemon sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,9 +34,24 @@ pub struct Progress {
 
 struct ProgressState {
     stage: Option<(String, Instant)>,
+    /// The current stage's finished parts, and the part running now.
+    parts: Vec<StagePart>,
+    part: Option<(String, Instant)>,
     finished: Vec<StageTime>,
     fraction: f64,
     pid: Option<u32>,
+}
+
+impl ProgressState {
+    /// Ends the running part (if any) at `now`.
+    fn end_part(&mut self, now: Instant) {
+        if let Some((name, since)) = self.part.take() {
+            self.parts.push(StagePart {
+                name,
+                seconds: now.duration_since(since).as_secs_f64(),
+            });
+        }
+    }
 }
 
 impl Progress {
@@ -44,6 +59,8 @@ impl Progress {
         Self {
             inner: Arc::new(Mutex::new(ProgressState {
                 stage: None,
+                parts: Vec::new(),
+                part: None,
                 finished: Vec::new(),
                 fraction: 0.0,
                 pid: None,
@@ -79,10 +96,13 @@ impl Progress {
     pub fn stage(&self, name: &str) {
         let mut st = self.lock();
         let now = Instant::now();
+        st.end_part(now);
+        let parts = std::mem::take(&mut st.parts);
         if let Some((prev, since)) = st.stage.take() {
             st.finished.push(StageTime {
                 name: prev,
                 seconds: now.duration_since(since).as_secs_f64(),
+                parts,
             });
         }
         st.stage = Some((name.to_owned(), now));
@@ -95,6 +115,18 @@ impl Progress {
             new_stage: true,
             pid,
         });
+    }
+
+    /// Starts a named part of the current stage (ending the previous part); the stage's end ends the last one.
+    /// The report's `timing.stages[].parts` lists them.
+    pub fn part(&self, name: &str) {
+        let mut st = self.lock();
+        if st.stage.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        st.end_part(now);
+        st.part = Some((name.to_owned(), now));
     }
 
     /// How far the current stage is, in [0, 1].
@@ -140,9 +172,18 @@ impl Progress {
         let st = self.lock();
         let mut out = st.finished.clone();
         if let Some((name, since)) = &st.stage {
+            let now = Instant::now();
+            let mut parts = st.parts.clone();
+            if let Some((part, started)) = &st.part {
+                parts.push(StagePart {
+                    name: part.clone(),
+                    seconds: now.duration_since(*started).as_secs_f64(),
+                });
+            }
             out.push(StageTime {
                 name: name.clone(),
-                seconds: since.elapsed().as_secs_f64(),
+                seconds: now.duration_since(*since).as_secs_f64(),
+                parts,
             });
         }
         out
@@ -155,6 +196,7 @@ impl Progress {
             started_at,
             finished_at: now_rfc3339(),
             seconds,
+            startup_seconds: None,
             stages: self.stage_times(),
         }
     }

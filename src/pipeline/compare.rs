@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::runner::{report_eval_progress, stage_error};
+use super::runner::stage_error;
 use super::stages::{self, method_name, Evaluee};
 use super::subject::Engine;
 use super::{PipelineError, Subject};
@@ -94,10 +94,10 @@ pub fn run(
         let evaluated = stages::evaluate(
             &subject,
             Evaluee::WhiteBox(&mut original_model),
-            model,
+            &mut subject.scorer(model)?,
             out_dir,
             "original",
-            &mut |p| report_eval_progress(progress, p),
+            progress,
         )?;
         Ok(Scores {
             clean_acc: evaluated.result.clean_acc,
@@ -255,15 +255,18 @@ pub fn run_method(
         other => other.map_err(failed("finetune"))?,
     };
     cancel.check()?;
-    let (tuned, parity) =
-        stages::write_back(subject, &mut model, method, &run_dir).map_err(failed("write_back"))?;
+    let stages::WrittenBack {
+        file: tuned,
+        parity,
+        mut scorer,
+    } = stages::write_back(subject, &mut model, method, &run_dir).map_err(failed("write_back"))?;
     let after = stages::evaluate(
         subject,
         Evaluee::WhiteBox(&mut model),
-        &run_dir.join(&tuned),
+        &mut scorer,
         &run_dir,
         "after",
-        &mut |p| report_eval_progress(progress, p),
+        progress,
     )
     .map_err(failed("eval_after"))?;
 

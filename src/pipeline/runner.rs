@@ -56,7 +56,8 @@ pub fn run(
 ) -> Result<JobOutcome, JobError> {
     let failed = |stage: &'static str| move |e: PipelineError| stage_error(stage, e, cancel);
     progress.stage("prepare");
-    let mut subject = Subject::load(model, config).map_err(failed("prepare"))?;
+    let mut subject = Subject::load_timed(model, config, &|part| progress.part(part))
+        .map_err(failed("prepare"))?;
     if let Some(name) = display_name {
         subject.display_name = Some(name.to_owned());
     }
@@ -66,6 +67,7 @@ pub fn run(
     // Training checkpoints go to a directory a shared queue may hand to another worker with the job.
     let token = cancel.clone();
     subject.claim = Some(std::sync::Arc::new(move || token.holds_claim()));
+    progress.part("interpreter");
     let (mut tch_model, score_based) = match subject.engine().map_err(failed("prepare"))? {
         Engine::WhiteBox(model) => (Some(*model), None),
         Engine::ScoreBased(ops) => {
@@ -88,6 +90,7 @@ pub fn run(
             })
             .map_err(failed("prepare"))?,
     };
+    progress.part("model info");
     let mut model_info = subject.model_info(classes).map_err(failed("prepare"))?;
     model_info.file = subject.file_name();
     let form = subject.model_form(score_based.as_deref());
@@ -159,6 +162,7 @@ pub fn run(
         }
     };
     let Some(mut tch_model) = tuning else {
+        progress.stage("plots");
         let (plots, plot_warnings) = stages::plots(out_dir, &before.result, None, None);
         outcome.plots = plots;
         warnings.extend(plot_warnings);
@@ -194,7 +198,11 @@ pub fn run(
     cancel.check()?;
 
     progress.stage("write_back");
-    let (tuned, _parity) = stages::write_back(&subject, &mut tch_model, method, out_dir)
+    let stages::WrittenBack {
+        file: tuned,
+        mut scorer,
+        ..
+    } = stages::write_back(&subject, &mut tch_model, method, out_dir)
         .map_err(failed("write_back"))?;
     failpoint::point(failpoint::WRITE_BACK_DONE);
     cancel.check()?;
@@ -203,10 +211,10 @@ pub fn run(
     let after = stages::evaluate(
         &subject,
         Evaluee::WhiteBox(&mut tch_model),
-        &out_dir.join(&tuned),
+        &mut scorer,
         out_dir,
         "after",
-        &mut |p| report_eval_progress(progress, p),
+        progress,
     )
     .map_err(failed("eval_after"))?;
     failpoint::point(failpoint::EVAL_AFTER_DONE);
@@ -356,9 +364,9 @@ fn resumable_eval(
             return Ok(Evaluated { result, per_sample });
         }
     }
-    let evaluated = stages::evaluate(subject, model, file, out_dir, tag, &mut |p| {
-        report_eval_progress(progress, p)
-    })?;
+    progress.part("onnxruntime session");
+    let mut scorer = subject.scorer(file)?;
+    let evaluated = stages::evaluate(subject, model, &mut scorer, out_dir, tag, progress)?;
     failpoint::point(failpoint::EVAL_BEFORE_EVALUATED);
     durable::copy_atomic(&out_dir.join(&npz), &saved_npz)?;
     for rel in example_files(&evaluated.result) {

@@ -6,11 +6,13 @@ use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
+use super::runner::report_eval_progress;
 use super::{parity_tolerance, PipelineError, Subject};
 use crate::config::{Config, Method, Norm};
 use crate::eval::{self, EvalPlan, EvalResult, PerSample};
+use crate::job::Progress;
 use crate::model::{Classifier, Scorer};
-use crate::onnx::TchModel;
+use crate::onnx::{OrtScorer, TchModel};
 use crate::report::plots::{self, Series, TradeoffPoint};
 use crate::report::ThreatModelInfo;
 use crate::train::{self, Atypicality, TrainResult, TrainRun};
@@ -58,35 +60,45 @@ pub enum Evaluee<'m> {
     ScoreBased { classes: i64 },
 }
 
-/// Evaluates the model (tch for gradients, when white-box) against `file` (onnxruntime, verdicts) with the
-/// configured protocol, and saves per-sample results as `per_sample_<tag>.npz` in `out_dir`, the adversarial
+/// Evaluates the model (tch for gradients, when white-box) against `scorer` (onnxruntime on the file judged, for
+/// the verdicts; the caller's session, so each file gets one) with the configured protocol, and saves per-sample results as `per_sample_<tag>.npz` in `out_dir`, the adversarial
 /// examples as `adversarial_<tag>.npz` and their grid as `plots/adversarial_<tag>.png` (a grid that cannot be drawn
 /// is a warning in the log, not a failure).
 pub fn evaluate(
     subject: &Subject,
     model: Evaluee<'_>,
-    file: &Path,
+    scorer: &mut OrtScorer,
     out_dir: &Path,
     tag: &str,
-    progress: &mut dyn FnMut(&eval::Progress),
+    progress: &Progress,
 ) -> Result<Evaluated, PipelineError> {
-    let mut scorer = subject.scorer(file)?;
     let plan = EvalPlan::from_config(&subject.config)?;
+    progress.part("eval set");
     let set = subject.eval_set()?;
+    // Each evaluation stage (clean, checks, every attack, every curve radius) is a part of the job's stage.
+    let mut current = 0;
+    let mut report = |p: &eval::Progress| {
+        if p.stage_index != current {
+            current = p.stage_index;
+            progress.part(&p.stage.to_string());
+        }
+        report_eval_progress(progress, p);
+    };
     let eval::Evaluation {
         mut result,
         per_sample,
         examples,
     } = match model {
-        Evaluee::WhiteBox(model) => eval::evaluate(model, &mut scorer, &set, &plan, progress)?,
+        Evaluee::WhiteBox(model) => eval::evaluate(model, scorer, &set, &plan, &mut report)?,
         Evaluee::ScoreBased { classes } => {
             let shape = eval::Shape {
                 chw: subject.dataset.chw,
                 classes,
             };
-            eval::evaluate_score_based(shape, &mut scorer, &set, &plan, progress)?
+            eval::evaluate_score_based(shape, scorer, &set, &plan, &mut report)?
         }
     };
+    progress.part("per-sample and example files");
     let rel = files::per_sample(tag);
     per_sample.save_npz(&out_dir.join(&rel))?;
     result.reproducibility.per_sample_file = Some(rel);
@@ -345,15 +357,25 @@ pub fn finetune(
     Ok(result)
 }
 
+/// The fine-tuned file [`write_back`] wrote, and the onnxruntime session it was checked with (the one the
+/// evaluation after goes on with).
+pub struct WrittenBack {
+    /// Relative to the output directory.
+    pub file: String,
+    /// The measured max |logit diff| between tch and onnxruntime.
+    pub parity: f64,
+    pub scorer: OrtScorer,
+}
+
 /// Writes the trained weights back into the original graph (`<stem>.<method>.onnx` in `out_dir`) and checks that
 /// onnxruntime on the new file gives tch's logits within the tolerance of the model's form
-/// ([`parity_tolerance`]). Returns the file name (relative to `out_dir`) and the measured max |logit diff|.
+/// ([`parity_tolerance`]).
 pub fn write_back(
     subject: &Subject,
     model: &mut TchModel,
     method: Method,
     out_dir: &Path,
-) -> Result<(String, f64), PipelineError> {
+) -> Result<WrittenBack, PipelineError> {
     let method_name = method_name(method);
     let rel = files::fine_tuned(&subject.stem(), method_name);
     let out = out_dir.join(&rel);
@@ -376,10 +398,8 @@ pub fn write_back(
             .map_err(|e| model_error(e.to_string()))?
             .f_to_device(tch::Device::Cpu)?
     };
-    let ort_logits = subject
-        .scorer(&out)?
-        .logits(&x)
-        .map_err(|e| model_error(e.to_string()))?;
+    let mut scorer = subject.scorer(&out)?;
+    let ort_logits = scorer.logits(&x).map_err(|e| model_error(e.to_string()))?;
     let diff = (tch_logits.f_sub(&ort_logits)?)
         .f_abs()?
         .f_max()?
@@ -392,7 +412,11 @@ pub fn write_back(
             tolerance,
         });
     }
-    Ok((rel, diff))
+    Ok(WrittenBack {
+        file: rel,
+        parity: diff,
+        scorer,
+    })
 }
 
 /// The report's threat model (norm and radius) from the config.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use tch::Device;
 
 use super::PipelineError;
-use crate::config::Config;
-use crate::data::{Dataset, ImageFiles};
+use crate::config::{Config, Method};
+use crate::data::{Dataset, ImageFiles, Splits};
 use crate::eval::EvalSet;
 use crate::model::Scorer;
 use crate::model::{InputAdapter, Layout};
@@ -58,10 +58,22 @@ fn describe_ops(ops: &[(String, usize)]) -> Vec<String> {
 impl Subject {
     /// Loads onnxruntime, the model and the dataset, and resolves the adapter and the device.
     pub fn load(path: &Path, config: &Config) -> Result<Self, PipelineError> {
+        Self::load_timed(path, config, &|_| {})
+    }
+
+    /// [`Subject::load`], naming each step to `part` as it starts (`runtimes`, `onnx model`, `dataset`), for the
+    /// report's timing block.
+    pub fn load_timed(
+        path: &Path,
+        config: &Config,
+        part: &dyn Fn(&str),
+    ) -> Result<Self, PipelineError> {
+        part("runtimes");
         runtime::init_ort(config.runtime.ort_library.as_deref())?;
         runtime::tune_allocator();
         runtime::set_torch_threads(config.runtime.threads);
         let device = runtime::parse_device(&config.runtime.device)?;
+        part("onnx model");
         let (onnx, unsupported) = OnnxModel::load_lenient(path, &config.limits)?;
         let unsupported = match unsupported {
             None => Vec::new(),
@@ -82,7 +94,14 @@ impl Subject {
             }
         })?;
         let model_chw = onnx::infer_input_chw(input, layout);
-        let dataset = Dataset::open(config, model_chw)?;
+        // An evaluation alone needs no training samples: their files are hashed for the digest, not decoded.
+        let splits = if config.train.method == Method::None {
+            Splits::TestOnly
+        } else {
+            Splits::All
+        };
+        part("dataset");
+        let dataset = Dataset::open_splits(config, model_chw, splits)?;
         if let Some(chw) = model_chw {
             if chw != dataset.chw {
                 return Err(PipelineError::Mismatch {
@@ -326,7 +345,9 @@ impl Subject {
         };
         DatasetInfo {
             name: self.dataset.name.clone(),
-            train: Some(self.dataset.train.len() as u64),
+            // An evaluation alone does not load the training split.
+            train: (self.config.train.method != Method::None)
+                .then_some(self.dataset.train.len() as u64),
             test: Some(self.dataset.test.len() as u64),
             eval_samples: Some(format!(
                 "{how} {} of test ({} in the split)",

@@ -555,6 +555,11 @@ pub struct Timing {
     pub started_at: String,
     pub finished_at: String,
     pub seconds: f64,
+    /// A command's fixed cost before its first instruction: seconds from the process' exec to the command's
+    /// start (loading the binary and its shared libraries, libtorch's mostly), not counted in `seconds`. The
+    /// daemon's jobs have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_seconds: Option<f64>,
     #[serde(default)]
     pub stages: Vec<StageTime>,
 }
@@ -562,6 +567,18 @@ pub struct Timing {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageTime {
+    pub name: String,
+    pub seconds: f64,
+    /// The stage's steps in order (loading the runtimes, the model, the dataset; each evaluation stage, ...),
+    /// where the stage names them; what is left of `seconds` is the stage's own bookkeeping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<StagePart>,
+}
+
+/// One named step of a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagePart {
     pub name: String,
     pub seconds: f64,
 }

@@ -438,8 +438,17 @@ impl Checker {
             self.fail("timing", "expected queued_at <= started_at <= finished_at");
         }
         self.non_negative("timing.seconds", t.seconds);
+        if let Some(startup) = t.startup_seconds {
+            self.non_negative("timing.startup_seconds", startup);
+        }
         for st in &t.stages {
             self.non_negative(&format!("timing.stages.{}", st.name), st.seconds);
+            for part in &st.parts {
+                self.non_negative(
+                    &format!("timing.stages.{}.{}", st.name, part.name),
+                    part.seconds,
+                );
+            }
         }
     }
 }

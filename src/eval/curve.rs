@@ -1,0 +1,267 @@
+//! The robust-accuracy-vs-eps curve (`eval.eps_curve`), measured by one of two protocols (`eval.curve_protocol`).
+//!
+//! - `sweep` (the default, about one attack's cost): the verdict at `threat.eps` is the configured attacks' worst
+//!   case, reused as it is (the anchor). Each sample then moves outward from the anchor, one radius at a time. One
+//!   that held is attacked at the next larger radius, until it breaks: a break counts at every larger radius (the
+//!   larger ball contains the smaller one, so this part is a proof). One that broke is attacked at the next smaller
+//!   radius, until it holds: a hold is taken to hold at every smaller radius (an assumption, not a proof, which the
+//!   report states). Below the anchor, a sample whose verified adversarial example (from any attack, FAB's minimal
+//!   perturbations especially) already lies within a radius is broken there without an attack. The curve's PGD
+//!   takes `eval.curve_steps` steps with the step size that keeps `eval.pgd`'s total travel, and a sample leaves it
+//!   at its first misclassified iterate ([`Keep::FirstAdversarial`]). The curve is monotone by construction. With no
+//!   configured attack there is no verdict to reuse: the sweep then starts at radius 0 (clean accuracy) and goes up.
+//! - `independent`: `eval.pgd` on every clean-correct sample at every radius, each radius on its own (what other
+//!   tools report; the only protocol whose curve can come out non-monotone, which the trust checks flag).
+//!
+//! Every verdict is the scorer's (the caller's attack function re-scores the examples).
+
+use std::time::Instant;
+
+use super::result::CurveInfo;
+use super::{CurveProtocol, EvalError, EvalPlan};
+use crate::attack::noise::derive_seed;
+use crate::attack::pgd::{Keep, PgdParams};
+use crate::attack::Attack;
+
+/// What the curve starts from.
+pub(super) struct Verdicts<'a> {
+    pub clean_correct: &'a [bool],
+    /// The configured attacks' worst case at `plan.eps` with their names; `None` when no attack ran.
+    pub anchor: Option<(&'a [bool], Vec<String>)>,
+    /// Per sample, the smallest perturbation (in the threat norm) of a verified adversarial example found so far;
+    /// infinite when none. The curve's own attacks lower it too.
+    pub min_norm: &'a mut [f64],
+}
+
+/// Attacks the samples `rows` at radius `eps` with the given attack (reporting the stage `Curve(eps)`; called
+/// once per entry of `eval.eps_curve`, with no rows where the verdict needs no attack). Returns, per row, the
+/// perturbation norm of its adversarial example when the scorer found it broken.
+pub(super) type AttackAt<'a> =
+    dyn FnMut(f64, &Attack, &[usize]) -> Result<Vec<Option<f64>>, EvalError> + 'a;
+
+/// The curve: per radius of `eval.eps_curve` (in its order) the samples held there, and the report's record.
+pub(super) struct Curve {
+    pub held: Vec<(f64, Vec<bool>)>,
+    pub info: Option<CurveInfo>,
+}
+
+/// Measures the curve of `plan` from `verdicts`, attacking through `attack_at`.
+pub(super) fn measure(
+    plan: &EvalPlan,
+    verdicts: Verdicts<'_>,
+    attack_at: &mut AttackAt<'_>,
+) -> Result<Curve, EvalError> {
+    if plan.eps_curve.is_empty() {
+        return Ok(Curve {
+            held: Vec::new(),
+            info: None,
+        });
+    }
+    let started = Instant::now();
+    let (params, factor) = curve_pgd(plan);
+    let mut tally = Tally::default();
+    let (held, anchor, anchor_attacks) = match plan.curve_protocol {
+        CurveProtocol::Independent => (
+            independent(plan, &verdicts, &params, attack_at, &mut tally)?,
+            None,
+            Vec::new(),
+        ),
+        CurveProtocol::Sweep => {
+            let (eps, names) = match &verdicts.anchor {
+                Some((_, names)) => (plan.eps, names.clone()),
+                None => (0.0, Vec::new()),
+            };
+            (
+                sweep(plan, verdicts, eps, &params, attack_at, &mut tally)?,
+                Some(eps),
+                names,
+            )
+        }
+    };
+    Ok(Curve {
+        held,
+        info: Some(CurveInfo {
+            protocol: plan.curve_protocol,
+            anchor,
+            anchor_attacks,
+            steps: params.steps,
+            restarts: params.restarts,
+            step_size_factor: factor,
+            keep: match params.keep {
+                Keep::FirstAdversarial => "first-adversarial",
+                _ => "adversarial",
+            }
+            .into(),
+            attacked: tally.attacked,
+            from_perturbation: tally.from_perturbation,
+            seconds: started.elapsed().as_secs_f64(),
+        }),
+    })
+}
+
+/// The curve's PGD at radius 1 (the radius is set per call) and its step size as a fraction of the radius:
+/// `sweep` takes `eval.curve_steps` steps of the size that keeps `eval.pgd`'s total travel; `independent` is
+/// `eval.pgd` as configured.
+fn curve_pgd(plan: &EvalPlan) -> (PgdParams, f64) {
+    let spec = &plan.curve_pgd;
+    let seed = derive_seed(plan.seed, "pgd");
+    let (steps, factor, keep) = match plan.curve_protocol {
+        CurveProtocol::Independent => (spec.steps, spec.step_size_factor, Keep::Adversarial),
+        CurveProtocol::Sweep => {
+            let steps = plan.curve_steps.max(1);
+            let travel = spec.step_size_factor * spec.steps as f64;
+            (steps, travel / steps as f64, Keep::FirstAdversarial)
+        }
+    };
+    let mut spec = spec.clone();
+    spec.steps = steps;
+    spec.step_size_factor = factor;
+    (
+        PgdParams::from_spec(&spec, plan.norm, 1.0, seed, keep),
+        factor,
+    )
+}
+
+#[derive(Default)]
+struct Tally {
+    attacked: usize,
+    from_perturbation: usize,
+}
+
+/// Runs the curve's PGD at `eps` on `rows` and records what broke in `min_norm`; the broken rows come back.
+fn attack_rows(
+    eps: f64,
+    params: &PgdParams,
+    rows: &[usize],
+    min_norm: &mut [f64],
+    attack_at: &mut AttackAt<'_>,
+    tally: &mut Tally,
+) -> Result<Vec<bool>, EvalError> {
+    let attack = Attack::Pgd(PgdParams {
+        eps,
+        step_size: params.step_size * eps,
+        ..params.clone()
+    });
+    let found = if rows.is_empty() {
+        attack_at(eps, &attack, &[])?
+    } else {
+        tally.attacked += rows.len();
+        attack_at(eps, &attack, rows)?
+    };
+    Ok(rows
+        .iter()
+        .zip(found)
+        .map(|(&i, norm)| match norm {
+            Some(d) => {
+                min_norm[i] = min_norm[i].min(d);
+                true
+            }
+            None => false,
+        })
+        .collect())
+}
+
+fn independent(
+    plan: &EvalPlan,
+    verdicts: &Verdicts<'_>,
+    params: &PgdParams,
+    attack_at: &mut AttackAt<'_>,
+    tally: &mut Tally,
+) -> Result<Vec<(f64, Vec<bool>)>, EvalError> {
+    let correct: Vec<usize> = rows_where(verdicts.clean_correct, |_, c| c);
+    let mut scratch = vec![f64::INFINITY; verdicts.clean_correct.len()];
+    let mut out = Vec::with_capacity(plan.eps_curve.len());
+    for &eps in &plan.eps_curve {
+        let mut held = verdicts.clean_correct.to_vec();
+        let targets: &[usize] = if eps > 0.0 { &correct } else { &[] };
+        let broken = attack_rows(eps, params, targets, &mut scratch, attack_at, tally)?;
+        for (&i, b) in targets.iter().zip(broken) {
+            held[i] &= !b;
+        }
+        out.push((eps, held));
+    }
+    Ok(out)
+}
+
+fn sweep(
+    plan: &EvalPlan,
+    verdicts: Verdicts<'_>,
+    anchor: f64,
+    params: &PgdParams,
+    attack_at: &mut AttackAt<'_>,
+    tally: &mut Tally,
+) -> Result<Vec<(f64, Vec<bool>)>, EvalError> {
+    let Verdicts {
+        clean_correct,
+        anchor: anchor_verdict,
+        min_norm,
+    } = verdicts;
+    let anchor_held: Vec<bool> = match &anchor_verdict {
+        Some((held, _)) => held.to_vec(),
+        None => clean_correct.to_vec(),
+    };
+    let mut radii: Vec<f64> = plan.eps_curve.clone();
+    radii.sort_by(f64::total_cmp);
+    radii.dedup();
+    let mut found: Vec<(f64, Vec<bool>)> = Vec::with_capacity(radii.len());
+
+    // At the anchor (and at radius 0) the verdict is known.
+    for &eps in radii.iter().filter(|&&e| e == anchor || e <= 0.0) {
+        attack_rows(eps, params, &[], min_norm, attack_at, tally)?;
+        let held = if eps == anchor {
+            anchor_held.clone()
+        } else {
+            clean_correct.to_vec()
+        };
+        found.push((eps, held));
+    }
+    // Upward: samples still held are attacked at the next radius; a break holds at every larger one.
+    let mut state = anchor_held.clone();
+    for &eps in radii.iter().filter(|&&e| e > anchor) {
+        let targets = rows_where(&state, |_, held| held);
+        let broken = attack_rows(eps, params, &targets, min_norm, attack_at, tally)?;
+        for (&i, b) in targets.iter().zip(broken) {
+            state[i] &= !b;
+        }
+        found.push((eps, state.clone()));
+    }
+    // Downward: samples broken so far are attacked at the next smaller radius, unless an example already found
+    // lies within it; a hold is taken to hold at every smaller radius.
+    let mut state = anchor_held;
+    for &eps in radii.iter().rev().filter(|&&e| e < anchor && e > 0.0) {
+        let mut targets = Vec::new();
+        for i in rows_where(&state, |i, held| !held && clean_correct[i]) {
+            if min_norm[i] <= eps {
+                tally.from_perturbation += 1;
+            } else {
+                targets.push(i);
+            }
+        }
+        let broken = attack_rows(eps, params, &targets, min_norm, attack_at, tally)?;
+        for (&i, b) in targets.iter().zip(broken) {
+            state[i] = !b;
+        }
+        found.push((eps, state.clone()));
+    }
+    // Back in the configured order; a radius listed twice is reported twice (its stage with no rows).
+    let mut out = Vec::with_capacity(plan.eps_curve.len());
+    let mut reported = Vec::new();
+    for &eps in &plan.eps_curve {
+        if reported.contains(&eps.to_bits()) {
+            attack_rows(eps, params, &[], min_norm, attack_at, tally)?;
+        }
+        reported.push(eps.to_bits());
+        let held = found
+            .iter()
+            .find(|(e, _)| *e == eps)
+            .map(|(_, h)| h.clone())
+            .unwrap_or_else(|| clean_correct.to_vec());
+        out.push((eps, held));
+    }
+    Ok(out)
+}
+
+/// Positions `i` where `keep(i, v[i])`.
+fn rows_where(v: &[bool], keep: impl Fn(usize, bool) -> bool) -> Vec<usize> {
+    (0..v.len()).filter(|&i| keep(i, v[i])).collect()
+}
