@@ -99,7 +99,7 @@ impl Executor {
         if let Some(existing) = self.existing_result(job) {
             return self.link(job, existing);
         }
-        let config = job.load_config().map_err(|e| {
+        let mut config = job.load_config().map_err(|e| {
             Failure::new(
                 "config",
                 &e,
@@ -107,6 +107,10 @@ impl Executor {
             )
         })?;
         let record = &job.record;
+        if let Some(device) = &record.device {
+            // The device the daemon's pool leased to this job.
+            config.runtime.device = device.clone();
+        }
         let staging = self
             .store
             .prepare_staging(job)

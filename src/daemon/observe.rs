@@ -64,14 +64,17 @@ pub fn stage_changed(stage: &str) {
     tracing::Span::current().record("stage", stage);
 }
 
-/// The device the job's config asks for, as reports name it (`cpu`, `cuda:0`); the spec itself if it is invalid
-/// (the job then fails and says why).
+/// The device the daemon leased to the job, else the one its config asks for, as reports name it (`cpu`,
+/// `cuda:0`); the spec itself if it is invalid (the job then fails and says why).
 fn device_of(job: &Job) -> String {
+    if let Some(device) = &job.record.device {
+        return device.clone();
+    }
     let spec = job
         .load_config()
         .map(|c| c.runtime.device)
         .unwrap_or_else(|_| "cpu".into());
-    crate::runtime::parse_device(&spec)
-        .map(crate::runtime::device_name)
+    crate::device::resolve_single(&spec)
+        .map(|d| d.to_string())
         .unwrap_or(spec)
 }

@@ -17,6 +17,8 @@ use sd_notify::NotifyState;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveJob {
     pub name: String,
+    /// The device the job holds (`cpu`, `cuda:1`).
+    pub device: String,
     pub stage: String,
     pub fraction: f64,
 }
@@ -62,12 +64,20 @@ pub fn watchdog_interval() -> Option<Duration> {
     Some(Duration::from_micros(usec / 2).max(Duration::from_millis(100)))
 }
 
-/// The STATUS line: `idle; 3 queued` or `mlp: forward 50%; 2 queued`.
+/// The STATUS line: `idle; 3 queued` or `mlp@cuda:0: train 50%; cnn@cuda:1: attack 10%; 2 queued`.
 pub fn status_line(active: &ActiveJobs, queued: usize) -> String {
     let jobs = active.lock().unwrap_or_else(|p| p.into_inner());
     let mut parts: Vec<String> = jobs
         .values()
-        .map(|j| format!("{}: {} {:.0}%", j.name, j.stage, j.fraction * 100.0))
+        .map(|j| {
+            format!(
+                "{}@{}: {} {:.0}%",
+                j.name,
+                j.device,
+                j.stage,
+                j.fraction * 100.0
+            )
+        })
         .collect();
     if parts.is_empty() {
         parts.push("idle".into());

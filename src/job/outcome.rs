@@ -9,7 +9,7 @@ use thiserror::Error;
 use crate::config::Config;
 use crate::report::{
     sha256_hex, Artifacts, DatasetInfo, EnvironmentInfo, Evaluation, FileRef, JobInfo,
-    Memorization, ModelInfo, Report, Summary, Timing, Training, REPORT_SCHEMA,
+    Memorization, ModelInfo, Precision, Report, Summary, Timing, Training, REPORT_SCHEMA,
 };
 use crate::runtime;
 
@@ -28,6 +28,8 @@ pub struct JobOutcome {
     pub plots: Vec<String>,
     pub per_sample: Option<String>,
     pub training_log: Option<String>,
+    /// The onnxruntime execution provider the job's sessions ran on ([`crate::onnx::Provider::describe`]).
+    pub ort_provider: Option<String>,
 }
 
 impl JobOutcome {
@@ -44,6 +46,7 @@ impl JobOutcome {
             plots: Vec::new(),
             per_sample: None,
             training_log: None,
+            ort_provider: None,
         }
     }
 
@@ -79,7 +82,10 @@ impl JobOutcome {
             summary,
             model: self.model,
             dataset: self.dataset,
-            environment: environment(config),
+            environment: EnvironmentInfo {
+                onnxruntime_provider: self.ort_provider,
+                ..environment(config)
+            },
             evaluation: self.evaluation,
             memorization: self.memorization,
             training: self.training,
@@ -98,10 +104,12 @@ impl JobOutcome {
 
 /// The environment block of a report.
 pub fn environment(config: &Config) -> EnvironmentInfo {
-    let device = runtime::parse_device(&config.runtime.device)
-        .map(runtime::device_name)
-        .unwrap_or_else(|_| config.runtime.device.clone());
+    let id = crate::device::resolve_single(&config.runtime.device).ok();
+    let device = id.map_or_else(|| config.runtime.device.clone(), |d| d.to_string());
     EnvironmentInfo {
+        device_model: id.map(crate::device::model_name),
+        onnxruntime_provider: None,
+        precision: Some(precision(config, id)),
         robustd: env!("CARGO_PKG_VERSION").to_owned(),
         libtorch: runtime::libtorch_version(),
         onnxruntime: runtime::ort_version(),
@@ -114,6 +122,18 @@ pub fn environment(config: &Config) -> EnvironmentInfo {
                 .unwrap_or(1)
         },
         seed: config.runtime.seed,
+    }
+}
+
+/// The arithmetic the job's stages ran in: bfloat16 autocast where asked for (`eval.amp`, `train.amp`) on a CUDA
+/// device, else float32; attacks stay in float32 unless `eval.amp` asks.
+fn precision(config: &Config, device: Option<crate::device::DeviceId>) -> Precision {
+    let cuda = device.is_some_and(|d| d.is_cuda()) && crate::device::amp::autocast_available();
+    let name = |on: bool| crate::device::amp::precision_name(cuda && on).to_owned();
+    Precision {
+        attacks: name(config.eval.amp),
+        training: name(config.train.amp),
+        channels_last: cuda && config.train.channels_last,
     }
 }
 

@@ -110,6 +110,9 @@ pub struct JobRecord {
     /// One-line cause when failed (details in error.yaml).
     #[serde(default)]
     pub error: Option<String>,
+    /// The device the daemon leased to the job while it runs (`cpu`, `cuda:1`); the job's `runtime.device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// The worker running (or that last ran) the job, when the queue is shared by several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
@@ -142,6 +145,7 @@ impl JobRecord {
             result_dir: None,
             dedup_of: None,
             error: None,
+            device: None,
             worker: None,
         }
     }

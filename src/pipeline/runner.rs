@@ -156,6 +156,7 @@ pub fn run(
         let (plots, plot_warnings) = stages::plots(out_dir, &before.result, None, None);
         outcome.plots = plots;
         warnings.extend(plot_warnings);
+        outcome.ort_provider = subject.ort_provider();
         outcome.evaluation = Some(Evaluation {
             before: Some(before.result),
             after: None,
@@ -175,6 +176,12 @@ pub fn run(
     cancel.check()?;
 
     progress.stage("finetune");
+    // Training's arithmetic is `train.amp`'s (the trainer's own autocast), not the attacks' `eval.amp`.
+    let eval_precision = tch_model.precision();
+    tch_model.set_precision(crate::onnx::Precision {
+        amp: false,
+        ..eval_precision
+    });
     let training = stages::finetune(
         &subject,
         &mut tch_model,
@@ -184,6 +191,7 @@ pub fn run(
         Some(cancel.flag()),
     )
     .map_err(failed("finetune"))?;
+    tch_model.set_precision(eval_precision);
     cancel.check()?;
 
     progress.stage("write_back");
@@ -247,6 +255,7 @@ pub fn run(
         before_result.groups = stages::test_groups(&before.per_sample, consistency, threshold);
         after_result.groups = stages::test_groups(&after.per_sample, consistency, threshold);
     }
+    outcome.ort_provider = subject.ort_provider();
     outcome.evaluation = Some(Evaluation {
         before: Some(before_result),
         after: Some(after_result),

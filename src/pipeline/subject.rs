@@ -9,6 +9,7 @@ use tch::Device;
 use super::PipelineError;
 use crate::config::Config;
 use crate::data::{Dataset, ImageFiles};
+use crate::device::DeviceId;
 use crate::eval::EvalSet;
 use crate::model::Scorer;
 use crate::model::{InputAdapter, Layout};
@@ -35,6 +36,8 @@ pub struct Subject {
     /// The ops robustd cannot interpret, as the loader listed them (`com.microsoft.nchwc::Conv (2 nodes)`):
     /// the model is then evaluated score-based only.
     unsupported: Vec<String>,
+    /// The execution provider of the last onnxruntime session opened (the report's).
+    ort_provider: std::sync::Mutex<Option<String>>,
 }
 
 /// How robustd can run a subject's model.
@@ -59,6 +62,11 @@ impl Subject {
         runtime::tune_allocator();
         runtime::set_torch_threads(config.runtime.threads);
         let device = runtime::parse_device(&config.runtime.device)?;
+        if device.is_cuda() {
+            // As PyTorch users run convolutions on a GPU: cuDNN times its algorithms once per shape and keeps the
+            // fastest (process-wide; batch shapes repeat through an attack or an epoch).
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         let (onnx, unsupported) = OnnxModel::load_lenient(path, &config.limits)?;
         let unsupported = match unsupported {
             None => Vec::new(),
@@ -120,6 +128,7 @@ impl Subject {
             display_name: None,
             interrupt: None,
             unsupported,
+            ort_provider: Default::default(),
         })
     }
 
@@ -174,14 +183,40 @@ impl Subject {
         };
         let mut model = TchModel::new(&self.onnx, self.adapter.clone(), self.device, options)?;
         model.set_interrupt(self.interrupt.clone());
+        // CUDA only: attacks in bfloat16 when `eval.amp` asks (training sets its own autocast, `train.amp`), and
+        // channels-last inputs with `train.channels_last`.
+        let cuda = self.device.is_cuda();
+        model.set_precision(onnx::Precision {
+            amp: cuda && self.config.eval.amp && crate::device::amp::autocast_available(),
+            channels_last: cuda && self.config.train.channels_last,
+        });
         Ok(model)
     }
 
     /// An onnxruntime session on `file` (the original, or the written-back model) with the same adapter.
     pub fn scorer(&self, file: &Path) -> Result<OrtScorer, PipelineError> {
-        let mut scorer = OrtScorer::new(file, self.adapter.clone(), self.config.runtime.threads)?;
+        let device = match self.device {
+            Device::Cuda(i) => DeviceId::Cuda(i),
+            _ => DeviceId::Cpu,
+        };
+        let mut scorer = OrtScorer::on_device(
+            file,
+            self.adapter.clone(),
+            self.config.runtime.threads,
+            device,
+        )?;
         scorer.set_interrupt(self.interrupt.clone());
+        *self.ort_provider.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(scorer.provider().describe());
         Ok(scorer)
+    }
+
+    /// The execution provider the subject's onnxruntime sessions ran on, once one was opened.
+    pub fn ort_provider(&self) -> Option<String> {
+        self.ort_provider
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The evaluated test samples, with their dataset indices.
