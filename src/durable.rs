@@ -202,6 +202,12 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// A fresh temporary name next to `path`, unique to this process and call (hidden: a dot file), for writers that
+/// must produce the file themselves before renaming it into place.
+pub fn temp_sibling(path: &Path) -> PathBuf {
+    temp_path(path)
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);

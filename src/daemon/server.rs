@@ -22,6 +22,7 @@ use crate::config::{Config, ConfigError, QueueBackend};
 use crate::device::{DevicePool, DeviceSpecError};
 use crate::durable::WriteError;
 use crate::http::{HttpError, Metrics, Readiness};
+use crate::job::cancel::ClaimCheck;
 use crate::job::{CancelReason, CancelToken, Job, JobRunner, Progress, ProgressUpdate};
 use crate::queue::{self, Claimable, Queue, QueueError};
 
@@ -187,7 +188,7 @@ pub async fn run(
                 for (name, seen_at) in state.inbox.ready(Duration::from_millis(config.daemon.stable_ms)) {
                     let _ = intake_tx.send((name, seen_at, config_arc.clone()));
                 }
-                state.enforce_timeouts();
+                state.enforce_limits();
                 state.dispatch();
                 state.publish_status();
             }
@@ -373,7 +374,12 @@ impl Loop {
             .map(|d| format!(", {} ms after it appeared in the inbox", d.as_millis()))
             .unwrap_or_default();
         tracing::info!(job = %id, attempt = job.record.attempts, device = %device, "started {}{since_drop}", job.record.dropped_as);
-        let progress = progress_sink(&job, &self.exec.queue, &self.active, &cancel);
+        let record = Arc::new(Mutex::new((
+            job.clone(),
+            Instant::now() - Duration::from_secs(1),
+        )));
+        cancel.set_claim_check(claim_check(&record, &self.exec.queue));
+        let progress = progress_sink(record, &self.exec.queue, &self.active, &cancel);
         let exec = self.exec.clone();
         let done = self.done_tx.clone();
         let metrics = self.metrics.clone();
@@ -415,11 +421,17 @@ impl Loop {
             .remove(id);
     }
 
-    fn enforce_timeouts(&self) {
+    /// Cancels the jobs past `limits.job_timeout_s`, and those whose lease the queue's renewer found lost (they
+    /// would otherwise learn it only at their next heartbeat or checkpoint).
+    fn enforce_limits(&self) {
         let now = Instant::now();
-        for job in self.running.values() {
+        let lost = self.exec.queue.lost_leases();
+        for (id, job) in &self.running {
             if job.deadline.is_some_and(|d| now >= d) {
                 job.cancel.cancel(CancelReason::Timeout);
+            }
+            if lost.iter().any(|l| l == id) {
+                job.cancel.cancel(CancelReason::LeaseLost);
             }
         }
     }
@@ -436,16 +448,41 @@ impl Loop {
     }
 }
 
+/// A running job's record as the daemon last sent it to the queue, and when.
+type SharedRecord = Arc<Mutex<(Job, Instant)>>;
+
+/// The job's claim check: a heartbeat the queue answers synchronously, so a worker that stalled past its lease
+/// (stopped, swapped out) learns it lost the job before it writes a checkpoint the new owner resumes from — not a
+/// renewal round later. A database outage does not count as lost (the renewer keeps the lease meanwhile).
+fn claim_check(record: &SharedRecord, queue: &Arc<dyn Queue>) -> ClaimCheck {
+    let record = record.clone();
+    let queue = queue.clone();
+    Arc::new(move || {
+        let mut guard = record.lock().unwrap_or_else(|p| p.into_inner());
+        let (job, last_write) = &mut *guard;
+        match queue.heartbeat(job) {
+            Err(QueueError::LeaseLost { .. }) => false,
+            Ok(()) => {
+                *last_write = Instant::now();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id(), "cannot confirm the job's lease: {e}");
+                true
+            }
+        }
+    })
+}
+
 /// A progress reporter that keeps the job record in the queue (its heartbeat: at most twice a second, and at every
 /// stage change) and the STATUS line current. A heartbeat the queue refuses because the lease was lost cancels
 /// the run.
 fn progress_sink(
-    job: &Job,
+    job: SharedRecord,
     queue: &Arc<dyn Queue>,
     active: &ActiveJobs,
     cancel: &CancelToken,
 ) -> Progress {
-    let job = Mutex::new((job.clone(), Instant::now() - Duration::from_secs(1)));
     let queue = queue.clone();
     let active = active.clone();
     let cancel = cancel.clone();

@@ -60,6 +60,9 @@ pub fn run(
     // Forward passes stop once the job is cancelled (SIGTERM, limits.job_timeout_s), even inside an attack.
     let token = cancel.clone();
     subject.interrupt = Some(std::sync::Arc::new(move || token.is_cancelled()));
+    // Training checkpoints go to a directory a shared queue may hand to another worker with the job.
+    let token = cancel.clone();
+    subject.claim = Some(std::sync::Arc::new(move || token.holds_claim()));
     let (mut tch_model, score_based) = match subject.engine().map_err(failed("prepare"))? {
         Engine::WhiteBox(model) => (Some(*model), None),
         Engine::ScoreBased(ops) => {

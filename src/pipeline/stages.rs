@@ -255,6 +255,7 @@ pub fn finetune(
     run.checkpoint_dir = Some(checkpoint_dir.to_path_buf());
     run.log_csv = Some(out_dir.join(files::TRAIN_LOG));
     run.cancel = cancel;
+    run.claim = subject.claim.as_deref().map(train::Claim);
     let mut result = train::train(model, &subject.dataset.train, &run)?;
     result.log = Some(PathBuf::from(files::TRAIN_LOG));
     Ok(result)

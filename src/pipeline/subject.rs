@@ -33,6 +33,9 @@ pub struct Subject {
     pub display_name: Option<String>,
     /// Installed in every interpreter this subject builds (see [`crate::onnx::Interrupt`]).
     pub interrupt: Option<onnx::Interrupt>,
+    /// Whether the job still owns its checkpoint directory, asked before every training checkpoint (see
+    /// [`crate::job::CancelToken::holds_claim`]); `None` = always.
+    pub claim: Option<crate::job::cancel::ClaimCheck>,
     /// The ops robustd cannot interpret, as the loader listed them (`com.microsoft.nchwc::Conv (2 nodes)`):
     /// the model is then evaluated score-based only.
     unsupported: Vec<String>,
@@ -127,6 +130,7 @@ impl Subject {
             path: path.to_path_buf(),
             display_name: None,
             interrupt: None,
+            claim: None,
             unsupported,
             ort_provider: Default::default(),
         })

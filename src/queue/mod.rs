@@ -188,6 +188,12 @@ pub trait Queue: Send + Sync + 'static {
         Arc::new(tokio::sync::Notify::new())
     }
 
+    /// Running jobs of this worker whose lease was found lost (another worker took them over): the daemon
+    /// cancels them at its next tick. Empty for a queue without leases.
+    fn lost_leases(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Lease tokens of jobs running now anywhere: their staging directories in a shared store are in use.
     fn live_leases(&self) -> Result<Vec<i64>, QueueError> {
         Ok(Vec::new())

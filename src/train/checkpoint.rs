@@ -104,7 +104,9 @@ pub fn save(
         }
     }
     let tensors = dir.join(&meta.tensors);
-    let partial = dir.join(format!("{}.partial", meta.tensors));
+    // A name of this writer's own: two writers of one directory (a worker that lost its lease racing the one that
+    // took the job over, in the moment before it notices) never rename each other's file away.
+    let partial = crate::durable::temp_sibling(&tensors);
     Tensor::write_safetensors(&named, &partial).map_err(|e| checkpoint_error(&partial, e))?;
     sync_file(&partial)?;
     fs::rename(&partial, &tensors).map_err(|e| TrainError::io(&tensors, e))?;

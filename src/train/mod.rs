@@ -42,7 +42,7 @@ pub use objective::{bat_weights, BatParams, Objective};
 pub use optim::Optimizer;
 pub use record::{EpochRecord, TrainResult};
 pub use schedule::LrSchedule;
-pub use trainer::{train, validation_split, SampleObserver, TrainRun};
+pub use trainer::{train, validation_split, Claim, SampleObserver, TrainRun};
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -93,6 +93,15 @@ pub enum TrainError {
         epoch: usize,
         batch: usize,
         checkpoint: Option<PathBuf>,
+    },
+    #[error(
+        "training stopped at epoch {epoch}, batch {batch} without writing {}: the run no longer owns it (another \
+         worker took the job over and resumes from it)", dir.display()
+    )]
+    ClaimLost {
+        epoch: usize,
+        batch: usize,
+        dir: PathBuf,
     },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },

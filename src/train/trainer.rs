@@ -64,6 +64,10 @@ pub struct TrainRun<'a> {
     pub log_csv: Option<PathBuf>,
     /// Set (e.g. on SIGTERM) to checkpoint and stop before the next batch.
     pub cancel: Option<&'a AtomicBool>,
+    /// Asked right before every checkpoint write: whether the run still owns `checkpoint_dir`. A job on a shared
+    /// queue loses it when its lease passes to another worker, which resumes from the same directory; the run
+    /// then writes nothing more and stops with [`TrainError::ClaimLost`]. `None` = always owned.
+    pub claim: Option<Claim<'a>>,
     /// Receives every batch's per-sample correctness (the memorization module's learning-speed estimator).
     pub observer: Option<&'a dyn SampleObserver>,
     /// Stop after the first epoch whose training accuracy (clean, or adversarial when only that is computed)
@@ -71,6 +75,22 @@ pub struct TrainRun<'a> {
     pub fit_target: Option<f64>,
     /// The config key of the run's learning rate, for hints (`train.optimizer.lr`, `memorization.lr`).
     pub lr_key: &'static str,
+}
+
+/// The owner's answer to "does this run still own its checkpoint directory" ([`TrainRun::claim`]).
+#[derive(Clone, Copy)]
+pub struct Claim<'a>(pub &'a (dyn Fn() -> bool + Send + Sync));
+
+impl Claim<'_> {
+    pub fn holds(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Claim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Claim(..)")
+    }
 }
 
 /// Sees how each batch classified its training samples: `source_indices[i]` (the sample's index in the dataset's
@@ -101,6 +121,7 @@ impl<'a> TrainRun<'a> {
             checkpoint_dir: None,
             log_csv: None,
             cancel: None,
+            claim: None,
             observer: None,
             fit_target: None,
             lr_key: "train.optimizer.lr",
@@ -585,6 +606,14 @@ impl<'r> Loop<'r> {
         let Some(dir) = self.run.checkpoint_dir.as_deref() else {
             return Ok(());
         };
+        if self.run.claim.is_some_and(|claim| !claim.holds()) {
+            tracing::warn!(dir = %dir.display(), "the checkpoint directory belongs to another worker now; not writing");
+            return Err(TrainError::ClaimLost {
+                epoch: self.epoch + 1,
+                batch: self.batch,
+                dir: dir.to_path_buf(),
+            });
+        }
         let meta = Meta {
             format: checkpoint::FORMAT,
             fingerprint: self.fingerprint.clone(),

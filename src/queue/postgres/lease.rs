@@ -55,6 +55,15 @@ impl Leases {
         }
     }
 
+    /// The jobs whose lease was found lost and that are still held (not yet released by their run).
+    pub fn lost(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, h)| h.lost)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// The live leases: `(ids, tokens)`.
     fn live(&self) -> (Vec<String>, Vec<i64>) {
         self.lock()

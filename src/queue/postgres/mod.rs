@@ -797,6 +797,10 @@ impl Queue for PgQueue {
         self.gate.wake.clone()
     }
 
+    fn lost_leases(&self) -> Vec<String> {
+        self.leases.lost()
+    }
+
     fn live_leases(&self) -> Result<Vec<i64>, QueueError> {
         Ok(self.db.with_client(move |client| async move {
             Ok(client
