@@ -30,29 +30,37 @@ fn driver() -> Option<&'static Driver> {
     DRIVER.get_or_init(load).as_ref()
 }
 
+/// A symbol of the driver library as the function pointer type `F`.
+///
+/// # Safety
+/// `F` must be the `unsafe extern "C" fn` type of the symbol, and `handle` an open library that stays loaded.
+unsafe fn symbol<F: Copy>(handle: *mut c_void, name: &CStr) -> Option<F> {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+    // SAFETY: per the contract above.
+    let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+    (!p.is_null()).then(|| unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) })
+}
+
 fn load() -> Option<Driver> {
-    // SAFETY: dlopen/dlsym with NUL-terminated names; the handle is never closed, so the pointers stay valid.
+    // SAFETY: dlopen with a NUL-terminated name; the handle is never closed, so the pointers stay valid; each
+    // symbol is read as its documented CUDA driver API signature.
     unsafe {
         let handle = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
         if handle.is_null() {
             return None;
         }
-        let sym = |name: &CStr| {
-            let p = libc::dlsym(handle, name.as_ptr());
-            (!p.is_null()).then_some(p)
-        };
-        let init: unsafe extern "C" fn(c_uint) -> CuResult = std::mem::transmute(sym(c"cuInit")?);
+        let init = symbol::<unsafe extern "C" fn(c_uint) -> CuResult>(handle, c"cuInit")?;
         if init(0) != 0 {
             return None;
         }
         Some(Driver {
-            device_get: std::mem::transmute(sym(c"cuDeviceGet")?),
-            device_get_name: std::mem::transmute(sym(c"cuDeviceGetName")?),
-            primary_ctx_retain: std::mem::transmute(sym(c"cuDevicePrimaryCtxRetain")?),
-            primary_ctx_release: std::mem::transmute(sym(c"cuDevicePrimaryCtxRelease_v2")?),
-            ctx_push: std::mem::transmute(sym(c"cuCtxPushCurrent_v2")?),
-            ctx_pop: std::mem::transmute(sym(c"cuCtxPopCurrent_v2")?),
-            mem_get_info: std::mem::transmute(sym(c"cuMemGetInfo_v2")?),
+            device_get: symbol(handle, c"cuDeviceGet")?,
+            device_get_name: symbol(handle, c"cuDeviceGetName")?,
+            primary_ctx_retain: symbol(handle, c"cuDevicePrimaryCtxRetain")?,
+            primary_ctx_release: symbol(handle, c"cuDevicePrimaryCtxRelease_v2")?,
+            ctx_push: symbol(handle, c"cuCtxPushCurrent_v2")?,
+            ctx_pop: symbol(handle, c"cuCtxPopCurrent_v2")?,
+            mem_get_info: symbol(handle, c"cuMemGetInfo_v2")?,
         })
     }
 }
