@@ -5,7 +5,9 @@
 #     postgresql (its server binaries: the fleet tests start a throwaway cluster of their own; no service is
 #     enabled or started here) and chromium (the headless browser tests/http_dashboard.rs reads the dashboard with);
 #   - a project-local .venv with the pinned wheels (scripts/requirements.txt): torch==2.11.0 carries libtorch,
-#     onnxruntime==1.31.1 carries libonnxruntime.so;
+#     onnxruntime==1.31.1 carries libonnxruntime.so -- or, on a host with an NVIDIA GPU (or with ROBUSTD_GPU=1;
+#     ROBUSTD_GPU=0 forces the CPU wheel), onnxruntime-gpu==1.31.1, the same library with the CUDA execution
+#     provider (the two wheels install the same `onnxruntime` package, so one replaces the other);
 #   - .venv/libtorch -> the wheel's torch/ directory, a python-version-independent path that
 #     .cargo/config.toml points LIBTORCH at, so a plain `cargo build` works.
 set -euo pipefail
@@ -28,17 +30,36 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
-# 2. The venv with pinned wheels; a stamp holding the requirements' hash makes re-runs instant.
+# 2. The venv with pinned wheels; a stamp holding the requirements' hash (and the onnxruntime flavour) makes re-runs
+#    instant.
 PY=${PYTHON:-python3}
 stamp=.venv/.robustd-requirements.sha256
+# An NVIDIA GPU: the driver's device nodes or its /proc entry (no nvidia-smi needed).
+has_nvidia_gpu() { [ -e /dev/nvidia0 ] || ls /proc/driver/nvidia/gpus/* >/dev/null 2>&1; }
+case "${ROBUSTD_GPU:-auto}" in
+  1|yes|true) ort_wheel=onnxruntime-gpu ;;
+  0|no|false) ort_wheel=onnxruntime ;;
+  *) if has_nvidia_gpu; then ort_wheel=onnxruntime-gpu; else ort_wheel=onnxruntime; fi ;;
+esac
+requirements=scripts/requirements.txt
+if [ "$ort_wheel" = onnxruntime-gpu ]; then
+  requirements=$(mktemp)
+  trap 'rm -f "$requirements"' EXIT
+  sed 's/^onnxruntime==/onnxruntime-gpu==/' scripts/requirements.txt >"$requirements"
+fi
 want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+[ "$ort_wheel" = onnxruntime ] || want="$want $ort_wheel"
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing pinned wheels (torch is large: a few GB on first install)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir -r scripts/requirements.txt
+  log "installing pinned wheels with $ort_wheel (torch is large: a few GB on first install)"
+  other=$([ "$ort_wheel" = onnxruntime-gpu ] && echo onnxruntime || echo onnxruntime-gpu)
+  if .venv/bin/python -m pip show -q "$other" >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall -q -y "$other"
+  fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir -r "$requirements"
   echo "$want" > "$stamp"
 fi
 

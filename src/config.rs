@@ -77,8 +77,12 @@ pub struct Paths {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    /// `auto`, `cpu`, `cuda` or `cuda:N`: the device of CLI commands; in the daemon, the device a job runs on is
+    /// leased from `devices` and written here.
     pub device: String,
+    /// The daemon's devices: `auto` (every CUDA device libtorch sees, else the CPU; or the one `device` names when
+    /// it names one), `cpu`, or a list `[cuda:0, cuda:1]`. One training job runs per device at a time.
+    pub devices: crate::device::DevicesSpec,
     /// Intra-op threads for libtorch and onnxruntime; 0 = one per core.
     pub threads: usize,
     /// Path to libonnxruntime.so; null = `$ROBUSTD_ORT_LIB`, then the project venv.
@@ -237,6 +241,9 @@ pub struct EvalSpec {
     pub mode: EvalMode,
     /// The adversarial examples kept (`adversarial.npz`) and drawn (`plots/adversarial.png`).
     pub examples: ExamplesSpec,
+    /// On CUDA: the attacks' forward and gradient passes (and clean accuracy) in bfloat16 autocast; false keeps
+    /// them in float32 (the default: robust accuracies are then comparable with float32 references).
+    pub amp: bool,
 }
 
 /// Named attack suites (`eval.preset`).
@@ -334,7 +341,7 @@ pub struct TrainSpec {
     pub early_stop_patience: usize,
     /// `false` freezes BatchNorm running stats and affine parameters.
     pub train_batchnorm: bool,
-    /// On CUDA: automatic mixed precision.
+    /// On CUDA: bfloat16 autocast for the training steps (the PGD that crafts examples, and the loss).
     pub amp: bool,
     /// On CUDA: channels-last memory format.
     pub channels_last: bool,
@@ -442,7 +449,8 @@ pub struct DaemonSpec {
     pub stable_ms: u64,
     /// Full rescan interval, the fallback for missed events and network filesystems.
     pub rescan_ms: u64,
-    /// Evaluation-only jobs that may run at once (training jobs: one per device).
+    /// Evaluation-only jobs that may run at once on each device of `runtime.devices` (training jobs: one per
+    /// device).
     pub eval_concurrency: usize,
     /// Use a polling watcher instead of inotify.
     pub poll: bool,
@@ -507,6 +515,7 @@ impl Default for Runtime {
     fn default() -> Self {
         Self {
             device: "auto".into(),
+            devices: crate::device::DevicesSpec::Auto,
             threads: 0,
             ort_library: None,
             seed: 0,
@@ -608,6 +617,7 @@ impl Default for EvalSpec {
             gate: Gate::Point,
             mode: EvalMode::Ensemble,
             examples: ExamplesSpec::default(),
+            amp: false,
         }
     }
 }

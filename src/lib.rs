@@ -40,6 +40,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod data;
+pub mod device;
 pub mod durable;
 pub mod eval;
 pub mod failpoint;

@@ -70,9 +70,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for job in &queue.list(JobState::Running)? {
         let r = &job.record;
         println!(
-            "  {}  {}  stage {} {}  attempt {}  since {}{}",
+            "  {}  {}  device {}  stage {} {}  attempt {}  since {}{}",
             r.id,
             r.dropped_as,
+            r.device.as_deref().unwrap_or("?"),
             r.stage.as_deref().unwrap_or("starting"),
             r.progress
                 .map(|p| format!("{:.0}%", p * 100.0))

@@ -104,7 +104,7 @@ impl Executor {
         if let Some(existing) = self.existing_result(job) {
             return self.link(job, existing);
         }
-        let config = job.load_config().map_err(|e| {
+        let config = job.run_config().map_err(|e| {
             Failure::new(
                 "config",
                 &e,

@@ -19,10 +19,11 @@ use super::intake::{intake, Intake};
 use super::service::{self, ActiveJob, ActiveJobs};
 use super::watcher::{self, WatchError};
 use crate::config::{Config, ConfigError, QueueBackend};
+use crate::device::{DevicePool, DeviceSpecError};
 use crate::durable::WriteError;
 use crate::http::{HttpError, Metrics, Readiness};
 use crate::job::cancel::ClaimCheck;
-use crate::job::{CancelReason, CancelToken, Job, JobKind, JobRunner, Progress, ProgressUpdate};
+use crate::job::{CancelReason, CancelToken, Job, JobRunner, Progress, ProgressUpdate};
 use crate::queue::{self, Claimable, Queue, QueueError};
 
 /// How long running jobs get to checkpoint and return after a shutdown request (systemd's default stop timeout
@@ -43,6 +44,8 @@ pub enum DaemonError {
     Thread(std::io::Error),
     #[error("cannot start the HTTP server: {0}")]
     Http(#[from] HttpError),
+    #[error("runtime.devices: {0}")]
+    Devices(#[from] DeviceSpecError),
 }
 
 /// The daemon's inputs.
@@ -64,7 +67,8 @@ pub async fn run(
     let paths = config.paths.clone();
     crate::durable::create_dir_all(&paths.watch).map_err(DaemonError::Inbox)?;
     warn_if_world_writable(&paths.watch);
-    let queue = queue::open(&config, &worker_devices(&config))?;
+    let pool = device_pool(&config)?;
+    let queue = queue::open(&config, &worker_devices(&pool))?;
     let (metrics, readiness) = (Arc::new(Metrics::new()), Arc::new(Readiness::default()));
     let http = crate::http::start(
         &config.daemon.http,
@@ -146,6 +150,7 @@ pub async fn run(
         exec,
         inbox: Inbox::new(&paths.watch),
         running: HashMap::new(),
+        pool,
         active: Arc::new(Mutex::new(Default::default())),
         done_tx,
         last_status: String::new(),
@@ -161,7 +166,7 @@ pub async fn run(
         watcher = watcher.as_ref().map_or("none (does not ingest)", |w| w.kind), queued = queue.queued(),
         "robustd daemon ready"
     );
-    state.dispatch(&config);
+    state.dispatch();
     state.last_status = service::status_line(&state.active, queue.queued());
     service::ready(&state.last_status);
 
@@ -184,10 +189,10 @@ pub async fn run(
                     let _ = intake_tx.send((name, seen_at, config_arc.clone()));
                 }
                 state.enforce_limits();
-                state.dispatch(&config);
+                state.dispatch();
                 state.publish_status();
             }
-            _ = wakeup.notified() => state.dispatch(&config),
+            _ = wakeup.notified() => state.dispatch(),
             _ = rescan.tick(), if ingest => {
                 if let Err(e) = state.inbox.rescan() {
                     tracing::warn!("cannot list {}: {e}", paths.watch.display());
@@ -196,18 +201,19 @@ pub async fn run(
             Some((name, outcome)) = intake_done_rx.recv() => {
                 state.inbox.settled(&name, outcome.waiting());
                 if let Intake::Queued(_) = outcome {
-                    state.dispatch(&config);
+                    state.dispatch();
                 }
             }
             Some(finished) = done_rx.recv() => {
                 state.finished(&finished);
-                state.dispatch(&config);
+                state.dispatch();
                 state.publish_status();
             }
             _ = watchdog.tick() => service::watchdog(),
             Some(()) = recv_signal(&mut hangup) => {
                 service::reloading();
                 if let Some(new) = reload(&config, options.config_path.as_deref()) {
+                    state.pool.set_eval_per_device(new.daemon.eval_concurrency);
                     config = new;
                     config_arc = Arc::new(config.clone());
                     tick = tokio::time::interval(tick_period(&config));
@@ -247,23 +253,34 @@ pub async fn run(
     Ok(())
 }
 
-/// The devices this worker advertises to a shared queue: the one it trains on (`runtime.device`), named as
-/// reports name it, with the GPU index the host sees when `CUDA_VISIBLE_DEVICES` narrows it.
-fn worker_devices(config: &Config) -> Vec<String> {
-    let device = match crate::runtime::parse_device(&config.runtime.device) {
-        Ok(d) => crate::runtime::device_name(d),
-        Err(_) => config.runtime.device.clone(),
-    };
-    match std::env::var("CUDA_VISIBLE_DEVICES") {
-        Ok(visible) if device.starts_with("cuda") && !visible.is_empty() => {
-            vec![format!("{device} (CUDA_VISIBLE_DEVICES={visible})")]
-        }
-        _ => vec![device],
+/// The pool of `runtime.devices` on this host, each device with its model name (logged once).
+fn device_pool(config: &Config) -> Result<DevicePool, DeviceSpecError> {
+    let ids = config.runtime.devices.resolve(
+        &config.runtime.device,
+        tch::Cuda::device_count().max(0) as usize,
+    )?;
+    let slots = crate::device::host_slots(&ids);
+    for s in &slots {
+        tracing::info!(device = %s.id, model = %s.model, "device in the pool");
     }
+    Ok(DevicePool::new(slots, config.daemon.eval_concurrency))
+}
+
+/// The devices this worker advertises to a shared queue: its pool's, named as reports name them, with the GPU
+/// model, and with the GPU indices the host sees when `CUDA_VISIBLE_DEVICES` narrows them.
+fn worker_devices(pool: &DevicePool) -> Vec<String> {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
+    pool.slots()
+        .iter()
+        .map(|s| match (s.id.is_cuda(), visible.is_empty()) {
+            (true, false) => format!("{} {} (CUDA_VISIBLE_DEVICES={visible})", s.id, s.model),
+            (true, true) => format!("{} {}", s.id, s.model),
+            (false, _) => s.id.to_string(),
+        })
+        .collect()
 }
 
 struct RunningJob {
-    kind: JobKind,
     key: String,
     cancel: CancelToken,
     deadline: Option<Instant>,
@@ -273,6 +290,8 @@ struct Loop {
     exec: Executor,
     inbox: Inbox,
     running: HashMap<String, RunningJob>,
+    /// Which running job holds which device.
+    pool: DevicePool,
     active: ActiveJobs,
     done_tx: mpsc::UnboundedSender<Finished>,
     last_status: String,
@@ -280,11 +299,12 @@ struct Loop {
 }
 
 impl Loop {
-    /// Claims and starts queued jobs, oldest first, while their kind has a free slot: one training job per device,
-    /// up to `daemon.eval_concurrency` evaluation-only jobs. A job whose key is running waits (it then dedupes).
-    fn dispatch(&mut self, config: &Config) {
+    /// Claims and starts queued jobs, oldest first, while a device has room for their kind: one training job per
+    /// device, up to `daemon.eval_concurrency` evaluation-only jobs per device. A job whose key is running waits
+    /// (it then dedupes).
+    fn dispatch(&mut self) {
         loop {
-            let can = self.claimable(config);
+            let can = self.claimable();
             if can.kinds.is_empty() {
                 break;
             }
@@ -300,26 +320,23 @@ impl Loop {
         }
     }
 
-    /// The kinds with a free slot, and the keys running here.
-    fn claimable(&self, config: &Config) -> Claimable {
-        let kinds = [JobKind::Train, JobKind::Eval]
-            .into_iter()
-            .filter(|&kind| {
-                let limit = match kind {
-                    JobKind::Train => 1,
-                    JobKind::Eval => config.daemon.eval_concurrency.max(1),
-                };
-                self.running.values().filter(|r| r.kind == kind).count() < limit
-            })
-            .collect();
+    /// The kinds a device has room for, and the keys running here.
+    fn claimable(&self) -> Claimable {
         Claimable {
-            kinds,
+            kinds: self.pool.free_kinds(),
             busy_keys: self.running.values().map(|r| r.key.clone()).collect(),
         }
     }
 
-    fn start(&mut self, job: Job) {
+    fn start(&mut self, mut job: Job) {
         let id = job.id().to_owned();
+        // The job's device lease, given back in `finished`; the job runs on it through its record (the executor
+        // makes it the job's `runtime.device`). `claimable` offered only kinds a device has room for.
+        let device = self
+            .pool
+            .acquire(&id, job.record.kind)
+            .map_or_else(|| "cpu".to_owned(), |s| s.id.to_string());
+        job.record.device = Some(device.clone());
         let cancel = CancelToken::new();
         let timeout = job
             .load_config()
@@ -328,7 +345,6 @@ impl Loop {
         self.running.insert(
             id.clone(),
             RunningJob {
-                kind: job.record.kind,
                 key: job.record.key.clone(),
                 cancel: cancel.clone(),
                 deadline: (timeout > 0).then(|| Instant::now() + Duration::from_secs(timeout)),
@@ -341,6 +357,7 @@ impl Loop {
                 id.clone(),
                 ActiveJob {
                     name: job.record.name.clone(),
+                    device: device.clone(),
                     stage: "starting".into(),
                     fraction: 0.0,
                     pid: None,
@@ -358,7 +375,7 @@ impl Loop {
         let since_drop = since_drop
             .map(|d| format!(", {} ms after it appeared in the inbox", d.as_millis()))
             .unwrap_or_default();
-        tracing::info!(job = %id, attempt = job.record.attempts, "started {}{since_drop}", job.record.dropped_as);
+        tracing::info!(job = %id, attempt = job.record.attempts, device = %device, "started {}{since_drop}", job.record.dropped_as);
         let record = Arc::new(Mutex::new((
             job.clone(),
             Instant::now() - Duration::from_secs(1),
@@ -377,6 +394,7 @@ impl Loop {
         if let Err(e) = spawned {
             tracing::error!(job = %id, "cannot start a thread for the job: {e}; it stays in running/ until restart");
             self.running.remove(&id);
+            self.pool.release(&id);
         }
     }
 
@@ -398,6 +416,7 @@ impl Loop {
             Finished::Abandoned { id, .. } => id,
         };
         self.running.remove(id);
+        self.pool.release(id);
         self.active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -518,6 +537,9 @@ fn reload(current: &Config, path: Option<&std::path::Path>) -> Option<Config> {
             }
             if new.daemon.poll != current.daemon.poll {
                 tracing::warn!("SIGHUP: `daemon.poll` takes effect at the next restart");
+            }
+            if new.runtime.devices != current.runtime.devices {
+                tracing::warn!("SIGHUP: `runtime.devices` takes effect at the next restart");
             }
             if new.daemon.http != current.daemon.http {
                 tracing::warn!("SIGHUP: `daemon.http` takes effect at the next restart");

@@ -17,6 +17,8 @@ use sd_notify::NotifyState;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveJob {
     pub name: String,
+    /// The device the job holds (`cpu`, `cuda:1`).
+    pub device: String,
     pub stage: String,
     pub fraction: f64,
     /// The job's process, while one runs.
@@ -66,7 +68,7 @@ pub fn watchdog_interval() -> Option<Duration> {
     Some(Duration::from_micros(usec / 2).max(Duration::from_millis(100)))
 }
 
-/// The STATUS line: `idle; 3 queued` or `mlp: forward 50% (pid 4242, attempt 1); 2 queued`.
+/// The STATUS line: `idle; 3 queued` or `mlp@cuda:0: train 50% (pid 4242, attempt 1); 2 queued`.
 pub fn status_line(active: &ActiveJobs, queued: usize) -> String {
     let jobs = active.lock().unwrap_or_else(|p| p.into_inner());
     let mut parts: Vec<String> = jobs
@@ -74,8 +76,9 @@ pub fn status_line(active: &ActiveJobs, queued: usize) -> String {
         .map(|j| {
             let pid = j.pid.map(|p| format!("pid {p}, ")).unwrap_or_default();
             format!(
-                "{}: {} {:.0}% ({pid}attempt {})",
+                "{}@{}: {} {:.0}% ({pid}attempt {})",
                 j.name,
+                j.device,
                 j.stage,
                 j.fraction * 100.0,
                 j.attempt

@@ -66,7 +66,7 @@ pub fn run() -> Result<(), ChildError> {
         stage = tracing::field::Empty
     );
     let _entered = span.enter();
-    let config = match job.load_config() {
+    let config = match job.run_config() {
         Ok(c) => c,
         Err(e) => {
             events.emit(&Event::Failed {

@@ -10,7 +10,7 @@ use thiserror::Error;
 use crate::config::Config;
 use crate::report::{
     sha256_hex, Artifacts, DatasetInfo, EnvironmentInfo, Evaluation, FileRef, JobInfo, JobLimits,
-    Memorization, ModelInfo, Report, Summary, Timing, Training, REPORT_SCHEMA,
+    Memorization, ModelInfo, Precision, Report, Summary, Timing, Training, REPORT_SCHEMA,
 };
 use crate::runtime;
 
@@ -38,6 +38,9 @@ pub struct JobOutcome {
     /// job's process: the daemon itself never loads onnxruntime); otherwise [`environment`] of the config.
     #[serde(default)]
     pub environment: Option<EnvironmentInfo>,
+    /// The onnxruntime execution provider the job's sessions ran on ([`crate::onnx::Provider::describe`]).
+    #[serde(default)]
+    pub ort_provider: Option<String>,
 }
 
 impl JobOutcome {
@@ -56,6 +59,7 @@ impl JobOutcome {
             training_log: None,
             limits: None,
             environment: None,
+            ort_provider: None,
         }
     }
 
@@ -91,7 +95,10 @@ impl JobOutcome {
             summary,
             model: self.model,
             dataset: self.dataset,
-            environment: self.environment.unwrap_or_else(|| environment(config)),
+            environment: EnvironmentInfo {
+                onnxruntime_provider: self.ort_provider,
+                ..self.environment.unwrap_or_else(|| environment(config))
+            },
             evaluation: self.evaluation,
             memorization: self.memorization,
             training: self.training,
@@ -113,10 +120,12 @@ impl JobOutcome {
 
 /// The environment block of a report.
 pub fn environment(config: &Config) -> EnvironmentInfo {
-    let device = runtime::parse_device(&config.runtime.device)
-        .map(runtime::device_name)
-        .unwrap_or_else(|_| config.runtime.device.clone());
+    let id = crate::device::resolve_single(&config.runtime.device).ok();
+    let device = id.map_or_else(|| config.runtime.device.clone(), |d| d.to_string());
     EnvironmentInfo {
+        device_model: id.map(crate::device::model_name),
+        onnxruntime_provider: None,
+        precision: Some(precision(config, id)),
         robustd: env!("CARGO_PKG_VERSION").to_owned(),
         libtorch: runtime::libtorch_version(),
         onnxruntime: runtime::ort_version(),
@@ -129,6 +138,18 @@ pub fn environment(config: &Config) -> EnvironmentInfo {
                 .unwrap_or(1)
         },
         seed: config.runtime.seed,
+    }
+}
+
+/// The arithmetic the job's stages ran in: bfloat16 autocast where asked for (`eval.amp`, `train.amp`) on a CUDA
+/// device, else float32; attacks stay in float32 unless `eval.amp` asks.
+fn precision(config: &Config, device: Option<crate::device::DeviceId>) -> Precision {
+    let cuda = device.is_some_and(|d| d.is_cuda()) && crate::device::amp::autocast_available();
+    let name = |on: bool| crate::device::amp::precision_name(cuda && on).to_owned();
+    Precision {
+        attacks: name(config.eval.amp),
+        training: name(config.train.amp),
+        channels_last: cuda && config.train.channels_last,
     }
 }
 

@@ -110,6 +110,9 @@ pub struct JobRecord {
     /// One-line cause when failed (details in error.yaml).
     #[serde(default)]
     pub error: Option<String>,
+    /// The device the daemon leased to the job while it runs (`cpu`, `cuda:1`); the job's `runtime.device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// The worker running (or that last ran) the job, when the queue is shared by several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
@@ -142,6 +145,7 @@ impl JobRecord {
             result_dir: None,
             dedup_of: None,
             error: None,
+            device: None,
             worker: None,
         }
     }
@@ -198,9 +202,22 @@ impl Job {
         Config::load(&self.dir.join(CONFIG_FILE))
     }
 
+    /// The config the job runs with: the resolved config, on the device the daemon's pool leased to the job.
+    pub fn run_config(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut config = self.load_config()?;
+        if let Some(device) = &self.record.device {
+            config.runtime.device = device.clone();
+        }
+        Ok(config)
+    }
+
     /// The device the job's config asks for, as reports name it (`cpu`, `cuda:0`); the spec itself if it is
     /// invalid (the job then fails and says why).
     pub fn device(&self) -> String {
+        // The device the daemon's pool leased to the job, when it leased one.
+        if let Some(device) = &self.record.device {
+            return device.clone();
+        }
         let spec = self
             .load_config()
             .map(|c| c.runtime.device)

@@ -11,8 +11,9 @@ use tch::{Device, Kind, Tensor};
 use thiserror::Error;
 
 use super::error::OnnxError;
-use super::session::{ort_session, SessionError};
+use super::session::{ort_session_on, Provider, SessionError};
 use super::tch_model::Interrupt;
+use crate::device::DeviceId;
 use crate::model::{InputAdapter, ModelError, Scorer};
 
 /// A forward-only classifier on onnxruntime. See the module docs.
@@ -24,6 +25,7 @@ pub struct OrtScorer {
     /// The tch kind of the first input as the session declares it (float16 models take float16 images).
     image_kind: Kind,
     interrupt: Option<Interrupt>,
+    provider: Provider,
 }
 
 impl OrtScorer {
@@ -34,14 +36,26 @@ impl OrtScorer {
         adapter: InputAdapter,
         intra_threads: usize,
     ) -> Result<Self, OnnxError> {
+        Self::on_device(path, adapter, intra_threads, DeviceId::Cpu)
+    }
+
+    /// [`OrtScorer::new`] with the execution provider of `device` (CUDA on a GPU when onnxruntime has it; see
+    /// [`super::session::choose_provider`]). Inputs and outputs stay CPU tensors either way.
+    pub fn on_device(
+        path: &Path,
+        adapter: InputAdapter,
+        intra_threads: usize,
+        device: DeviceId,
+    ) -> Result<Self, OnnxError> {
         let file = path.to_path_buf();
-        let session = ort_session(path, None, intra_threads).map_err(|e| OnnxError::Ort {
-            file: file.clone(),
-            message: match e {
-                SessionError::Load { message, .. } => message,
-                SessionError::Runtime(e) => e.to_string(),
-            },
-        })?;
+        let (session, provider) =
+            ort_session_on(path, None, intra_threads, device).map_err(|e| OnnxError::Ort {
+                file: file.clone(),
+                message: match e {
+                    SessionError::Load { message, .. } => message,
+                    SessionError::Runtime(e) => e.to_string(),
+                },
+            })?;
         let input_names = session
             .inputs()
             .iter()
@@ -69,7 +83,13 @@ impl OrtScorer {
             input_names,
             image_kind,
             interrupt: None,
+            provider,
         })
+    }
+
+    /// The execution provider this session runs on.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
     }
 
     /// Polled before every run, like [`super::TchModel::set_interrupt`]: a cancelled job stops inside the Square

@@ -11,6 +11,7 @@ use super::interpreter::{Interpreter, TchOptions};
 use super::layout::{infer_input_chw, resolve_layout};
 use super::model::OnnxModel;
 use crate::config::InputLayout;
+use crate::device::amp;
 use crate::model::{Classifier, InputAdapter, ModelError};
 
 /// Polled before every forward pass: `true` makes the pass fail with [`OnnxError::Interrupted`], so a cancelled
@@ -24,6 +25,15 @@ pub struct TchModel {
     input_chw: [i64; 3],
     num_classes: i64,
     interrupt: Option<Interrupt>,
+    precision: Precision,
+}
+
+/// How a [`TchModel`]'s forward passes compute: bfloat16 autocast and channels-last inputs (the daemon turns them
+/// on for CUDA devices only; see [`crate::device::amp`]). Default: float32, contiguous NCHW.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Precision {
+    pub amp: bool,
+    pub channels_last: bool,
 }
 
 impl TchModel {
@@ -94,9 +104,19 @@ impl TchModel {
             input_chw,
             num_classes: 0,
             interrupt: None,
+            precision: Precision::default(),
         };
         m.num_classes = m.probe_classes(model)?;
         Ok(m)
+    }
+
+    /// Sets how later forward passes compute (see [`Precision`]); logits stay float32 either way.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Makes every later forward pass check `interrupt` first (see [`Interrupt`]).
@@ -211,8 +231,29 @@ impl TchModel {
             }
             _ => adapted,
         };
-        let mut out = self.graph.run(&[adapted])?;
-        Ok(out.swap_remove(0))
+        let torch_err = |message: &str| {
+            let file = self.graph.file().to_path_buf();
+            let message = message.to_owned();
+            move |source| OnnxError::Torch {
+                file,
+                message,
+                source,
+            }
+        };
+        let adapted = amp::channels_last(&adapted, self.precision.channels_last)
+            .map_err(torch_err("channels-last input"))?;
+        let input_kind = adapted.kind();
+        let mut out = amp::with_autocast(self.device(), self.precision.amp, || {
+            self.graph.run(&[adapted])
+        })?;
+        let logits = out.swap_remove(0);
+        if logits.kind() == Kind::BFloat16 && input_kind != Kind::BFloat16 {
+            // Autocast's output: float32 logits for the losses and verdicts.
+            return logits
+                .f_to_kind(Kind::Float)
+                .map_err(torch_err("casting autocast logits"));
+        }
+        Ok(logits)
     }
 
     /// The interpreter underneath (raw multi-output runs, step count).

@@ -166,6 +166,7 @@ pub fn run(
         let (plots, plot_warnings) = stages::plots(out_dir, &before.result, None, None);
         outcome.plots = plots;
         warnings.extend(plot_warnings);
+        outcome.ort_provider = subject.ort_provider();
         outcome.evaluation = Some(Evaluation {
             before: Some(before.result),
             after: None,
@@ -185,6 +186,12 @@ pub fn run(
     cancel.check()?;
 
     progress.stage("finetune");
+    // Training's arithmetic is `train.amp`'s (the trainer's own autocast), not the attacks' `eval.amp`.
+    let eval_precision = tch_model.precision();
+    tch_model.set_precision(crate::onnx::Precision {
+        amp: false,
+        ..eval_precision
+    });
     let training = stages::finetune(
         &subject,
         &mut tch_model,
@@ -195,6 +202,7 @@ pub fn run(
     )
     .map_err(failed("finetune"))?;
     failpoint::point(failpoint::FINETUNE_DONE);
+    tch_model.set_precision(eval_precision);
     cancel.check()?;
 
     progress.stage("write_back");
@@ -265,6 +273,7 @@ pub fn run(
         before_result.groups = stages::test_groups(&before.per_sample, consistency, threshold);
         after_result.groups = stages::test_groups(&after.per_sample, consistency, threshold);
     }
+    outcome.ort_provider = subject.ort_provider();
     outcome.evaluation = Some(Evaluation {
         before: Some(before_result),
         after: Some(after_result),

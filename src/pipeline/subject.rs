@@ -9,6 +9,7 @@ use tch::Device;
 use super::PipelineError;
 use crate::config::{Config, Method};
 use crate::data::{Dataset, ImageFiles, Splits};
+use crate::device::DeviceId;
 use crate::eval::EvalSet;
 use crate::model::Scorer;
 use crate::model::{InputAdapter, Layout};
@@ -38,6 +39,8 @@ pub struct Subject {
     /// The ops robustd cannot interpret, as the loader listed them (`com.microsoft.nchwc::Conv (2 nodes)`):
     /// the model is then evaluated score-based only.
     unsupported: Vec<String>,
+    /// The execution provider of the last onnxruntime session opened (the report's).
+    ort_provider: std::sync::Mutex<Option<String>>,
 }
 
 /// How robustd can run a subject's model.
@@ -74,6 +77,11 @@ impl Subject {
         runtime::set_torch_threads(config.runtime.threads);
         let device = runtime::parse_device(&config.runtime.device)?;
         part("onnx model");
+        if device.is_cuda() {
+            // As PyTorch users run convolutions on a GPU: cuDNN times its algorithms once per shape and keeps the
+            // fastest (process-wide; batch shapes repeat through an attack or an epoch).
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         let (onnx, unsupported) = OnnxModel::load_lenient(path, &config.limits)?;
         let unsupported = match unsupported {
             None => Vec::new(),
@@ -143,6 +151,7 @@ impl Subject {
             interrupt: None,
             claim: None,
             unsupported,
+            ort_provider: Default::default(),
         })
     }
 
@@ -197,14 +206,40 @@ impl Subject {
         };
         let mut model = TchModel::new(&self.onnx, self.adapter.clone(), self.device, options)?;
         model.set_interrupt(self.interrupt.clone());
+        // CUDA only: attacks in bfloat16 when `eval.amp` asks (training sets its own autocast, `train.amp`), and
+        // channels-last inputs with `train.channels_last`.
+        let cuda = self.device.is_cuda();
+        model.set_precision(onnx::Precision {
+            amp: cuda && self.config.eval.amp && crate::device::amp::autocast_available(),
+            channels_last: cuda && self.config.train.channels_last,
+        });
         Ok(model)
     }
 
     /// An onnxruntime session on `file` (the original, or the written-back model) with the same adapter.
     pub fn scorer(&self, file: &Path) -> Result<OrtScorer, PipelineError> {
-        let mut scorer = OrtScorer::new(file, self.adapter.clone(), self.config.runtime.threads)?;
+        let device = match self.device {
+            Device::Cuda(i) => DeviceId::Cuda(i),
+            _ => DeviceId::Cpu,
+        };
+        let mut scorer = OrtScorer::on_device(
+            file,
+            self.adapter.clone(),
+            self.config.runtime.threads,
+            device,
+        )?;
         scorer.set_interrupt(self.interrupt.clone());
+        *self.ort_provider.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(scorer.provider().describe());
         Ok(scorer)
+    }
+
+    /// The execution provider the subject's onnxruntime sessions ran on, once one was opened.
+    pub fn ort_provider(&self) -> Option<String> {
+        self.ort_provider
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The evaluated test samples, with their dataset indices.

@@ -292,8 +292,28 @@ pub struct EnvironmentInfo {
     pub libtorch: String,
     pub onnxruntime: String,
     pub device: String,
+    /// The device's hardware: the GPU model (`NVIDIA H200`, `unknown` when the driver cannot say) or the CPU's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_model: Option<String>,
+    /// The onnxruntime execution provider the job's sessions ran on (`CUDAExecutionProvider (cuda:0)`,
+    /// `CPUExecutionProvider`, with the reason when a GPU job fell back to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnxruntime_provider: Option<String>,
+    /// The arithmetic of the attacks and of training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     pub threads: usize,
     pub seed: u64,
+}
+
+/// `environment.precision`: `fp32` or `bf16-autocast` (CUDA only, `eval.amp` / `train.amp`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Precision {
+    pub attacks: String,
+    pub training: String,
+    /// Channels-last memory format in training (`train.channels_last`, CUDA only).
+    pub channels_last: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

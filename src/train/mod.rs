@@ -12,7 +12,7 @@
 //! - [`validate`]: clean and PGD robust accuracy on a held-out split.
 //! - [`checkpoint`]: atomic per-epoch (and on-cancel) checkpoints and resume.
 //! - [`record`]: per-epoch records, the CSV training log and the serializable [`TrainResult`].
-//! - [`accel`]: CUDA-only speed options (AMP with a dynamic loss scaler, channels-last inputs).
+//! - [`accel`]: CUDA-only speed options (bfloat16 AMP, channels-last inputs).
 //!
 //! Every adversarial example comes from the shared projected-gradient core ([`crate::attack::pgd`]); every random
 //! draw is derived from `(seed, epoch, batch)`, so a run is reproducible and a resumed run on CPU ends with exactly

@@ -315,7 +315,6 @@ impl<'r> Loop<'r> {
         model.load_state_dict(&saved.model)?;
         self.optimizer
             .load_state(&saved.optimizer, saved.meta.optimizer_steps)?;
-        self.accel.restore_scaler(saved.meta.loss_scale);
         let meta = saved.meta;
         self.epoch = meta.epoch;
         self.batch = meta.batch;
@@ -504,9 +503,8 @@ impl<'r> Loop<'r> {
                     value: stats.loss,
                 });
             }
-            if let Some(grads) = self.accel.gradients(&out.loss, &self.params)? {
-                self.optimizer.step(&self.params, &grads, lr)?;
-            }
+            let grads = self.accel.gradients(&out.loss, &self.params)?;
+            self.optimizer.step(&self.params, &grads, lr)?;
             self.sums
                 .add(&stats, lr, step_started.elapsed().as_secs_f64());
             step_started = Instant::now();
@@ -628,7 +626,8 @@ impl<'r> Loop<'r> {
             epoch: self.epoch,
             batch: self.batch,
             optimizer_steps: self.optimizer.steps(),
-            loss_scale: self.accel.scaler_state(),
+            // bfloat16 AMP needs no loss scaler; the key stays for checkpoints written with float16 AMP.
+            loss_scale: None,
             best: self.best,
             stale_epochs: self.stale_epochs,
             records: self.records.clone(),
