@@ -175,7 +175,7 @@ impl Executor {
                 // A job whose process crashed: how it ended goes into error.yaml.
                 failure.process = source
                     .downcast_ref::<ProcessError>()
-                    .map(|e| e.info.clone());
+                    .map(|e| Box::new(e.info.clone()));
                 return Err(failure);
             }
             Err(panic) => {
@@ -352,7 +352,7 @@ impl Executor {
             chain,
             Some(hint),
         )
-        .with_process(failure.process);
+        .with_process(failure.process.map(|p| *p));
         self.queue.fail(job, &error)?;
         // Only once the queue took the failure: a worker that lost the job must not remove the checkpoints the
         // worker that owns it now resumes from.
@@ -380,7 +380,7 @@ struct Failure {
     stage: String,
     chain: Vec<String>,
     hint: Option<String>,
-    process: Option<ProcessInfo>,
+    process: Option<Box<ProcessInfo>>,
 }
 
 impl Failure {

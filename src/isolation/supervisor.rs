@@ -65,7 +65,7 @@ impl JobRunner for ProcessRunner {
             let cap = self.caps.prepare(job.id(), ctx.config.limits.job_memory_mb);
             let ended = self.run_once(job, ctx, &cap)?;
             match ended.verdict(ctx, &cap, tries) {
-                Verdict::Done(result) => return result.map(|o| with_limits(o, ctx, &cap)),
+                Verdict::Done(result) => return (*result).map(|o| with_limits(o, ctx, &cap)),
                 Verdict::Retry(why) => {
                     tracing::warn!(job = %job.id(), "{why}; trying once more (the job resumes from its checkpoints)");
                 }
@@ -374,48 +374,52 @@ struct Ended {
 }
 
 enum Verdict {
-    Done(Result<JobOutcome, JobError>),
+    Done(Box<Result<JobOutcome, JobError>>),
     Retry(String),
 }
 
 impl Ended {
     fn verdict(self, ctx: &JobContext, cap: &Cap, tries: u32) -> Verdict {
         if let Some(reason) = self.killed_for {
-            return Verdict::Done(Err(JobError::Cancelled(reason)));
+            return Verdict::Done(Box::new(Err(JobError::Cancelled(reason))));
         }
         let cap_hit = self.cap_hit(cap);
         match self.end.clone() {
-            Some(Event::Outcome { yaml }) => {
-                Verdict::Done(serde_norway::from_str::<JobOutcome>(&yaml).map_err(|e| {
+            Some(Event::Outcome { yaml }) => Verdict::Done(Box::new(
+                serde_norway::from_str::<JobOutcome>(&yaml).map_err(|e| {
                     JobError::failed(
                         "report",
                         format!("the job's process sent an unreadable outcome: {e}"),
                     )
                     .with_hint("this is a robustd bug: please report it with the model")
-                }))
-            }
+                }),
+            )),
             Some(Event::Interrupted) => {
-                Verdict::Done(Err(JobError::Cancelled(CancelReason::Shutdown)))
+                Verdict::Done(Box::new(Err(JobError::Cancelled(CancelReason::Shutdown))))
             }
             Some(Event::Failed { stage, chain, hint }) if cap_hit => {
                 let error = self.error(cap, tries, true, chain);
-                Verdict::Done(Err(JobError::Failed {
+                Verdict::Done(Box::new(Err(JobError::Failed {
                     stage,
                     source: Box::new(error),
                     hint: Some(cap_hint(cap, hint)),
-                }))
+                })))
             }
-            Some(Event::Failed { stage, chain, hint }) => Verdict::Done(Err(JobError::Failed {
-                stage,
-                source: Box::new(ChainLink::from_chain(chain)),
-                hint,
-            })),
+            Some(Event::Failed { stage, chain, hint }) => {
+                Verdict::Done(Box::new(Err(JobError::Failed {
+                    stage,
+                    source: Box::new(ChainLink::from_chain(chain)),
+                    hint,
+                })))
+            }
             Some(
                 Event::Started { .. } | Event::Progress { .. } | Event::Resumed | Event::ClaimCheck,
             )
             | None => {
                 if ctx.cancel.reason() == Some(CancelReason::Shutdown) {
-                    return Verdict::Done(Err(JobError::Cancelled(CancelReason::Shutdown)));
+                    return Verdict::Done(Box::new(Err(JobError::Cancelled(
+                        CancelReason::Shutdown,
+                    ))));
                 }
                 let transient = self.status.signal.is_some() && !cap_hit;
                 if transient && tries < MAX_TRIES {
@@ -449,11 +453,11 @@ impl Ended {
                 };
                 let stage = self.last_stage.clone();
                 let error = self.error(cap, tries, cap_hit, vec![message]);
-                Verdict::Done(Err(JobError::Failed {
+                Verdict::Done(Box::new(Err(JobError::Failed {
                     stage,
                     source: Box::new(error),
                     hint: Some(hint),
-                }))
+                })))
             }
         }
     }
