@@ -415,8 +415,12 @@ def quantization_cases():
            out_types=(F,)),
         Case("dequantize_linear_int32_bias", "DequantizeLinear",
              [("init", rng.integers(-50000, 50000, (6,), dtype=np.int32)), scalar(0.0003)], opset=13),
+        # 7-bit weights ([-64, 63], what onnxruntime's quantizers write with reduce_range): onnxruntime's u8 x s8
+        # kernel on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) multiplies with vpmaddubsw, which
+        # saturates each pair of products to int16; 255 * 127 * 2 overflows it and onnxruntime's output was 81
+        # steps off the exact result (robustd's), 255 * 64 * 2 = 32640 does not. `// 2` keeps the draws as they were.
         Case("qlinear_conv", "QLinearConv",
-             [u8(2, 4, 7, 7), scalar(0.02), scalar(120, np.uint8), ("init", s8(6, 4, 3, 3)),
+             [u8(2, 4, 7, 7), scalar(0.02), scalar(120, np.uint8), ("init", s8(6, 4, 3, 3) // 2),
               ("init", np.abs(f32(6)) * 0.01 + 0.002), ("init", np.zeros(6, np.int8)), scalar(0.05),
               scalar(100, np.uint8), ("init", rng.integers(-2000, 2000, (6,), dtype=np.int32))],
              {"pads": [1, 1, 1, 1]}),

@@ -61,6 +61,23 @@ pub fn parity_tolerance(form: &crate::onnx::GraphForm, logits: &tch::Tensor) -> 
     }
 }
 
+/// What to add to a parity failure on `form`: for a quantized model on an x86 CPU without VNNI, that onnxruntime's
+/// uint8 x int8 kernels (vpmaddubsw) saturate each pair of products to int16 unless the weights have 7 bits, so
+/// onnxruntime, not robustd's exact integer arithmetic, may be the side that is off. Empty otherwise.
+pub fn parity_hint(form: &crate::onnx::GraphForm) -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    let without_vnni =
+        !(std::is_x86_feature_detected!("avx512vnni") || std::is_x86_feature_detected!("avxvnni"));
+    #[cfg(not(target_arch = "x86_64"))]
+    let without_vnni = false;
+    if form.quantization.is_some() && without_vnni {
+        " (this CPU has no VNNI: onnxruntime's uint8 x int8 kernels then saturate pairs of products to int16, \
+         which weights quantized with 8 bits can overflow; quantizing with reduce_range=True avoids it)"
+    } else {
+        ""
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum PipelineError {
     #[error(transparent)]
@@ -90,11 +107,13 @@ pub enum PipelineError {
     Mismatch { model: PathBuf, message: String },
     #[error(
         "{model}: the written-back model disagrees with the trained weights: max |logit diff| {diff:.3e} > {tolerance:.0e} \
-         between tch and onnxruntime"
+         between tch and onnxruntime{hint}"
     )]
     Parity {
         model: PathBuf,
         diff: f64,
         tolerance: f64,
+        /// [`parity_hint`]'s note, or empty.
+        hint: &'static str,
     },
 }

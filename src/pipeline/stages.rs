@@ -410,6 +410,7 @@ pub fn write_back(
             model: out,
             diff,
             tolerance,
+            hint: super::parity_hint(&subject.form()),
         });
     }
     Ok(WrittenBack {
