@@ -370,11 +370,11 @@ fn status_shows_the_job_process_pid_and_attempt() {
     )
     .unwrap();
     drop_fixture(&d.watch(), "cnn_bn_legacy.onnx", "slow.onnx");
-    let seen = d.expect_notify("STATUS=slow: forward", Duration::from_secs(60));
+    let seen = d.expect_notify("STATUS=slow@cpu: forward", Duration::from_secs(60));
     let line = seen
         .iter()
         .flat_map(|m| m.lines())
-        .find(|l| l.starts_with("STATUS=slow: forward"))
+        .find(|l| l.starts_with("STATUS=slow@cpu: forward"))
         .unwrap()
         .to_owned();
     assert!(
@@ -420,11 +420,11 @@ fn the_job_process_dies_with_its_daemon() {
     )
     .unwrap();
     drop_fixture(&d.watch(), "cnn_bn_legacy.onnx", "slow.onnx");
-    let seen = d.expect_notify("STATUS=slow: forward", Duration::from_secs(60));
+    let seen = d.expect_notify("STATUS=slow@cpu: forward", Duration::from_secs(60));
     let line = seen
         .iter()
         .flat_map(|m| m.lines())
-        .find(|l| l.starts_with("STATUS=slow: forward"))
+        .find(|l| l.starts_with("STATUS=slow@cpu: forward"))
         .unwrap()
         .to_owned();
     let pid: i32 = line

@@ -179,11 +179,7 @@ impl Executor {
                 return Err(failure);
             }
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let message = crate::job::error::panic_message(&*panic);
                 return Err(Failure::from_chain(
                     progress
                         .stage_times()

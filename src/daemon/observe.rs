@@ -21,13 +21,7 @@ pub fn execute(
     metrics: &Arc<Metrics>,
 ) -> Finished {
     let device = job.device();
-    let span = tracing::info_span!(
-        "job",
-        job_id = %job.id(),
-        model = %job.record.name,
-        device = %device,
-        stage = tracing::field::Empty
-    );
+    let span = job.span();
     let _entered = span.enter();
     let started = Instant::now();
     let finished = exec.execute(job, cancel, progress.clone());

@@ -57,14 +57,7 @@ pub fn run() -> Result<(), ChildError> {
         dir: spec.dir,
         lease: spec.lease,
     };
-    let device = job.device();
-    let span = tracing::info_span!(
-        "job",
-        job_id = %job.id(),
-        model = %job.record.name,
-        device = %device,
-        stage = tracing::field::Empty
-    );
+    let span = job.span();
     let _entered = span.enter();
     let config = match job.run_config() {
         Ok(c) => c,
@@ -121,11 +114,7 @@ pub fn run() -> Result<(), ChildError> {
             hint,
         },
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let message = crate::job::error::panic_message(&*panic);
             Event::Failed {
                 stage: last_stage(),
                 chain: vec![format!("internal error (panic): {message}")],

@@ -65,3 +65,12 @@ impl std::fmt::Display for CancelReason {
         })
     }
 }
+
+/// What a runner's panic said (its `&str` or `String` payload), for the job's error report.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -202,6 +202,18 @@ impl Job {
         Config::load(&self.dir.join(CONFIG_FILE))
     }
 
+    /// The `job` span its log lines run in: `job_id`, `model`, `device` and (as the job moves on) `stage`, so
+    /// under systemd every line carries the journald fields JOB_ID, MODEL, DEVICE, STAGE.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            job_id = %self.id(),
+            model = %self.record.name,
+            device = %self.device(),
+            stage = tracing::field::Empty
+        )
+    }
+
     /// The config the job runs with: the resolved config, on the device the daemon's pool leased to the job.
     pub fn run_config(&self) -> Result<Config, crate::config::ConfigError> {
         let mut config = self.load_config()?;
