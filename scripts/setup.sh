@@ -65,8 +65,10 @@ fi
 
 # 3. Stable paths into the wheels for the build (LIBTORCH) and the run time (ORT library).
 torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
-ln -sfn "$torch_dir" .venv/libtorch
+# Relative links inside .venv: they stay right when the checkout moves or when .venv is a link to another
+# checkout's (an absolute link made from a second worktree dangled once that worktree was removed).
+ln -sfn "$(realpath --relative-to=.venv "$torch_dir")" .venv/libtorch
 ort_lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n 1)
 [ -n "$ort_lib" ] || { log "libonnxruntime.so not found in the onnxruntime wheel" >&2; exit 1; }
-ln -sfn "$PWD/$ort_lib" .venv/libonnxruntime.so
+ln -sfn "$(realpath --relative-to=.venv "$ort_lib")" .venv/libonnxruntime.so
 log "ready: libtorch $(.venv/bin/python -c 'import torch; print(torch.__version__)') at .venv/libtorch, onnxruntime at .venv/libonnxruntime.so"
