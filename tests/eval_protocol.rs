@@ -545,3 +545,37 @@ fn minimal_perturbations_found_by_fab_decide_radii_below_eps_without_an_attack()
     assert!(info.from_perturbation > 0, "{info:?}");
     assert_monotone(&e);
 }
+
+#[test]
+fn below_eps_an_example_projected_onto_the_smaller_ball_breaks_a_sample_without_an_attack() {
+    let mut cnn = TinyCnn::trained();
+    let copy = cnn.duplicate();
+    let mut plan = plan_at(&["pgd"], 0.1);
+    plan.eps_curve = vec![0.0, 0.05, 0.1];
+    let e = eval_cnn(&mut cnn, &copy, &plan, 120);
+    let info = e.result.curve.clone().unwrap();
+    // Every sample broken at 0.1 is judged at 0.05 once: by an example already within 0.05, by its projected
+    // example (one scorer pass), or by the curve's attack.
+    let broken_at_eps = e
+        .per_sample
+        .clean_correct()
+        .iter()
+        .zip(&e.per_sample.worst_case_robust)
+        .filter(|(c, r)| **c && !**r)
+        .count();
+    assert!(
+        broken_at_eps > 10,
+        "{broken_at_eps} broken: too few to tell"
+    );
+    assert_eq!(
+        info.from_perturbation + info.from_projection + info.attacked,
+        broken_at_eps,
+        "{info:?}"
+    );
+    assert!(info.from_projection > 0, "{info:?}");
+    assert!(info.attacked > 0, "{info:?}");
+    assert_monotone(&e);
+    // The report's curve block counts them.
+    let yaml = serde_norway::to_string(&e.result).unwrap();
+    assert!(yaml.contains("from_projection"), "{yaml}");
+}

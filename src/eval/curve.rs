@@ -6,7 +6,9 @@
 //!   larger ball contains the smaller one, so this part is a proof). One that broke is attacked at the next smaller
 //!   radius, until it holds: a hold is taken to hold at every smaller radius (an assumption, not a proof, which the
 //!   report states). Below the anchor, a sample whose verified adversarial example (from any attack, FAB's minimal
-//!   perturbations especially) already lies within a radius is broken there without an attack. The curve's PGD
+//!   perturbations especially) already lies within a radius is broken there without an attack; else that example,
+//!   projected onto the smaller ball, is tried first (one scorer pass: a sound break when it still fools the model,
+//!   since the projection lies in the ball) and the sample is attacked only when it does not. The curve's PGD
 //!   takes `eval.curve_steps` steps with the step size that keeps `eval.pgd`'s total travel, and a sample leaves it
 //!   at its first misclassified iterate ([`Keep::FirstAdversarial`]). The curve is monotone by construction. With no
 //!   configured attack there is no verdict to reuse: the sweep then starts at radius 0 (clean accuracy) and goes up.
@@ -16,6 +18,8 @@
 //! Every verdict is the scorer's (the caller's attack function re-scores the examples).
 
 use std::time::Instant;
+
+use tch::Tensor;
 
 use super::result::CurveInfo;
 use super::{CurveProtocol, EvalError, EvalPlan};
@@ -28,16 +32,88 @@ pub(super) struct Verdicts<'a> {
     pub clean_correct: &'a [bool],
     /// The configured attacks' worst case at `plan.eps` with their names; `None` when no attack ran.
     pub anchor: Option<(&'a [bool], Vec<String>)>,
-    /// Per sample, the smallest perturbation (in the threat norm) of a verified adversarial example found so far;
-    /// infinite when none. The curve's own attacks lower it too.
-    pub min_norm: &'a mut [f64],
+    /// What is known of each sample's adversarial examples; the curve's own attacks add to it.
+    pub known: Known<'a>,
 }
 
-/// Attacks the samples `rows` at radius `eps` with the given attack (reporting the stage `Curve(eps)`; called
-/// once per entry of `eval.eps_curve`, with no rows where the verdict needs no attack). Returns, per row, the
-/// perturbation norm of its adversarial example when the scorer found it broken.
-pub(super) type AttackAt<'a> =
-    dyn FnMut(f64, &Attack, &[usize]) -> Result<Vec<Option<f64>>, EvalError> + 'a;
+/// Per sample, the verified adversarial example with the smallest perturbation found so far.
+pub(super) struct Known<'a> {
+    /// Its perturbation in the threat norm; infinite when none was found.
+    pub min_norm: &'a mut [f64],
+    /// The example itself (`[C, H, W]`, CPU) where it was kept (see [`ExampleStore`]).
+    pub examples: &'a mut ExampleStore,
+}
+
+impl Known<'_> {
+    /// Records a verified adversarial example of sample `i` when it is the smallest so far.
+    pub fn record(&mut self, i: usize, norm: f64, x_adv: impl FnOnce() -> Option<Tensor>) {
+        if norm < self.min_norm[i] {
+            self.min_norm[i] = norm;
+            self.examples.keep(i, x_adv);
+        }
+    }
+}
+
+/// The adversarial examples the sweep projects onto smaller balls, one per sample, within a memory budget
+/// (an evaluation of 10 000 large images must not hold 10 000 more of them): a sample whose example does not fit
+/// is attacked at the smaller radii as if it had none.
+pub(super) struct ExampleStore {
+    rows: Vec<Option<Tensor>>,
+    bytes: usize,
+    budget: usize,
+}
+
+/// What [`ExampleStore`] may hold by default.
+pub(super) const EXAMPLE_BUDGET_BYTES: usize = 256 << 20;
+
+impl ExampleStore {
+    /// A store for `n` samples holding up to `budget` bytes; `budget` 0 keeps nothing.
+    pub fn new(n: usize, budget: usize) -> Self {
+        Self {
+            rows: (0..n).map(|_| None).collect(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    fn keep(&mut self, i: usize, x_adv: impl FnOnce() -> Option<Tensor>) {
+        if self.budget == 0 {
+            return;
+        }
+        let Some(x) = x_adv() else { return };
+        let size = x.numel() * x.kind().elt_size_in_bytes();
+        let freed = self.rows[i]
+            .as_ref()
+            .map_or(0, |old| old.numel() * old.kind().elt_size_in_bytes());
+        if self.bytes - freed + size > self.budget {
+            return;
+        }
+        self.bytes = self.bytes - freed + size;
+        self.rows[i] = Some(x);
+    }
+
+    fn get(&self, i: usize) -> Option<Tensor> {
+        self.rows[i].as_ref().map(Tensor::shallow_clone)
+    }
+}
+
+/// A verified adversarial example the curve's attack function found for one row.
+pub(super) struct Found {
+    /// Its perturbation in the threat norm.
+    pub norm: f64,
+    /// The example, `[C, H, W]` on the CPU.
+    pub x_adv: Tensor,
+    /// It is the row's candidate projected onto the radius's ball, not an attack's result.
+    pub projected: bool,
+}
+
+/// Judges the samples `rows` at radius `eps` (reporting the stage `Curve(eps)`; called once per entry of
+/// `eval.eps_curve`, with no rows where the verdict needs no attack). `candidates` is empty or holds one entry
+/// per row: a row's candidate example, projected onto the ball of radius `eps`, is scored first, and the row is
+/// attacked with the given attack only when that projection does not fool the scorer. Returns, per row, its
+/// verified adversarial example when broken.
+pub(super) type AttackAt<'a> = dyn FnMut(f64, &Attack, &[usize], &[Option<Tensor>]) -> Result<Vec<Option<Found>>, EvalError>
+    + 'a;
 
 /// The curve: per radius of `eval.eps_curve` (in its order) the samples held there, and the report's record.
 pub(super) struct Curve {
@@ -94,6 +170,7 @@ pub(super) fn measure(
             .into(),
             attacked: tally.attacked,
             from_perturbation: tally.from_perturbation,
+            from_projection: tally.from_projection,
             seconds: started.elapsed().as_secs_f64(),
         }),
     })
@@ -126,14 +203,17 @@ fn curve_pgd(plan: &EvalPlan) -> (PgdParams, f64) {
 struct Tally {
     attacked: usize,
     from_perturbation: usize,
+    from_projection: usize,
 }
 
-/// Runs the curve's PGD at `eps` on `rows` and records what broke in `min_norm`; the broken rows come back.
+/// Judges `rows` at `eps` (their `candidates` first, see [`AttackAt`], then the curve's PGD) and records what
+/// broke in `known`; the broken rows come back.
 fn attack_rows(
     eps: f64,
     params: &PgdParams,
     rows: &[usize],
-    min_norm: &mut [f64],
+    candidates: &[Option<Tensor>],
+    known: &mut Known<'_>,
     attack_at: &mut AttackAt<'_>,
     tally: &mut Tally,
 ) -> Result<Vec<bool>, EvalError> {
@@ -142,18 +222,16 @@ fn attack_rows(
         step_size: params.step_size * eps,
         ..params.clone()
     });
-    let found = if rows.is_empty() {
-        attack_at(eps, &attack, &[])?
-    } else {
-        tally.attacked += rows.len();
-        attack_at(eps, &attack, rows)?
-    };
+    let found = attack_at(eps, &attack, rows, candidates)?;
+    let projected = found.iter().flatten().filter(|f| f.projected).count();
+    tally.from_projection += projected;
+    tally.attacked += rows.len() - projected;
     Ok(rows
         .iter()
         .zip(found)
-        .map(|(&i, norm)| match norm {
-            Some(d) => {
-                min_norm[i] = min_norm[i].min(d);
+        .map(|(&i, found)| match found {
+            Some(f) => {
+                known.record(i, f.norm, || Some(f.x_adv));
                 true
             }
             None => false,
@@ -169,12 +247,18 @@ fn independent(
     tally: &mut Tally,
 ) -> Result<Vec<(f64, Vec<bool>)>, EvalError> {
     let correct: Vec<usize> = rows_where(verdicts.clean_correct, |_, c| c);
-    let mut scratch = vec![f64::INFINITY; verdicts.clean_correct.len()];
+    let n = verdicts.clean_correct.len();
+    let mut scratch_norm = vec![f64::INFINITY; n];
+    let mut scratch_examples = ExampleStore::new(n, 0);
+    let mut scratch = Known {
+        min_norm: &mut scratch_norm,
+        examples: &mut scratch_examples,
+    };
     let mut out = Vec::with_capacity(plan.eps_curve.len());
     for &eps in &plan.eps_curve {
         let mut held = verdicts.clean_correct.to_vec();
         let targets: &[usize] = if eps > 0.0 { &correct } else { &[] };
-        let broken = attack_rows(eps, params, targets, &mut scratch, attack_at, tally)?;
+        let broken = attack_rows(eps, params, targets, &[], &mut scratch, attack_at, tally)?;
         for (&i, b) in targets.iter().zip(broken) {
             held[i] &= !b;
         }
@@ -194,7 +278,7 @@ fn sweep(
     let Verdicts {
         clean_correct,
         anchor: anchor_verdict,
-        min_norm,
+        mut known,
     } = verdicts;
     let anchor_held: Vec<bool> = match &anchor_verdict {
         Some((held, _)) => held.to_vec(),
@@ -207,7 +291,7 @@ fn sweep(
 
     // At the anchor (and at radius 0) the verdict is known.
     for &eps in radii.iter().filter(|&&e| e == anchor || e <= 0.0) {
-        attack_rows(eps, params, &[], min_norm, attack_at, tally)?;
+        attack_rows(eps, params, &[], &[], &mut known, attack_at, tally)?;
         let held = if eps == anchor {
             anchor_held.clone()
         } else {
@@ -219,25 +303,35 @@ fn sweep(
     let mut state = anchor_held.clone();
     for &eps in radii.iter().filter(|&&e| e > anchor) {
         let targets = rows_where(&state, |_, held| held);
-        let broken = attack_rows(eps, params, &targets, min_norm, attack_at, tally)?;
+        let broken = attack_rows(eps, params, &targets, &[], &mut known, attack_at, tally)?;
         for (&i, b) in targets.iter().zip(broken) {
             state[i] &= !b;
         }
         found.push((eps, state.clone()));
     }
-    // Downward: samples broken so far are attacked at the next smaller radius, unless an example already found
-    // lies within it; a hold is taken to hold at every smaller radius.
+    // Downward: samples broken so far are judged at the next smaller radius (their example projected, then an
+    // attack), unless an example already found lies within it; a hold is taken to hold at every smaller radius.
     let mut state = anchor_held;
     for &eps in radii.iter().rev().filter(|&&e| e < anchor && e > 0.0) {
         let mut targets = Vec::new();
         for i in rows_where(&state, |i, held| !held && clean_correct[i]) {
-            if min_norm[i] <= eps {
+            if known.min_norm[i] <= eps {
                 tally.from_perturbation += 1;
             } else {
                 targets.push(i);
             }
         }
-        let broken = attack_rows(eps, params, &targets, min_norm, attack_at, tally)?;
+        let candidates: Vec<Option<Tensor>> =
+            targets.iter().map(|&i| known.examples.get(i)).collect();
+        let broken = attack_rows(
+            eps,
+            params,
+            &targets,
+            &candidates,
+            &mut known,
+            attack_at,
+            tally,
+        )?;
         for (&i, b) in targets.iter().zip(broken) {
             state[i] = !b;
         }
@@ -248,7 +342,7 @@ fn sweep(
     let mut reported = Vec::new();
     for &eps in &plan.eps_curve {
         if reported.contains(&eps.to_bits()) {
-            attack_rows(eps, params, &[], min_norm, attack_at, tally)?;
+            attack_rows(eps, params, &[], &[], &mut known, attack_at, tally)?;
         }
         reported.push(eps.to_bits());
         let held = found

@@ -16,9 +16,11 @@ use super::result::{
 };
 use super::stats::clopper_pearson;
 use super::{
-    batch, curve, preset, trust, EvalError, EvalPlan, EvalSet, Evaluation, Mode, Progress, Stage,
+    batch, curve, preset, trust, CurveProtocol, EvalError, EvalPlan, EvalSet, Evaluation, Mode,
+    Progress, Stage,
 };
 use crate::attack::{pgd, square, Attack, AttackError, AttackRun};
+use crate::config::Norm;
 use crate::model::{Classifier, Scorer};
 use crate::runtime;
 
@@ -169,8 +171,23 @@ fn run_protocol(
 
     // Attacks, in order.
     let mut robust = clean_correct.clone();
-    // Per sample, the smallest perturbation of a verified adversarial example (the curve reuses it).
+    // Per sample, the smallest perturbation of a verified adversarial example and, when the sweep has radii
+    // below the anchor to project it onto, the example itself (the curve reuses both).
     let mut min_norm = vec![f64::INFINITY; n];
+    let projects = plan.curve_protocol == CurveProtocol::Sweep
+        && plan.eps_curve.iter().any(|&e| e > 0.0 && e < plan.eps);
+    let mut kept = curve::ExampleStore::new(
+        n,
+        if projects {
+            curve::EXAMPLE_BUDGET_BYTES
+        } else {
+            0
+        },
+    );
+    let mut known = curve::Known {
+        min_norm: &mut min_norm,
+        examples: &mut kept,
+    };
     let mut outcomes: Vec<(String, Vec<i8>)> = Vec::new();
     let mut summaries = Vec::new();
     for (attack, note) in &attacks {
@@ -198,10 +215,10 @@ fn run_protocol(
                 x_adv: &done.x_adv,
                 x: &done.x,
             })?;
-            for ((&i, b), d) in chunk.iter().zip(done.broken).zip(&done.norms) {
+            for (j, ((&i, b), &d)) in chunk.iter().zip(done.broken).zip(&done.norms).enumerate() {
                 outcome[i] = if b { BROKEN } else { HELD };
                 if b {
-                    min_norm[i] = min_norm[i].min(*d);
+                    known.record(i, d, || example_row(&done.x_adv, j));
                 }
             }
             queries += done.queries;
@@ -246,19 +263,55 @@ fn run_protocol(
         let verdicts = curve::Verdicts {
             clean_correct: &clean_correct,
             anchor: (!attacks.is_empty()).then_some((robust.as_slice(), anchor_attacks)),
-            min_norm: &mut min_norm,
+            known,
         };
-        let mut attack_at = |eps: f64, pgd: &Attack, rows: &[usize]| {
-            stages.begin(Stage::Curve(eps), rows.len());
-            let mut found = Vec::with_capacity(rows.len());
-            for chunk in rows.chunks(batch) {
-                let done = attack_chunk(pgd, model, scorer, data, chunk, &mut recheck)?;
-                found.extend(
-                    done.broken
-                        .iter()
-                        .zip(&done.norms)
-                        .map(|(&b, &d)| b.then_some(d)),
-                );
+        let mut attack_at = |eps: f64,
+                             pgd: &Attack,
+                             targets: &[usize],
+                             candidates: &[Option<Tensor>]| {
+            stages.begin(Stage::Curve(eps), targets.len());
+            let mut found: Vec<Option<curve::Found>> = targets.iter().map(|_| None).collect();
+            // Candidates first: each projected onto this radius's ball, judged in one scorer pass per batch.
+            let tried: Vec<usize> = (0..targets.len())
+                .filter(|&k| candidates.get(k).is_some_and(Option::is_some))
+                .collect();
+            for part in tried.chunks(batch) {
+                let idx: Vec<usize> = part.iter().map(|&k| targets[k]).collect();
+                let xb = rows(&data.x, &idx)?;
+                let stacked: Vec<Tensor> = part
+                    .iter()
+                    .filter_map(|&k| candidates[k].as_ref().map(Tensor::shallow_clone))
+                    .collect();
+                let projected = pgd::project(&Tensor::f_stack(&stacked, 0)?, &xb, plan.norm, eps)?;
+                let verdict = judged(scorer, &projected, &xb, &rows(&data.y, &idx)?, plan.norm)?;
+                for (j, &k) in part.iter().enumerate() {
+                    if verdict.broken[j] {
+                        found[k] = example_row(&projected, j).map(|x_adv| curve::Found {
+                            norm: verdict.norms[j],
+                            x_adv,
+                            projected: true,
+                        });
+                    }
+                }
+            }
+            let projected = tried.iter().filter(|&&k| found[k].is_some()).count();
+            if projected > 0 {
+                stages.advance(projected);
+            }
+            // The rest: the curve's attack.
+            let rest: Vec<usize> = (0..targets.len()).filter(|&k| found[k].is_none()).collect();
+            for part in rest.chunks(batch) {
+                let chunk: Vec<usize> = part.iter().map(|&k| targets[k]).collect();
+                let done = attack_chunk(pgd, model, scorer, data, &chunk, &mut recheck)?;
+                for (j, &k) in part.iter().enumerate() {
+                    if done.broken[j] {
+                        found[k] = example_row(&done.x_adv, j).map(|x_adv| curve::Found {
+                            norm: done.norms[j],
+                            x_adv,
+                            projected: false,
+                        });
+                    }
+                }
                 stages.advance(chunk.len());
             }
             Ok::<_, EvalError>(found)
@@ -425,28 +478,62 @@ fn attack_chunk(
             .into())
         }
     };
-    let ort = scored(scorer, &run.x_adv)?;
+    let (norm, _) = attack.threat();
+    let verdict = judged(scorer, &run.x_adv, &xb, &yb, norm)?;
     if let (true, Some(model)) = (attack.uses_gradients(), model) {
         let tch = tch_logits(model, &run.x_adv)?;
-        let (disagree, diff) = compare(&tch, &ort)?;
+        let (disagree, diff) = compare(&tch, &verdict.logits)?;
         recheck.examples += chunk.len();
         recheck.disagreements += disagree;
         recheck.max_logit_diff = recheck.max_logit_diff.max(diff);
     }
-    let preds = ort.f_argmax(1, false)?;
-    let broken = Vec::<bool>::try_from(&preds.f_ne_tensor(&yb)?)?;
-    let (norm, _) = attack.threat();
-    let norms = Vec::<f64>::try_from(
-        &pgd::row_norms(&run.x_adv.f_sub(&xb)?, norm)?.f_to_kind(Kind::Double)?,
-    )?;
     Ok(ChunkOutcome {
-        broken,
-        norms,
-        preds: Vec::<i64>::try_from(&preds)?,
+        broken: verdict.broken,
+        norms: verdict.norms,
+        preds: verdict.preds,
         x_adv: run.x_adv,
         x: xb,
         queries: run.queries.map(|q| q.iter().sum()).unwrap_or(0),
     })
+}
+
+/// The scorer's verdict on candidate examples `x_adv` of the clean rows `x` with labels `y`.
+struct Verdict {
+    logits: Tensor,
+    preds: Vec<i64>,
+    broken: Vec<bool>,
+    /// Each row's perturbation `‖x_adv − x‖` in `norm`.
+    norms: Vec<f64>,
+}
+
+fn judged(
+    scorer: &mut dyn Scorer,
+    x_adv: &Tensor,
+    x: &Tensor,
+    y: &Tensor,
+    norm: Norm,
+) -> Result<Verdict, EvalError> {
+    let logits = scored(scorer, x_adv)?;
+    let preds = logits.f_argmax(1, false)?;
+    let broken = Vec::<bool>::try_from(&preds.f_ne_tensor(y)?)?;
+    let norms =
+        Vec::<f64>::try_from(&pgd::row_norms(&x_adv.f_sub(x)?, norm)?.f_to_kind(Kind::Double)?)?;
+    Ok(Verdict {
+        logits,
+        preds: Vec::<i64>::try_from(&preds)?,
+        broken,
+        norms,
+    })
+}
+
+/// Row `j` of a batch of examples as its own CPU tensor (not a view keeping the whole batch alive); `None` when
+/// it cannot be copied (the curve then attacks that sample instead of projecting its example).
+fn example_row(batch: &Tensor, j: usize) -> Option<Tensor> {
+    batch
+        .f_select(0, j as i64)
+        .and_then(|row| row.f_to_device(Device::Cpu))
+        .and_then(|row| row.f_detach_copy())
+        .ok()
 }
 
 fn check_inputs(model: Shape, data: &EvalSet) -> Result<(), EvalError> {

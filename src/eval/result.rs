@@ -154,6 +154,10 @@ pub struct CurveInfo {
     /// found (by any attack, verified on the scorer) lies within that radius (FAB's minimal perturbations mostly).
     #[serde(default)]
     pub from_perturbation: usize,
+    /// Sample × radius verdicts below the anchor decided by one scorer pass instead of an attack: the sample's
+    /// adversarial example from a larger radius, projected onto this radius's ball, still fools the model.
+    #[serde(default)]
+    pub from_projection: usize,
     #[serde(serialize_with = "rounded::seconds")]
     pub seconds: f64,
 }
