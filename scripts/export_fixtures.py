@@ -19,7 +19,7 @@ architectures run different float kernels); tests/fixture_digests.rs compares it
 names each file that differs. A stamp of the inputs' hash skips work on re-runs. Only setup and tests use this
 script; robustd never runs Python.
 """
-import reproducible  # noqa: F401  (first: pins the float arithmetic before torch loads)
+import reproducible  # first: pins the float arithmetic before torch loads
 
 import argparse
 import copy
@@ -152,7 +152,7 @@ def write_models(out, seed=0):
     for arch, suffix, exporter, options in VARIANTS:
         model, x, ref = models[arch]
         export(model, torch.from_numpy(x[:2]), os.path.join(out, f"{arch}_{suffix}.onnx"), exporter, options)
-        np.savez(os.path.join(out, f"{arch}_{suffix}.npz"), **ref)
+        reproducible.save_npz(os.path.join(out, f"{arch}_{suffix}.npz"), **ref)
 
 
 def main():

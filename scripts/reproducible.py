@@ -47,3 +47,25 @@ def seeded(seed):
 
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def save_npz(path, **arrays):
+    """`np.savez` with bytes that depend only on the arrays. np.savez opens each member with force_zip64, and
+    Python's zipfile wrote those local headers differently before 3.11.4 (Debian 12's 3.11.2 writes version 20 and
+    the real sizes, 3.11.7 version 45 and 0xFFFFFFFF placeholders), so the same arrays gave other file digests on a
+    stock Debian 12. Here each member is written whole with a fixed date and mode and no zip64 (the fixture arrays
+    are far below 4 GiB), which every zipfile version encodes alike."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=False) as zf:
+        for name, array in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
