@@ -107,7 +107,9 @@ fn every_hostile_drop_fails_cleanly_and_the_daemon_keeps_serving() {
         }
     }
     let n = manifest.cases.len();
-    d.wait_finished(n, Duration::from_secs(240));
+    // Every drop starts a job process (libtorch loads in each): minutes on a loaded 2-core machine, where the
+    // fresh-root runs took over 240 s. What is tested is that each fails cleanly, not how fast.
+    d.wait_finished(n, Duration::from_secs(900));
     let processed = started.elapsed();
     d.assert_alive();
 

@@ -181,7 +181,9 @@ fn a_worker_whose_lease_was_taken_over_cannot_publish() {
         None,
     );
     assert!(matches!(
-        a.fail(&held_by_a, &report),
+        a.fail(&held_by_a, &report, &mut || panic!(
+            "a worker that lost the job cleaned up"
+        )),
         Err(QueueError::LeaseLost { .. })
     ));
     assert!(matches!(

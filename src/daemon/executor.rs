@@ -349,10 +349,10 @@ impl Executor {
             Some(hint),
         )
         .with_process(failure.process.map(|p| *p));
-        self.queue.fail(job, &error)?;
-        // Only once the queue took the failure: a worker that lost the job must not remove the checkpoints the
-        // worker that owns it now resumes from.
-        self.store.remove_checkpoints(&record.key);
+        // The queue removes the checkpoints while the job is still this worker's (see `Queue::fail`).
+        self.queue.fail(job, &error, &mut || {
+            self.store.remove_checkpoints(&record.key)
+        })?;
         Ok(Finished::Failed {
             id: record.id.clone(),
             stage: error.stage,

@@ -59,6 +59,9 @@ pub enum QueueError {
 /// holds the job (for a leased backend: inside the transaction that checked the lease).
 pub type Publish<'a> = &'a mut dyn FnMut() -> Result<PathBuf, WriteError>;
 
+/// Removes what a failed job leaves that only its resume needed; see [`Queue::fail`].
+pub type Cleanup<'a> = &'a mut dyn FnMut();
+
 /// Files that become a new job's inputs: `(source, name inside the job)`. They are moved, so they leave the inbox.
 pub type DropFiles = Vec<(PathBuf, String)>;
 
@@ -138,8 +141,13 @@ pub trait Queue: Send + Sync + 'static {
         dedup_of: Option<&str>,
     ) -> Result<Job, QueueError>;
 
-    /// Ends a running job as failed, with its error (`error.yaml`).
-    fn fail(&self, job: &Job, error: &ErrorReport) -> Result<Job, QueueError>;
+    /// Ends a running job as failed, with its error (`error.yaml`), and calls `cleanup` (which removes what only
+    /// this job's resume needed) only if the job was still this worker's: the spool, one owner, calls it before
+    /// the job shows as failed, so nobody sees a failed job with its checkpoints still there; a leased backend
+    /// calls it after the fenced mark succeeded, so a worker that lost the job never removes what the worker that
+    /// took it over resumes from.
+    fn fail(&self, job: &Job, error: &ErrorReport, cleanup: Cleanup<'_>)
+        -> Result<Job, QueueError>;
 
     /// Puts a running job back in the queue, attempts kept (its worker stops without finishing it).
     fn requeue(&self, job: &Job) -> Result<Job, QueueError>;

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Claimable, DropFiles, Publish, Published, Queue, QueueError, Recovery};
+use super::{Claimable, Cleanup, DropFiles, Publish, Published, Queue, QueueError, Recovery};
 use crate::durable::{self, create_dir_all, move_file, rename_durable, write_yaml_atomic};
 use crate::failpoint;
 use crate::job::{now_rfc3339, Job, JobRecord, JobState, CONFIG_FILE, ERROR_FILE, JOB_FILE};
@@ -299,8 +299,15 @@ impl Queue for Spool {
         self.finish(job, record, JobState::Done)
     }
 
-    fn fail(&self, job: &Job, error: &ErrorReport) -> Result<Job, QueueError> {
+    fn fail(
+        &self,
+        job: &Job,
+        error: &ErrorReport,
+        cleanup: Cleanup<'_>,
+    ) -> Result<Job, QueueError> {
         error.write(&job.dir.join(ERROR_FILE))?;
+        // One daemon owns the spool: the job is still its own here.
+        cleanup();
         let mut record = job.record.clone();
         record.error = Some(error.cause.clone());
         self.finish(job, record, JobState::Failed)
@@ -487,7 +494,7 @@ mod tests {
         // A failed job keeps its error next to its files.
         let error =
             ErrorReport::from_chain("m.onnx", Some("j1"), "load", vec!["broken".into()], None);
-        let failed = spool.fail(&running, &error).unwrap();
+        let failed = spool.fail(&running, &error, &mut || {}).unwrap();
         assert!(failed.dir.starts_with(spool.state_dir(JobState::Failed)));
         assert_eq!(failed.record.error.as_deref(), Some(error.cause.as_str()));
         assert!(failed.dir.join(ERROR_FILE).is_file() && failed.model_path().is_file());

@@ -31,7 +31,7 @@ use self::connect::Db;
 use self::lease::{Leases, Renewer};
 use self::listen::ClaimGate;
 use super::{
-    Claimable, Counts, DropFiles, Publish, Published, Queue, QueueError, Recovery, Spool,
+    Claimable, Cleanup, Counts, DropFiles, Publish, Published, Queue, QueueError, Recovery, Spool,
     WorkerInfo, WorkerJob,
 };
 use crate::config::{Config, MigrateMode};
@@ -669,13 +669,21 @@ impl Queue for PgQueue {
         Ok(done)
     }
 
-    fn fail(&self, job: &Job, error: &ErrorReport) -> Result<Job, QueueError> {
+    fn fail(
+        &self,
+        job: &Job,
+        error: &ErrorReport,
+        cleanup: Cleanup<'_>,
+    ) -> Result<Job, QueueError> {
         let report = serde_norway::to_string(error).unwrap_or_default();
         let failed = self.fenced(
             job,
             sql::FAIL,
             vec![Some(error.cause.clone()), Some(report)],
         )?;
+        // Only once the fenced mark took: a worker that lost the job must not remove the checkpoints the worker
+        // that owns it now resumes from.
+        cleanup();
         // Next to the inputs as well, like the spool's failed/<id>/error.yaml.
         if let Err(e) = error.write(&job.dir.join(ERROR_FILE)) {
             tracing::warn!(job = %job.id(), "cannot write its error.yaml: {e}");
