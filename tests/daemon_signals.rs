@@ -22,27 +22,16 @@ fn start_long_job(d: &mut Daemon) {
 
 /// Waits until the running job reports progress in its forward stage and has written a checkpoint.
 fn wait_for_checkpoint(d: &mut Daemon) -> std::path::PathBuf {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        d.assert_alive();
-        d.drain_notify();
-        if let Some(job) = d.jobs(JobState::Running).first() {
-            let checkpoint = d
-                .state()
-                .join("checkpoints")
-                .join(&job.record.key)
-                .join("triage.yaml");
-            if job.record.stage.as_deref() == Some("forward") && checkpoint.is_file() {
-                return checkpoint;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint within 60 s\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_until("a forward checkpoint", Duration::from_secs(60), |d| {
+        let job = d.jobs(JobState::Running).into_iter().next()?;
+        let checkpoint = d
+            .state()
+            .join("checkpoints")
+            .join(&job.record.key)
+            .join("triage.yaml");
+        (job.record.stage.as_deref() == Some("forward") && checkpoint.is_file())
+            .then_some(checkpoint)
+    })
 }
 
 fn samples_done(checkpoint: &Path) -> u64 {

@@ -22,24 +22,37 @@ use robustd::report::{ErrorReport, MemoryCapKind};
 
 /// Waits until a job named `name` is running (its process started), returning it.
 fn wait_running(d: &mut Daemon, name: &str) -> Job {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        d.assert_alive();
-        d.drain_notify();
-        if let Some(job) = d
-            .jobs(JobState::Running)
+    d.wait_until(&format!("{name} running"), Duration::from_secs(60), |d| {
+        d.jobs(JobState::Running)
             .into_iter()
             .find(|j| j.record.name == name && j.record.stage.is_some())
-        {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not start within 60 s\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
+}
+
+/// Drops a long job (`samples` evaluation samples of the BN CNN) and waits for its STATUS line in the forward
+/// stage; returns the line and the pid of the job's process it names.
+fn running_job_status(d: &mut Daemon, samples: u64) -> (String, i32) {
+    std::fs::write(
+        d.watch().join("slow.yaml"),
+        format!("dataset: {{eval_samples: {samples}}}\n"),
+    )
+    .unwrap();
+    drop_fixture(&d.watch(), "cnn_bn_legacy.onnx", "slow.onnx");
+    let needle = "STATUS=slow@cpu: forward";
+    let seen = d.expect_notify(needle, Duration::from_secs(60));
+    let line = seen
+        .iter()
+        .flat_map(|m| m.lines())
+        .find(|l| l.starts_with(needle))
+        .unwrap()
+        .to_owned();
+    let pid = line
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no job pid in {line}"));
+    (line, pid)
 }
 
 fn error_of(job: &Job) -> ErrorReport {
@@ -277,16 +290,12 @@ fn a_duplicate_arriving_while_the_first_runs_waits_and_is_answered_from_its_resu
     let first = wait_running(&mut d, "first");
     drop_copy(&d, "cnn_bn_legacy.onnx", "copy", sidecar);
     // Queued beside a free slot, it still waits: its key is running.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !d
-        .jobs(JobState::Queued)
-        .iter()
-        .any(|j| j.record.name == "copy")
-    {
-        assert!(Instant::now() < deadline, "{}", d.log_text());
-        d.drain_notify();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_until("the copy queued", Duration::from_secs(30), |d| {
+        d.jobs(JobState::Queued)
+            .iter()
+            .any(|j| j.record.name == "copy")
+            .then_some(())
+    });
     assert!(
         d.jobs(JobState::Running)
             .iter()
@@ -364,32 +373,8 @@ fn status_shows_the_job_process_pid_and_attempt() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let mut d = Daemon::start(root, &base_config(root, "daemon: {stable_ms: 100}"));
-    std::fs::write(
-        d.watch().join("slow.yaml"),
-        "dataset: {eval_samples: 20000}\n",
-    )
-    .unwrap();
-    drop_fixture(&d.watch(), "cnn_bn_legacy.onnx", "slow.onnx");
-    let seen = d.expect_notify("STATUS=slow@cpu: forward", Duration::from_secs(60));
-    let line = seen
-        .iter()
-        .flat_map(|m| m.lines())
-        .find(|l| l.starts_with("STATUS=slow@cpu: forward"))
-        .unwrap()
-        .to_owned();
-    assert!(
-        line.contains("(pid ") && line.contains("attempt 1)"),
-        "{line}"
-    );
-    let pid: i32 = line
-        .split("(pid ")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (line, pid) = running_job_status(&mut d, 20_000);
+    assert!(line.contains("attempt 1)"), "{line}");
     assert_ne!(pid, d.pid());
     // The job's process is a child of the daemon, in a process group of its own.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -414,28 +399,7 @@ fn the_job_process_dies_with_its_daemon() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let mut d = Daemon::start(root, &base_config(root, "daemon: {stable_ms: 100}"));
-    std::fs::write(
-        d.watch().join("slow.yaml"),
-        "dataset: {eval_samples: 150000}\n",
-    )
-    .unwrap();
-    drop_fixture(&d.watch(), "cnn_bn_legacy.onnx", "slow.onnx");
-    let seen = d.expect_notify("STATUS=slow@cpu: forward", Duration::from_secs(60));
-    let line = seen
-        .iter()
-        .flat_map(|m| m.lines())
-        .find(|l| l.starts_with("STATUS=slow@cpu: forward"))
-        .unwrap()
-        .to_owned();
-    let pid: i32 = line
-        .split("(pid ")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (_, pid) = running_job_status(&mut d, 150_000);
     d.kill9();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {

@@ -237,6 +237,30 @@ impl Daemon {
         (job, report)
     }
 
+    /// Polls `found` every 20 ms (checking that the daemon lives and draining its notifications) until it gives
+    /// a value, and returns it; panics naming `what` with the daemon's log after `timeout`.
+    pub fn wait_until<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut found: impl FnMut(&mut Self) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_alive();
+            self.drain_notify();
+            if let Some(value) = found(self) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}\nlog:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `done/` + `failed/` hold `n` jobs together (and nothing is queued or running).
     pub fn wait_finished(&mut self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
