@@ -377,13 +377,7 @@ fn status_shows_the_job_process_pid_and_attempt() {
     assert!(line.contains("attempt 1)"), "{line}");
     assert_ne!(pid, d.pid());
     // The job's process is a child of the daemon, in a process group of its own.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let fields = stat_fields(pid).unwrap();
     assert_eq!(fields[1].parse::<i32>().unwrap(), d.pid(), "parent");
     assert_eq!(fields[2].parse::<i32>().unwrap(), pid, "process group");
     let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
@@ -412,13 +406,13 @@ fn the_job_process_dies_with_its_daemon() {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
+    stat_fields(pid).is_none_or(|f| f.first().is_some_and(|state| state.starts_with('Z')))
+}
+
+/// The fields of `/proc/PID/stat` after the command name (state, parent, process group, ...); `None` once the
+/// process is gone.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit(')').next()?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
 }

@@ -81,10 +81,9 @@ impl ExampleStore {
             return;
         }
         let Some(x) = x_adv() else { return };
-        let size = x.numel() * x.kind().elt_size_in_bytes();
-        let freed = self.rows[i]
-            .as_ref()
-            .map_or(0, |old| old.numel() * old.kind().elt_size_in_bytes());
+        let bytes = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        let size = bytes(&x);
+        let freed = self.rows[i].as_ref().map_or(0, bytes);
         if self.bytes - freed + size > self.budget {
             return;
         }

@@ -286,11 +286,7 @@ fn run_protocol(
                 let verdict = judged(scorer, &projected, &xb, &rows(&data.y, &idx)?, plan.norm)?;
                 for (j, &k) in part.iter().enumerate() {
                     if verdict.broken[j] {
-                        found[k] = example_row(&projected, j).map(|x_adv| curve::Found {
-                            norm: verdict.norms[j],
-                            x_adv,
-                            projected: true,
-                        });
+                        found[k] = found_example(&projected, j, verdict.norms[j], true);
                     }
                 }
             }
@@ -305,11 +301,7 @@ fn run_protocol(
                 let done = attack_chunk(pgd, model, scorer, data, &chunk, &mut recheck)?;
                 for (j, &k) in part.iter().enumerate() {
                     if done.broken[j] {
-                        found[k] = example_row(&done.x_adv, j).map(|x_adv| curve::Found {
-                            norm: done.norms[j],
-                            x_adv,
-                            projected: false,
-                        });
+                        found[k] = found_example(&done.x_adv, j, done.norms[j], false);
                     }
                 }
                 stages.advance(chunk.len());
@@ -523,6 +515,15 @@ fn judged(
         preds: Vec::<i64>::try_from(&preds)?,
         broken,
         norms,
+    })
+}
+
+/// Row `j` of a batch of verified examples as the curve's [`curve::Found`] (`None` when it cannot be copied).
+fn found_example(batch: &Tensor, j: usize, norm: f64, projected: bool) -> Option<curve::Found> {
+    example_row(batch, j).map(|x_adv| curve::Found {
+        norm,
+        x_adv,
+        projected,
     })
 }
 
