@@ -381,18 +381,19 @@ fn progress_reports_every_stage_in_order_up_to_its_total() {
         .map(|p| (p.stage_index, p.stage.clone()))
         .collect();
     let expected = vec![
-        (1, Stage::Clean),
-        (2, Stage::Checks),
-        (3, Stage::Attack("pgd")),
-        (4, Stage::Attack("square")),
+        (1, Stage::Batching),
+        (2, Stage::Clean),
+        (3, Stage::Checks),
+        (4, Stage::Attack("pgd")),
+        (5, Stage::Attack("square")),
         // The sweep's order: the radii whose verdict is known (0 and the anchor, eps 0.1), then outward.
-        (5, Stage::Curve(0.0)),
-        (6, Stage::Curve(0.1)),
-        (7, Stage::Curve(0.05)),
+        (6, Stage::Curve(0.0)),
+        (7, Stage::Curve(0.1)),
+        (8, Stage::Curve(0.05)),
     ];
     assert_eq!(starts, expected);
-    assert!(seen.iter().all(|p| p.stages == 7 && p.done <= p.total));
-    for index in 1..=7 {
+    assert!(seen.iter().all(|p| p.stages == 8 && p.done <= p.total));
+    for index in 1..=8 {
         let last = seen.iter().rev().find(|p| p.stage_index == index).unwrap();
         assert_eq!(last.done, last.total, "stage {index} did not finish");
     }

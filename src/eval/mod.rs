@@ -203,6 +203,8 @@ impl EvalPlan {
 /// The protocol's stages, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stage {
+    /// The batch size: probed (with the first passes' warm-up) or taken from the config.
+    Batching,
     Clean,
     Checks,
     Attack(&'static str),
@@ -212,6 +214,7 @@ pub enum Stage {
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Stage::Batching => f.write_str("batch size"),
             Stage::Clean => f.write_str("clean accuracy"),
             Stage::Checks => f.write_str("trust checks"),
             Stage::Attack(name) => write!(f, "attack {name}"),

@@ -76,6 +76,10 @@ fn run_protocol(
     let started = Instant::now();
     check_inputs(shape, data)?;
     let n = data.len();
+    let mut stages = StageReporter::new(3 + plan.attacks.len() + plan.eps_curve.len(), progress);
+    // The batch size comes first: when probed, its two forward + backward passes also pay the one-time oneDNN JIT
+    // and thread-pool warm-up, which the timing block then shows under this stage's name.
+    stages.begin(Stage::Batching, 1);
     let batching = match model {
         _ if n == 0 => batch::Batching { size: 1, rows: 1 },
         Some(model) => batch::batching(plan.batch, model, &data.x)?,
@@ -84,6 +88,7 @@ fn run_protocol(
             batch::Batching { size, rows: size }
         }
     };
+    stages.advance(1);
     let batch = batching.size;
     // The attacks as they run on this model: FAB's row budget, and what few classes change.
     let classes = shape.classes;
@@ -99,7 +104,6 @@ fn run_protocol(
         .collect();
     let mut examples = AdversarialExamples::new(plan.norm, plan.eps, plan.examples.max);
     let labels = Vec::<i64>::try_from(&data.y)?;
-    let mut stages = StageReporter::new(2 + plan.attacks.len() + plan.eps_curve.len(), progress);
     let mut recheck = OrtRecheck::default();
     let all: Vec<usize> = (0..n).collect();
 

@@ -75,7 +75,7 @@ pub fn evaluate(
     let plan = EvalPlan::from_config(&subject.config)?;
     progress.part("eval set");
     let set = subject.eval_set()?;
-    // Each evaluation stage (clean, checks, every attack, every curve radius) is a part of the job's stage.
+    // Each evaluation stage (batch size, clean, checks, every attack, every curve radius) is a part of the job's stage.
     let mut current = 0;
     let mut report = |p: &eval::Progress| {
         if p.stage_index != current {
