@@ -198,6 +198,14 @@ pub mod rounded {
         s.serialize_f64(round(*v, 3))
     }
 
+    /// Optional seconds, to the millisecond.
+    pub fn milliseconds<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_f64(round(*v, 3)),
+            None => s.serialize_none(),
+        }
+    }
+
     pub fn tenths<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(v) => s.serialize_f64(round(*v, 1)),

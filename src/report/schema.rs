@@ -208,6 +208,7 @@ pub struct ForwardCheck {
     /// Set when the probe resumed from a checkpoint after a restart: samples already done then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from_sample: Option<u64>,
+    #[serde(serialize_with = "crate::eval::result::rounded::seconds")]
     pub seconds: f64,
 }
 
@@ -402,7 +403,11 @@ pub struct Memorization {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_consistency_cut: Option<f64>,
     /// Training time of the estimator's models (also when they came from the cache: what the scores cost).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::eval::result::rounded::milliseconds"
+    )]
     pub seconds: Option<f64>,
     /// What a score means, as a formula (e.g. `1 - mean_epochs p(y|x)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -567,18 +572,24 @@ impl std::fmt::Display for MemoryCapKind {
     }
 }
 
-/// Wall-clock timestamps (RFC 3339, UTC) and seconds per stage, in the order the stages ran.
+/// Wall-clock timestamps (RFC 3339, UTC) and seconds per stage, in the order the stages ran (written to the
+/// millisecond: a part's rounded seconds may then add up to a millisecond or two more than its stage's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timing {
     pub queued_at: String,
     pub started_at: String,
     pub finished_at: String,
+    #[serde(serialize_with = "crate::eval::result::rounded::seconds")]
     pub seconds: f64,
     /// A command's fixed cost before its first instruction: seconds from the process' exec to the command's
     /// start (loading the binary and its shared libraries, libtorch's mostly), not counted in `seconds`. The
     /// daemon's jobs have none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::eval::result::rounded::milliseconds"
+    )]
     pub startup_seconds: Option<f64>,
     #[serde(default)]
     pub stages: Vec<StageTime>,
@@ -588,6 +599,7 @@ pub struct Timing {
 #[serde(deny_unknown_fields)]
 pub struct StageTime {
     pub name: String,
+    #[serde(serialize_with = "crate::eval::result::rounded::seconds")]
     pub seconds: f64,
     /// The stage's steps in order (loading the runtimes, the model, the dataset; each evaluation stage, ...),
     /// where the stage names them; what is left of `seconds` is the stage's own bookkeeping.
@@ -600,6 +612,7 @@ pub struct StageTime {
 #[serde(deny_unknown_fields)]
 pub struct StagePart {
     pub name: String,
+    #[serde(serialize_with = "crate::eval::result::rounded::seconds")]
     pub seconds: f64,
 }
 
