@@ -112,6 +112,46 @@ fn observations(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str
 }
 
 fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+    parse_scrape(&scrape_text(addr))
+}
+
+fn parse_scrape(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// `/metrics` once the daemon has recorded `jobs` ended jobs (refused drops included) and two scrapes 200 ms
+/// apart agree. A job's metrics are recorded on its thread just after the queue marks it done or failed, so a
+/// scrape right after the spool shows the job may not count it yet (Prometheus only ever sees the next scrape).
+fn settled_scrape(addr: SocketAddr, jobs: f64) -> prometheus_parse::Scrape {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    loop {
+        let text = scrape_text(addr);
+        let m = parse_scrape(&text);
+        let ended: f64 = m
+            .samples
+            .iter()
+            .filter(|s| s.metric == "robustd_jobs_finished_total")
+            .filter_map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => {
+                    Some(v)
+                }
+                _ => None,
+            })
+            .sum();
+        if ended >= jobs && text == last {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the metrics did not settle on {jobs} ended jobs:\n{text}"
+        );
+        last = text;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn scrape_text(addr: SocketAddr) -> String {
     let reply = get(addr, "/metrics");
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(
@@ -124,7 +164,7 @@ fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
     );
     let text = reply.text();
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    text
 }
 
 /// A daemon serving HTTP (`extra_http` added to `daemon.http`) in a fresh directory, and its address.
@@ -146,7 +186,7 @@ fn metrics_count_the_jobs_that_ran() {
     let (_tmp, mut d, addr) = serve("");
     drop_three(&d);
     d.wait_finished(3, Duration::from_secs(120));
-    let m = scrape(addr);
+    let m = settled_scrape(addr, 3.0);
 
     for (state, n) in [
         ("done", 2.0),
@@ -167,7 +207,13 @@ fn metrics_count_the_jobs_that_ran() {
         serde_norway::from_str(&std::fs::read_to_string(failed.dir.join("error.yaml")).unwrap())
             .unwrap();
     let started = if failed.record.attempts > 0 { 3.0 } else { 2.0 };
-    assert_eq!(scalar(&m, "robustd_job_attempts_total", &[]), Some(started));
+    assert_eq!(
+        scalar(&m, "robustd_job_attempts_total", &[]),
+        Some(started),
+        "the broken drop's record: {:?}\nlog:\n{}",
+        failed.record,
+        d.log_text()
+    );
     assert_eq!(
         scalar(&m, "robustd_jobs_finished_total", &[("outcome", "done")]),
         Some(2.0)
