@@ -8,6 +8,7 @@ use robustd::commands::{self, Cli};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     robustd::runtime::tune_allocator();
+    robustd::runtime::disable_ort_telemetry();
     commands::init_logging(cli.verbose, cli.quiet);
     match commands::run(cli) {
         Ok(code) => code,

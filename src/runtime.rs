@@ -110,6 +110,7 @@ pub fn ort_environment(
     if let Some((first, env)) = ORT_INIT.get() {
         return Ok((first.as_path(), env));
     }
+    disable_ort_telemetry();
     let (path, source) = locate_ort_library(configured)?;
     let load_err = |cause: String| RuntimeError::OrtLoad {
         path: path.clone(),
@@ -118,6 +119,8 @@ pub fn ort_environment(
     let env = ort::init_from(&path)
         .map_err(|e| load_err(e.to_string()))?
         .with_name("robustd")
+        // Off for the rest of the process too (see disable_ort_telemetry for the first event).
+        .with_telemetry(false)
         .build()
         .map_err(|e| load_err(e.to_string()))?;
     tracing::debug!(path = %path.display(), ?source, "onnxruntime loaded");
@@ -217,6 +220,26 @@ pub fn process_age_seconds() -> Option<f64> {
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (ticks > 0).then(|| (uptime - start_ticks / ticks as f64).max(0.0))
+}
+
+/// The variable that switches onnxruntime's telemetry off from library load on.
+const ORT_TELEMETRY_OFF: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Keeps onnxruntime from recording telemetry. Its Linux builds (1.31.1, Microsoft's 1DS SDK) log events into
+/// `~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db` for upload: the process's path, OS and CPU
+/// model with a device id, and (measured in that file on a machine running robustd's tests) session creations,
+/// model loads and runtime error messages. The environment option (`with_telemetry(false)`, onnxruntime's
+/// `DisableTelemetryEvents`) takes effect only after the environment exists, by which time the process event has
+/// been logged; `ORT_DISABLE_TELEMETRY=1` keeps onnxruntime away from that directory altogether. A value the user
+/// set is kept. `main` calls this before any thread starts (child processes inherit the variable); the call from
+/// [`ort_environment`] covers library users. Idempotent.
+pub fn disable_ort_telemetry() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        if std::env::var_os(ORT_TELEMETRY_OFF).is_none() {
+            std::env::set_var(ORT_TELEMETRY_OFF, "1");
+        }
+    });
 }
 
 /// Keeps glibc's allocator from returning libtorch's large, short-lived buffers to the kernel after every use.

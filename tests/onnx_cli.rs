@@ -1,6 +1,6 @@
 //! The real binary on real fixtures: `robustd inspect` describes every fixture (opset, shapes, parameters, external
-//! data), and `robustd infer` gives the same logits through both engines and the input gradient, and refuses
-//! data of another type than the graph declares.
+//! data), and `robustd infer` gives the same logits through both engines and the input gradient, refuses data of
+//! another type than the graph declares, and leaves no onnxruntime telemetry in the user's home.
 
 mod onnx_support;
 
@@ -12,10 +12,15 @@ use onnx_support::{assert_engines_agree, assert_float32_error, fixture, npz_f32,
 use tch::{Kind, Tensor};
 
 fn robustd(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_robustd"))
-        .args(args)
-        .output()
-        .unwrap();
+    robustd_with(args, |_| {})
+}
+
+/// Runs the binary with `args` after `configure` adjusted its command (environment), expecting success.
+fn robustd_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_robustd"));
+    command.args(args);
+    configure(&mut command);
+    let out = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -164,4 +169,43 @@ fn infer_refuses_data_of_another_type_than_the_graph_declares() {
             );
         }
     }
+}
+
+/// onnxruntime 1.31.1 records telemetry events (the process's path, OS, CPU model, a device id, sessions, model
+/// loads, error messages) in `$HOME/.cache/Microsoft/DeveloperTools/.onnxruntime/` for upload, unless the process
+/// says otherwise (src/runtime.rs `disable_ort_telemetry`). A run through onnxruntime with a fresh HOME and the
+/// switch not set by the caller must leave that store absent.
+#[test]
+fn infer_through_onnxruntime_leaves_no_telemetry_in_home() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let name = "resdw_dynamo";
+    let x_path = dir.path().join("x.npy");
+    to_npy(&x_path, &npz_f32(&fixture(name).with_extension("npz"), "x"));
+    let out_path = dir.path().join("ort.npy");
+    robustd_with(
+        &[
+            "infer",
+            fixture(name).to_str().unwrap(),
+            "--input",
+            x_path.to_str().unwrap(),
+            "--output",
+            out_path.to_str().unwrap(),
+            "--engine",
+            "ort",
+        ],
+        |command| {
+            command
+                .env("HOME", home.path())
+                .env_remove("XDG_CACHE_HOME")
+                .env_remove("ORT_DISABLE_TELEMETRY");
+        },
+    );
+    assert!(out_path.exists(), "infer wrote no logits");
+    let store = home.path().join(".cache/Microsoft");
+    assert!(
+        !store.exists(),
+        "onnxruntime recorded telemetry in HOME: {}",
+        store.display()
+    );
 }
