@@ -13,6 +13,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 CARGO ?= cargo
+# onnxruntime's telemetry off for every tool make runs (the Python package in the fixture, bench and cross-check
+# scripts too; robustd sets it itself, src/runtime.rs), unless the caller chose.
+ORT_DISABLE_TELEMETRY ?= 1
+export ORT_DISABLE_TELEMETRY
 # One profile for everything so libtorch/onnxruntime bindings compile once.
 CARGO_FLAGS := --release --locked
 FIXTURES := tests/fixtures/generated
