@@ -106,16 +106,20 @@ pub fn with_autocast<T>(device: Device, on: bool, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// `x` with channels-last (NHWC) strides, still shaped NCHW, when `on` and `x` is 4-D; cuDNN then picks its
-/// channels-last convolutions. Values are unchanged.
+/// `x` with channels-last (NHWC) strides, still shaped NCHW, when `on` and `x` is 4-D; cuDNN and oneDNN then
+/// pick their channels-last convolutions. Values are unchanged. The strides are set exactly (a copy into an
+/// `empty_strided` tensor), not by permuting and calling `contiguous`: with one channel that permuted view already
+/// counts as contiguous, so it would keep NCHW strides and libtorch would read the tensor as NCHW.
 pub fn channels_last(x: &Tensor, on: bool) -> Result<Tensor, tch::TchError> {
-    if on && x.dim() == 4 {
-        x.f_permute([0, 2, 3, 1])?
-            .f_contiguous()?
-            .f_permute([0, 3, 1, 2])
-    } else {
-        Ok(x.shallow_clone())
+    if !(on && x.dim() == 4) {
+        return Ok(x.shallow_clone());
     }
+    let size = x.size();
+    let (c, h, w) = (size[1], size[2], size[3]);
+    let strides = [h * w * c, 1, w * c, c];
+    let mut out = Tensor::f_empty_strided(&size, &strides, (x.kind(), x.device()))?;
+    out.f_copy_(x)?;
+    Ok(out)
 }
 
 #[cfg(test)]
