@@ -39,8 +39,10 @@ pub struct TchOptions {
     pub input_chw: Option<[i64; 3]>,
 }
 
+mod rewrite;
+
 /// Where a node input comes from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Src {
     Const(usize),
     Slot(usize),
@@ -191,11 +193,15 @@ impl Interpreter {
             .map(|o| lookup_source(&planner.sources, &o.name, &file))
             .collect::<Result<_, _>>()?;
         let Planner {
-            consts,
+            mut consts,
             mut steps,
             slot_count,
             ..
         } = planner;
+        let fused = rewrite::fuse_patterns(&mut steps, &consts, &outputs);
+        tracing::debug!(file = %file.display(), fused, steps = steps.len(), "planned");
+        rewrite::store_conv_weights_channels_last(&steps, &mut consts, device)
+            .map_err(torch_err("channels-last convolution weights".into()))?;
         compute_releases(&mut steps, &outputs, slot_count);
 
         Ok(Self {
