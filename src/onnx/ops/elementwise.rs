@@ -174,13 +174,19 @@ fn leaky_relu(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     one(leaky(c.input(i, 0)?, c.attr_or("alpha", 0.01f32)? as f64)?)
 }
 
-/// `x` where `x >= 0`, `alpha·x` elsewhere (LeakyRelu; also the fused activations of the contrib ops). At the
-/// default slope (0.01 in float32, what PyTorch's `nn.LeakyReLU()` exports) this is libtorch's fused kernel: one
-/// op forward and one backward instead of a comparison, a product and a select each way, which a PGD step pays per
-/// activation (the two agree except for the gradient at exactly 0, a set of measure zero).
+/// `x` where `x >= 0`, `alpha·x` elsewhere (LeakyRelu; also the fused activations of the contrib ops), on one
+/// fused libtorch kernel each way instead of a comparison, a product and a select, which a PGD step would pay per
+/// activation: `leaky_relu` at the default slope (0.01 in float32, what `nn.LeakyReLU()` exports; tch binds it
+/// without a slope argument), otherwise PReLU's kernel with `alpha` as a one-element weight (`x > 0 ? x : w·x`;
+/// its weight gradient is never asked for, the weight being a fresh constant). Both agree with the definition
+/// except for the gradient at exactly 0, a set of measure zero.
 pub(super) fn leaky(x: &Tensor, alpha: f64) -> Result<Tensor, tch::TchError> {
     if alpha as f32 == 0.01f32 {
         return x.f_leaky_relu();
+    }
+    if x.is_floating_point() {
+        let slope = Tensor::f_full([1], alpha, (x.kind(), x.device()))?;
+        return x.f_internal_prelu_kernel(&slope);
     }
     x.f_where_self(&x.f_ge(0.0)?, &x.f_mul_scalar(alpha)?)
 }

@@ -584,12 +584,20 @@ fn layer_norm(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
     let a = axis(c.attr_or("axis", -1i64)?, rank)?;
     let eps = c.attr_or("epsilon", 1e-5f32)? as f64;
     let normalized = x.size()[a as usize..].to_vec();
-    let mut y = x
-        .f_layer_norm(&normalized, None::<&Tensor>, None, eps, true)?
-        .f_mul(scale)?;
-    if let Some(b) = bias {
-        y = y.f_add(b)?;
-    }
+    // Scale and bias shaped like the normalized axes (what exporters write) go into libtorch's fused kernel, one
+    // pass each way; ONNX also allows them merely broadcastable, and those are applied after.
+    let fits = |t: &Tensor| t.size() == normalized;
+    let y = if fits(scale) && bias.is_none_or(fits) {
+        x.f_layer_norm(&normalized, Some(scale), bias, eps, true)?
+    } else {
+        let y = x
+            .f_layer_norm(&normalized, None::<&Tensor>, None, eps, true)?
+            .f_mul(scale)?;
+        match bias {
+            Some(b) => y.f_add(b)?,
+            None => y,
+        }
+    };
     let mut out = vec![y];
     if c.node.outputs.len() > 1 {
         // Mean and 1/sqrt(var + eps) over the normalized axes, kept as size-1 dims.
