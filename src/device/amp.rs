@@ -117,7 +117,7 @@ pub fn channels_last(x: &Tensor, on: bool) -> Result<Tensor, tch::TchError> {
     let size = x.size();
     let (c, h, w) = (size[1], size[2], size[3]);
     let strides = [h * w * c, 1, w * c, c];
-    let mut out = Tensor::f_empty_strided(&size, &strides, (x.kind(), x.device()))?;
+    let mut out = Tensor::f_empty_strided(&size, strides, (x.kind(), x.device()))?;
     out.f_copy_(x)?;
     Ok(out)
 }

@@ -11,8 +11,8 @@
 //!   quantization, contrib ops) and what it allows;
 //! - `ops`: the operator registry (default domain and onnxruntime's `com.microsoft`); `params`: what each
 //!   initializer is (weight, bias, BN statistic…); `quantized`: quantized weights and their float32 masters;
-//! - `interpreter`: the plan and its evaluation; `tch_model`: the classifier on top; `layout`: input layout and
-//!   image size;
+//! - `interpreter`: the plan and its evaluation (its `rewrite` submodule: fused GELU/SiLU/linear, channels-last
+//!   convolution kernels); `tch_model`: the classifier on top; `layout`: input layout and image size;
 //! - `session`: the one onnxruntime session builder; `ort_scorer`: the classifier on a session; `write_back`:
 //!   trained weights into a new file.
 

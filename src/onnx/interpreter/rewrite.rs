@@ -33,7 +33,7 @@ pub(super) fn fuse_patterns(steps: &mut Vec<Step>, consts: &[Tensor], outputs: &
     let mut removed: HashSet<usize> = HashSet::new();
     {
         let graph = Graph::new(steps, consts, outputs);
-        for root in 0..steps.len() {
+        for (root, at_root) in steps.iter().enumerate() {
             if removed.contains(&root) {
                 continue;
             }
@@ -48,7 +48,7 @@ pub(super) fn fuse_patterns(steps: &mut Vec<Step>, consts: &[Tensor], outputs: &
                 continue;
             }
             removed.extend(used);
-            let node = &steps[root].node;
+            let node = &at_root.node;
             let step = Step {
                 node: Node {
                     name: node.name.clone(),
@@ -60,7 +60,7 @@ pub(super) fn fuse_patterns(steps: &mut Vec<Step>, consts: &[Tensor], outputs: &
                 },
                 op,
                 inputs,
-                outputs: steps[root].outputs.clone(),
+                outputs: at_root.outputs.clone(),
                 release: Vec::new(),
             };
             fused.push((root, step));
