@@ -19,9 +19,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Src, Step};
 use crate::onnx::node::{is_default_domain, Node};
-use crate::onnx::ops::{one, OpCtx, OpFn, OpResult};
+use crate::onnx::ops::{self, one, OpCtx, OpFn, OpResult};
 
-/// The domain fused steps are shown under in error messages (`robustd::Gelu`): they are not the file's nodes.
+/// The domain fused steps are shown under in error messages (`robustd.fused::Gelu`): they are not the file's
+/// nodes.
 const FUSED_DOMAIN: &str = "robustd.fused";
 /// Relative tolerance for matching a pattern's constants (they are stored in float32).
 const CONSTANT_TOLERANCE: f64 = 1e-6;
@@ -179,7 +180,8 @@ impl<'a> Graph<'a> {
             used.push(erf);
             let (inner, c) = self.factors(self.steps[erf].inputs[0], used)?;
             return (inner == [x] && close(c, std::f64::consts::FRAC_1_SQRT_2))
-                .then(|| ("Gelu", gelu_erf as OpFn, vec![x]));
+                .then(|| contrib("Gelu", x))
+                .flatten();
         }
         let tanh = self.single_use(terms[0], "Tanh")?;
         used.push(tanh);
@@ -193,7 +195,9 @@ impl<'a> Graph<'a> {
         }
         let (cubic, _) = self.split_pair(&sum, |s| s == x)?;
         let (cube, c) = self.factors(cubic, used)?;
-        (cube == [x, x, x] && close(c, 0.044715)).then(|| ("FastGelu", gelu_tanh as OpFn, vec![x]))
+        (cube == [x, x, x] && close(c, 0.044715))
+            .then(|| contrib("FastGelu", x))
+            .flatten()
     }
 
     /// `x · sigmoid(x)`.
@@ -341,12 +345,11 @@ fn close(value: f64, expected: f64) -> bool {
     (value - expected).abs() <= CONSTANT_TOLERANCE * expected.abs()
 }
 
-fn gelu_erf(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
-    one(c.input(i, 0)?.f_gelu("none")?)
-}
-
-fn gelu_tanh(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
-    one(c.input(i, 0)?.f_gelu("tanh")?)
+/// onnxruntime's contrib op `name` (`Gelu`: erf form; `FastGelu` without its bias: tanh form) on the one input
+/// `x`: the registry's implementation, so the fused step runs exactly what a file fused by onnxruntime's optimizer
+/// runs.
+fn contrib(name: &'static str, x: Src) -> Option<Fused> {
+    Some((name, ops::lookup(ops::MICROSOFT, name)?, vec![x]))
 }
 
 fn silu(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
@@ -362,7 +365,6 @@ fn linear(c: &OpCtx, i: &[Option<&Tensor>]) -> OpResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::ops;
 
     const X: Src = Src::Slot(0);
 
