@@ -231,8 +231,9 @@ const ORT_TELEMETRY_OFF: &str = "ORT_DISABLE_TELEMETRY";
 /// model loads and runtime error messages. The environment option (`with_telemetry(false)`, onnxruntime's
 /// `DisableTelemetryEvents`) takes effect only after the environment exists, by which time the process event has
 /// been logged; `ORT_DISABLE_TELEMETRY=1` keeps onnxruntime away from that directory altogether. A value the user
-/// set is kept (even then [`ort_environment`] switches events off once the environment exists). `main` calls this before any thread starts (child processes inherit the variable); the call from
-/// [`ort_environment`] covers library users. Idempotent.
+/// set is kept (even then [`ort_environment`] switches events off once the environment exists). `main` calls this
+/// before any thread starts (child processes inherit the variable); the call from [`ort_environment`] covers
+/// library users. Idempotent.
 pub fn disable_ort_telemetry() {
     static DONE: std::sync::Once = std::sync::Once::new();
     DONE.call_once(|| {
