@@ -43,6 +43,6 @@ pub use model::{Dim, Initializer, OnnxModel, ValueInfo, MAX_OPSET, MIN_OPSET};
 pub use ort_scorer::OrtScorer;
 pub use params::Role;
 pub use scan::{scan_model, ModelScan, ScanError};
-pub use session::{choose_provider, ort_session, ort_session_on, Provider, SessionError};
+pub use session::{choose_provider, ort_session, ort_session_on, Provider, SessionError, Spinning};
 pub use tch_model::{Interrupt, Precision, TchModel};
 pub use write_back::{write_back, WrittenModel, EXTERNAL_DATA_THRESHOLD, VERSION_KEY};

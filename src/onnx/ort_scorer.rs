@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use thiserror::Error;
 
 use super::error::OnnxError;
-use super::session::{ort_session_on, Provider, SessionError};
+use super::session::{ort_session_on, Provider, SessionError, Spinning};
 use super::tch_model::Interrupt;
 use crate::device::DeviceId;
 use crate::model::{InputAdapter, ModelError, Scorer};
@@ -36,20 +36,22 @@ impl OrtScorer {
         adapter: InputAdapter,
         intra_threads: usize,
     ) -> Result<Self, OnnxError> {
-        Self::on_device(path, adapter, intra_threads, DeviceId::Cpu)
+        Self::on_device(path, adapter, intra_threads, DeviceId::Cpu, Spinning::On)
     }
 
     /// [`OrtScorer::new`] with the execution provider of `device` (CUDA on a GPU when onnxruntime has it; see
-    /// [`super::session::choose_provider`]). Inputs and outputs stay CPU tensors either way.
+    /// [`super::session::choose_provider`]) and the given thread [`Spinning`]. Inputs and outputs stay CPU tensors
+    /// either way.
     pub fn on_device(
         path: &Path,
         adapter: InputAdapter,
         intra_threads: usize,
         device: DeviceId,
+        spinning: Spinning,
     ) -> Result<Self, OnnxError> {
         let file = path.to_path_buf();
-        let (session, provider) =
-            ort_session_on(path, None, intra_threads, device).map_err(|e| OnnxError::Ort {
+        let (session, provider) = ort_session_on(path, None, intra_threads, device, spinning)
+            .map_err(|e| OnnxError::Ort {
                 file: file.clone(),
                 message: match e {
                     SessionError::Load { message, .. } => message,

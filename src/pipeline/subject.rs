@@ -13,7 +13,9 @@ use crate::device::DeviceId;
 use crate::eval::EvalSet;
 use crate::model::Scorer;
 use crate::model::{InputAdapter, Layout};
-use crate::onnx::{self, GraphForm, OnnxError, OnnxModel, OrtScorer, TchModel, TchOptions};
+use crate::onnx::{
+    self, GraphForm, OnnxError, OnnxModel, OrtScorer, Spinning, TchModel, TchOptions,
+};
 use crate::report::{
     DatasetFiles, DatasetInfo, FileRef, ModelForm, ModelInfo, Normalization, SkippedFiles,
     TensorSpec,
@@ -216,7 +218,8 @@ impl Subject {
         Ok(model)
     }
 
-    /// An onnxruntime session on `file` (the original, or the written-back model) with the same adapter.
+    /// An onnxruntime session on `file` (the original, or the written-back model) with the same adapter. Its
+    /// threads do not spin between runs ([`Spinning::Off`]): its runs alternate with libtorch work.
     pub fn scorer(&self, file: &Path) -> Result<OrtScorer, PipelineError> {
         let device = match self.device {
             Device::Cuda(i) => DeviceId::Cuda(i),
@@ -227,6 +230,7 @@ impl Subject {
             self.adapter.clone(),
             self.config.runtime.threads,
             device,
+            Spinning::Off,
         )?;
         scorer.set_interrupt(self.interrupt.clone());
         *self.ort_provider.lock().unwrap_or_else(|p| p.into_inner()) =
