@@ -8,7 +8,7 @@ use common::{
     TinyCnn,
 };
 use robustd::attack::losses;
-use robustd::attack::pgd::{pgd, pgd_rows, Keep, PgdParams};
+use robustd::attack::pgd::{pgd, pgd_rows, pgd_rows_from, GivenStarts, Keep, PgdParams};
 use robustd::config::Norm;
 use robustd::model::Classifier;
 use tch::{Kind, Reduction, Tensor};
@@ -75,6 +75,125 @@ fn pgd_with_zero_steps_and_no_random_start_returns_the_clean_input() {
         let adv = pgd(&cnn, &x, &y, &p, &losses::cross_entropy).unwrap();
         assert!(adv.equal(&x), "{keep:?}: 0-step PGD moved the input");
     }
+}
+
+#[test]
+fn given_starts_replace_the_random_start_of_their_rows_projected_onto_the_ball() {
+    let cnn = TinyCnn::new(1);
+    let (x, y) = fashion_mnist("t10k", 8);
+    let keys: Vec<u64> = (0..8).collect();
+    for norm in [Norm::Linf, Norm::L2] {
+        let eps = if norm == Norm::Linf { 0.1 } else { 1.0 };
+        // 0 steps: the result is the start itself (the best of the one iterate offered).
+        let p = PgdParams {
+            steps: 0,
+            restarts: 1,
+            ..params(norm, eps, 0, Keep::Adversarial)
+        };
+        // Rows 0-3 get a start 3 eps away in the L∞ sense (outside the ball), rows 4-7 none.
+        let far = x.shallow_clone() + 3.0 * eps;
+        let given = [true, true, true, true, false, false, false, false];
+        let starts = GivenStarts {
+            x: &far,
+            given: &given,
+        };
+        let warm = pgd_rows_from(
+            &cnn,
+            &x,
+            &y,
+            Some(&keys),
+            Some(starts),
+            &p,
+            &losses::cross_entropy,
+        )
+        .unwrap();
+        let cold = pgd_rows(&cnn, &x, &y, Some(&keys), &p, &losses::cross_entropy).unwrap();
+        let projected = robustd::attack::pgd::project(&far, &x, norm, eps).unwrap();
+        for i in 0..8 {
+            let row = warm.get(i);
+            if given[i as usize] {
+                assert!(
+                    row.equal(&projected.get(i)),
+                    "{norm:?} row {i}: not its projected start"
+                );
+                assert!(
+                    !row.equal(&cold.get(i)),
+                    "{norm:?} row {i}: the random start"
+                );
+            } else {
+                assert!(
+                    row.equal(&cold.get(i)),
+                    "{norm:?} row {i}: not its keyed random start"
+                );
+            }
+        }
+        let (linf, l2) = max_distances(&warm, &x);
+        let dist = if norm == Norm::Linf { linf } else { l2 };
+        assert!(dist <= eps + 1e-5, "{norm:?}: distance {dist} > eps {eps}");
+        assert!(in_box(&warm), "{norm:?}: left [0,1]");
+    }
+}
+
+#[test]
+fn a_row_started_at_an_adversarial_point_leaves_first_adversarial_pgd_with_it() {
+    let cnn = TinyCnn::trained();
+    let (x, y) = fashion_mnist("t10k", 64);
+    let eps = 0.1;
+    let p = params(Norm::Linf, eps, 10, Keep::Adversarial);
+    let adv = pgd(&cnn, &x, &y, &p, &losses::cross_entropy).unwrap();
+    let fooled = Vec::<bool>::try_from(
+        &tch::no_grad(|| cnn.forward(&adv).unwrap())
+            .argmax(1, false)
+            .ne_tensor(&y),
+    )
+    .unwrap();
+    assert!(
+        fooled.iter().filter(|f| **f).count() > 5,
+        "too few broken to tell"
+    );
+    let first = PgdParams {
+        restarts: 1,
+        ..params(Norm::Linf, eps, 10, Keep::FirstAdversarial)
+    };
+    let keys: Vec<u64> = (0..64).collect();
+    let starts = GivenStarts {
+        x: &adv,
+        given: &fooled,
+    };
+    let again = pgd_rows_from(
+        &cnn,
+        &x,
+        &y,
+        Some(&keys),
+        Some(starts),
+        &first,
+        &losses::cross_entropy,
+    )
+    .unwrap();
+    for (i, f) in fooled.iter().enumerate() {
+        if *f {
+            assert!(
+                again.get(i as i64).equal(&adv.get(i as i64)),
+                "row {i} started adversarial but moved"
+            );
+        }
+    }
+    // Flags that do not match the batch are refused.
+    let starts = GivenStarts {
+        x: &adv,
+        given: &fooled[..10],
+    };
+    let err = pgd_rows_from(
+        &cnn,
+        &x,
+        &y,
+        Some(&keys),
+        Some(starts),
+        &first,
+        &losses::cross_entropy,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("starts"), "{err}");
 }
 
 #[test]

@@ -223,11 +223,27 @@ impl Attack {
         y: &Tensor,
         rows: &[u64],
     ) -> Result<AttackRun, AttackError> {
+        self.run_from(model, scorer, x, y, rows, None)
+    }
+
+    /// [`Attack::run`] with warm starts for some rows: the PGD family (FGSM, PGD, CW-PGD) starts those rows at the
+    /// given points ([`pgd::GivenStarts`]); APGD, FAB and Square choose their own starts and ignore them.
+    pub fn run_from(
+        &self,
+        model: &dyn Classifier,
+        scorer: &mut dyn Scorer,
+        x: &Tensor,
+        y: &Tensor,
+        rows: &[u64],
+        starts: Option<pgd::GivenStarts<'_>>,
+    ) -> Result<AttackRun, AttackError> {
         let x_adv = match self {
             Attack::Fgsm(p) | Attack::Pgd(p) => {
-                pgd::pgd_rows(model, x, y, Some(rows), p, &losses::cross_entropy)?
+                pgd::pgd_rows_from(model, x, y, Some(rows), starts, p, &losses::cross_entropy)?
             }
-            Attack::Cw(p) => pgd::pgd_rows(model, x, y, Some(rows), p, &losses::cw_margin)?,
+            Attack::Cw(p) => {
+                pgd::pgd_rows_from(model, x, y, Some(rows), starts, p, &losses::cw_margin)?
+            }
             Attack::Apgd(p) => apgd::apgd(model, x, y, Some(rows), p)?,
             Attack::Fab(p) => fab::fab(model, x, y, Some(rows), p)?.x_adv,
             Attack::Square(p) => {

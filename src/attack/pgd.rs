@@ -3,7 +3,8 @@
 //! [`pgd`] is projected gradient ascent on any per-sample objective ([`super::losses`]) inside the L∞ or L2 ball
 //! of radius `eps` around `x`, intersected with the [0,1] pixel box: optional uniform random start, `steps`
 //! steepest-ascent steps of size `step_size` (sign of the gradient for L∞, the normalized gradient for L2), and
-//! `restarts` independent runs, keeping per sample the iterate chosen by [`Keep`]. FGSM is one step of size eps
+//! `restarts` independent runs, keeping per sample the iterate chosen by [`Keep`]; [`pgd_rows_from`] starts chosen
+//! rows' first run at given points instead (a warm start, the eps curve's). FGSM is one step of size eps
 //! from `x` ([`PgdParams::fgsm`]); CW-PGD is PGD on [`super::losses::cw_margin`]. APGD ([`super::apgd`]) reuses the
 //! building blocks below: [`loss_and_input_grad`] (and its EOT average), [`ascent_direction`], [`project`],
 //! [`random_start`]; FAB ([`super::fab`]) adds [`logit_jacobian`], every class's gradient in one batched pass.
@@ -129,9 +130,55 @@ pub fn pgd_rows(
     params: &PgdParams,
     loss: &LossFn,
 ) -> Result<Tensor, AttackError> {
+    pgd_rows_from(model, x, y, rows, None, params, loss)
+}
+
+/// Starting points chosen by the caller for some rows of a batch (a warm start: e.g. an iterate of an earlier
+/// attack at another radius). Row `i` starts its first restart at `x[i]`, projected onto the ball, where
+/// `given[i]`; the other rows start as `PgdParams::random_start` says. Later restarts start as configured.
+pub struct GivenStarts<'a> {
+    /// `[N, …]`, the batch's shape; rows not `given` are ignored.
+    pub x: &'a Tensor,
+    pub given: &'a [bool],
+}
+
+/// [`pgd_rows`] with the first restart of some rows starting at [`GivenStarts`].
+pub fn pgd_rows_from(
+    model: &dyn Classifier,
+    x: &Tensor,
+    y: &Tensor,
+    rows: Option<&[u64]>,
+    starts: Option<GivenStarts<'_>>,
+    params: &PgdParams,
+    loss: &LossFn,
+) -> Result<Tensor, AttackError> {
     params.validate()?;
     let (x, y) = on_model_device(model, x, y)?;
     let n = x.size()[0];
+    let starts = match starts {
+        Some(s) if s.given.iter().any(|&g| g) => {
+            if s.given.len() != n as usize || s.x.size() != x.size() {
+                return Err(AttackError::Invalid {
+                    what: "starts",
+                    message: format!(
+                        "{} flags and starting points {:?} for inputs {:?}",
+                        s.given.len(),
+                        s.x.size(),
+                        x.size()
+                    ),
+                });
+            }
+            let given = Tensor::f_from_slice(s.given)?.f_to_device(x.device())?;
+            let points = project(
+                &s.x.f_to_device(x.device())?.f_to_kind(Kind::Float)?,
+                &x,
+                params.norm,
+                params.eps,
+            )?;
+            Some((per_row(&given, &x)?, points))
+        }
+        _ => None,
+    };
     let keys = noise::row_keys(rows, n as usize)?;
     let restarts = params.restarts.max(1);
     let first = params.keep == Keep::FirstAdversarial;
@@ -156,6 +203,9 @@ pub fn pgd_rows(
         } else {
             live.x.f_detach_copy()?
         };
+        if let (0, Some((given, points))) = (restart, &starts) {
+            x_adv = points.f_where_self(given, &x_adv)?;
+        }
         for _ in 0..params.steps {
             let at = loss_and_input_grad(model, &x_adv, &live.y, loss)?;
             if params.keep != Keep::Final {
