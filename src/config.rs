@@ -229,6 +229,10 @@ pub struct EvalSpec {
     pub curve_protocol: CurveProtocol,
     /// PGD steps per radius of the `sweep` curve (step size scaled to keep `eval.pgd`'s total travel).
     pub curve_steps: usize,
+    /// Where the `sweep` curve's PGD starts a sample: `warm` (from the point the sweep already has for it: its
+    /// adversarial example from a larger radius, projected, or the last iterate of the attack it withstood at a
+    /// smaller one) or `random` (`eval.pgd.random_start`).
+    pub curve_start: CurveStart,
     /// Batch size for evaluation and attacks; 0 = automatic within `limits.job_memory_mb`.
     pub batch_size: usize,
     /// Exit code 3 from `robustd eval` when worst-case robust accuracy is below this; null = never.
@@ -288,6 +292,19 @@ pub enum CurveProtocol {
     Sweep,
     /// `eval.pgd` on every clean-correct sample at every radius, each radius on its own.
     Independent,
+}
+
+/// Where the `sweep` curve's PGD starts a sample (`eval.curve_start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CurveStart {
+    /// From the point the sweep already has for the sample: below `threat.eps` its adversarial example from the
+    /// next larger radius projected onto the ball (the projection that just failed to fool the model), above it
+    /// the last iterate of the attack it withstood at the next smaller radius. A sample with no such point (its
+    /// point did not fit the memory budget) starts as `eval.pgd.random_start` says.
+    Warm,
+    /// As `eval.pgd.random_start` says, the same for every radius.
+    Random,
 }
 
 /// How the configured attacks share the samples (see `eval::Mode`, which this selects).
@@ -611,7 +628,8 @@ impl Default for EvalSpec {
             square_p_init: 0.3,
             eps_curve: vec![0.0, 0.025, 0.05, 0.1, 0.15],
             curve_protocol: CurveProtocol::Sweep,
-            curve_steps: 10,
+            curve_steps: 5,
+            curve_start: CurveStart::Warm,
             batch_size: 0,
             min_robust_acc: None,
             gate: Gate::Point,

@@ -12,8 +12,8 @@ use robustd::eval::batch::{resolve, MAX_BATCH};
 use robustd::eval::per_sample::{BROKEN, HELD, NOT_ATTACKED};
 use robustd::eval::result::IndexRanges;
 use robustd::eval::{
-    evaluate, BatchSize, CurveProtocol, EvalPlan, EvalResult, EvalSet, Evaluation, Mode, PerSample,
-    Progress, Stage,
+    evaluate, BatchSize, CurveProtocol, CurveStart, EvalPlan, EvalResult, EvalSet, Evaluation,
+    Mode, PerSample, Progress, Stage,
 };
 use robustd::model::Classifier;
 use tch::{Kind, Tensor};
@@ -496,9 +496,10 @@ fn the_sweep_keeps_every_verdict_at_eps_and_its_curve_is_monotone() {
     let info = sweep.result.curve.clone().unwrap();
     assert_eq!(info.anchor, Some(0.05));
     assert_eq!(info.anchor_attacks, ["pgd", "apgd-ce"]);
-    assert_eq!((info.steps, info.keep.as_str()), (10, "first-adversarial"));
-    // eval.pgd's travel (8 steps of 0.3 eps) in 10 steps.
-    assert!((info.step_size_factor - 0.24).abs() < 1e-12);
+    assert_eq!((info.steps, info.keep.as_str()), (5, "first-adversarial"));
+    assert_eq!(info.start, Some(CurveStart::Warm), "the default");
+    // eval.pgd's travel (8 steps of 0.3 eps) in 5 steps.
+    assert!((info.step_size_factor - 0.48).abs() < 1e-12);
 
     plan.curve_protocol = CurveProtocol::Independent;
     let independent = eval_cnn(&mut cnn, &copy, &plan, 120);
@@ -579,4 +580,104 @@ fn below_eps_an_example_projected_onto_the_smaller_ball_breaks_a_sample_without_
     // The report's curve block counts them.
     let yaml = serde_norway::to_string(&e.result).unwrap();
     assert!(yaml.contains("from_projection"), "{yaml}");
+}
+
+/// A two-class linear model's closed-form verdict at every radius of `radii`, for the samples it classifies right.
+fn linear_exact(model: &LinearModel, x: &Tensor, y: &Tensor, eps: f64) -> Vec<bool> {
+    let clean = tch::no_grad(|| model.forward(x).unwrap())
+        .argmax(1, false)
+        .eq_tensor(y);
+    let clean = Vec::<bool>::try_from(&clean).unwrap();
+    linear_linf_robust(model, x, y, eps)
+        .iter()
+        .zip(&clean)
+        .map(|(r, c)| *r && *c)
+        .collect()
+}
+
+#[test]
+fn above_eps_the_warm_sweep_continues_from_the_anchor_attacks_iterate() {
+    // On a two-class linear model FGSM at eps lands on the worst corner of the ball, and from there one curve step
+    // of 0.2 r reaches the worst corner of a ball of radius r <= 1.25 eps: the warm sweep's verdict at r is the
+    // closed form, sample by sample. A random start a step of 0.2 r cannot reach that corner from misses breaks.
+    let mut model = LinearModel::random([1, 8, 8], 2, 41);
+    let copy = LinearModel {
+        w: model.w.detach().copy(),
+        b: model.b.detach().copy(),
+        chw: model.chw,
+    };
+    let x = common::seeded(42, || {
+        Tensor::rand([250, 1, 8, 8], (Kind::Float, tch::Device::Cpu))
+    });
+    let y = common::seeded(43, || {
+        Tensor::randint(2, [250], (Kind::Int64, tch::Device::Cpu))
+    });
+    let (eps, above) = (0.04, 0.05);
+    let mut cfg = Config::default();
+    cfg.threat.eps = eps;
+    cfg.eval.attacks = vec!["fgsm".into()];
+    cfg.eval.eps_curve = vec![0.0, eps, above];
+    cfg.eval.curve_steps = 1;
+    // The curve's step: eval.pgd's travel (20 steps of 0.01 r) in one step.
+    cfg.eval.pgd.step_size_factor = 0.01;
+    let data = EvalSet::first(x.shallow_clone(), y.shallow_clone()).unwrap();
+    let run = |model: &mut LinearModel, start: CurveStart| {
+        let mut plan = EvalPlan::from_config(&cfg).unwrap();
+        plan.batch = BatchSize::Fixed(64);
+        plan.curve_start = start;
+        let mut scorer = TchScorer::new(&copy);
+        evaluate(model, &mut scorer, &data, &plan, &mut |_| {}).unwrap()
+    };
+    let at = |e: &Evaluation, r: f64| {
+        e.per_sample
+            .curve
+            .iter()
+            .find(|(e, _)| *e == r)
+            .unwrap()
+            .1
+            .clone()
+    };
+    let exact_eps = linear_exact(&model, &x, &y, eps);
+    let exact_above = linear_exact(&model, &x, &y, above);
+    let flips = exact_eps
+        .iter()
+        .zip(&exact_above)
+        .filter(|(a, b)| **a && !**b)
+        .count();
+    assert!(
+        flips >= 10,
+        "{flips} samples break between {eps} and {above}: too few to tell"
+    );
+
+    let warm = run(&mut model, CurveStart::Warm);
+    assert_eq!(
+        warm.per_sample.worst_case_robust, exact_eps,
+        "FGSM at eps is exact"
+    );
+    assert_eq!(
+        at(&warm, above),
+        exact_above,
+        "warm: not the closed form at {above}"
+    );
+    let info = warm.result.curve.clone().unwrap();
+    assert_eq!((info.start, info.steps), (Some(CurveStart::Warm), 1));
+    let yaml = serde_norway::to_string(&warm.result).unwrap();
+    assert!(yaml.contains("start: warm"), "{yaml}");
+
+    let random = run(&mut model, CurveStart::Random);
+    let missed = at(&random, above)
+        .iter()
+        .zip(&exact_above)
+        .filter(|(r, e)| **r && !**e)
+        .count();
+    assert!(
+        missed > 0,
+        "a random start found every break: the test shows nothing"
+    );
+    assert_eq!(
+        random.result.curve.as_ref().unwrap().start,
+        Some(CurveStart::Random)
+    );
+    assert_monotone(&warm);
+    assert_monotone(&random);
 }

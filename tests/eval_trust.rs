@@ -229,6 +229,7 @@ fn robust_accuracy_rising_with_eps_is_reported_and_a_monotone_curve_is_not() {
         },
         curve_protocol: CurveProtocol::Independent,
         curve_steps: 10,
+        curve_start: robustd::eval::CurveStart::Warm,
         seed: 0,
         batch: BatchSize::Fixed(20),
         mode: robustd::eval::Mode::Ensemble,

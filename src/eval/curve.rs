@@ -10,8 +10,12 @@
 //!   projected onto the smaller ball, is tried first (one scorer pass: a sound break when it still fools the model,
 //!   since the projection lies in the ball) and the sample is attacked only when it does not. The curve's PGD
 //!   takes `eval.curve_steps` steps with the step size that keeps `eval.pgd`'s total travel, and a sample leaves it
-//!   at its first misclassified iterate ([`Keep::FirstAdversarial`]). The curve is monotone by construction. With no
-//!   configured attack there is no verdict to reuse: the sweep then starts at radius 0 (clean accuracy) and goes up.
+//!   at its first misclassified iterate ([`Keep::FirstAdversarial`]). With `eval.curve_start: warm` (the default)
+//!   it starts where the sweep already is for the sample instead of at a random point: below the anchor at that
+//!   projection, above it at the last iterate of the attack the sample withstood one radius down (the anchor's
+//!   attacks' own iterate first), so the attacks at successive radii continue one another. The curve is monotone
+//!   by construction. With no configured attack there is no verdict to reuse: the sweep then starts at radius 0
+//!   (clean accuracy) and goes up.
 //! - `independent`: `eval.pgd` on every clean-correct sample at every radius, each radius on its own (what other
 //!   tools report; the only protocol whose curve can come out non-monotone, which the trust checks flag).
 //!
@@ -22,7 +26,7 @@ use std::time::Instant;
 use tch::Tensor;
 
 use super::result::CurveInfo;
-use super::{CurveProtocol, EvalError, EvalPlan};
+use super::{CurveProtocol, CurveStart, EvalError, EvalPlan};
 use crate::attack::noise::derive_seed;
 use crate::attack::pgd::{Keep, PgdParams};
 use crate::attack::Attack;
@@ -52,11 +56,20 @@ impl Known<'_> {
             self.examples.keep(i, x_adv);
         }
     }
+
+    /// Records the last iterate of an attack sample `i` withstood, while no adversarial example of it is known:
+    /// the warm start of its attack at the next larger radius.
+    pub fn record_iterate(&mut self, i: usize, x: impl FnOnce() -> Option<Tensor>) {
+        if self.min_norm[i].is_infinite() {
+            self.examples.keep(i, x);
+        }
+    }
 }
 
-/// The adversarial examples the sweep projects onto smaller balls, one per sample, within a memory budget
-/// (an evaluation of 10 000 large images must not hold 10 000 more of them): a sample whose example does not fit
-/// is attacked at the smaller radii as if it had none.
+/// One point per sample, within a memory budget (an evaluation of 10 000 large images must not hold 10 000 more
+/// of them): its smallest verified adversarial example, which the sweep projects onto smaller balls, or, while it
+/// has none, the last iterate of an attack it withstood, where the sweep's attack at a larger radius starts. A
+/// sample whose point does not fit is judged at the other radii as if it had none.
 pub(super) struct ExampleStore {
     rows: Vec<Option<Tensor>>,
     bytes: usize,
@@ -106,13 +119,32 @@ pub(super) struct Found {
     pub projected: bool,
 }
 
+/// What the sweep knows of each row of a stage before attacking it.
+#[derive(Default)]
+pub(super) struct Starts {
+    /// Empty, or one entry per row: a point near the row (an adversarial example from a larger radius, or the
+    /// last iterate of an attack it withstood at a smaller one).
+    pub points: Vec<Option<Tensor>>,
+    /// The points are adversarial examples: each, projected onto the stage's ball, is judged first (one scorer
+    /// pass), and its row is attacked only when that projection does not fool the scorer.
+    pub try_first: bool,
+    /// The attack starts each row with a point there (projected onto the ball) instead of a random start
+    /// (`eval.curve_start: warm`).
+    pub warm: bool,
+}
+
+/// How a row of a curve stage came out: broken, with its verified example, or held, with the last iterate of
+/// the attack it withstood (when one ran and could be copied).
+pub(super) enum Outcome {
+    Broken(Found),
+    Held(Option<Tensor>),
+}
+
 /// Judges the samples `rows` at radius `eps` (reporting the stage `Curve(eps)`; called once per entry of
-/// `eval.eps_curve`, with no rows where the verdict needs no attack). `candidates` is empty or holds one entry
-/// per row: a row's candidate example, projected onto the ball of radius `eps`, is scored first, and the row is
-/// attacked with the given attack only when that projection does not fool the scorer. Returns, per row, its
-/// verified adversarial example when broken.
-pub(super) type AttackAt<'a> = dyn FnMut(f64, &Attack, &[usize], &[Option<Tensor>]) -> Result<Vec<Option<Found>>, EvalError>
-    + 'a;
+/// `eval.eps_curve`, with no rows where the verdict needs no attack), given what [`Starts`] says of them, with
+/// the given attack. Returns one outcome per row.
+pub(super) type AttackAt<'a> =
+    dyn FnMut(f64, &Attack, &[usize], &Starts) -> Result<Vec<Outcome>, EvalError> + 'a;
 
 /// The curve: per radius of `eval.eps_curve` (in its order) the samples held there, and the report's record.
 pub(super) struct Curve {
@@ -157,6 +189,7 @@ pub(super) fn measure(
         held,
         info: Some(CurveInfo {
             protocol: plan.curve_protocol,
+            start: (plan.curve_protocol == CurveProtocol::Sweep).then_some(plan.curve_start),
             anchor,
             anchor_attacks,
             steps: params.steps,
@@ -205,13 +238,13 @@ struct Tally {
     from_projection: usize,
 }
 
-/// Judges `rows` at `eps` (their `candidates` first, see [`AttackAt`], then the curve's PGD) and records what
-/// broke in `known`; the broken rows come back.
+/// Judges `rows` at `eps` (see [`AttackAt`]) and records in `known` what broke, and the last iterates of what
+/// held; the broken rows come back.
 fn attack_rows(
     eps: f64,
     params: &PgdParams,
     rows: &[usize],
-    candidates: &[Option<Tensor>],
+    starts: &Starts,
     known: &mut Known<'_>,
     attack_at: &mut AttackAt<'_>,
     tally: &mut Tally,
@@ -221,21 +254,39 @@ fn attack_rows(
         step_size: params.step_size * eps,
         ..params.clone()
     });
-    let found = attack_at(eps, &attack, rows, candidates)?;
-    let projected = found.iter().flatten().filter(|f| f.projected).count();
+    let outcomes = attack_at(eps, &attack, rows, starts)?;
+    let projected = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Broken(f) if f.projected))
+        .count();
     tally.from_projection += projected;
     tally.attacked += rows.len() - projected;
     Ok(rows
         .iter()
-        .zip(found)
-        .map(|(&i, found)| match found {
-            Some(f) => {
+        .zip(outcomes)
+        .map(|(&i, outcome)| match outcome {
+            Outcome::Broken(f) => {
                 known.record(i, f.norm, || Some(f.x_adv));
                 true
             }
-            None => false,
+            Outcome::Held(last) => {
+                known.record_iterate(i, || last);
+                false
+            }
         })
         .collect())
+}
+
+/// The points `known` holds for `rows` (see [`ExampleStore`]), as a stage's [`Starts`].
+fn starts_of(known: &Known<'_>, rows: &[usize], try_first: bool, warm: bool) -> Starts {
+    if !(try_first || warm) {
+        return Starts::default();
+    }
+    Starts {
+        points: rows.iter().map(|&i| known.examples.get(i)).collect(),
+        try_first,
+        warm,
+    }
 }
 
 fn independent(
@@ -257,7 +308,8 @@ fn independent(
     for &eps in &plan.eps_curve {
         let mut held = verdicts.clean_correct.to_vec();
         let targets: &[usize] = if eps > 0.0 { &correct } else { &[] };
-        let broken = attack_rows(eps, params, targets, &[], &mut scratch, attack_at, tally)?;
+        let none = Starts::default();
+        let broken = attack_rows(eps, params, targets, &none, &mut scratch, attack_at, tally)?;
         for (&i, b) in targets.iter().zip(broken) {
             held[i] &= !b;
         }
@@ -290,7 +342,15 @@ fn sweep(
 
     // At the anchor (and at radius 0) the verdict is known.
     for &eps in radii.iter().filter(|&&e| e == anchor || e <= 0.0) {
-        attack_rows(eps, params, &[], &[], &mut known, attack_at, tally)?;
+        attack_rows(
+            eps,
+            params,
+            &[],
+            &Starts::default(),
+            &mut known,
+            attack_at,
+            tally,
+        )?;
         let held = if eps == anchor {
             anchor_held.clone()
         } else {
@@ -298,18 +358,22 @@ fn sweep(
         };
         found.push((eps, held));
     }
-    // Upward: samples still held are attacked at the next radius; a break holds at every larger one.
+    // Upward: samples still held are attacked at the next radius (warm: from the last iterate of the attack they
+    // withstood); a break holds at every larger one.
+    let warm = plan.curve_start == CurveStart::Warm;
     let mut state = anchor_held.clone();
     for &eps in radii.iter().filter(|&&e| e > anchor) {
         let targets = rows_where(&state, |_, held| held);
-        let broken = attack_rows(eps, params, &targets, &[], &mut known, attack_at, tally)?;
+        let starts = starts_of(&known, &targets, false, warm);
+        let broken = attack_rows(eps, params, &targets, &starts, &mut known, attack_at, tally)?;
         for (&i, b) in targets.iter().zip(broken) {
             state[i] &= !b;
         }
         found.push((eps, state.clone()));
     }
     // Downward: samples broken so far are judged at the next smaller radius (their example projected, then an
-    // attack), unless an example already found lies within it; a hold is taken to hold at every smaller radius.
+    // attack, warm: from that projection), unless an example already found lies within it; a hold is taken to
+    // hold at every smaller radius.
     let mut state = anchor_held;
     for &eps in radii.iter().rev().filter(|&&e| e < anchor && e > 0.0) {
         let mut targets = Vec::new();
@@ -320,17 +384,8 @@ fn sweep(
                 targets.push(i);
             }
         }
-        let candidates: Vec<Option<Tensor>> =
-            targets.iter().map(|&i| known.examples.get(i)).collect();
-        let broken = attack_rows(
-            eps,
-            params,
-            &targets,
-            &candidates,
-            &mut known,
-            attack_at,
-            tally,
-        )?;
+        let starts = starts_of(&known, &targets, true, warm);
+        let broken = attack_rows(eps, params, &targets, &starts, &mut known, attack_at, tally)?;
         for (&i, b) in targets.iter().zip(broken) {
             state[i] = !b;
         }
@@ -341,7 +396,15 @@ fn sweep(
     let mut reported = Vec::new();
     for &eps in &plan.eps_curve {
         if reported.contains(&eps.to_bits()) {
-            attack_rows(eps, params, &[], &[], &mut known, attack_at, tally)?;
+            attack_rows(
+                eps,
+                params,
+                &[],
+                &Starts::default(),
+                &mut known,
+                attack_at,
+                tally,
+            )?;
         }
         reported.push(eps.to_bits());
         let held = found

@@ -35,8 +35,8 @@ use tch::{Kind, Tensor};
 use thiserror::Error;
 
 use crate::attack::{Attack, AttackError};
-pub use crate::config::CurveProtocol;
 use crate::config::{Config, EvalMode, EvalPreset, ExamplesSpec, Norm, PgdSpec};
+pub use crate::config::{CurveProtocol, CurveStart};
 use crate::model::ModelError;
 pub use batch::BatchSize;
 pub use examples::AdversarialExamples;
@@ -159,6 +159,8 @@ pub struct EvalPlan {
     pub curve_protocol: CurveProtocol,
     /// PGD steps per radius of the `sweep` curve.
     pub curve_steps: usize,
+    /// Where the `sweep` curve's PGD starts a sample.
+    pub curve_start: CurveStart,
     pub seed: u64,
     pub batch: BatchSize,
     pub mode: Mode,
@@ -188,6 +190,7 @@ impl EvalPlan {
             curve_pgd: cfg.eval.pgd.clone(),
             curve_protocol: cfg.eval.curve_protocol,
             curve_steps: cfg.eval.curve_steps,
+            curve_start: cfg.eval.curve_start,
             seed,
             batch,
             mode: match cfg.eval.mode {

@@ -16,8 +16,8 @@ use super::result::{
 };
 use super::stats::clopper_pearson;
 use super::{
-    batch, curve, preset, trust, CurveProtocol, EvalError, EvalPlan, EvalSet, Evaluation, Mode,
-    Progress, Stage,
+    batch, curve, preset, trust, CurveProtocol, CurveStart, EvalError, EvalPlan, EvalSet,
+    Evaluation, Mode, Progress, Stage,
 };
 use crate::attack::{pgd, square, Attack, AttackError, AttackRun};
 use crate::config::Norm;
@@ -178,11 +178,15 @@ fn run_protocol(
     // Per sample, the smallest perturbation of a verified adversarial example and, when the sweep has radii
     // below the anchor to project it onto, the example itself (the curve reuses both).
     let mut min_norm = vec![f64::INFINITY; n];
-    let projects = plan.curve_protocol == CurveProtocol::Sweep
-        && plan.eps_curve.iter().any(|&e| e > 0.0 && e < plan.eps);
+    let sweeps = plan.curve_protocol == CurveProtocol::Sweep;
+    let projects = sweeps && plan.eps_curve.iter().any(|&e| e > 0.0 && e < plan.eps);
+    // ... and, when the sweep's attacks above the anchor start warm, the last iterate of each sample that held.
+    let warm_above = sweeps
+        && plan.curve_start == CurveStart::Warm
+        && plan.eps_curve.iter().any(|&e| e > plan.eps);
     let mut kept = curve::ExampleStore::new(
         n,
-        if projects {
+        if projects || warm_above {
             curve::EXAMPLE_BUDGET_BYTES
         } else {
             0
@@ -207,7 +211,7 @@ fn run_protocol(
         let mut outcome = vec![NOT_ATTACKED; n];
         let mut queries = 0usize;
         for chunk in targets.chunks(batch) {
-            let done = attack_chunk(attack, model, scorer, data, chunk, &mut recheck)?;
+            let done = attack_chunk(attack, model, scorer, data, chunk, None, &mut recheck)?;
             let indices: Vec<u64> = chunk.iter().map(|&i| data.indices[i]).collect();
             let chunk_labels: Vec<i64> = chunk.iter().map(|&i| labels[i]).collect();
             examples.offer(Offer {
@@ -223,6 +227,8 @@ fn run_protocol(
                 outcome[i] = if b { BROKEN } else { HELD };
                 if b {
                     known.record(i, d, || example_row(&done.x_adv, j));
+                } else if warm_above {
+                    known.record_iterate(i, || example_row(&done.x_adv, j));
                 }
             }
             queries += done.queries;
@@ -269,48 +275,78 @@ fn run_protocol(
             anchor: (!attacks.is_empty()).then_some((robust.as_slice(), anchor_attacks)),
             known,
         };
-        let mut attack_at = |eps: f64,
-                             pgd: &Attack,
-                             targets: &[usize],
-                             candidates: &[Option<Tensor>]| {
+        let mut attack_at = |eps: f64, pgd: &Attack, targets: &[usize], starts: &curve::Starts| {
             stages.begin(Stage::Curve(eps), targets.len());
-            let mut found: Vec<Option<curve::Found>> = targets.iter().map(|_| None).collect();
-            // Candidates first: each projected onto this radius's ball, judged in one scorer pass per batch.
-            let tried: Vec<usize> = (0..targets.len())
-                .filter(|&k| candidates.get(k).is_some_and(Option::is_some))
-                .collect();
-            for part in tried.chunks(batch) {
-                let idx: Vec<usize> = part.iter().map(|&k| targets[k]).collect();
-                let xb = rows(&data.x, &idx)?;
-                let stacked: Vec<Tensor> = part
-                    .iter()
-                    .filter_map(|&k| candidates[k].as_ref().map(Tensor::shallow_clone))
-                    .collect();
-                let projected = pgd::project(&Tensor::f_stack(&stacked, 0)?, &xb, plan.norm, eps)?;
-                let verdict = judged(scorer, &projected, &xb, &rows(&data.y, &idx)?, plan.norm)?;
-                for (j, &k) in part.iter().enumerate() {
-                    if verdict.broken[j] {
-                        found[k] = found_example(&projected, j, verdict.norms[j], true);
+            let mut out: Vec<Option<curve::Outcome>> = targets.iter().map(|_| None).collect();
+            let point = |k: usize| starts.points.get(k).and_then(Option::as_ref);
+            // Adversarial examples from a larger radius first: each projected onto this radius's ball, judged in
+            // one scorer pass per batch.
+            if starts.try_first {
+                let tried: Vec<usize> =
+                    (0..targets.len()).filter(|&k| point(k).is_some()).collect();
+                for part in tried.chunks(batch) {
+                    let idx: Vec<usize> = part.iter().map(|&k| targets[k]).collect();
+                    let xb = rows(&data.x, &idx)?;
+                    let stacked: Vec<Tensor> = part
+                        .iter()
+                        .filter_map(|&k| point(k).map(Tensor::shallow_clone))
+                        .collect();
+                    let projected =
+                        pgd::project(&Tensor::f_stack(&stacked, 0)?, &xb, plan.norm, eps)?;
+                    let verdict =
+                        judged(scorer, &projected, &xb, &rows(&data.y, &idx)?, plan.norm)?;
+                    for (j, &k) in part.iter().enumerate() {
+                        if verdict.broken[j] {
+                            out[k] = found_example(&projected, j, verdict.norms[j], true)
+                                .map(curve::Outcome::Broken);
+                        }
                     }
                 }
+                let projected = out.iter().flatten().count();
+                if projected > 0 {
+                    stages.advance(projected);
+                }
             }
-            let projected = tried.iter().filter(|&&k| found[k].is_some()).count();
-            if projected > 0 {
-                stages.advance(projected);
-            }
-            // The rest: the curve's attack.
-            let rest: Vec<usize> = (0..targets.len()).filter(|&k| found[k].is_none()).collect();
+            // The rest: the curve's attack, warm rows starting at their points.
+            let rest: Vec<usize> = (0..targets.len()).filter(|&k| out[k].is_none()).collect();
             for part in rest.chunks(batch) {
                 let chunk: Vec<usize> = part.iter().map(|&k| targets[k]).collect();
-                let done = attack_chunk(pgd, model, scorer, data, &chunk, &mut recheck)?;
+                let given: Vec<bool> = part
+                    .iter()
+                    .map(|&k| starts.warm && point(k).is_some())
+                    .collect();
+                let points = if given.contains(&true) {
+                    let stacked = part
+                        .iter()
+                        .zip(&given)
+                        .map(|(&k, &g)| match point(k) {
+                            Some(p) if g => Ok(p.shallow_clone()),
+                            _ => data.x.f_select(0, targets[k] as i64),
+                        })
+                        .collect::<Result<Vec<Tensor>, _>>()?;
+                    Some(Tensor::f_stack(&stacked, 0)?)
+                } else {
+                    None
+                };
+                let warm = points
+                    .as_ref()
+                    .map(|x| pgd::GivenStarts { x, given: &given });
+                let done = attack_chunk(pgd, model, scorer, data, &chunk, warm, &mut recheck)?;
                 for (j, &k) in part.iter().enumerate() {
-                    if done.broken[j] {
-                        found[k] = found_example(&done.x_adv, j, done.norms[j], false);
-                    }
+                    out[k] = if done.broken[j] {
+                        found_example(&done.x_adv, j, done.norms[j], false)
+                            .map(curve::Outcome::Broken)
+                    } else {
+                        Some(curve::Outcome::Held(example_row(&done.x_adv, j)))
+                    };
                 }
                 stages.advance(chunk.len());
             }
-            Ok::<_, EvalError>(found)
+            Ok::<_, EvalError>(
+                out.into_iter()
+                    .map(|o| o.unwrap_or(curve::Outcome::Held(None)))
+                    .collect(),
+            )
         };
         curve::measure(plan, verdicts, &mut attack_at)?
     };
@@ -452,13 +488,14 @@ fn attack_chunk(
     scorer: &mut dyn Scorer,
     data: &EvalSet,
     chunk: &[usize],
+    starts: Option<pgd::GivenStarts<'_>>,
     recheck: &mut OrtRecheck,
 ) -> Result<ChunkOutcome, EvalError> {
     let xb = rows(&data.x, chunk)?;
     let yb = rows(&data.y, chunk)?;
     let keys: Vec<u64> = chunk.iter().map(|&i| data.indices[i]).collect();
     let run = match (model, attack) {
-        (Some(model), _) => attack.run(model, scorer, &xb, &yb, &keys)?,
+        (Some(model), _) => attack.run_from(model, scorer, &xb, &yb, &keys, starts)?,
         (None, Attack::Square(p)) => {
             let out = square::square(scorer, &xb, &yb, Some(&keys), p)?;
             AttackRun {

@@ -141,6 +141,10 @@ pub struct CurveInfo {
     /// was configured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anchor_attacks: Vec<String>,
+    /// `sweep`: where the curve's PGD starts a sample (`warm`: from the point the sweep already has for it;
+    /// `random`: as `eval.pgd.random_start` says). `independent` starts as `eval.pgd` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::config::CurveStart>,
     /// The curve's PGD at each radius.
     pub steps: usize,
     pub restarts: usize,
