@@ -86,6 +86,8 @@ pub fn measure(settings: &Settings, model: &Path, w: &Workload) -> Result<(Value
     std::fs::create_dir_all(&logs)?;
     let (mut ours, mut theirs) = (Side::default(), Side::default());
     let mut report = Value::Null;
+    // Per repeat, (PGD stage + eps curve) ÷ PGD stage from robustd's report.
+    let mut curve_ratio = Vec::new();
     for rep in 0..settings.reps {
         let out = dir.join(format!("robustd-{rep}"));
         let _ = std::fs::remove_dir_all(&out);
@@ -102,6 +104,13 @@ pub fn measure(settings: &Settings, model: &Path, w: &Workload) -> Result<(Value
         let text = std::fs::read_to_string(out.join("report.yaml"))
             .with_context(|| format!("robustd wrote no report in {}", out.display()))?;
         report = serde_norway::from_str(&text)?;
+        let before = &report["evaluation"]["before"];
+        if let (Some(attack), Some(curve)) = (
+            before["attacks"]["pgd"]["seconds"].as_f64(),
+            before["curve"]["seconds"].as_f64(),
+        ) {
+            curve_ratio.push((attack + curve) / attack);
+        }
         ours.push(
             &exit,
             report["evaluation"]["before"]["worst_case_acc"].as_f64(),
@@ -120,11 +129,72 @@ pub fn measure(settings: &Settings, model: &Path, w: &Workload) -> Result<(Value
         let line: Value = serde_norway::from_str(exit.stdout.lines().last().context("no output")?)?;
         theirs.push(&exit, line["robust_acc"].as_f64());
     }
+    // The default curve against PGD-20 at every radius on its own (`eval.curve_protocol: independent`), once.
+    let independent = dir.join("independent");
+    let _ = std::fs::remove_dir_all(&independent);
+    let config = dir.join("independent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "runtime: {{threads: {}}}\neval: {{curve_protocol: independent}}\n",
+            settings.threads
+        ),
+    )?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_robustd"));
+    cmd.arg("eval")
+        .arg(model)
+        .args(["--attacks", "pgd", "--n", n, "--eps", eps])
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(&independent)
+        .env("RUST_LOG", "warn");
+    run(
+        cmd,
+        &logs.join(format!("{stem}-eval-process-independent.log")),
+    )?;
+    let text = std::fs::read_to_string(independent.join("report.yaml"))
+        .with_context(|| format!("robustd wrote no report in {}", independent.display()))?;
+    let independent: Value = serde_norway::from_str(&text)?;
+
     let mut robustd = ours.value();
     if let Value::Mapping(m) = &mut robustd {
         m.insert("breakdown".into(), breakdown(&report));
+        m.insert(
+            "curve_ratio".into(),
+            Value::Sequence(curve_ratio.into_iter().map(Value::from).collect()),
+        );
+        m.insert(
+            "curve_vs_independent".into(),
+            curve_gaps(&report, &independent),
+        );
     }
     Ok((robustd, theirs.value()))
+}
+
+/// Per radius of the eps curve, the default sweep's robust accuracy minus the independent protocol's (positive:
+/// the sweep found fewer breaks), with both curves' seconds.
+fn curve_gaps(sweep: &Value, independent: &Value) -> Value {
+    let curve = |r: &Value| r["evaluation"]["before"]["robust_acc_vs_eps"].clone();
+    let seconds = |r: &Value| r["evaluation"]["before"]["curve"]["seconds"].clone();
+    let theirs = curve(independent);
+    let gaps: Vec<Value> = curve(sweep)
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .filter_map(|(eps, acc)| {
+            let gap = acc.as_f64()? - theirs.get(eps)?.as_f64()?;
+            let mut m = Mapping::new();
+            m.insert("eps".into(), eps.clone());
+            m.insert("gap".into(), gap.into());
+            Some(Value::Mapping(m))
+        })
+        .collect();
+    let mut m = Mapping::new();
+    m.insert("gaps".into(), Value::Sequence(gaps));
+    m.insert("sweep_s".into(), seconds(sweep));
+    m.insert("independent_s".into(), seconds(independent));
+    Value::Mapping(m)
 }
 
 #[derive(Default)]

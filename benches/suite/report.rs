@@ -292,6 +292,14 @@ impl Run<'_> {
             );
             row(
                 s,
+                "eps curve + PGD-20 ≤ 1.5× PGD-20 alone (default curve, `robustd eval` timing block)",
+                self.find(m, "eval-process")
+                    .map(|r| median(&numbers(&r.robustd, "curve_ratio"))),
+                "{}×",
+                &|v| v <= 1.5,
+            );
+            row(
+                s,
                 "PGD-AT epoch time ≤ 1.0× PyTorch eager",
                 self.time_ratio(m, "epoch pgd-at"),
                 "{}×",
@@ -485,7 +493,7 @@ impl Run<'_> {
             return;
         }
         let _ = writeln!(s, "\nWhole process (`eval-process`): both sides timed from outside as processes, repeats alternating. robustd: `robustd eval MODEL --attacks pgd --n N --eps 0.1` with the default config (eps curve included; `runtime.threads` set); reference: `scripts/bench_user_pgd.py` (python start, `import torch, torchattacks`, the model, the test images, torchattacks PGD-20 of eps/8, clean and robust accuracy), run without the suite's allocator settings, as a user runs it. Where robustd's time went (seconds, from its report's `timing` block, last repeat):\n");
-        for r in rows {
+        for r in &rows {
             let b = &r.robustd["breakdown"];
             let num = |v: &Value| v.as_f64().map_or("?".into(), |x| format!("{x:.2}"));
             let parts: Vec<String> = b["parts"]
@@ -506,6 +514,31 @@ impl Run<'_> {
                 num(&b["attack_s"]),
                 num(&b["curve_s"]),
                 parts.join(", ")
+            );
+        }
+        let _ = writeln!(s, "\nThe default eps curve (`sweep`, 5 warm-started steps per radius) against PGD-20 at every radius on its own (`eval.curve_protocol: independent`), same samples: robust accuracy, sweep minus independent, in percentage points (positive: the sweep found fewer breaks), and the two curves' seconds:\n");
+        for r in rows {
+            let c = &r.robustd["curve_vs_independent"];
+            let gaps: Vec<String> = c["gaps"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| {
+                    Some(format!(
+                        "{}: {:+.1}",
+                        g["eps"].as_f64()?,
+                        100.0 * g["gap"].as_f64()?
+                    ))
+                })
+                .collect();
+            let num = |v: &Value| v.as_f64().map_or("?".into(), |x| format!("{x:.2}"));
+            let _ = writeln!(
+                s,
+                "- {}: {} (curve {} s vs {} s)",
+                pretty(&r.model.name),
+                gaps.join(", "),
+                num(&c["sweep_s"]),
+                num(&c["independent_s"])
             );
         }
         let _ = writeln!(s);
