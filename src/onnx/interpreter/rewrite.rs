@@ -435,9 +435,12 @@ mod tests {
         );
         let after = run(&steps, &consts, &x, out);
         let diff = (&after - &before).abs().max().double_value(&[]);
+        // Float32 rounding, relative to the values' size: a fused linear sums its 267 products in another order
+        // than MatMul + Add (AMD EPYC without AVX-512: 3e-5 apart on outputs near 300).
+        let scale = before.abs().max().double_value(&[]).max(1.0);
         assert!(
-            diff < 2e-6,
-            "{fused}: fused and decomposed differ by {diff}"
+            diff < 1e-6 * scale,
+            "{fused}: fused and decomposed differ by {diff} (values up to {scale})"
         );
     }
 
