@@ -48,6 +48,30 @@ fn logits_match_onnxruntime_and_pytorch_on_every_fixture() {
 }
 
 #[test]
+fn shape_only_values_follow_the_batch_size_from_run_to_run() {
+    // The interpreter evaluates the integer subgraphs that read the input only through its shape once per input
+    // shape: a batch of another size must recompute them, and coming back to a size must not use stale values.
+    for name in FIXTURES {
+        let model = load(name);
+        let tch = tch_model(&model);
+        let x = npz_f32(&fixture(name).with_extension("npz"), "x");
+        let n = x.size()[0];
+        let mut ort = OrtScorer::new(model.path(), tch.adapter().clone(), 1).unwrap();
+        for rows in [n, 1, n.min(3), n, n.min(3), 1] {
+            let part = x.narrow(0, 0, rows);
+            let ours = tch.forward(&part).unwrap();
+            let theirs = ort.logits(&part).unwrap();
+            assert_eq!(ours.size(), [rows, 10], "{name} at batch {rows}");
+            let diff = max_abs_diff(&ours, &theirs);
+            assert!(
+                diff < 1e-3,
+                "{name} at batch {rows}: |tch - onnxruntime| = {diff:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
 fn input_gradients_match_pytorch_autograd() {
     for name in FIXTURES {
         let model = load(name);

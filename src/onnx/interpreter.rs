@@ -2,6 +2,8 @@
 //! initializers as tch tensors on the device, integer/shape subgraphs over constants evaluated and folded, every
 //! remaining node bound to its op function with slot numbers for its inputs and outputs, and each slot's last use
 //! known so intermediates are dropped as soon as nothing needs them — then evaluates that plan with autograd.
+//! The integer subgraphs that read the input only through its shape (a dynamic-batch export's `Shape` → `Gather`
+//! → `Unsqueeze` → `Concat` chains feeding `Reshape`) are evaluated once per input shape ([`ShapeMemo`]).
 //!
 //! Which initializers train is decided by their role ([`super::Role`]): conv/linear weights, biases and PRelu
 //! slopes always; BatchNorm/Instance/LayerNorm scale and bias only with `train_batchnorm`; running statistics
@@ -71,6 +73,86 @@ struct StateEntry {
     quantized: Option<QuantizedWeight>,
 }
 
+/// Which steps compute values that depend on the graph's inputs only through tensor shapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Memo {
+    /// A value computed from data.
+    No,
+    /// `Shape` or `Size` of a computed tensor: its output is a function of that tensor's shape.
+    Root,
+    /// A deterministic default-domain op reading only immutable constants and the outputs of `Root` and
+    /// `Derived` steps: its outputs are a function of the shapes those roots (step indices) read.
+    Derived(Vec<usize>),
+}
+
+/// The last run's shape-only values. Why by hand: a dynamic-batch export recomputes ~100 integer ops per forward
+/// pass from the input's shape (the small ViT: 27 Shape, 26 Gather, 25 Unsqueeze, 15 Concat), each a tensor op
+/// with its dispatch cost, ~20 % of that model's forward time at batch 50; between runs of the same input shape
+/// their values cannot change. A `Root` step whose input has the shape it had last time reuses its outputs, and a
+/// `Derived` step whose roots all did reuses its own.
+#[derive(Default)]
+struct ShapeMemo {
+    /// Per step: the input shape a `Root` last saw.
+    shapes: Vec<Option<Vec<i64>>>,
+    /// Per step: the outputs a `Root` or `Derived` step last produced.
+    outputs: Vec<Option<Vec<Tensor>>>,
+    /// The last run that used these values finished: a run stopped by an error may have left a root's new shape
+    /// beside a derived value of its old one, so the next run starts afresh.
+    complete: bool,
+}
+
+/// Marks the steps of `steps` whose values depend on the inputs only through shapes (see [`Memo`]).
+fn shape_memo_plan(steps: &[Step], immutable: &[bool]) -> Vec<Memo> {
+    // Per slot, the root steps it derives from, for slots made by `Root`/`Derived` steps.
+    let mut derived: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut memo = Vec::with_capacity(steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        let default_domain = is_default_domain(&step.node.domain);
+        let kind = if default_domain
+            && matches!(step.node.op_type.as_str(), "Shape" | "Size")
+            && matches!(step.inputs.first(), Some(Src::Slot(_)))
+        {
+            Memo::Root
+        } else if default_domain && ops::is_foldable(&step.node.op_type) {
+            let mut roots = Vec::new();
+            let mut reads_shapes = false;
+            let only_shapes = step.inputs.iter().all(|s| match s {
+                Src::Const(k) => immutable.get(*k).copied().unwrap_or(false),
+                Src::Absent => true,
+                Src::Slot(k) => match derived.get(k) {
+                    Some(r) => {
+                        reads_shapes = true;
+                        roots.extend_from_slice(r);
+                        true
+                    }
+                    None => false,
+                },
+            });
+            if only_shapes && reads_shapes {
+                roots.sort_unstable();
+                roots.dedup();
+                Memo::Derived(roots)
+            } else {
+                Memo::No
+            }
+        } else {
+            Memo::No
+        };
+        let roots = match &kind {
+            Memo::Root => Some(vec![i]),
+            Memo::Derived(r) => Some(r.clone()),
+            Memo::No => None,
+        };
+        if let Some(roots) = roots {
+            for k in step.outputs.iter().flatten() {
+                derived.insert(*k, roots.clone());
+            }
+        }
+        memo.push(kind);
+    }
+    memo
+}
+
 /// The ONNX graph as a differentiable, trainable computation on tch. See the module docs.
 pub struct Interpreter {
     file: PathBuf,
@@ -91,6 +173,10 @@ pub struct Interpreter {
     train: bool,
     /// `limits.max_tensor_elements` of the model's load: no tensor the plan builds may be larger.
     max_elements: u64,
+    /// Per step, whether its values depend on the inputs only through shapes.
+    memo: Vec<Memo>,
+    /// Their values from the last run; a run that finds it locked (another thread's) computes them.
+    memo_values: std::sync::Mutex<ShapeMemo>,
 }
 
 /// Builds the plan: constants, value sources, folding, steps. Recursive for the chosen branches of `If`.
@@ -196,6 +282,7 @@ impl Interpreter {
             mut consts,
             mut steps,
             slot_count,
+            immutable,
             ..
         } = planner;
         let fused = rewrite::fuse_patterns(&mut steps, &consts, &outputs);
@@ -203,6 +290,7 @@ impl Interpreter {
         rewrite::store_conv_weights_channels_last(&steps, &mut consts, device)
             .map_err(torch_err("channels-last convolution weights".into()))?;
         compute_releases(&mut steps, &outputs, slot_count);
+        let memo = shape_memo_plan(&steps, &immutable);
 
         Ok(Self {
             file,
@@ -220,6 +308,12 @@ impl Interpreter {
             outputs,
             train: false,
             max_elements: model.limits().max_tensor_elements,
+            memo_values: std::sync::Mutex::new(ShapeMemo {
+                shapes: vec![None; memo.len()],
+                outputs: (0..memo.len()).map(|_| None).collect(),
+                complete: true,
+            }),
+            memo,
         })
     }
 
@@ -241,7 +335,17 @@ impl Interpreter {
         for ((&s, t), info) in self.input_slots.iter().zip(inputs).zip(&self.inputs) {
             slots[s] = Some(self.checked_input(t, info)?);
         }
-        for step in &self.steps {
+        let mut memo = self.memo_values.try_lock().ok();
+        if let Some(m) = memo.as_deref_mut() {
+            if !m.complete {
+                m.shapes.fill(None);
+                m.outputs.iter_mut().for_each(|o| *o = None);
+            }
+            m.complete = false;
+        }
+        // Per step, whether a `Root` found the shape it saw last time.
+        let mut same_shape = vec![false; self.steps.len()];
+        for (i, step) in self.steps.iter().enumerate() {
             let args: Vec<Option<&Tensor>> = step
                 .inputs
                 .iter()
@@ -251,16 +355,46 @@ impl Interpreter {
                     Src::Absent => None,
                 })
                 .collect();
-            let ctx = OpCtx {
-                node: &step.node,
-                opset: self.opset,
-                train: self.train,
-                train_batchnorm: self.options.train_batchnorm,
-                max_elements: self.max_elements,
+            let remembered = match (&self.memo[i], memo.as_deref_mut()) {
+                (Memo::No, _) | (_, None) => None,
+                (Memo::Root, Some(m)) => {
+                    let shape = args.first().copied().flatten().map(Tensor::size);
+                    same_shape[i] = shape.is_some() && m.shapes[i] == shape;
+                    if !same_shape[i] {
+                        m.shapes[i] = shape;
+                        m.outputs[i] = None;
+                    }
+                    m.outputs[i].as_ref()
+                }
+                (Memo::Derived(roots), Some(m)) => {
+                    if !roots.iter().all(|&r| same_shape[r]) {
+                        m.outputs[i] = None;
+                    }
+                    m.outputs[i].as_ref()
+                }
             };
-            let outs = (step.op)(&ctx, &args).map_err(|e| node_error(&self.file, &step.node, e))?;
-            check_outputs(&outs, self.max_elements)
-                .map_err(|e| node_error(&self.file, &step.node, e))?;
+            let outs = match remembered {
+                Some(outs) => outs.iter().map(Tensor::shallow_clone).collect(),
+                None => {
+                    let ctx = OpCtx {
+                        node: &step.node,
+                        opset: self.opset,
+                        train: self.train,
+                        train_batchnorm: self.options.train_batchnorm,
+                        max_elements: self.max_elements,
+                    };
+                    let outs = (step.op)(&ctx, &args)
+                        .map_err(|e| node_error(&self.file, &step.node, e))?;
+                    check_outputs(&outs, self.max_elements)
+                        .map_err(|e| node_error(&self.file, &step.node, e))?;
+                    if let (Memo::Root | Memo::Derived(_), Some(m)) =
+                        (&self.memo[i], memo.as_deref_mut())
+                    {
+                        m.outputs[i] = Some(outs.iter().map(Tensor::shallow_clone).collect());
+                    }
+                    outs
+                }
+            };
             drop(args);
             if outs.len() < step.outputs.iter().flatten().count() {
                 return Err(node_error(
@@ -282,6 +416,10 @@ impl Interpreter {
                 slots[s] = None;
             }
         }
+        if let Some(m) = memo.as_deref_mut() {
+            m.complete = true;
+        }
+        drop(memo);
         self.outputs
             .iter()
             .map(|s| match *s {
@@ -826,6 +964,42 @@ mod tests {
             outputs,
             release: Vec::new(),
         }
+    }
+
+    fn op_step(op_type: &str, inputs: Vec<Src>, outputs: Vec<Option<usize>>) -> Step {
+        let mut s = step(inputs, outputs);
+        s.node.op_type = op_type.into();
+        s
+    }
+
+    /// slot 0 = input; Shape(0) → 1; Gather(1, c0) → 2; Unsqueeze(2) → 3; Concat(3, c1) → 4; Reshape(0, 4) → 5;
+    /// Mul(4, c2) with c2 mutable → 6; RandomNormalLike(4) → 7; Add(5, 5) → 8.
+    #[test]
+    fn only_steps_reading_shapes_and_immutable_constants_are_remembered() {
+        let steps = vec![
+            op_step("Shape", vec![Src::Slot(0)], vec![Some(1)]),
+            op_step("Gather", vec![Src::Slot(1), Src::Const(0)], vec![Some(2)]),
+            op_step("Unsqueeze", vec![Src::Slot(2)], vec![Some(3)]),
+            op_step("Concat", vec![Src::Slot(3), Src::Const(1)], vec![Some(4)]),
+            op_step("Reshape", vec![Src::Slot(0), Src::Slot(4)], vec![Some(5)]),
+            op_step("Mul", vec![Src::Slot(4), Src::Const(2)], vec![Some(6)]),
+            op_step("RandomNormalLike", vec![Src::Slot(4)], vec![Some(7)]),
+            op_step("Add", vec![Src::Slot(5), Src::Slot(5)], vec![Some(8)]),
+        ];
+        let memo = shape_memo_plan(&steps, &[true, true, false]);
+        assert_eq!(
+            memo,
+            vec![
+                Memo::Root,
+                Memo::Derived(vec![0]),
+                Memo::Derived(vec![0]),
+                Memo::Derived(vec![0]),
+                Memo::No,
+                Memo::No,
+                Memo::No,
+                Memo::No,
+            ]
+        );
     }
 
     /// slot 0 = graph input; 1 = a(x); 2 = b(a) (unused output 3); 4 = c(a, b) is the graph output.
