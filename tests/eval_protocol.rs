@@ -164,9 +164,9 @@ fn standalone_runs_every_attack_on_every_clean_correct_sample() {
     assert_eq!(e.per_sample.worst_case_robust, expected);
 }
 
-#[test]
-fn evaluating_a_two_class_linear_model_gives_its_closed_form_robust_accuracy() {
-    let mut model = LinearModel::random([1, 8, 8], 2, 41);
+/// A random two-class linear model, a copy of it for the scorer, 250 random images and random labels.
+fn linear_problem() -> (LinearModel, LinearModel, Tensor, Tensor) {
+    let model = LinearModel::random([1, 8, 8], 2, 41);
     let copy = LinearModel {
         w: model.w.detach().copy(),
         b: model.b.detach().copy(),
@@ -178,6 +178,25 @@ fn evaluating_a_two_class_linear_model_gives_its_closed_form_robust_accuracy() {
     let y = common::seeded(43, || {
         Tensor::randint(2, [250], (Kind::Int64, tch::Device::Cpu))
     });
+    (model, copy, x, y)
+}
+
+/// A two-class linear model's closed-form verdict at radius `eps`, for the samples it classifies right.
+fn linear_exact(model: &LinearModel, x: &Tensor, y: &Tensor, eps: f64) -> Vec<bool> {
+    let clean = tch::no_grad(|| model.forward(x).unwrap())
+        .argmax(1, false)
+        .eq_tensor(y);
+    let clean = Vec::<bool>::try_from(&clean).unwrap();
+    linear_linf_robust(model, x, y, eps)
+        .iter()
+        .zip(&clean)
+        .map(|(r, c)| *r && *c)
+        .collect()
+}
+
+#[test]
+fn evaluating_a_two_class_linear_model_gives_its_closed_form_robust_accuracy() {
+    let (mut model, copy, x, y) = linear_problem();
     let eps = 0.04;
     let mut cfg = Config::default();
     cfg.threat.eps = eps;
@@ -188,15 +207,7 @@ fn evaluating_a_two_class_linear_model_gives_its_closed_form_robust_accuracy() {
     let data = EvalSet::first(x.shallow_clone(), y.shallow_clone()).unwrap();
     let mut scorer = TchScorer::new(&copy);
     let e = evaluate(&mut model, &mut scorer, &data, &plan, &mut |_| {}).unwrap();
-    let clean = tch::no_grad(|| model.forward(&x).unwrap())
-        .argmax(1, false)
-        .eq_tensor(&y);
-    let clean = Vec::<bool>::try_from(&clean).unwrap();
-    let exact: Vec<bool> = linear_linf_robust(&model, &x, &y, eps)
-        .iter()
-        .zip(&clean)
-        .map(|(r, c)| *r && *c)
-        .collect();
+    let exact = linear_exact(&model, &x, &y, eps);
     assert_eq!(e.per_sample.worst_case_robust, exact);
     let exact_acc = exact.iter().filter(|b| **b).count() as f64 / 250.0;
     assert_eq!(e.result.worst_case_acc, exact_acc);
@@ -582,36 +593,12 @@ fn below_eps_an_example_projected_onto_the_smaller_ball_breaks_a_sample_without_
     assert!(yaml.contains("from_projection"), "{yaml}");
 }
 
-/// A two-class linear model's closed-form verdict at every radius of `radii`, for the samples it classifies right.
-fn linear_exact(model: &LinearModel, x: &Tensor, y: &Tensor, eps: f64) -> Vec<bool> {
-    let clean = tch::no_grad(|| model.forward(x).unwrap())
-        .argmax(1, false)
-        .eq_tensor(y);
-    let clean = Vec::<bool>::try_from(&clean).unwrap();
-    linear_linf_robust(model, x, y, eps)
-        .iter()
-        .zip(&clean)
-        .map(|(r, c)| *r && *c)
-        .collect()
-}
-
 #[test]
 fn above_eps_the_warm_sweep_continues_from_the_anchor_attacks_iterate() {
     // On a two-class linear model FGSM at eps lands on the worst corner of the ball, and from there one curve step
     // of 0.2 r reaches the worst corner of a ball of radius r <= 1.25 eps: the warm sweep's verdict at r is the
     // closed form, sample by sample. A random start a step of 0.2 r cannot reach that corner from misses breaks.
-    let mut model = LinearModel::random([1, 8, 8], 2, 41);
-    let copy = LinearModel {
-        w: model.w.detach().copy(),
-        b: model.b.detach().copy(),
-        chw: model.chw,
-    };
-    let x = common::seeded(42, || {
-        Tensor::rand([250, 1, 8, 8], (Kind::Float, tch::Device::Cpu))
-    });
-    let y = common::seeded(43, || {
-        Tensor::randint(2, [250], (Kind::Int64, tch::Device::Cpu))
-    });
+    let (mut model, copy, x, y) = linear_problem();
     let (eps, above) = (0.04, 0.05);
     let mut cfg = Config::default();
     cfg.threat.eps = eps;

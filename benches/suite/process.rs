@@ -91,15 +91,7 @@ pub fn measure(settings: &Settings, model: &Path, w: &Workload) -> Result<(Value
     for rep in 0..settings.reps {
         let out = dir.join(format!("robustd-{rep}"));
         let _ = std::fs::remove_dir_all(&out);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_robustd"));
-        cmd.arg("eval")
-            .arg(model)
-            .args(["--attacks", "pgd", "--n", n, "--eps", eps])
-            .arg("--config")
-            .arg(&config)
-            .arg("--out")
-            .arg(&out)
-            .env("RUST_LOG", "warn");
+        let cmd = robustd_eval(model, n, eps, &config, &out);
         let exit = run(cmd, &logs.join(format!("{stem}-eval-process-robustd.log")))?;
         let text = std::fs::read_to_string(out.join("report.yaml"))
             .with_context(|| format!("robustd wrote no report in {}", out.display()))?;
@@ -140,15 +132,7 @@ pub fn measure(settings: &Settings, model: &Path, w: &Workload) -> Result<(Value
             settings.threads
         ),
     )?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_robustd"));
-    cmd.arg("eval")
-        .arg(model)
-        .args(["--attacks", "pgd", "--n", n, "--eps", eps])
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(&independent)
-        .env("RUST_LOG", "warn");
+    let cmd = robustd_eval(model, n, eps, &config, &independent);
     run(
         cmd,
         &logs.join(format!("{stem}-eval-process-independent.log")),
@@ -170,6 +154,20 @@ pub fn measure(settings: &Settings, model: &Path, w: &Workload) -> Result<(Value
         );
     }
     Ok((robustd, theirs.value()))
+}
+
+/// `robustd eval MODEL --attacks pgd --n N --eps EPS --config CONFIG --out OUT`, warnings only.
+fn robustd_eval(model: &Path, n: &str, eps: &str, config: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_robustd"));
+    cmd.arg("eval")
+        .arg(model)
+        .args(["--attacks", "pgd", "--n", n, "--eps", eps])
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .env("RUST_LOG", "warn");
+    cmd
 }
 
 /// Per radius of the eps curve, the default sweep's robust accuracy minus the independent protocol's (positive:

@@ -277,6 +277,26 @@ fn attack_rows(
         .collect())
 }
 
+/// Reports the stage of radius `eps` with no rows (its verdict needs no attack).
+fn no_rows(
+    eps: f64,
+    params: &PgdParams,
+    known: &mut Known<'_>,
+    attack_at: &mut AttackAt<'_>,
+    tally: &mut Tally,
+) -> Result<(), EvalError> {
+    attack_rows(
+        eps,
+        params,
+        &[],
+        &Starts::default(),
+        known,
+        attack_at,
+        tally,
+    )
+    .map(|_| ())
+}
+
 /// The points `known` holds for `rows` (see [`ExampleStore`]), as a stage's [`Starts`].
 fn starts_of(known: &Known<'_>, rows: &[usize], try_first: bool, warm: bool) -> Starts {
     if !(try_first || warm) {
@@ -342,15 +362,7 @@ fn sweep(
 
     // At the anchor (and at radius 0) the verdict is known.
     for &eps in radii.iter().filter(|&&e| e == anchor || e <= 0.0) {
-        attack_rows(
-            eps,
-            params,
-            &[],
-            &Starts::default(),
-            &mut known,
-            attack_at,
-            tally,
-        )?;
+        no_rows(eps, params, &mut known, attack_at, tally)?;
         let held = if eps == anchor {
             anchor_held.clone()
         } else {
@@ -396,15 +408,7 @@ fn sweep(
     let mut reported = Vec::new();
     for &eps in &plan.eps_curve {
         if reported.contains(&eps.to_bits()) {
-            attack_rows(
-                eps,
-                params,
-                &[],
-                &Starts::default(),
-                &mut known,
-                attack_at,
-                tally,
-            )?;
+            no_rows(eps, params, &mut known, attack_at, tally)?;
         }
         reported.push(eps.to_bits());
         let held = found
