@@ -90,7 +90,6 @@ enum Memo {
 /// with its dispatch cost, ~20 % of that model's forward time at batch 50; between runs of the same input shape
 /// their values cannot change. A `Root` step whose input has the shape it had last time reuses its outputs, and a
 /// `Derived` step whose roots all did reuses its own.
-#[derive(Default)]
 struct ShapeMemo {
     /// Per step: the input shape a `Root` last saw.
     shapes: Vec<Option<Vec<i64>>>,
