@@ -171,10 +171,10 @@ fn robustd_eval(model: &Path, n: &str, eps: &str, config: &Path, out: &Path) -> 
 }
 
 /// Per radius of the eps curve, the default sweep's robust accuracy minus the independent protocol's (positive:
-/// the sweep found fewer breaks), with both curves' seconds.
+/// the sweep found fewer breaks), with both curves' seconds and the sweep's PGD steps and start.
 fn curve_gaps(sweep: &Value, independent: &Value) -> Value {
     let curve = |r: &Value| r["evaluation"]["before"]["robust_acc_vs_eps"].clone();
-    let seconds = |r: &Value| r["evaluation"]["before"]["curve"]["seconds"].clone();
+    let info = |r: &Value, key: &str| r["evaluation"]["before"]["curve"][key].clone();
     let theirs = curve(independent);
     let gaps: Vec<Value> = curve(sweep)
         .as_mapping()
@@ -190,8 +190,10 @@ fn curve_gaps(sweep: &Value, independent: &Value) -> Value {
         .collect();
     let mut m = Mapping::new();
     m.insert("gaps".into(), Value::Sequence(gaps));
-    m.insert("sweep_s".into(), seconds(sweep));
-    m.insert("independent_s".into(), seconds(independent));
+    m.insert("sweep_s".into(), info(sweep, "seconds"));
+    m.insert("independent_s".into(), info(independent, "seconds"));
+    m.insert("steps".into(), info(sweep, "steps"));
+    m.insert("start".into(), info(sweep, "start"));
     Value::Mapping(m)
 }
 

@@ -516,7 +516,7 @@ impl Run<'_> {
                 parts.join(", ")
             );
         }
-        let _ = writeln!(s, "\nThe default eps curve (`sweep`, 5 warm-started steps per radius) against PGD-20 at every radius on its own (`eval.curve_protocol: independent`), same samples: robust accuracy, sweep minus independent, in percentage points (positive: the sweep found fewer breaks), and the two curves' seconds:\n");
+        let _ = writeln!(s, "\nThe default eps curve (`sweep`; its PGD steps per radius and start as its report states them) against PGD-20 at every radius on its own (`eval.curve_protocol: independent`), same samples: robust accuracy, sweep minus independent, in percentage points (positive: the sweep found fewer breaks), and the two curves' seconds:\n");
         for r in rows {
             let c = &r.robustd["curve_vs_independent"];
             let gaps: Vec<String> = c["gaps"]
@@ -534,8 +534,10 @@ impl Run<'_> {
             let num = |v: &Value| v.as_f64().map_or("?".into(), |x| format!("{x:.2}"));
             let _ = writeln!(
                 s,
-                "- {}: {} (curve {} s vs {} s)",
+                "- {} ({} steps, {} start): {} (curve {} s vs {} s)",
                 pretty(&r.model.name),
+                c["steps"].as_u64().map_or("?".into(), |v| v.to_string()),
+                c["start"].as_str().unwrap_or("?"),
                 gaps.join(", "),
                 num(&c["sweep_s"]),
                 num(&c["independent_s"])
