@@ -171,7 +171,8 @@ fn a_randomized_model_is_reported() {
         inner,
         calls: Cell::new(0),
     };
-    let e = run(&mut model, &copy, &plan(&["fgsm"], vec![]), 40);
+    // More rows than the check's second pass takes: the probe is the first rows of the first batch.
+    let e = run(&mut model, &copy, &plan(&["fgsm"], vec![]), 100);
     assert!(
         kinds(&e).contains(&WarningKind::Nondeterministic),
         "{:#?}",
