@@ -750,8 +750,15 @@ mod tests {
         }
     }
 
-    /// Values and input gradients of the convolution and of its GEMM form, for a contiguous and a channels-last
-    /// kernel, with and without bias, on an input that is (30x29) and is not (28x28) a multiple of the kernel.
+    /// Largest |a − b| relative to the largest |b|.
+    fn relative_gap(a: &Tensor, b: &Tensor) -> f64 {
+        let scale = b.abs().max().double_value(&[]);
+        (a - b).abs().max().double_value(&[]) / scale
+    }
+
+    /// Values and the gradients of input, kernel and bias (an attack asks for the first, training for the others)
+    /// of the convolution and of its GEMM form, for a contiguous and a channels-last kernel, with and without bias,
+    /// on inputs that are (28x28) and are not (30x29) multiples of the kernel.
     #[test]
     fn a_tiling_convolution_is_the_same_function_as_a_gemm_of_its_patches() {
         tch::manual_seed(7);
@@ -763,35 +770,62 @@ mod tests {
             let x = Tensor::randn([5, channels, hw[0], hw[1]], (Kind::Float, Device::Cpu));
             let w = Tensor::randn([8, channels, 7, 7], (Kind::Float, Device::Cpu));
             let b = Tensor::randn([8], (Kind::Float, Device::Cpu));
-            let bias = with_bias.then_some(&b);
-            for kernel in [
-                w.shallow_clone(),
-                crate::device::amp::channels_last(&w, true).unwrap(),
-            ] {
+            for layout in [false, true] {
                 let win = window([7, 7], [7, 7], [0, 0]);
-                let xa = x.copy().set_requires_grad(true);
-                let got = patch_linear(&xa, &kernel, bias, &win, 1)
+                // Each side gets its own leaves, so that each side's gradients are its own.
+                let leaves = || {
+                    let kernel = crate::device::amp::channels_last(&w, layout)
+                        .unwrap()
+                        .copy()
+                        .set_requires_grad(true);
+                    // (One input channel: both layouts are the same strides.)
+                    if channels > 1 {
+                        assert_eq!(
+                            kernel.f_permute([0, 2, 3, 1]).unwrap().is_contiguous(),
+                            layout
+                        );
+                    }
+                    (
+                        x.copy().set_requires_grad(true),
+                        kernel,
+                        b.copy().set_requires_grad(true),
+                    )
+                };
+                let (xa, ka, ba) = leaves();
+                let got = patch_linear(&xa, &ka, with_bias.then_some(&ba), &win, 1)
                     .unwrap()
                     .expect("tiles");
-                let xb = x.copy().set_requires_grad(true);
-                let want = xb.convolution(&kernel, bias, [7, 7], [0, 0], [1, 1], false, [0, 0], 1);
-                assert_eq!(got.size(), want.size());
-                let scale = want.abs().max().double_value(&[]);
-                let diff = (&got - &want).abs().max().double_value(&[]);
-                assert!(
-                    diff <= 1e-5 * scale,
-                    "values differ by {diff} (scale {scale})"
+                let (xb, kb, bb) = leaves();
+                let want = xb.convolution(
+                    &kb,
+                    with_bias.then_some(&bb),
+                    [7, 7],
+                    [0, 0],
+                    [1, 1],
+                    false,
+                    [0, 0],
+                    1,
                 );
+                assert_eq!(got.size(), want.size());
+                let gap = relative_gap(&got, &want);
+                assert!(gap <= 1e-5, "values differ by {gap} of their scale");
                 let upstream = Tensor::randn(want.size(), (Kind::Float, Device::Cpu));
                 (&got * &upstream).sum(Kind::Float).backward();
                 (&want * &upstream).sum(Kind::Float).backward();
-                let (ga, gb) = (xa.grad(), xb.grad());
-                let gscale = gb.abs().max().double_value(&[]);
-                let gdiff = (&ga - &gb).abs().max().double_value(&[]);
-                assert!(
-                    gdiff <= 1e-5 * gscale,
-                    "gradients differ by {gdiff} (scale {gscale})"
-                );
+                let mut pairs = vec![
+                    ("input", xa.grad(), xb.grad()),
+                    ("kernel", ka.grad(), kb.grad()),
+                ];
+                if with_bias {
+                    pairs.push(("bias", ba.grad(), bb.grad()));
+                }
+                for (what, a, b) in pairs {
+                    let gap = relative_gap(&a, &b);
+                    assert!(
+                        gap <= 1e-5,
+                        "{what} gradients differ by {gap} of their scale"
+                    );
+                }
             }
         }
     }
