@@ -10,6 +10,7 @@
 mod attention;
 mod contrib;
 mod elementwise;
+mod native;
 mod nn;
 mod norm;
 mod quant;
