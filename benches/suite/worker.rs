@@ -118,7 +118,7 @@ fn pgd_eval(path: &Path, threads: usize, flags: &Flags) -> Result<()> {
             let len = batch.min(n - start);
             let (xb, yb) = (x.narrow(0, start, len), y.narrow(0, start, len));
             let rows: Vec<u64> = (start as u64..(start + len) as u64).collect();
-            let adv = attack.run(&model, &mut scorer, &xb, &yb, &rows)?;
+            let adv = attack.run(&model, &mut scorer, &xb, &yb, &rows, None)?;
             let _guard = tch::no_grad_guard();
             let pred = model.forward(&adv.x_adv)?.argmax(1, false);
             robust += pred.eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
@@ -242,7 +242,7 @@ fn square(path: &Path, threads: usize, flags: &Flags) -> Result<()> {
     for rep in 0..reps {
         let attack = Attack::from_config("square", &spec, Norm::Linf, eps, rep as u64)?;
         let timer = Timer::start();
-        let out = attack.run(&model, &mut scorer, x, &y, &rows)?;
+        let out = attack.run(&model, &mut scorer, x, &y, &rows, None)?;
         let pred = scorer.logits(&out.x_adv)?.argmax(1, false);
         let (wall, cpu) = timer.stop();
         walls.push(wall);

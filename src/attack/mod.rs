@@ -214,21 +214,10 @@ impl Attack {
     }
 
     /// Runs the attack on one batch: `x` `[N, C, H, W]` in [0,1], `y` `[N]`, `rows[i]` the key of row `i`'s
-    /// randomness. Gradient attacks run on the model's device; Square only queries the scorer.
+    /// randomness. Gradient attacks run on the model's device; Square only queries the scorer. `starts` warm-starts
+    /// some rows: the PGD family (FGSM, PGD, CW-PGD) starts them at the given points ([`pgd::GivenStarts`]); APGD,
+    /// FAB and Square choose their own starts and ignore them.
     pub fn run(
-        &self,
-        model: &dyn Classifier,
-        scorer: &mut dyn Scorer,
-        x: &Tensor,
-        y: &Tensor,
-        rows: &[u64],
-    ) -> Result<AttackRun, AttackError> {
-        self.run_from(model, scorer, x, y, rows, None)
-    }
-
-    /// [`Attack::run`] with warm starts for some rows: the PGD family (FGSM, PGD, CW-PGD) starts those rows at the
-    /// given points ([`pgd::GivenStarts`]); APGD, FAB and Square choose their own starts and ignore them.
-    pub fn run_from(
         &self,
         model: &dyn Classifier,
         scorer: &mut dyn Scorer,

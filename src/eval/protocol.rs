@@ -503,7 +503,7 @@ fn attack_chunk(
     let yb = rows(&data.y, chunk)?;
     let keys: Vec<u64> = chunk.iter().map(|&i| data.indices[i]).collect();
     let run = match (model, attack) {
-        (Some(model), _) => attack.run_from(model, scorer, &xb, &yb, &keys, starts)?,
+        (Some(model), _) => attack.run(model, scorer, &xb, &yb, &keys, starts)?,
         (None, Attack::Square(p)) => {
             let out = square::square(scorer, &xb, &yb, Some(&keys), p)?;
             AttackRun {
