@@ -131,10 +131,13 @@ pub(super) struct Starts {
     /// The attack starts each row with a point there (projected onto the ball) instead of a random start
     /// (`eval.curve_start: warm`).
     pub warm: bool,
+    /// The next radius's attack starts from the last iterate of each row that holds here (warm, upward), so the
+    /// outcome carries it; elsewhere it would be copied only to be dropped.
+    pub keep_held: bool,
 }
 
 /// How a row of a curve stage came out: broken, with its verified example, or held, with the last iterate of
-/// the attack it withstood (when one ran and could be copied).
+/// the attack it withstood (when one ran, [`Starts::keep_held`] asked for it, and it could be copied).
 pub(super) enum Outcome {
     Broken(Found),
     Held(Option<Tensor>),
@@ -306,6 +309,7 @@ fn starts_of(known: &Known<'_>, rows: &[usize], try_first: bool, warm: bool) -> 
         points: rows.iter().map(|&i| known.examples.get(i)).collect(),
         try_first,
         warm,
+        keep_held: false,
     }
 }
 
@@ -376,7 +380,11 @@ fn sweep(
     let mut state = anchor_held.clone();
     for &eps in radii.iter().filter(|&&e| e > anchor) {
         let targets = rows_where(&state, |_, held| held);
-        let starts = starts_of(&known, &targets, false, warm);
+        let starts = Starts {
+            // What holds here is where the next radius's warm attack starts.
+            keep_held: warm,
+            ..starts_of(&known, &targets, false, warm)
+        };
         let broken = attack_rows(eps, params, &targets, &starts, &mut known, attack_at, tally)?;
         for (&i, b) in targets.iter().zip(broken) {
             state[i] &= !b;

@@ -345,7 +345,12 @@ fn run_protocol(
                         found_example(&done.x_adv, j, done.norms[j], false)
                             .map(curve::Outcome::Broken)
                     } else {
-                        Some(curve::Outcome::Held(example_row(&done.x_adv, j)))
+                        let last = if starts.keep_held {
+                            example_row(&done.x_adv, j)
+                        } else {
+                            None
+                        };
+                        Some(curve::Outcome::Held(last))
                     };
                 }
                 stages.advance(chunk.len());
