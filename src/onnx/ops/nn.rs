@@ -222,13 +222,14 @@ fn patch_linear(
     let x = x.f_narrow(2, 0, gh * kh)?.f_narrow(3, 0, gw * kw)?;
     // Flatten each patch in the order the kernel is stored, so that only the patches are copied: (kh, kw, c) for
     // the channels-last kernels the interpreter keeps on CPU, (c, kh, kw) otherwise.
-    let (patches, kernel) = if w.f_permute([0, 2, 3, 1])?.is_contiguous() {
+    let w_last = w.f_permute([0, 2, 3, 1])?;
+    let (patches, kernel) = if w_last.is_contiguous() {
         (
             x.f_permute([0, 2, 3, 1])?
                 .f_reshape([n, gh, kh, gw, kw, c])?
                 .f_permute([0, 1, 3, 2, 4, 5])?
                 .f_reshape([n, gh * gw, kh * kw * c])?,
-            w.f_permute([0, 2, 3, 1])?.f_reshape([d, kh * kw * c])?,
+            w_last.f_reshape([d, kh * kw * c])?,
         )
     } else {
         (
