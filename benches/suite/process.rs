@@ -93,9 +93,7 @@ pub fn measure(settings: &Settings, model: &Path, w: &Workload) -> Result<(Value
         let _ = std::fs::remove_dir_all(&out);
         let cmd = robustd_eval(model, n, eps, &config, &out);
         let exit = run(cmd, &logs.join(format!("{stem}-eval-process-robustd.log")))?;
-        let text = std::fs::read_to_string(out.join("report.yaml"))
-            .with_context(|| format!("robustd wrote no report in {}", out.display()))?;
-        report = serde_norway::from_str(&text)?;
+        report = read_report(&out)?;
         let before = &report["evaluation"]["before"];
         if let (Some(attack), Some(curve)) = (
             before["attacks"]["pgd"]["seconds"].as_f64(),
@@ -137,9 +135,7 @@ pub fn measure(settings: &Settings, model: &Path, w: &Workload) -> Result<(Value
         cmd,
         &logs.join(format!("{stem}-eval-process-independent.log")),
     )?;
-    let text = std::fs::read_to_string(independent.join("report.yaml"))
-        .with_context(|| format!("robustd wrote no report in {}", independent.display()))?;
-    let independent: Value = serde_norway::from_str(&text)?;
+    let independent = read_report(&independent)?;
 
     let mut robustd = ours.value();
     if let Value::Mapping(m) = &mut robustd {
@@ -168,6 +164,13 @@ fn robustd_eval(model: &Path, n: &str, eps: &str, config: &Path, out: &Path) -> 
         .arg(out)
         .env("RUST_LOG", "warn");
     cmd
+}
+
+/// The `report.yaml` robustd wrote in `out`.
+fn read_report(out: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(out.join("report.yaml"))
+        .with_context(|| format!("robustd wrote no report in {}", out.display()))?;
+    Ok(serde_norway::from_str(&text)?)
 }
 
 /// Per radius of the eps curve, the default sweep's robust accuracy minus the independent protocol's (positive:

@@ -492,10 +492,10 @@ impl Run<'_> {
         if rows.is_empty() {
             return;
         }
+        let num = |v: &Value| v.as_f64().map_or("?".into(), |x| format!("{x:.2}"));
         let _ = writeln!(s, "\nWhole process (`eval-process`): both sides timed from outside as processes, repeats alternating. robustd: `robustd eval MODEL --attacks pgd --n N --eps 0.1` with the default config (eps curve included; `runtime.threads` set); reference: `scripts/bench_user_pgd.py` (python start, `import torch, torchattacks`, the model, the test images, torchattacks PGD-20 of eps/8, clean and robust accuracy), run without the suite's allocator settings, as a user runs it. Where robustd's time went (seconds, from its report's `timing` block, last repeat):\n");
         for r in &rows {
             let b = &r.robustd["breakdown"];
-            let num = |v: &Value| v.as_f64().map_or("?".into(), |x| format!("{x:.2}"));
             let parts: Vec<String> = b["parts"]
                 .as_sequence()
                 .into_iter()
@@ -531,7 +531,6 @@ impl Run<'_> {
                     ))
                 })
                 .collect();
-            let num = |v: &Value| v.as_f64().map_or("?".into(), |x| format!("{x:.2}"));
             let _ = writeln!(
                 s,
                 "- {} ({} steps, {} start): {} (curve {} s vs {} s)",
